@@ -1,0 +1,48 @@
+"""The `retrain` command. Logging, output and error policy are configured here and only here."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from orchestrator.errors import RetrainError
+
+# Options documented as taking several values (`--files a b c`); see `expand_variadic`.
+VARIADIC_OPTIONS = frozenset({"--files", "--parents", "--tags"})
+
+
+def expand_variadic(argv: Sequence[str]) -> list[str]:
+    """Rewrite `--files a b --x` as `--files a --files b --x`.
+
+    Click options take one value each; users of dataset tools type several after one flag
+    (`clearml-data add --files a b`). Values run until the next token that starts with `-`.
+    """
+    out: list[str] = []
+    current: str | None = None
+    for arg in argv:
+        if arg == "--":
+            current = None
+            out.append(arg)
+        elif arg.startswith("-"):
+            current = arg if arg in VARIADIC_OPTIONS else None
+            out.append(arg)
+        elif current is not None and out and out[-1] != current:
+            out.extend([current, arg])
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `retrain` console script."""
+    from orchestrator.cli.app import app
+
+    args = expand_variadic(sys.argv[1:] if argv is None else argv)
+    try:
+        app(args=args, prog_name="retrain")
+    except RetrainError as exc:
+        sys.stderr.write(f"retrain: error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("retrain: interrupted\n")
+        sys.exit(130)

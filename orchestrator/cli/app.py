@@ -1,0 +1,28 @@
+"""The root `retrain` command and its groups."""
+
+from __future__ import annotations
+
+import typer
+
+from orchestrator.cli import admin, context, dataset
+
+app = typer.Typer(
+    name="retrain",
+    help="Event-driven retraining: version datasets, declare triggers, run training on GPUs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(dataset.app, name="dataset")
+app.add_typer(admin.config_app, name="config")
+app.add_typer(admin.db_app, name="db")
+app.add_typer(admin.storage_app, name="storage")
+
+
+@app.callback()
+def root(ctx: typer.Context) -> None:
+    """Each invocation starts from the environment as it is now."""
+    context.reset()
+    ctx.call_on_close(context.reset)

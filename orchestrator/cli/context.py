@@ -1,0 +1,28 @@
+"""The runtime of one CLI invocation, made on first use and closed when the command ends."""
+
+from __future__ import annotations
+
+from orchestrator.cli.state import DraftMemory
+from orchestrator.progress import reporter_for_terminal
+from orchestrator.runtime import Runtime
+
+_current: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    global _current
+    if _current is None:
+        _current = Runtime(reporter=reporter_for_terminal())
+    return _current
+
+
+def drafts() -> DraftMemory:
+    return DraftMemory(runtime().settings.state_dir)
+
+
+def reset() -> None:
+    """Forget the runtime (each invocation reads the environment anew)."""
+    global _current
+    if _current is not None:
+        _current.close()
+    _current = None

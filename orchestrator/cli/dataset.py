@@ -1,0 +1,329 @@
+"""`retrain dataset ...`: versioned datasets from the command line.
+
+Commands that make or change a version print its id alone on stdout (so scripts can capture
+it) and a human summary on stderr; listings print a table, or JSON with `--json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.cli import output
+from orchestrator.cli.context import drafts, runtime
+from orchestrator.datasets.views import ChangeSummary, VersionInfo
+from orchestrator.errors import UserError
+
+app = typer.Typer(
+    help="Create, change, finalize, tag and fetch dataset versions.", no_args_is_help=True
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DraftId = Annotated[
+    str | None,
+    typer.Option("--id", help="The draft; default: the last one created from this directory."),
+]
+DatasetPath = Annotated[
+    str | None,
+    typer.Option("--dataset-path", help="Folder inside the dataset to put the files under."),
+]
+Tags = Annotated[list[str], typer.Option("--tags", help="Tags (several values allowed).")]
+
+
+@app.command()
+def create(
+    project: Annotated[str, typer.Option("--project", help="Project path, e.g. Team/area.")],
+    name: Annotated[str, typer.Option("--name", help="Dataset name inside the project.")],
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="Semantic version; default: the next patch."),
+    ] = None,
+    parents: Annotated[
+        list[str],
+        typer.Option("--parents", help="Parent version ids, in merge order (later wins)."),
+    ] = [],  # noqa: B006
+    tags: Tags = [],  # noqa: B006
+    description: Annotated[str, typer.Option("--description")] = "",
+    metadata: Annotated[
+        str | None,
+        typer.Option("--metadata", help="JSON object stored with the version."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a draft version holding its parents' files; prints its id."""
+    meta = _json_object(metadata, "--metadata")
+    info = runtime().datasets.create(
+        project,
+        name,
+        version=version,
+        parents=parents,
+        tags=tags,
+        description=description,
+        metadata=meta,
+    )
+    drafts().remember(info.id)
+    _print_version(info, as_json, f"created draft {info.label} with {info.file_count} file(s)")
+
+
+@app.command()
+def add(
+    files: Annotated[
+        list[str], typer.Option("--files", help="Files, folders (recursive) or globs.")
+    ],
+    version_id: DraftId = None,
+    dataset_path: DatasetPath = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add files to a draft (uploaded when it is finalized)."""
+    target = drafts().resolve(version_id)
+    _print_change(runtime().datasets.add_files(target, files, dataset_path=dataset_path), as_json)
+
+
+@app.command()
+def remove(
+    pattern: Annotated[str, typer.Argument(help="Glob of dataset paths, or a folder.")],
+    version_id: DraftId = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove files from a draft."""
+    target = drafts().resolve(version_id)
+    _print_change(runtime().datasets.remove_files(target, pattern), as_json)
+
+
+@app.command()
+def sync(
+    folder: Annotated[Path, typer.Option("--folder", help="Local folder to mirror.")],
+    version_id: DraftId = None,
+    dataset_path: DatasetPath = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Make a draft match a folder: add new, replace changed, remove missing files."""
+    target = drafts().resolve(version_id)
+    summary = runtime().datasets.sync_folder(target, folder, dataset_path=dataset_path)
+    _print_change(summary, as_json)
+
+
+@app.command("list")
+def list_files(
+    version_id: DraftId = None,
+    pattern: Annotated[
+        str | None,
+        typer.Option("--filter", help="Only paths matching this glob."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List a version's files with size and hash, and the totals."""
+    target = drafts().resolve(version_id)
+    files = runtime().datasets.list_files(target, pattern)
+    total = sum(f.size for f in files)
+    if as_json:
+        output.print_json(
+            {
+                "version_id": target,
+                "files": [f.__dict__ for f in files],
+                "file_count": len(files),
+                "total_size": total,
+            }
+        )
+        return
+    output.table(
+        None, ["path", "size", "sha256"], [(f.path, output.size(f.size), f.sha256) for f in files]
+    )
+    output.note(f"{len(files)} file(s), {output.size(total)}")
+
+
+@app.command()
+def show(
+    version_id: Annotated[str, typer.Argument(help="Version id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show a version: status, tags, lineage, and what it changed relative to its parents."""
+    detail = runtime().datasets.show(version_id)
+    if as_json:
+        output.print_json(detail)
+        return
+    v = detail.version
+    rows: list[tuple[str, Any]] = [
+        ("id", v.id),
+        ("dataset", f"{v.project}/{v.name}"),
+        ("version", v.version),
+        ("status", v.status + (" (published)" if v.published else "")),
+        ("tags", v.tags),
+        ("files", f"{v.file_count} ({output.size(v.total_size)})"),
+        ("created", v.created_at),
+        ("finalized", v.finalized_at),
+        ("manifest", v.manifest_sha256),
+        ("description", v.description or None),
+    ]
+    output.table(None, ["field", "value"], rows)
+    output.out.print("\nlineage:")
+    for entry in detail.lineage:
+        output.out.print(f"  {'  ' * entry.depth}{entry.label}  {entry.id}", markup=False)
+    output.out.print(
+        f"\nchanges vs parents: {len(detail.added)} added, {len(detail.modified)} modified, "
+        f"{len(detail.removed)} removed ({output.size(detail.added_bytes)} new)"
+    )
+    for label, paths in (("+", detail.added), ("~", detail.modified), ("-", detail.removed)):
+        for path in paths[:20]:
+            output.out.print(f"  {label} {path}", markup=False)
+        if len(paths) > 20:
+            output.out.print(f"  {label} ... and {len(paths) - 20} more")
+
+
+@app.command()
+def finalize(version_id: DraftId = None, as_json: JsonFlag = False) -> None:
+    """Upload the draft's new files and make it final (immutable), atomically."""
+    target = drafts().resolve(version_id)
+    result = runtime().datasets.finalize(target)
+    drafts().forget(target)
+    _print_version(
+        result.version,
+        as_json,
+        f"finalized {result.version.label}: {result.version.file_count} file(s), uploaded "
+        f"{result.uploaded_blobs} new blob(s) ({output.size(result.uploaded_bytes)}), "
+        f"reused {result.reused_blobs}",
+    )
+
+
+app.command("close", help="Same as finalize (the clearml-data name).")(finalize)
+
+
+@app.command()
+def tag(
+    version_id: Annotated[str, typer.Argument(help="Version id.")],
+    tags: Annotated[list[str], typer.Argument(help="Tags to add.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Add tags to a version (each addition is an event triggers can react to)."""
+    info = runtime().datasets.tag(version_id, tags)
+    _print_version(info, as_json, f"{info.label} tags: {', '.join(info.tags) or '-'}")
+
+
+@app.command()
+def untag(
+    version_id: Annotated[str, typer.Argument(help="Version id.")],
+    tags: Annotated[list[str], typer.Argument(help="Tags to remove.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove tags from a version."""
+    info = runtime().datasets.untag(version_id, tags)
+    _print_version(info, as_json, f"{info.label} tags: {', '.join(info.tags) or '-'}")
+
+
+@app.command()
+def publish(
+    version_id: Annotated[str, typer.Argument(help="Version id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Mark a final version as published."""
+    info = runtime().datasets.publish(version_id)
+    _print_version(info, as_json, f"published {info.label}")
+
+
+@app.command()
+def search(
+    project: Annotated[
+        str | None,
+        typer.Option("--project", help="Project glob (* also matches sub-projects)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name glob.")] = None,
+    tags: Tags = [],  # noqa: B006
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="draft or final."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 200,
+    as_json: JsonFlag = False,
+) -> None:
+    """Find versions, newest first, with their ids."""
+    if status not in (None, "draft", "final"):
+        raise UserError(f"--status: {status!r} is not draft or final")
+    found = runtime().datasets.search(
+        project=project, name=name, tags=tags, status=status, limit=limit
+    )
+    if as_json:
+        output.print_json(found)
+        return
+    output.table(
+        None,
+        ["id", "project", "name", "version", "status", "tags", "files", "size", "created"],
+        [
+            (
+                v.id,
+                v.project,
+                v.name,
+                v.version,
+                v.status + ("*" if v.published else ""),
+                v.tags,
+                v.file_count,
+                output.size(v.total_size),
+                v.created_at,
+            )
+            for v in found
+        ],
+    )
+    if not found:
+        output.note("no dataset version matches")
+
+
+@app.command()
+def get(
+    version_id: Annotated[str | None, typer.Argument(help="Version id.")] = None,
+    project: Annotated[str | None, typer.Option("--project")] = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    tags: Tags = [],  # noqa: B006
+    copy: Annotated[
+        Path | None,
+        typer.Option("--copy", help="Write a writable copy into this folder instead."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fetch a final version; prints the local path (a read-only cached copy by default)."""
+    datasets = runtime().datasets
+    if version_id and (project or name):
+        raise UserError("give a version id or --project/--name, not both")
+    if not version_id:
+        if not (project and name):
+            raise UserError("give a version id, or --project and --name to take the newest")
+        version_id = datasets.resolve(project, name, tags).id
+    path = datasets.mutable_copy(version_id, copy) if copy else datasets.local_copy(version_id)
+    if as_json:
+        output.print_json(
+            {"version_id": version_id, "path": str(path), "writable": copy is not None}
+        )
+    else:
+        print(path)
+
+
+def _print_version(info: VersionInfo, as_json: bool, message: str) -> None:
+    if as_json:
+        output.print_json(info)
+    else:
+        print(info.id)
+        output.note(message)
+
+
+def _print_change(summary: ChangeSummary, as_json: bool) -> None:
+    if as_json:
+        output.print_json(summary)
+        return
+    output.note(
+        f"draft {summary.version_id}: {len(summary.added)} added, {len(summary.modified)} "
+        f"modified, {len(summary.removed)} removed, {summary.unchanged} unchanged; now "
+        f"{summary.file_count} file(s), {output.size(summary.total_size)}"
+    )
+
+
+def _json_object(text: str | None, option: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UserError(f"{option}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UserError(f'{option}: expected a JSON object such as \'{{"source": "lab"}}\'')
+    return value

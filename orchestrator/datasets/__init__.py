@@ -1,0 +1,1 @@
+"""Versioned datasets: drafts, final immutable versions, tags, lineage, local copies."""

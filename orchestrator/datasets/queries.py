@@ -1,0 +1,186 @@
+"""Read-side queries over dataset versions; each takes an open session."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session, selectinload
+
+from orchestrator.datasets.manifest import FileEntry, Manifest
+from orchestrator.datasets.views import LineageEntry
+from orchestrator.errors import NotFound
+from orchestrator.store.models import (
+    Dataset,
+    DatasetVersion,
+    Project,
+    VersionFile,
+    VersionTag,
+)
+
+S = TypeVar("S", bound="Select[Any]")
+
+_VERSION_LOADS = (selectinload(DatasetVersion.tag_rows), selectinload(DatasetVersion.parent_links))
+
+
+def load_version(session: Session, version_id: str, *, for_update: bool = False) -> DatasetVersion:
+    """The version with this id, or `NotFound` with a hint to search."""
+    query = select(DatasetVersion).where(DatasetVersion.id == version_id).options(*_VERSION_LOADS)
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=DatasetVersion)
+    row = session.scalars(query).first()
+    if row is None:
+        raise NotFound("dataset version", version_id, "list versions with: retrain dataset search")
+    return row
+
+
+def load_manifest(session: Session, version_id: str) -> Manifest:
+    rows = session.execute(
+        select(VersionFile.path, VersionFile.size, VersionFile.sha256).where(
+            VersionFile.version_id == version_id
+        )
+    )
+    return {path: FileEntry(path, size, sha) for path, size, sha in rows}
+
+
+def parents_manifest(session: Session, parent_ids: Sequence[str]) -> Manifest:
+    """Parents merged in order: on a path two parents share, the later parent wins."""
+    merged: Manifest = {}
+    for parent_id in parent_ids:
+        merged.update(load_manifest(session, parent_id))
+    return merged
+
+
+def find_dataset(session: Session, project: str, name: str) -> Dataset | None:
+    return session.scalars(
+        select(Dataset).join(Project).where(Project.path == project, Dataset.name == name)
+    ).first()
+
+
+def search(
+    session: Session,
+    *,
+    project: str | None = None,
+    name: str | None = None,
+    tags: Iterable[str] = (),
+    status: str | None = None,
+    limit: int | None = None,
+) -> list[DatasetVersion]:
+    """Versions newest first. `project` and `name` are globs (`*` crosses `/` in projects,
+    so `Team/**` and `Team/*` both reach sub-projects); every tag in `tags` must be present."""
+    datasets = session.execute(select(Dataset.id, Project.path, Dataset.name).join(Project)).all()
+    wanted = [
+        ds_id
+        for ds_id, ds_project, ds_name in datasets
+        if (project is None or fnmatch.fnmatchcase(ds_project, project))
+        and (name is None or fnmatch.fnmatchcase(ds_name, name))
+    ]
+    if not wanted:
+        return []
+    query = (
+        select(DatasetVersion)
+        .where(DatasetVersion.dataset_id.in_(wanted))
+        .options(*_VERSION_LOADS)
+        .order_by(
+            DatasetVersion.created_at.desc(),
+            DatasetVersion.major.desc(),
+            DatasetVersion.minor.desc(),
+            DatasetVersion.patch.desc(),
+        )
+    )
+    query = _with_all_tags(query, tags)
+    if status:
+        query = query.where(DatasetVersion.status == status)
+    if limit:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def newest_final(
+    session: Session, project: str, name: str, tags: Iterable[str] = ()
+) -> DatasetVersion:
+    """The most recently finalized version of `project/name` carrying every tag in `tags`."""
+    dataset = find_dataset(session, project, name)
+    row = None
+    if dataset is not None:
+        query = (
+            select(DatasetVersion)
+            .where(DatasetVersion.dataset_id == dataset.id, DatasetVersion.status == "final")
+            .options(*_VERSION_LOADS)
+            .order_by(
+                DatasetVersion.finalized_at.desc(),
+                DatasetVersion.major.desc(),
+                DatasetVersion.minor.desc(),
+                DatasetVersion.patch.desc(),
+            )
+            .limit(1)
+        )
+        row = session.scalars(_with_all_tags(query, tags)).first()
+    if row is None:
+        tag_hint = f" tagged {', '.join(sorted(tags))}" if tags else ""
+        raise NotFound("final version of dataset", f"{project}/{name}{tag_hint}")
+    return row
+
+
+def _with_all_tags(query: S, tags: Iterable[str]) -> S:
+    tag_list = sorted(set(tags))
+    if not tag_list:
+        return query
+    having_all = (
+        select(VersionTag.version_id)
+        .where(VersionTag.tag.in_(tag_list))
+        .group_by(VersionTag.version_id)
+        .having(func.count() == len(tag_list))
+    )
+    return query.where(DatasetVersion.id.in_(having_all))
+
+
+def lineage(session: Session, version: DatasetVersion) -> list[LineageEntry]:
+    """The version and all its ancestors, breadth first, each once, with its depth."""
+    out: list[LineageEntry] = []
+    seen = {version.id}
+    frontier = [(version, 0)]
+    while frontier:
+        row, depth = frontier.pop(0)
+        out.append(
+            LineageEntry(
+                id=row.id,
+                label=f"{row.dataset.project.path}/{row.dataset.name} {row.version}",
+                depth=depth,
+                parents=row.parent_ids,
+            )
+        )
+        for parent_id in row.parent_ids:
+            if parent_id not in seen:
+                seen.add(parent_id)
+                frontier.append((load_version(session, parent_id), depth + 1))
+    return out
+
+
+def referenced_hashes(session: Session) -> set[str]:
+    """Every blob some version (draft or final) refers to: its files and its manifest."""
+    files = session.scalars(select(VersionFile.sha256).distinct())
+    manifests = session.scalars(
+        select(DatasetVersion.manifest_sha256).where(DatasetVersion.manifest_sha256.is_not(None))
+    )
+    return {h for h in [*files, *manifests] if h}
+
+
+def known_stored(session: Session, hashes: Iterable[str]) -> set[str]:
+    """Hashes already held by a final version, so certainly in blob storage (uploads happen
+    before a version is committed as final)."""
+    wanted = sorted(set(hashes))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):  # keep IN lists within every backend's limits
+        chunk = wanted[start : start + 500]
+        found.update(
+            session.scalars(
+                select(VersionFile.sha256)
+                .join(DatasetVersion, DatasetVersion.id == VersionFile.version_id)
+                .where(VersionFile.sha256.in_(chunk), DatasetVersion.status == "final")
+                .distinct()
+            )
+        )
+    return found

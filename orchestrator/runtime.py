@@ -1,0 +1,51 @@
+"""The objects one process needs, built lazily from settings and shared by CLI and SDK."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from orchestrator.datasets.service import DatasetService
+from orchestrator.progress import NullReporter, Reporter
+from orchestrator.settings import Settings
+from orchestrator.storage import BlobCache, BlobStore, open_cache, open_storage
+from orchestrator.store import Store
+
+
+class Runtime:
+    """Settings plus the store, blob storage, cache and services made from them. Nothing
+    connects until first used, so `retrain config show` works with a database down."""
+
+    def __init__(self, settings: Settings | None = None, reporter: Reporter | None = None):
+        self.settings = settings or Settings.load()
+        self.reporter: Reporter = reporter or NullReporter()
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.settings.database_url)
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        return open_storage(self.settings)
+
+    @cached_property
+    def cache(self) -> BlobCache:
+        return open_cache(self.settings, self.blobs)
+
+    @cached_property
+    def datasets(self) -> DatasetService:
+        return DatasetService(self.store, self.blobs, self.cache, self.reporter)
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.dispose()
+
+
+_default: Runtime | None = None
+
+
+def default_runtime() -> Runtime:
+    """The process-wide runtime from the environment (what the SDK uses by default)."""
+    global _default
+    if _default is None:
+        _default = Runtime()
+    return _default

@@ -1,0 +1,141 @@
+"""Settings, read from `RETRAIN_*` environment variables; every default lives here.
+
+Defaults make one machine work with no configuration at all: the store is a SQLite file, blobs
+live in a local directory and the download cache sits beside them, all under `RETRAIN_HOME`.
+Many machines share a PostgreSQL URL, an `s3://` storage URL and a Redis URL instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import platformdirs
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.errors import ConfigError
+from orchestrator.redact import redact_mapping, redact_url
+
+ENV_PREFIX = "RETRAIN_"
+
+STORAGE_SCHEMES = ("file", "s3")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+HTTP = ("http", "https")
+DATABASE_DIALECTS = ("sqlite", "postgresql")
+
+
+def default_home() -> Path:
+    """The per-user data directory, e.g. `~/.local/share/retrain` on Linux."""
+    return Path(platformdirs.user_data_dir("retrain", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Resolved settings. Build with `Settings.load()` to get user-facing errors."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    """Where the SQLite store, local blob storage, caches and CLI state live by default."""
+    database_url: str = ""
+    """SQLAlchemy URL of the store. Default: `sqlite:///<home>/retrain.db`."""
+    redis_url: str | None = None
+    """Redis URL for queues and wake-ups (used by the scheduler and workers)."""
+    storage_url: str = ""
+    """Blob storage: `file:///dir` or `s3://bucket/prefix`. Default: `file://<home>/storage`."""
+    s3_endpoint_url: str | None = None
+    """Endpoint of an S3-compatible service (MinIO, Ceph, ...); unset means AWS S3."""
+    cache_dir: Path | None = None
+    """Shared per-machine download cache, keyed by content hash. Default: `<home>/cache`."""
+
+    @field_validator("home", "cache_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser().absolute() if value is not None else None
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'retrain.db'}"
+        if not self.storage_url:
+            self.storage_url = (self.home / "storage").as_uri()
+        if self.cache_dir is None:
+            self.cache_dir = self.home / "cache"
+        checks = [
+            ("database_url", self.database_url, _check_database_url),
+            ("storage_url", self.storage_url, _check_storage_url),
+            ("redis_url", self.redis_url, lambda u: _check_scheme(u, REDIS_SCHEMES)),
+            ("s3_endpoint_url", self.s3_endpoint_url, lambda u: _check_scheme(u, HTTP)),
+        ]
+        for field, value, check in checks:
+            if value:
+                try:
+                    check(value)
+                except ValueError as exc:
+                    raise ValueError(f"{ENV_PREFIX}{field.upper()}: {exc}") from None
+        return self
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Read the environment; a bad value becomes a `ConfigError` naming the variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            message = str(first["msg"]).removeprefix("Value error, ")
+            if first["loc"]:
+                message = f"{ENV_PREFIX}{str(first['loc'][0]).upper()}: {message}"
+            raise ConfigError(message) from None
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        assert self.cache_dir is not None  # filled by _fill_defaults
+        return self.cache_dir
+
+    @property
+    def state_dir(self) -> Path:
+        """CLI state that belongs to this machine (the last draft per directory, say)."""
+        return self.home / "state"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as `retrain config show` prints them: no password, no secret."""
+        values = {f"{ENV_PREFIX}{k.upper()}": v for k, v in self.model_dump().items()}
+        values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+        return redact_mapping(values)
+
+
+def _check_scheme(url: str, schemes: tuple[str, ...]) -> None:
+    if urlsplit(url).scheme not in schemes:
+        raise ValueError(
+            f"{redact_url(url)!r} is not a valid URL here; expected "
+            + " or ".join(f"{s}://..." for s in schemes)
+        )
+
+
+def _check_database_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            "not a database URL; expected sqlite:///PATH or postgresql://USER@HOST/DB"
+        ) from None
+    if parsed.get_backend_name() not in DATABASE_DIALECTS:
+        raise ValueError(
+            f"unsupported database {parsed.get_backend_name()!r}; use sqlite or postgresql"
+        )
+
+
+def _check_storage_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in STORAGE_SCHEMES:
+        raise ValueError(
+            f"unsupported storage URL {redact_url(url)!r}; expected file:///DIR or s3://BUCKET/PREFIX"
+        )
+    if parts.scheme == "s3" and not parts.netloc:
+        raise ValueError(f"{url!r} names no bucket; expected s3://BUCKET/PREFIX")
+    if parts.scheme == "file" and not parts.path.startswith("/"):
+        raise ValueError(f"{url!r} is not an absolute file:// URL")

@@ -1,0 +1,163 @@
+"""Engines, transactions and schema migrations of the store.
+
+SQLite (the default) runs in WAL mode with a busy timeout, and every write transaction starts
+with `BEGIN IMMEDIATE`: the CLI and the scheduler write at the same time, and a deferred
+transaction that upgrades from reading to writing fails at once with "database is locked"
+instead of waiting. Read-only work uses a separate engine with ordinary deferred transactions,
+so readers never queue behind writers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from orchestrator.errors import ServiceUnavailable
+from orchestrator.redact import redact_url
+
+SCHEMA_REVISION = "0001"
+"""The newest migration; a test checks it is Alembic's head, so it cannot drift."""
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+MIGRATION_LOCK_ID = 0x7265_7472  # "retr": serializes concurrent first-use migrations on PostgreSQL
+
+
+class Store:
+    """The database behind retrain. Create one per process and share it."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self.safe_url = redact_url(url)
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            self._prepare_sqlite_path(parsed.database)
+        if self.dialect == "postgresql" and parsed.drivername == "postgresql":
+            # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
+            url = parsed.set(drivername="postgresql+psycopg").render_as_string(False)
+        self.engine = self._make_engine(url, immediate=True)
+        self.read_engine = (
+            self._make_engine(url, immediate=False) if self.dialect == "sqlite" else self.engine
+        )
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.read_engine, expire_on_commit=False)
+        if migrate:
+            self.ensure_schema()
+
+    # -- engines ---------------------------------------------------------------------------
+
+    def _prepare_sqlite_path(self, database: str | None) -> None:
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+    def _make_engine(self, url: str, *, immediate: bool) -> Engine:
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        else:
+            kwargs["pool_pre_ping"] = True
+        engine = create_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            _configure_sqlite(engine, immediate=immediate)
+        return engine
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+        with self._connect_errors(), self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reader(self) -> Iterator[Session]:
+        """A read-only session; nothing it does is committed. Objects loaded in it stay
+        readable after the block (closing detaches them without expiring them)."""
+        with self._connect_errors(), self._readers() as session:
+            yield session
+
+    @contextmanager
+    def _connect_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            if _is_connection_error(exc):
+                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+                raise ServiceUnavailable(
+                    f"cannot use the database {self.safe_url}: {reason}"
+                ) from None
+            raise
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def current_revision(self) -> str | None:
+        with self._connect_errors(), self.engine.connect() as conn:
+            return _read_revision(conn)
+
+    def ensure_schema(self) -> None:
+        """Apply pending migrations. Cheap when up to date: one query, no Alembic import."""
+        if self.current_revision() != SCHEMA_REVISION:
+            self.upgrade()
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Run Alembic migrations up to `revision` (what `retrain db upgrade` does)."""
+        from orchestrator.store.migrate import upgrade
+
+        with self._connect_errors():
+            upgrade(self, revision)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+
+def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver so that our BEGIN below is the one used.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _read_revision(conn: Any) -> str | None:
+    try:
+        row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+    except Exception as exc:  # the table does not exist yet: a fresh database
+        if isinstance(exc, OperationalError) and _is_connection_error(exc):
+            raise
+        conn.rollback()
+        return None
+    return str(row[0]) if row else None
+
+
+def _is_connection_error(exc: OperationalError) -> bool:
+    message = str(exc.orig or exc).lower()
+    markers = (
+        "could not connect",
+        "connection refused",
+        "unable to open database",
+        "could not translate host",
+        "connection failed",
+        "does not exist",
+        "timeout expired",
+        "password authentication failed",
+        "name or service not known",
+    )
+    return any(marker in message for marker in markers)

@@ -1,0 +1,65 @@
+"""The event log: what changed, in commit order, for the scheduler to read past its cursor.
+
+Writers call `record_event` inside the transaction that makes the change, so an event exists
+exactly when its change does. On PostgreSQL a sequence hands out numbers at insert time, not at
+commit, so a reader at cursor N could see N+2 commit before N+1 and then skip N+1 forever. An
+advisory transaction lock taken just before the insert makes event-writing transactions commit
+in sequence order; it is held only from the insert to the commit. SQLite has one writer at a
+time already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from orchestrator.store.models import Event
+
+EVENT_LOCK_ID = 0x6576_656E  # "even"
+
+DATASET_VERSION_CREATED = "dataset.version.created"
+DATASET_VERSION_FINALIZED = "dataset.version.finalized"
+DATASET_VERSION_TAGGED = "dataset.version.tagged"
+DATASET_VERSION_UNTAGGED = "dataset.version.untagged"
+DATASET_VERSION_PUBLISHED = "dataset.version.published"
+
+
+def record_event(
+    session: Session,
+    kind: str,
+    *,
+    entity_id: str,
+    project: str,
+    name: str,
+    tags: Sequence[str] = (),
+    payload: dict[str, Any] | None = None,
+) -> Event:
+    """Add an event to the current transaction and return it with its sequence number."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": EVENT_LOCK_ID})
+    event = Event(
+        kind=kind,
+        entity_id=entity_id,
+        project=project,
+        name=name,
+        tags=sorted(tags),
+        payload=payload or {},
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def read_events(session: Session, after: int, limit: int = 1000) -> list[Event]:
+    """Events with `seq > after`, oldest first: a range scan of the primary key."""
+    query = select(Event).where(Event.seq > after).order_by(Event.seq).limit(limit)
+    return list(session.scalars(query))
+
+
+def last_sequence(session: Session) -> int:
+    """The newest event's sequence number, 0 when the log is empty."""
+    newest = session.scalar(select(Event.seq).order_by(Event.seq.desc()).limit(1))
+    return int(newest or 0)

@@ -1,0 +1,193 @@
+"""ORM models of the store. The schema itself is owned by the Alembic migrations beside this
+module; `tests/store/test_migrations.py` checks that the two agree."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ID_LENGTH = 32
+"""Entity ids are 32 lowercase hex characters (a uuid4 without dashes), as ClearML users know."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite forgets the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        return value.astimezone(dt.timezone.utc)
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (and so auto-incrementing).
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Project(Base):
+    """A project path such as `DeepSchool/Tutorials/cats_vs_dogs`; the hierarchy is by `/`."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(String(512), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Dataset(Base):
+    """A named dataset inside a project; its content lives in its versions."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    project: Mapped[Project] = relationship(lazy="joined")
+
+
+class DatasetVersion(Base):
+    """One version of a dataset: draft while files change, then final and immutable."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "version"),
+        Index("ix_dataset_versions_dataset_status", "dataset_id", "status", "finalized_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    version: Mapped[str] = mapped_column(String(64))
+    major: Mapped[int] = mapped_column(Integer)
+    minor: Mapped[int] = mapped_column(Integer)
+    patch: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    published: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str] = mapped_column(Text, default="")
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finalized_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    file_count: Mapped[int] = mapped_column(Integer, default=0)
+    total_size: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    dataset: Mapped[Dataset] = relationship(lazy="joined")
+    parent_links: Mapped[list[VersionParent]] = relationship(
+        foreign_keys="VersionParent.version_id",
+        order_by="VersionParent.position",
+        cascade="all, delete-orphan",
+    )
+    tag_rows: Mapped[list[VersionTag]] = relationship(
+        cascade="all, delete-orphan", order_by="VersionTag.tag"
+    )
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.tag_rows]
+
+    @property
+    def parent_ids(self) -> list[str]:
+        return [link.parent_id for link in self.parent_links]
+
+
+class VersionParent(Base):
+    """Ordered parents of a version: several parents merge, later ones win on a shared path."""
+
+    __tablename__ = "dataset_version_parents"
+
+    version_id: Mapped[str] = mapped_column(ForeignKey("dataset_versions.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_id: Mapped[str] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
+
+
+class VersionTag(Base):
+    __tablename__ = "dataset_version_tags"
+
+    version_id: Mapped[str] = mapped_column(ForeignKey("dataset_versions.id"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+
+
+class VersionFile(Base):
+    """One row of a version's full manifest (inherited files included).
+
+    `source`, `mtime_ns` are set while a draft holds a local file that is not uploaded yet;
+    finalize uploads it and clears them, so a final version's rows only name blobs.
+    """
+
+    __tablename__ = "dataset_version_files"
+
+    version_id: Mapped[str] = mapped_column(ForeignKey("dataset_versions.id"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class Event(Base):
+    """The ordered log the scheduler reads: one row per change, written in the change's own
+    transaction. `seq` is the primary key, so "events after N" is an index range scan."""
+
+    __tablename__ = "events"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    entity_id: Mapped[str] = mapped_column(String(ID_LENGTH), index=True)
+    project: Mapped[str] = mapped_column(String(512))
+    name: Mapped[str] = mapped_column(String(256))
+    tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
