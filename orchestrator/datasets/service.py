@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -215,9 +216,10 @@ class DatasetService:
                 uploads.setdefault(row.sha256, row)
         total = sum(row.size for row in uploads.values())
         with self.reporter.task(f"uploading {info.label}", total) as advance:
-            for row in uploads.values():
-                source = self._unchanged_source(row)
-                self.blobs.put_file(row.sha256, source, progress=advance)
+            self.blobs.put_many(
+                [(sha, partial(self._unchanged_source, row)) for sha, row in uploads.items()],
+                progress=advance,
+            )
         body = manifest.encode(self._manifest_header(info), files.values())
         manifest_sha = sha256_bytes(body)
         if not self.blobs.exists(manifest_sha):

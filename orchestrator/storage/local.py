@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from orchestrator.errors import IntegrityError, NotFound, PathError, StorageError
 from orchestrator.storage.base import (
     BLOB_PREFIX,
+    UPLOAD_WORKERS,
     BlobStore,
     ProgressCallback,
     blob_key,
@@ -46,6 +48,30 @@ class LocalBlobStore(BlobStore):
     def put_file(self, sha256: str, path: Path, progress: ProgressCallback | None = None) -> None:
         """Copy `path` in as blob `sha256`, hashing while copying: the file may have changed
         since its hash was computed, and a blob must never hold content of another hash."""
+        self._put_path(sha256, path, progress, durable=True)
+
+    def put_many(
+        self,
+        items: Sequence[tuple[str, Callable[[], Path]]],
+        progress: ProgressCallback | None = None,
+        workers: int = UPLOAD_WORKERS,
+    ) -> None:
+        """Write the batch without a sync per file, then sync the filesystem once: on a
+        journaling filesystem each fsync is a journal commit (about 1 ms here), which made
+        10,000 small files take 9 s instead of about 1 s. The caller commits the version only
+        after this returns, so every blob it names is on disk first."""
+        super().put_many(items, progress, workers)
+        if items:
+            _sync_filesystem(self.root)
+
+    def _put_one(
+        self, sha256: str, source: Callable[[], Path], progress: ProgressCallback | None
+    ) -> None:
+        self._put_path(sha256, source(), progress, durable=False)
+
+    def _put_path(
+        self, sha256: str, path: Path, progress: ProgressCallback | None, *, durable: bool
+    ) -> None:
         dest = self.path(sha256)
         if dest.exists():
             return
@@ -53,7 +79,7 @@ class LocalBlobStore(BlobStore):
             source = path.open("rb")
         except OSError as exc:
             raise PathError(f"cannot read {path}: {exc.strerror or exc}") from None
-        with source, self._writing(dest):
+        with source, self._writing(dest, durable=durable):
             write_verified(
                 source,
                 dest,
@@ -61,6 +87,7 @@ class LocalBlobStore(BlobStore):
                 what=f"{path} changed since it was hashed",
                 progress=progress,
                 mode=READ_ONLY,
+                fsync=durable,
             )
 
     def put_bytes(self, sha256: str, data: bytes) -> None:
@@ -127,14 +154,32 @@ class LocalBlobStore(BlobStore):
         return removed
 
     @contextlib.contextmanager
-    def _writing(self, dest: Path) -> Iterator[None]:
+    def _writing(self, dest: Path, *, durable: bool = True) -> Iterator[None]:
         """Create the blob's directory and turn OS errors into one-line storage errors."""
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             yield
-            _fsync_dir(dest.parent)
+            if durable:
+                _fsync_dir(dest.parent)
         except OSError as exc:
             raise StorageError(f"cannot write blob {dest.name} to {self.url}: {exc}") from None
+
+
+def _sync_filesystem(path: Path) -> None:
+    """Flush the filesystem holding `path` to disk: Linux's syncfs(2) when the C library has
+    it, else sync(2), which flushes every filesystem."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs = libc.syncfs
+    except (OSError, AttributeError):
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks for retrain's speed targets; `make bench` runs them all and prints figures."""

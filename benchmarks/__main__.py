@@ -1,0 +1,26 @@
+"""Run every benchmark: `python -m benchmarks [NAME ...]`."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks import bench_datasets
+
+BENCHMARKS = {"datasets": bench_datasets.main}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+        return 2
+    failed = [name for name in names if not BENCHMARKS[name]()]
+    if failed:
+        print(f"\nmissed targets: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,48 @@
+"""Settings from RETRAIN_* variables, and `retrain config show` hiding every secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.settings import Settings
+from tests.conftest import CLI
+
+
+def test_defaults_live_under_home(retrain_home: Path) -> None:
+    settings = Settings.load()
+    assert settings.home == retrain_home
+    assert settings.database_url == f"sqlite:///{retrain_home / 'retrain.db'}"
+    assert settings.storage_url == (retrain_home / "storage").as_uri()
+    assert settings.resolved_cache_dir == retrain_home / "cache"
+    assert settings.redis_url is None
+
+
+def test_config_show_redacts_passwords(cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETRAIN_DATABASE_URL", "postgresql://retrain:pg-s3cret@db:5432/retrain")
+    monkeypatch.setenv("RETRAIN_REDIS_URL", "redis://:redis-s3cret@cache:6379/0")
+    monkeypatch.setenv("RETRAIN_STORAGE_URL", "s3://models/retrain")
+    monkeypatch.setenv("RETRAIN_S3_ENDPOINT_URL", "https://minio.local:9000")
+    shown = cli.json("config", "show")
+    assert shown["RETRAIN_DATABASE_URL"] == "postgresql://retrain:***@db:5432/retrain"
+    assert shown["RETRAIN_REDIS_URL"] == "redis://:***@cache:6379/0"
+    assert shown["RETRAIN_STORAGE_URL"] == "s3://models/retrain"
+    table = cli("config", "show").out
+    assert "s3cret" not in table and "minio.local:9000" in table
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("RETRAIN_REDIS_URL", "http://cache", "RETRAIN_REDIS_URL"),
+        ("RETRAIN_S3_ENDPOINT_URL", "minio:9000", "RETRAIN_S3_ENDPOINT_URL"),
+        ("RETRAIN_STORAGE_URL", "s3://", "names no bucket"),
+        ("RETRAIN_DATABASE_URL", "not a url", "RETRAIN_DATABASE_URL"),
+    ],
+)
+def test_bad_values_are_config_errors(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert message in cli("config", "show", expect=2).err
