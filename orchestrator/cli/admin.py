@@ -62,9 +62,16 @@ def storage_gc(
     as_json: JsonFlag = False,
 ) -> None:
     """Delete blobs that no dataset version refers to (left by failed or abandoned uploads)."""
-    orphans = runtime().datasets.collect_garbage(dry_run=dry_run)
+    report = runtime().datasets.collect_garbage(dry_run=dry_run)
     if as_json:
-        output.print_json({"orphans": orphans, "deleted": not dry_run})
+        output.print_json(report)
         return
     verb = "would delete" if dry_run else "deleted"
-    output.note(f"{verb} {len(orphans)} unreferenced blob(s) from {runtime().blobs.url}")
+    output.note(
+        f"{verb} {len(report.orphans)} unreferenced blob(s) from {runtime().blobs.url}"
+        + (
+            f" and {report.partial_removed} stale partial upload(s)"
+            if report.partial_removed
+            else ""
+        )
+    )

@@ -192,6 +192,18 @@ app.command("close", help="Same as finalize (the clearml-data name).")(finalize)
 
 
 @app.command()
+def delete(
+    version_id: Annotated[str, typer.Argument(help="Draft version id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Discard a draft. Final versions cannot be deleted (runs and children refer to them)."""
+    info = runtime().datasets.delete_draft(version_id)
+    drafts().forget(version_id)
+    _print_version(info, as_json, f"deleted draft {info.label}; `retrain storage gc` frees "
+                   "blobs nothing else uses")
+
+
+@app.command()
 def tag(
     version_id: Annotated[str, typer.Argument(help="Version id.")],
     tags: Annotated[list[str], typer.Argument(help="Tags to add.")],

@@ -32,6 +32,7 @@ from orchestrator.datasets.validate import (
 from orchestrator.datasets.views import (
     ChangeSummary,
     FinalizeResult,
+    GarbageReport,
     VersionDetail,
     VersionInfo,
 )
@@ -305,6 +306,18 @@ class DatasetService:
                 self._event(session, ev.DATASET_VERSION_PUBLISHED, VersionInfo.of(row))
             return VersionInfo.of(row)
 
+    def delete_draft(self, version_id: str) -> VersionInfo:
+        """Discard a draft (final versions are kept: runs and children refer to them). Its
+        uploaded blobs stay until `storage gc` finds nothing else refers to them."""
+        with self.store.session() as session:
+            row = self._draft(session, version_id, for_update=True)
+            info = VersionInfo.of(row)
+            session.execute(delete(VersionFile).where(VersionFile.version_id == row.id))
+            session.delete(row)
+            session.flush()
+            self._event(session, ev.DATASET_VERSION_DELETED, info)
+        return info
+
     # -- reading ---------------------------------------------------------------------------
 
     def get(self, version_id: str) -> VersionInfo:
@@ -373,16 +386,20 @@ class DatasetService:
 
     # -- storage maintenance ---------------------------------------------------------------
 
-    def collect_garbage(self, *, dry_run: bool = False) -> list[str]:
-        """Delete blobs no version refers to. Storage is listed before references are read,
-        so a blob uploaded meanwhile is not in the listing and cannot be taken."""
+    def collect_garbage(self, *, dry_run: bool = False) -> GarbageReport:
+        """Delete blobs no version refers to, and stale leftovers of interrupted uploads.
+        Storage is listed before references are read, so a blob uploaded meanwhile is not in
+        the listing and cannot be taken."""
         stored = set(self.blobs.iter_hashes())
         with self.store.reader() as session:
             referenced = queries.referenced_hashes(session)
         orphans = sorted(stored - referenced)
-        if orphans and not dry_run:
-            self.blobs.delete(orphans)
-        return orphans
+        partial = 0
+        if not dry_run:
+            if orphans:
+                self.blobs.delete(orphans)
+            partial = self.blobs.remove_partial()
+        return GarbageReport(orphans=orphans, partial_removed=partial, deleted=not dry_run)
 
     # -- helpers ---------------------------------------------------------------------------
 

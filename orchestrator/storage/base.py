@@ -25,6 +25,10 @@ from orchestrator.errors import IntegrityError
 BLOB_PREFIX = "blobs"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
+TEMP_PREFIX = ".tmp-"
+"""Temporary files of writes in progress start with this; blobs never do."""
+STALE_PARTIAL_S = 6 * 3600
+"""Age after which a temporary file of an interrupted write is garbage."""
 UPLOAD_WORKERS = 8
 """Concurrent blob uploads in `put_many`."""
 
@@ -78,7 +82,7 @@ def write_verified(
     mismatch nothing is left behind and `IntegrityError` starts with `what`, which says what was
     read and what the mismatch means there ("x.bin changed since it was hashed", say).
     """
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=TEMP_PREFIX)
     tmp = Path(tmp_name)
     try:
         digest = hashlib.sha256()
@@ -179,6 +183,12 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, hashes: Iterable[str]) -> int:
         """Remove these blobs; return how many were removed. Only `storage gc` calls this."""
+
+    def remove_partial(self, older_than: float = STALE_PARTIAL_S) -> int:
+        """Remove what interrupted writes left behind, if the backend can leave anything;
+        return how many were removed. Only writes older than `older_than` seconds are taken,
+        so a write in progress elsewhere is never cut short."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends
         """Release network connections, if any; the store is not used afterwards."""

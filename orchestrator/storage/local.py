@@ -6,12 +6,15 @@ import contextlib
 import ctypes
 import io
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from orchestrator.errors import IntegrityError, NotFound, PathError, StorageError
 from orchestrator.storage.base import (
     BLOB_PREFIX,
+    STALE_PARTIAL_S,
+    TEMP_PREFIX,
     UPLOAD_WORKERS,
     BlobStore,
     ProgressCallback,
@@ -151,6 +154,21 @@ class LocalBlobStore(BlobStore):
             with contextlib.suppress(FileNotFoundError):
                 self.path(sha).unlink()
                 removed += 1
+        return removed
+
+    def remove_partial(self, older_than: float = STALE_PARTIAL_S) -> int:
+        """Delete temporary files of writes that were killed midway (a crash during
+        `dataset close`, say) once they are older than `older_than` seconds."""
+        top = self.root / BLOB_PREFIX
+        if not top.is_dir():
+            return 0
+        cutoff = time.time() - older_than
+        removed = 0
+        for temp in top.glob(f"*/{TEMP_PREFIX}*"):
+            with contextlib.suppress(FileNotFoundError):
+                if temp.stat().st_mtime < cutoff:
+                    temp.unlink()
+                    removed += 1
         return removed
 
     @contextlib.contextmanager

@@ -25,6 +25,7 @@ DATASET_VERSION_FINALIZED = "dataset.version.finalized"
 DATASET_VERSION_TAGGED = "dataset.version.tagged"
 DATASET_VERSION_UNTAGGED = "dataset.version.untagged"
 DATASET_VERSION_PUBLISHED = "dataset.version.published"
+DATASET_VERSION_DELETED = "dataset.version.deleted"
 
 
 def record_event(
