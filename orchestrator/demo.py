@@ -150,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\n# kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+            print(f"\n# removed {root} (run with --keep to look around)")
     return 0
 
 

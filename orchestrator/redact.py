@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 REDACTED = "***"
 
@@ -22,21 +22,29 @@ def is_secret_name(name: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """Hide the password of `scheme://user:password@host/...` and secret query parameters."""
+    """Hide the password of `scheme://user:password@host/...` and secret query parameters.
+
+    Only the secret parts are replaced, in place: rebuilding the URL from its parts would turn
+    `sqlite:////abs/path` into `sqlite://abs/path` (a host called "abs").
+    """
     try:
         parts = urlsplit(url)
     except ValueError:
         return REDACTED
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
+    out = url
+    if "@" in parts.netloc:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
         user, sep, _password = userinfo.partition(":")
-        netloc = f"{user}:{REDACTED}@{hostport}" if sep else f"{userinfo}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, REDACTED if is_secret_name(k) else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        if sep:
+            out = out.replace(f"//{parts.netloc}", f"//{user}:{REDACTED}@{hostport}", 1)
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(is_secret_name(k) for k, _ in pairs):
+            query = urlencode(
+                [(k, REDACTED if is_secret_name(k) else v) for k, v in pairs], safe="*"
+            )
+            out = out.replace(f"?{parts.query}", f"?{query}", 1)
+    return out
 
 
 def redact_mapping(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,3 +46,20 @@ def test_bad_values_are_config_errors(
 ) -> None:
     monkeypatch.setenv(name, value)
     assert message in cli("config", "show", expect=2).err
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite:////srv/retrain/retrain.db", "sqlite:////srv/retrain/retrain.db"),
+        (
+            "postgresql://u:pw@db:5432/r?sslmode=require",
+            "postgresql://u:***@db:5432/r?sslmode=require",
+        ),
+        ("redis://h/0?password=pw", "redis://h/0?password=***"),
+    ],
+)
+def test_redaction_changes_only_the_secret(url: str, shown: str) -> None:
+    from orchestrator.redact import redact_url
+
+    assert redact_url(url) == shown

@@ -199,8 +199,11 @@ def delete(
     """Discard a draft. Final versions cannot be deleted (runs and children refer to them)."""
     info = runtime().datasets.delete_draft(version_id)
     drafts().forget(version_id)
-    _print_version(info, as_json, f"deleted draft {info.label}; `retrain storage gc` frees "
-                   "blobs nothing else uses")
+    _print_version(
+        info,
+        as_json,
+        f"deleted draft {info.label}; `retrain storage gc` frees blobs nothing else uses",
+    )
 
 
 @app.command()

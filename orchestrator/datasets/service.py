@@ -223,6 +223,10 @@ class DatasetService:
             )
         body = manifest.encode(self._manifest_header(info), files.values())
         manifest_sha = sha256_bytes(body)
+        # Name the manifest on the draft before storing it, so `storage gc` sees it referenced
+        # in the moment between its upload and the commit below.
+        with self.store.session() as session:
+            self._draft(session, version_id, for_update=True).manifest_sha256 = manifest_sha
         if not self.blobs.exists(manifest_sha):
             self.blobs.put_bytes(manifest_sha, body)
         with self.store.session() as session:

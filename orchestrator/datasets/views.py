@@ -51,7 +51,8 @@ class VersionInfo(BaseModel):
             total_size=row.total_size,
             created_at=row.created_at,
             finalized_at=row.finalized_at,
-            manifest_sha256=row.manifest_sha256,
+            # A draft may name the manifest it is about to store; only a final one has it.
+            manifest_sha256=row.manifest_sha256 if row.status == "final" else None,
         )
 
 

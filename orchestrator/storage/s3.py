@@ -24,7 +24,6 @@ from orchestrator.storage.base import (
     blob_key,
     is_sha256,
     sha256_bytes,
-    sha256_file,
     write_verified,
 )
 
@@ -198,27 +197,43 @@ class S3BlobStore(BlobStore):
     def put_file(self, sha256: str, path: Path, progress: ProgressCallback | None = None) -> None:
         """Upload `path` as blob `sha256` unless it is stored already.
 
-        The file is hashed first so that content of another hash is never uploaded (the file
-        may have changed since it was hashed); every download verifies the hash again.
+        What is uploaded is exactly what was hashed: small files are read once into memory,
+        large ones are copied to a private temporary file while being hashed, and the upload
+        reads that. Hashing the file and then letting boto3 read it again would store a file
+        changed in between under the wrong hash, where no later upload would repair it.
         """
         key = self.key(sha256)
         if self.exists(sha256):
             return
         try:
-            actual = sha256_file(path)
+            small = path.stat().st_size <= self.multipart_threshold
+            data = path.read_bytes() if small else None
         except OSError as exc:
             raise PathError(f"cannot read {path}: {exc.strerror or exc}") from None
-        if actual != sha256:
-            raise IntegrityError(
-                f"{path} changed since it was hashed: expected sha256 {sha256}, "
-                f"content hashes to {actual}"
-            )
-        try:
-            self.client.upload_file(
-                str(path), self.bucket, key, Callback=progress, Config=self._transfer_config()
-            )
-        except Exception as exc:
-            self._raise(exc, key=key)
+        what = f"{path} changed since it was hashed"
+        if data is not None:
+            actual = sha256_bytes(data)
+            if actual != sha256:
+                raise IntegrityError(
+                    f"{what}: expected sha256 {sha256}, content hashes to {actual}"
+                )
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+            except Exception as exc:
+                self._raise(exc, key=key)
+            if progress is not None:
+                progress(len(data))
+            return
+        with tempfile.TemporaryDirectory(prefix="retrain-upload-") as spool:
+            copy = Path(spool) / sha256
+            with path.open("rb") as source:
+                write_verified(source, copy, sha256, what=what, fsync=False)
+            try:
+                self.client.upload_file(
+                    str(copy), self.bucket, key, Callback=progress, Config=self._transfer_config()
+                )
+            except Exception as exc:
+                self._raise(exc, key=key)
 
     def put_bytes(self, sha256: str, data: bytes) -> None:
         """Upload `data` as blob `sha256` unless it is stored already."""

@@ -36,9 +36,12 @@ def test_kill_during_close_leaves_a_draft_that_closes_later(cli: CLI, tmp_path: 
     cli("dataset", "add", "--files", str(data))
     blobs_dir = Settings.load().home / "storage" / "blobs"
 
-    proc = subprocess.Popen([*retrain_command(), "dataset", "close", "--id", draft],
-                            env=os.environ.copy(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*retrain_command(), "dataset", "close", "--id", draft],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     # Kill it as soon as uploads have begun: some blobs stored, the rest not yet.
     deadline = time.monotonic() + 60
     while not stored_blobs(blobs_dir):

@@ -23,10 +23,18 @@ def snapshot() -> tuple[object, ...]:
     try:
         with store.reader() as s:
             versions = s.execute(
-                select(DatasetVersion.id, DatasetVersion.status, DatasetVersion.file_count,
-                       DatasetVersion.total_size).order_by(DatasetVersion.id)).all()
-            files = s.execute(select(VersionFile.version_id, VersionFile.path,
-                                     VersionFile.sha256).order_by(VersionFile.path)).all()
+                select(
+                    DatasetVersion.id,
+                    DatasetVersion.status,
+                    DatasetVersion.file_count,
+                    DatasetVersion.total_size,
+                ).order_by(DatasetVersion.id)
+            ).all()
+            files = s.execute(
+                select(VersionFile.version_id, VersionFile.path, VersionFile.sha256).order_by(
+                    VersionFile.path
+                )
+            ).all()
             tags = s.execute(select(VersionTag.version_id, VersionTag.tag)).all()
             events = s.scalar(select(func.count()).select_from(Event))
     finally:
@@ -43,8 +51,9 @@ def versions(cli: CLI, tmp_path: Path) -> tuple[str, str]:
     cli("dataset", "add", "--files", str(data))
     cli("dataset", "finalize")
     cli("dataset", "tag", final, "Production")
-    draft = cli("dataset", "create", "--project", "p", "--name", "n",
-                "--parents", final).out.strip()
+    draft = cli(
+        "dataset", "create", "--project", "p", "--name", "n", "--parents", final
+    ).out.strip()
     cli("dataset", "add", "--files", str(write_tree(tmp_path / "more", {"d.txt": "d"})))
     return final, draft
 
@@ -74,18 +83,23 @@ def test_a_final_version_refuses_every_change(
         (["dataset", "add", "--files", "nothing-*.csv"], "nothing matches 'nothing-*.csv'"),
         (["dataset", "add", "--files", "data", "--dataset-path", "../up"], "escapes"),
         (["dataset", "remove", "zzz*"], "matches 'zzz*'"),
-        (["dataset", "create", "--project", "p", "--name", "n", "--version", "1.0.0"],
-         "already has version 1.0.0"),
+        (
+            ["dataset", "create", "--project", "p", "--name", "n", "--version", "1.0.0"],
+            "already has version 1.0.0",
+        ),
         (["dataset", "create", "--project", "p//q", "--name", "n"], "--project"),
-        (["dataset", "create", "--project", "p", "--name", "n", "--parents", "DRAFT"],
-         "is a draft; finalize it first"),
-        (["dataset", "create", "--project", "p", "--name", "n", "--metadata", "[1]"],
-         "--metadata"),
+        (
+            ["dataset", "create", "--project", "p", "--name", "n", "--parents", "DRAFT"],
+            "is a draft; finalize it first",
+        ),
+        (["dataset", "create", "--project", "p", "--name", "n", "--metadata", "[1]"], "--metadata"),
         (["dataset", "untag", "FINAL", "Nope"], "has no tag Nope (its tags: Production)"),
         (["dataset", "publish", "DRAFT"], "finalize it before publishing"),
         (["dataset", "get", "DRAFT"], "finalize it before fetching"),
-        (["dataset", "get", "--project", "p", "--name", "n", "--tags", "Staging"],
-         "no final version of dataset 'p/n tagged Staging'"),
+        (
+            ["dataset", "get", "--project", "p", "--name", "n", "--tags", "Staging"],
+            "no final version of dataset 'p/n tagged Staging'",
+        ),
         (["dataset", "search", "--status", "open"], "--status"),
         (["dataset", "tag", "FINAL", "has space"], "tag 'has space' is not valid"),
     ],
@@ -130,15 +144,19 @@ def test_bad_settings_name_the_variable(cli: CLI, monkeypatch: pytest.MonkeyPatc
 
 
 def test_unreachable_database_is_one_line(cli: CLI, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RETRAIN_DATABASE_URL",
-                       f"postgresql://retrain:hunter2@127.0.0.1:{closed_port()}/x")
+    monkeypatch.setenv(
+        "RETRAIN_DATABASE_URL", f"postgresql://retrain:hunter2@127.0.0.1:{closed_port()}/x"
+    )
     err = cli("dataset", "search", expect=2).err
     assert "cannot use the database postgresql://retrain:***@127.0.0.1" in err
     assert "hunter2" not in err
 
 
 def test_unreachable_s3_leaves_the_draft_a_draft(
-    cli: CLI, s3_bucket_url: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch,
+    cli: CLI,
+    s3_bucket_url: str,
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("RETRAIN_STORAGE_URL", s3_bucket_url)

@@ -28,11 +28,14 @@ def event_log() -> list[tuple[str, str, list[str], dict[str, Any]]]:
 
 
 def test_version_tag_and_fetch_a_dataset(cli: CLI, backend: str, tmp_path: Path) -> None:
-    data = write_tree(tmp_path / "batch", {
-        "train/a.csv": "t,h\n1,2\n",
-        "train/b.csv": "t,h\n3,4\n",
-        "README.md": "occupancy sensor data\n",
-    })
+    data = write_tree(
+        tmp_path / "batch",
+        {
+            "train/a.csv": "t,h\n1,2\n",
+            "train/b.csv": "t,h\n3,4\n",
+            "README.md": "occupancy sensor data\n",
+        },
+    )
 
     # First version: create, add a folder, finalize.
     v1 = cli("dataset", "create", "--project", "demo/sensors", "--name", "occupancy").out.strip()
@@ -40,8 +43,9 @@ def test_version_tag_and_fetch_a_dataset(cli: CLI, backend: str, tmp_path: Path)
     assert sorted(added["added"]) == ["README.md", "train/a.csv", "train/b.csv"]
     listing = cli.json("dataset", "list", "--id", v1)
     assert listing["file_count"] == 3
-    assert listing["total_size"] == sum(len(t) for t in ["t,h\n1,2\n", "t,h\n3,4\n",
-                                                          "occupancy sensor data\n"])
+    assert listing["total_size"] == sum(
+        len(t) for t in ["t,h\n1,2\n", "t,h\n3,4\n", "occupancy sensor data\n"]
+    )
     before_close = stored_blobs()
     closed = cli.json("dataset", "close")
     assert closed["status"] == "final" and closed["version"] == "1.0.0"
@@ -55,11 +59,15 @@ def test_version_tag_and_fetch_a_dataset(cli: CLI, backend: str, tmp_path: Path)
     (data / "train/b.csv").write_text("t,h\n3,5\n")
     (data / "README.md").unlink()
     (data / "train/c.csv").write_text("t,h\n7,8\n")
-    v2 = cli("dataset", "create", "--project", "demo/sensors", "--name", "occupancy",
-             "--parents", v1).out.strip()
+    v2 = cli(
+        "dataset", "create", "--project", "demo/sensors", "--name", "occupancy", "--parents", v1
+    ).out.strip()
     synced = cli.json("dataset", "sync", "--folder", str(data))
     assert (synced["added"], synced["modified"], synced["removed"]) == (
-        ["train/c.csv"], ["train/b.csv"], ["README.md"])
+        ["train/c.csv"],
+        ["train/b.csv"],
+        ["README.md"],
+    )
     before_child = stored_blobs()
     cli("dataset", "finalize", "--id", v2)
     assert len(stored_blobs() - before_child) == 3  # b.csv, c.csv and the manifest
@@ -68,7 +76,10 @@ def test_version_tag_and_fetch_a_dataset(cli: CLI, backend: str, tmp_path: Path)
     assert shown["version"]["version"] == "1.0.1"
     assert [e["id"] for e in shown["lineage"]] == [v2, v1]
     assert (shown["added"], shown["modified"], shown["removed"]) == (
-        ["train/c.csv"], ["train/b.csv"], ["README.md"])
+        ["train/c.csv"],
+        ["train/b.csv"],
+        ["README.md"],
+    )
 
     cli("dataset", "tag", v2, "Production", "reviewed")
     found = cli.json("dataset", "search", "--tags", "Production", "reviewed")
@@ -77,12 +88,24 @@ def test_version_tag_and_fetch_a_dataset(cli: CLI, backend: str, tmp_path: Path)
     cli("dataset", "publish", v2)
 
     # Fetch: read-only cached copy with the child's exact content.
-    path = Path(cli("dataset", "get", "--project", "demo/sensors", "--name", "occupancy",
-                    "--tags", "Production").out.strip())
-    files = {p.relative_to(path).as_posix(): p.read_text() for p in path.rglob("*")
-             if p.is_file()}
-    assert files == {"train/a.csv": "t,h\n1,2\n", "train/b.csv": "t,h\n3,5\n",
-                     "train/c.csv": "t,h\n7,8\n"}
+    path = Path(
+        cli(
+            "dataset",
+            "get",
+            "--project",
+            "demo/sensors",
+            "--name",
+            "occupancy",
+            "--tags",
+            "Production",
+        ).out.strip()
+    )
+    files = {p.relative_to(path).as_posix(): p.read_text() for p in path.rglob("*") if p.is_file()}
+    assert files == {
+        "train/a.csv": "t,h\n1,2\n",
+        "train/b.csv": "t,h\n3,5\n",
+        "train/c.csv": "t,h\n7,8\n",
+    }
     assert not os.access(path / "train/a.csv", os.W_OK) or os.geteuid() == 0
     assert (path / "train/a.csv").stat().st_mode & 0o222 == 0
 
@@ -103,7 +126,9 @@ def test_version_tag_and_fetch_a_dataset(cli: CLI, backend: str, tmp_path: Path)
         ("dataset.version.published", v2),
     ]
     assert log[4][2] == ["Production", "reviewed"] and log[4][3]["added"] == [
-        "Production", "reviewed"]
+        "Production",
+        "reviewed",
+    ]
     assert log[5][2] == ["Production"]
     assert log[3][3]["version"] == "1.0.1" and log[3][3]["parents"] == [v1]
 
@@ -118,8 +143,9 @@ def test_merged_parents_later_parent_wins(cli: CLI, tmp_path: Path) -> None:
 
     left = version("left", {"shared.txt": "left", "only_left.txt": "L"})
     right = version("right", {"shared.txt": "right", "only_right.txt": "R"})
-    merged = cli("dataset", "create", "--project", "p", "--name", "merged",
-                 "--parents", left, right).out.strip()
+    merged = cli(
+        "dataset", "create", "--project", "p", "--name", "merged", "--parents", left, right
+    ).out.strip()
     files = {f["path"]: f for f in cli.json("dataset", "list", "--id", merged)["files"]}
     assert set(files) == {"shared.txt", "only_left.txt", "only_right.txt"}
     right_files = {f["path"]: f for f in cli.json("dataset", "list", "--id", right)["files"]}
@@ -132,12 +158,19 @@ def test_merged_parents_later_parent_wins(cli: CLI, tmp_path: Path) -> None:
 
 
 def test_add_with_globs_and_dataset_path(cli: CLI, tmp_path: Path) -> None:
-    write_tree(tmp_path / "in", {"x.csv": "1", "y.csv": "2", "notes.txt": "n",
-                                 "deep/z.csv": "3"})
-    vid = cli("dataset", "create", "--project", "p", "--name", "n", "--version", "2.0.0",
-              "--tags", "raw").out.strip()
-    cli("dataset", "add", "--files", str(tmp_path / "in/*.csv"), str(tmp_path / "in/deep"),
-        "--dataset-path", "tables")
+    write_tree(tmp_path / "in", {"x.csv": "1", "y.csv": "2", "notes.txt": "n", "deep/z.csv": "3"})
+    vid = cli(
+        "dataset", "create", "--project", "p", "--name", "n", "--version", "2.0.0", "--tags", "raw"
+    ).out.strip()
+    cli(
+        "dataset",
+        "add",
+        "--files",
+        str(tmp_path / "in/*.csv"),
+        str(tmp_path / "in/deep"),
+        "--dataset-path",
+        "tables",
+    )
     paths = [f["path"] for f in cli.json("dataset", "list", "--id", vid)["files"]]
     assert paths == ["tables/x.csv", "tables/y.csv", "tables/z.csv"]
     assert cli.json("dataset", "show", vid)["version"]["version"] == "2.0.0"

@@ -56,8 +56,9 @@ def test_reading_events_after_a_cursor_is_an_index_range_scan(database_url: str)
     store = Store(database_url)
     with store.session() as session:
         for i in range(50):
-            record_event(session, "dataset.version.created", entity_id=f"{i:032x}",
-                         project="p", name="n")
+            record_event(
+                session, "dataset.version.created", entity_id=f"{i:032x}", project="p", name="n"
+            )
     with store.reader() as session:
         assert [e.seq for e in read_events(session, 10, limit=5)] == [11, 12, 13, 14, 15]
         assert last_sequence(session) == 50
@@ -101,9 +102,9 @@ def test_postgres_event_sequence_order_is_commit_order(postgres_url: str) -> Non
     deadline = time.monotonic() + 30
     while True:
         with store.engine.connect() as conn:
-            waiting = conn.execute(text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            )).scalar()
+            waiting = conn.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            ).scalar()
         if waiting:
             break
         assert time.monotonic() < deadline, "second writer never waited for the first"
