@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from orchestrator.datasets.service import DatasetService
 from orchestrator.progress import NullReporter, Reporter
 from orchestrator.settings import Settings
 from orchestrator.storage import BlobCache, BlobStore, open_cache, open_storage
 from orchestrator.store import Store
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from orchestrator.git import Mirror
+    from orchestrator.queue.adapter import QueueAdapter
+    from orchestrator.tasks.service import TaskService
 
 
 class Runtime:
@@ -35,7 +43,33 @@ class Runtime:
     def datasets(self) -> DatasetService:
         return DatasetService(self.store, self.blobs, self.cache, self.reporter)
 
+    @cached_property
+    def mirror(self) -> Mirror:
+        from orchestrator.git import Mirror
+
+        return Mirror(self.settings.resolved_cache_dir / "git")
+
+    @cached_property
+    def redis(self) -> Redis:
+        from orchestrator.queue.connection import connect
+
+        return connect(self.settings)
+
+    @cached_property
+    def queues(self) -> QueueAdapter:
+        from orchestrator.queue.adapter import QueueAdapter
+
+        return QueueAdapter(self.redis)
+
+    @cached_property
+    def tasks(self) -> TaskService:
+        from orchestrator.tasks.service import TaskService
+
+        return TaskService(self.store, self.mirror, lambda: self.queues)
+
     def close(self) -> None:
+        if "redis" in self.__dict__:
+            self.redis.close()
         if "store" in self.__dict__:
             self.store.dispose()
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from orchestrator.errors import RetrainError
 
 # Options documented as taking several values (`--files a b c`); see `expand_variadic`.
-VARIADIC_OPTIONS = frozenset({"--files", "--parents", "--tags"})
+VARIADIC_OPTIONS = frozenset({"--files", "--parents", "--tags", "--param", "--input", "--env"})
 
 
 def expand_variadic(argv: Sequence[str]) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import admin, context, dataset
+from orchestrator.cli import admin, context, dataset, queue, task
 
 app = typer.Typer(
     name="retrain",
@@ -16,6 +16,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(dataset.app, name="dataset")
+app.add_typer(task.app, name="task")
+app.add_typer(queue.queue_app, name="queue")
+app.add_typer(queue.redis_app, name="redis")
 app.add_typer(admin.config_app, name="config")
 app.add_typer(admin.db_app, name="db")
 app.add_typer(admin.storage_app, name="storage")

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.redact import redact_url
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 """The newest migration; a test checks it is Alembic's head, so it cannot drift."""
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000

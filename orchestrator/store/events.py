@@ -27,6 +27,13 @@ DATASET_VERSION_UNTAGGED = "dataset.version.untagged"
 DATASET_VERSION_PUBLISHED = "dataset.version.published"
 DATASET_VERSION_DELETED = "dataset.version.deleted"
 
+TASK_CREATED = "task.created"
+TASK_QUEUED = "task.queued"
+TASK_STARTED = "task.started"
+TASK_COMPLETED = "task.completed"
+TASK_FAILED = "task.failed"
+TASK_ABORTED = "task.aborted"
+
 
 def record_event(
     session: Session,

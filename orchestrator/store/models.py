@@ -191,3 +191,59 @@ class Event(Base):
     tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Task(Base):
+    """A unit of work: a template (draft or completed) or a run cloned from one.
+
+    `spec` is the execution spec (repository, commit, entry point, requirements, ...),
+    `parameters` the sectioned parameters, `inputs` the declared dataset inputs and
+    `resolved_inputs` what they resolved to when the task was queued. A queued task's job
+    payload is built from these columns alone, so Redis can always be refilled from the store.
+    """
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        Index("ix_tasks_project_name", "project_id", "name", "created_at"),
+        Index("ix_tasks_status", "status", "queued_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(256))
+    type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("tasks.id"), nullable=True, index=True)
+    trigger_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    trigger_event_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    queue: Mapped[str] = mapped_column(String(64))
+    priority: Mapped[str] = mapped_column(String(8), default="normal")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    queued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    resolved_inputs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+    project: Mapped[Project] = relationship(lazy="joined")
+    tag_rows: Mapped[list[TaskTag]] = relationship(
+        cascade="all, delete-orphan", order_by="TaskTag.tag"
+    )
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.tag_rows]
+
+
+class TaskTag(Base):
+    __tablename__ = "task_tags"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)

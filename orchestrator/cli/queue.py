@@ -1,0 +1,81 @@
+"""`retrain queue ...` and `retrain redis ...`: the queues in Redis and the embedded server."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli import output
+from orchestrator.cli.context import runtime
+
+queue_app = typer.Typer(
+    help="Inspect queues and make Redis agree with the store.", no_args_is_help=True
+)
+redis_app = typer.Typer(
+    help="The embedded Redis used when RETRAIN_REDIS_URL is unset.", no_args_is_help=True
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@queue_app.command("reconcile")
+def reconcile(as_json: JsonFlag = False) -> None:
+    """Enqueue queued tasks whose job is missing from Redis (once), and drop waiting jobs of
+    aborted tasks. Safe to run any time, from anywhere, as often as you like."""
+    report = runtime().tasks.reconcile()
+    if as_json:
+        output.print_json(report)
+        return
+    output.note(
+        f"checked {report.checked} queued task(s): enqueued {len(report.enqueued)}, "
+        f"removed {len(report.removed)} stale job(s)"
+    )
+    for task_id in report.enqueued:
+        print(task_id)
+
+
+@queue_app.command("list")
+def list_queues(as_json: JsonFlag = False) -> None:
+    """Jobs waiting in Redis per queue and priority, for every queue tasks have used."""
+    rt = runtime()
+    names = sorted({t.queue for t in rt.tasks.list(limit=10_000)})
+    counts = {name: rt.queues.counts(name) for name in names}
+    if as_json:
+        output.print_json(counts)
+        return
+    output.table(
+        None,
+        ["queue", "high", "normal", "low"],
+        [(n, c["high"], c["normal"], c["low"]) for n, c in counts.items()],
+    )
+    if not names:
+        output.note("no queue has been used yet")
+
+
+@redis_app.command("status")
+def redis_status() -> None:
+    """Where the Redis in use is."""
+    from orchestrator.queue.connection import embedded_url
+    from orchestrator.redact import redact_url
+
+    settings = runtime().settings
+    if settings.redis_url:
+        print(redact_url(settings.redis_url))
+        output.note("using RETRAIN_REDIS_URL")
+        return
+    url = embedded_url(settings, start=False)
+    if url:
+        print(url)
+        output.note(f"embedded Redis for {settings.home} is running")
+    else:
+        output.note(f"embedded Redis for {settings.home} is not running (it starts on demand)")
+
+
+@redis_app.command("stop")
+def redis_stop() -> None:
+    """Stop this home's embedded Redis; its data is kept and reloaded on the next start."""
+    from orchestrator.queue.connection import stop_embedded
+
+    stopped = stop_embedded(runtime().settings)
+    output.note("stopped the embedded Redis" if stopped else "the embedded Redis is not running")

@@ -1,0 +1,449 @@
+"""`retrain task ...`: register templates, clone them with overrides, queue runs."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.cli import output
+from orchestrator.cli.context import runtime
+from orchestrator.errors import UserError
+
+app = typer.Typer(
+    help="Register template tasks, clone them with overrides, queue runs.", no_args_is_help=True
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Params = Annotated[
+    list[str],
+    typer.Option(
+        "--param", help="SECTION/NAME=VALUE (several allowed), e.g. General/dataset_id=ID."
+    ),
+]
+Inputs = Annotated[
+    list[str],
+    typer.Option("--input", help="NAME=DATASET_VERSION_ID or NAME=${params.SECTION/NAME}."),
+]
+Tags = Annotated[list[str], typer.Option("--tags", help="Tags (several allowed).")]
+Queue = Annotated[str | None, typer.Option("--queue", help="Queue name, e.g. gpu.")]
+PriorityOpt = Annotated[
+    str | None,
+    typer.Option("--priority", help="high, normal or low (high runs before normal before low)."),
+]
+AllowNew = Annotated[
+    bool,
+    typer.Option(
+        "--allow-new-params", help="Allow overriding parameters the template does not have."
+    ),
+]
+
+
+def _definition(
+    *,
+    project: str | None,
+    name: str | None,
+    repo: str | None,
+    branch: str | None,
+    commit: str | None,
+    working_dir: str,
+    script: str | None,
+    module: str | None,
+    args: list[str],
+    env: list[str],
+    requirements: str | None,
+    resolve: bool,
+    python: str | None,
+    params: list[str],
+    inputs: list[str],
+    queue: str | None,
+    gpus: int,
+    timeout: str,
+    task_type: str,
+    tags: list[str],
+    comment: str,
+) -> Any:
+    from pydantic import ValidationError
+
+    from orchestrator.tasks.params import parse_inputs, parse_params, split_assignment
+    from orchestrator.tasks.spec import DEFAULT_QUEUE, TaskDefinition
+
+    missing = [
+        flag
+        for flag, value in (("--project", project), ("--name", name), ("--repo", repo))
+        if not value
+    ]
+    if missing:
+        raise UserError(f"{', '.join(missing)}: required (or give the task as -f task.yaml)")
+    values: dict[str, Any] = {
+        "project": project,
+        "name": name,
+        "repo": repo,
+        "branch": branch,
+        "commit": commit,
+        "working_dir": working_dir,
+        "script": script,
+        "module": module,
+        "args": [word for text in args for word in shlex.split(text)],
+        "env": dict(split_assignment(e, "--env") for e in env),
+        "requirements": requirements,
+        "resolve": resolve,
+        "python": python,
+        "params": parse_params(params),
+        "inputs": parse_inputs(inputs),
+        "queue": queue or DEFAULT_QUEUE,
+        "gpus": gpus,
+        "timeout": timeout,
+        "type": task_type,
+        "tags": tags,
+        "comment": comment,
+    }
+    try:
+        return TaskDefinition.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "--" + "-".join(str(p) for p in first["loc"][:1]).replace("_", "-")
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise UserError(f"{field}: {message}") from None
+
+
+def _from_file(path: Path) -> Any:
+    from orchestrator.tasks.spec import TaskDefinition
+    from orchestrator.yamlfile import load
+
+    document = load(path)
+    return document.validate(TaskDefinition)
+
+
+@app.command()
+def create(
+    file: Annotated[
+        Path | None, typer.Option("-f", "--file", help="Read the task from a task.yaml.")
+    ] = None,
+    project: Annotated[str | None, typer.Option("--project")] = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    repo: Annotated[str | None, typer.Option("--repo", help="Git URL or local path.")] = None,
+    branch: Annotated[str | None, typer.Option("--branch")] = None,
+    commit: Annotated[str | None, typer.Option("--commit")] = None,
+    working_dir: Annotated[str, typer.Option("--working-dir")] = ".",
+    script: Annotated[str | None, typer.Option("--script", help="Path in the repo.")] = None,
+    module: Annotated[str | None, typer.Option("--module", help="Run as python -m.")] = None,
+    args: Annotated[
+        list[str],
+        typer.Option("--args", help="Arguments, split like a shell would (no shell runs)."),
+    ] = [],  # noqa: B006
+    env: Annotated[list[str], typer.Option("--env", help="NAME=VALUE (no secrets).")] = [],  # noqa: B006
+    requirements: Annotated[
+        str | None, typer.Option("--requirements", help="Pinned requirements file.")
+    ] = None,
+    resolve: Annotated[
+        bool, typer.Option("--resolve", help="Pin a loose requirements file with uv.")
+    ] = False,
+    python: Annotated[str | None, typer.Option("--python", help="e.g. 3.11")] = None,
+    params: Params = [],  # noqa: B006
+    inputs: Inputs = [],  # noqa: B006
+    queue: Queue = None,
+    gpus: Annotated[int, typer.Option("--gpus", min=0)] = 0,
+    timeout: Annotated[str, typer.Option("--timeout", help="e.g. 12h, 30m.")] = "24h",
+    task_type: Annotated[str, typer.Option("--type")] = "training",
+    tags: Tags = [],  # noqa: B006
+    comment: Annotated[str, typer.Option("--comment")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a task (a template to clone); prints its id."""
+    tasks = runtime().tasks
+    if file is not None:
+        definition = _from_file(file)
+        try:
+            info = tasks.create(definition, base_dir=file.absolute().parent)
+        except UserError as exc:
+            raise UserError(f"{file}: {exc}") from None
+    else:
+        definition = _definition(
+            project=project,
+            name=name,
+            repo=repo,
+            branch=branch,
+            commit=commit,
+            working_dir=working_dir,
+            script=script,
+            module=module,
+            args=args,
+            env=env,
+            requirements=requirements,
+            resolve=resolve,
+            python=python,
+            params=params,
+            inputs=inputs,
+            queue=queue,
+            gpus=gpus,
+            timeout=timeout,
+            task_type=task_type,
+            tags=tags,
+            comment=comment,
+        )
+        info = tasks.create(definition)
+    _print_task(info, as_json, f"registered {info.label} ({info.status})")
+
+
+@app.command()
+def capture(
+    directory: Annotated[Path, typer.Argument(help="A git checkout.")] = Path("."),
+    project: Annotated[str | None, typer.Option("--project")] = None,
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    working_dir: Annotated[str, typer.Option("--working-dir")] = ".",
+    script: Annotated[str | None, typer.Option("--script")] = None,
+    module: Annotated[str | None, typer.Option("--module")] = None,
+    args: Annotated[list[str], typer.Option("--args")] = [],  # noqa: B006
+    env: Annotated[list[str], typer.Option("--env")] = [],  # noqa: B006
+    requirements: Annotated[
+        str | None, typer.Option("--requirements", help="Default: DIR/requirements.txt if present.")
+    ] = None,
+    resolve: Annotated[bool, typer.Option("--resolve")] = False,
+    python: Annotated[str | None, typer.Option("--python")] = None,
+    params: Params = [],  # noqa: B006
+    inputs: Inputs = [],  # noqa: B006
+    queue: Queue = None,
+    gpus: Annotated[int, typer.Option("--gpus", min=0)] = 0,
+    timeout: Annotated[str, typer.Option("--timeout")] = "24h",
+    task_type: Annotated[str, typer.Option("--type")] = "training",
+    tags: Tags = [],  # noqa: B006
+    comment: Annotated[str, typer.Option("--comment")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Register a task from a local checkout: remote URL (or path), HEAD, uncommitted diff
+    and pinned requirements."""
+    definition = _definition(
+        project=project,
+        name=name,
+        repo=str(directory),
+        branch=None,
+        commit=None,
+        working_dir=working_dir,
+        script=script,
+        module=module,
+        args=args,
+        env=env,
+        requirements=requirements,
+        resolve=resolve,
+        python=python,
+        params=params,
+        inputs=inputs,
+        queue=queue,
+        gpus=gpus,
+        timeout=timeout,
+        task_type=task_type,
+        tags=tags,
+        comment=comment,
+    )
+    info = runtime().tasks.capture(directory, definition)
+    spec = info.spec
+    diff = f", diff of {len(spec['diff'])} bytes" if spec.get("diff") else ", clean tree"
+    _print_task(
+        info,
+        as_json,
+        f"captured {info.label}: {spec['repo']} @ "
+        f"{spec['commit'][:12]}{diff}, {len(spec['requirements'])} pinned requirement(s)",
+    )
+
+
+@app.command()
+def clone(
+    ref: Annotated[str, typer.Argument(help="Template: id, project/name or project/name@tag.")],
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    params: Params = [],  # noqa: B006
+    inputs: Inputs = [],  # noqa: B006
+    queue: Queue = None,
+    tags: Tags = [],  # noqa: B006
+    allow_new_params: AllowNew = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Copy a template into a new draft with overrides; prints its id."""
+    info = runtime().tasks.clone(
+        ref, **_clone_options(name, params, inputs, tags, allow_new_params), queue=queue
+    )
+    _print_task(info, as_json, f"cloned {ref} into draft {info.id}")
+
+
+@app.command()
+def enqueue(
+    task_id: Annotated[str, typer.Argument(help="Task id (a draft).")],
+    queue: Queue = None,
+    priority: PriorityOpt = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Queue a draft: resolve its branch and inputs, then send its job to Redis."""
+    info, sent = runtime().tasks.enqueue(task_id, queue=queue, priority=_priority(priority))
+    _print_queued(info, sent, as_json)
+
+
+@app.command()
+def run(
+    ref: Annotated[str, typer.Argument(help="Template: id, project/name or project/name@tag.")],
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    params: Params = [],  # noqa: B006
+    inputs: Inputs = [],  # noqa: B006
+    queue: Queue = None,
+    priority: PriorityOpt = None,
+    tags: Tags = [],  # noqa: B006
+    allow_new_params: AllowNew = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Clone a template with overrides and queue the clone; prints the new id."""
+    info, sent = runtime().tasks.run(
+        ref,
+        queue=queue,
+        priority=_priority(priority),
+        **_clone_options(name, params, inputs, tags, allow_new_params),
+    )
+    _print_queued(info, sent, as_json)
+
+
+@app.command()
+def abort(
+    task_id: Annotated[str, typer.Argument(help="Task id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Abort a task: mark it aborted and remove its job from the queue."""
+    info = runtime().tasks.abort(task_id)
+    _print_task(info, as_json, f"aborted {info.label} {info.id}")
+
+
+@app.command("list")
+def list_tasks(
+    project: Annotated[str | None, typer.Option("--project", help="Project glob.")] = None,
+    status: Annotated[str | None, typer.Option("--status")] = None,
+    tag: Annotated[str | None, typer.Option("--tag")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """Tasks, newest first."""
+    found = runtime().tasks.list(project=project, status=status, tag=tag, limit=limit)
+    if as_json:
+        output.print_json(found)
+        return
+    output.table(
+        None,
+        ["id", "project", "name", "type", "status", "queue", "tags", "parent", "created"],
+        [
+            (
+                t.id,
+                t.project,
+                t.name,
+                t.type,
+                t.status,
+                t.queue,
+                t.tags,
+                t.parent[:8] if t.parent else None,
+                t.created_at,
+            )
+            for t in found
+        ],
+    )
+    if not found:
+        output.note("no task matches")
+
+
+@app.command()
+def show(
+    ref: Annotated[str, typer.Argument(help="Task id, or a template reference.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """A task's spec, resolved parameters, inputs and lineage (parent, trigger, event)."""
+    info = runtime().tasks.template(ref)
+    if as_json:
+        output.print_json(info)
+        return
+    spec = info.spec
+    entry = spec["entry"].get("script") or f"-m {spec['entry'].get('module')}"
+    rows: list[tuple[str, Any]] = [
+        ("id", info.id),
+        ("task", info.label),
+        ("type", info.type),
+        ("status", info.status),
+        ("tags", info.tags),
+        ("parent", info.parent),
+        ("trigger", f"{info.trigger} (event {info.trigger_event})" if info.trigger else None),
+        ("queue", f"{info.queue} ({info.priority})"),
+        ("repo", spec["repo"]),
+        ("branch", spec.get("branch")),
+        ("commit", spec.get("commit")),
+        ("working dir", spec["working_dir"]),
+        ("entry point", entry),
+        ("args", " ".join(shlex.quote(a) for a in spec["args"]) or None),
+        ("env", [f"{k}={v}" for k, v in spec["env"].items()]),
+        ("diff", f"{len(spec['diff'])} bytes" if spec.get("diff") else None),
+        ("python", spec.get("python")),
+        ("gpus", spec["gpus"]),
+        ("timeout", f"{spec['timeout_s']} s"),
+        ("created", info.created_at),
+        ("queued", info.queued_at),
+        ("started", info.started_at),
+        ("finished", info.finished_at),
+        ("worker", info.worker),
+        ("exit code", info.exit_code),
+        ("error", info.error),
+    ]
+    output.table(None, ["field", "value"], rows)
+    for title, mapping in (
+        ("parameters", info.parameters),
+        ("inputs", info.inputs),
+        ("resolved inputs", info.resolved_inputs),
+        ("metrics", info.metrics),
+    ):
+        if mapping:
+            output.out.print(f"\n{title}:")
+            for key, value in sorted(mapping.items()):
+                output.out.print(f"  {key} = {value}", markup=False)
+    if spec["requirements"]:
+        output.out.print("\nrequirements:")
+        for line in spec["requirements"]:
+            output.out.print(f"  {line}", markup=False)
+
+
+def _clone_options(
+    name: str | None, params: list[str], inputs: list[str], tags: list[str], allow_new_params: bool
+) -> dict[str, Any]:
+    from orchestrator.tasks.params import parse_inputs, split_assignment
+
+    return {
+        "name": name,
+        "params": dict(split_assignment(p, "--param") for p in params),
+        "inputs": parse_inputs(inputs),
+        "tags": tags,
+        "allow_new_params": allow_new_params,
+    }
+
+
+def _priority(value: str | None) -> Any:
+    if value not in (None, "high", "normal", "low"):
+        raise UserError(f"--priority: {value!r} is not high, normal or low")
+    return value
+
+
+def _print_task(info: Any, as_json: bool, message: str) -> None:
+    if as_json:
+        output.print_json(info)
+    else:
+        print(info.id)
+        output.note(message)
+
+
+def _print_queued(info: Any, sent: bool, as_json: bool) -> None:
+    if as_json:
+        output.print_json({**info.model_dump(mode="json"), "in_redis": sent})
+        return
+    print(info.id)
+    if sent:
+        output.note(
+            f"queued {info.label} {info.id} on {info.queue} ({info.priority}) at "
+            f"{info.spec['commit'][:12]}"
+        )
+    else:
+        output.note(
+            f"warning: {info.label} {info.id} is queued in the store but Redis is "
+            "unreachable; it reaches Redis on the next `retrain queue reconcile` "
+            "(the scheduler runs it every 30 s)"
+        )

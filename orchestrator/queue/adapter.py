@@ -1,0 +1,123 @@
+"""The one place retrain talks to RQ: enqueue a task's job, look it up, remove it.
+
+Jobs are JSON (RQ's JSONSerializer): a function named by dotted path and one argument, the
+task's frozen payload. Never pickle: a pickled job is code that runs on every GPU host.
+The job id is the task id, and `unique=True` makes RQ's enqueue atomic and idempotent, so a
+retry, a reconcile pass and a second scheduler cannot queue one task twice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import ServiceUnavailable
+from orchestrator.queue import keys
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from rq import Queue
+    from rq.job import Job
+
+RESULT_TTL_S = 7 * 86400
+FAILURE_TTL_S = 30 * 86400
+
+
+def _serializer() -> Any:
+    from rq.serializers import JSONSerializer
+
+    return JSONSerializer
+
+
+class QueueAdapter:
+    """RQ queues on one Redis connection."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def queue(self, name: str, priority: str = "normal") -> Queue:
+        from rq import Queue
+
+        return Queue(keys.rq_queue(name, priority), connection=self.redis, serializer=_serializer())
+
+    def enqueue(
+        self, task_id: str, payload: dict[str, Any], *, queue: str, priority: str, timeout_s: int
+    ) -> bool:
+        """Put the task's job on its queue; False when it is there already."""
+        from redis import RedisError
+        from rq.exceptions import DuplicateJobError
+
+        if timeout_s < 1:  # RQ would fall back to its 180 s default
+            raise ValueError("a job needs an explicit timeout")
+        try:
+            self.queue(queue, priority).enqueue_call(
+                keys.JOB_FUNCTION,
+                args=(payload,),
+                job_id=task_id,
+                timeout=timeout_s,
+                result_ttl=RESULT_TTL_S,
+                failure_ttl=FAILURE_TTL_S,
+                description=f"{payload.get('project')}/{payload.get('name')} {task_id}",
+                unique=True,
+            )
+        except DuplicateJobError:
+            return False
+        except RedisError as exc:
+            raise ServiceUnavailable(f"cannot enqueue task {task_id}: {exc}") from None
+        return True
+
+    def job(self, task_id: str) -> Job | None:
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            return Job.fetch(task_id, connection=self.redis, serializer=_serializer())
+        except NoSuchJobError:
+            return None
+
+    def exists(self, task_id: str) -> bool:
+        from rq.job import Job
+
+        return bool(Job.exists(task_id, connection=self.redis))
+
+    def existing(self, task_ids: list[str]) -> set[str]:
+        """Which of these tasks have a job in Redis (one round trip)."""
+        from rq.job import Job
+
+        if not task_ids:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.exists(Job.key_for(task_id))
+        return {tid for tid, found in zip(task_ids, pipe.execute(), strict=True) if found}
+
+    def remove(self, task_id: str) -> bool:
+        """Delete a task's job (from its queue and every registry); False if there was none."""
+        job = self.job(task_id)
+        if job is None:
+            return False
+        job.delete(remove_from_queue=True)
+        return True
+
+    def cancel(self, task_id: str) -> str | None:
+        """Stop a task's job: a waiting job is deleted; a running one gets RQ's stop command
+        (its worker kills the work horse). Returns the job's status before, None if none."""
+        from redis import RedisError
+
+        try:
+            job = self.job(task_id)
+            if job is None:
+                return None
+            status = str(job.get_status())
+            if status == "started":
+                from rq.command import send_stop_job_command
+
+                send_stop_job_command(self.redis, task_id, serializer=_serializer())
+            else:
+                job.delete(remove_from_queue=True)
+        except RedisError as exc:
+            raise ServiceUnavailable(f"cannot cancel the job of task {task_id}: {exc}") from None
+        return status
+
+    def counts(self, queue: str) -> dict[str, int]:
+        """Jobs waiting per priority of `queue`."""
+        return {p: self.queue(queue, p).count for p in keys.PRIORITIES}

@@ -1,0 +1,23 @@
+"""Every Redis name retrain uses, in one place (RQ's own keys stay RQ's)."""
+
+from __future__ import annotations
+
+PREFIX = "retrain"
+
+JOB_FUNCTION = "workers.job.run_task"
+"""The job function, named by dotted path: Redis holds its name and JSON arguments, never
+pickled code. Workers import it."""
+
+PRIORITIES = ("high", "normal", "low")
+"""Priorities are separate RQ queues that a worker drains in this order: `gpu:high` before
+`gpu` before `gpu:low`. Within one priority, jobs run in the order they were queued."""
+
+
+def rq_queue(queue: str, priority: str = "normal") -> str:
+    """The RQ queue name for a retrain queue and priority (`gpu`, `gpu:high`, `gpu:low`)."""
+    return queue if priority == "normal" else f"{queue}:{priority}"
+
+
+def rq_queues_in_order(queue: str) -> list[str]:
+    """What a worker listening on `queue` asks RQ for, highest priority first."""
+    return [rq_queue(queue, p) for p in PRIORITIES]

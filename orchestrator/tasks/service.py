@@ -1,0 +1,572 @@
+"""Template tasks and runs: register, capture, clone with overrides, enqueue, abort, reconcile.
+
+Order of work for every change: check everything that can fail for outside reasons (git,
+requirements, dataset references) first; then one database transaction writes the task and its
+event; only after the commit is Redis touched. A crash between the commit and the enqueue
+leaves a `queued` task without a job, which `reconcile()` puts back exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from orchestrator import templating
+from orchestrator.datasets import queries as dataset_queries
+from orchestrator.datasets.validate import check_name, check_project, check_tag
+from orchestrator.errors import Conflict, NotFound, ServiceUnavailable, UserError
+from orchestrator.git import Mirror, capture, normalize_repo
+from orchestrator.queue.adapter import QueueAdapter
+from orchestrator.store import Store
+from orchestrator.store import events as ev
+from orchestrator.store.models import Project, Task, TaskTag, utcnow
+from orchestrator.tasks import requirements as reqs
+from orchestrator.tasks.params import apply_overrides
+from orchestrator.tasks.spec import (
+    EntryPoint,
+    ExecutionSpec,
+    Priority,
+    TaskDefinition,
+    check_queue,
+)
+from orchestrator.tasks.views import ReconcileReport, TaskInfo, payload
+
+TEMPLATE_STATUSES = ("draft", "completed")
+FINISHED = ("completed", "failed", "aborted")
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "draft": ("queued", "aborted"),
+    "queued": ("running", "aborted", "failed"),
+    "running": ("completed", "failed", "aborted", "queued"),
+    "completed": (),
+    "failed": (),
+    "aborted": (),
+}
+"""Allowed status changes. `running → queued` is a retry after a lost worker."""
+
+EVENT_OF_STATUS = {
+    "queued": ev.TASK_QUEUED,
+    "running": ev.TASK_STARTED,
+    "completed": ev.TASK_COMPLETED,
+    "failed": ev.TASK_FAILED,
+    "aborted": ev.TASK_ABORTED,
+}
+_ID = re.compile(r"^[0-9a-f]{32}$")
+_PARAM_REF = re.compile(r"^\$\{\s*params\.([^}]+?)\s*\}$")
+
+
+class TaskService:
+    """Task operations behind the CLI, the scheduler and the Python API."""
+
+    def __init__(
+        self,
+        store: Store,
+        mirror: Mirror,
+        queues: Callable[[], QueueAdapter],
+    ) -> None:
+        self.store = store
+        self.mirror = mirror
+        self._queues = queues
+        self._adapter: QueueAdapter | None = None
+
+    @property
+    def queues(self) -> QueueAdapter:
+        if self._adapter is None:
+            self._adapter = self._queues()
+        return self._adapter
+
+    # -- registration ----------------------------------------------------------------------
+
+    def create(
+        self, definition: TaskDefinition, *, base_dir: Path | None = None, diff: str | None = None
+    ) -> TaskInfo:
+        """Register a task (a template, normally) after checking its code exists."""
+        base = base_dir or Path.cwd()
+        project = check_project(definition.project)
+        name = check_name(definition.name)
+        tags = sorted({check_tag(t) for t in definition.tags})
+        try:
+            spec = ExecutionSpec(
+                repo=normalize_repo(definition.repo, base),
+                branch=definition.branch,
+                commit=definition.commit,
+                working_dir=definition.working_dir,
+                entry=EntryPoint(script=definition.script, module=definition.module),
+                args=definition.args,
+                env=definition.env,
+                diff=diff,
+                requirements=self._requirements(definition, base),
+                python=definition.python,
+                gpus=definition.gpus,
+                timeout_s=int(definition.timeout),
+            )
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise UserError(_first_error(exc)) from None
+        spec = self._check_code(spec)
+        _check_placeholders(spec, definition.params, definition.inputs)
+        with self.store.session() as session:
+            _check_input_refs(session, definition.inputs, definition.params)
+            row = Task(
+                project=_project(session, project),
+                name=name,
+                type=definition.type,
+                status="draft",
+                comment=definition.comment,
+                queue=definition.queue,
+                priority="normal",
+                created_at=utcnow(),
+                spec=spec.model_dump(mode="json"),
+                parameters=dict(definition.params),
+                inputs=dict(definition.inputs),
+                resolved_inputs={},
+                metrics={},
+            )
+            row.tag_rows = [TaskTag(tag=t) for t in tags]
+            session.add(row)
+            session.flush()
+            info = TaskInfo.of(row)
+            _event(session, ev.TASK_CREATED, info)
+        return info
+
+    def capture(self, directory: Path, definition: TaskDefinition) -> TaskInfo:
+        """Register a task from a local checkout: its remote (or path), HEAD, uncommitted
+        changes, and its requirements file when none is named."""
+        if not directory.is_dir():
+            raise UserError(f"{directory} is not a folder")
+        captured = capture(directory)
+        if definition.requirements is None and (directory / "requirements.txt").exists():
+            definition = definition.model_copy(
+                update={"requirements": str((directory / "requirements.txt").absolute())}
+            )
+        definition = definition.model_copy(
+            update={"repo": captured.repo, "commit": captured.commit, "branch": None}
+        )
+        return self.create(definition, base_dir=directory, diff=captured.diff)
+
+    def _requirements(self, definition: TaskDefinition, base: Path) -> list[str]:
+        value = definition.requirements
+        if value is None:
+            return []
+        if isinstance(value, list):
+            return reqs.parse_text("\n".join(value), "requirements")
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        if definition.resolve:
+            return reqs.resolve(path, definition.python)
+        return reqs.read_file(path)
+
+    def _check_code(self, spec: ExecutionSpec) -> ExecutionSpec:
+        """The branch or commit exists and the entry point is there at that commit. A given
+        commit is recorded in full; a branch stays a branch until the task is queued."""
+        mirror = self.mirror.ensure(spec.repo, spec.commit)
+        ref = spec.commit or spec.branch or "HEAD"
+        try:
+            commit = self.mirror.resolve(mirror, ref)
+        except UserError:
+            what = "--commit" if spec.commit else "--branch" if spec.branch else "HEAD"
+            raise UserError(f"{what}: {ref!r} does not exist in {spec.repo}") from None
+        entry = _entry_paths(spec)
+        if not any(self.mirror.has_path(mirror, commit, path) for path in entry):
+            raise UserError(
+                f"{spec.entry.describe()} is not in {spec.repo} at {commit[:12]} "
+                f"(looked for {' or '.join(entry)})"
+            )
+        if spec.commit:
+            return spec.model_copy(update={"commit": commit})
+        return spec
+
+    # -- templates and clones --------------------------------------------------------------
+
+    def resolve_template(self, session: Session, ref: str) -> Task:
+        """An id, `project/name` (the newest template of that name: draft or completed), or
+        `project/name@tag`."""
+        if _ID.match(ref):
+            row = session.get(Task, ref)
+            if row is None:
+                raise NotFound("task", ref)
+            return row
+        path, _, tag = ref.partition("@")
+        project, _, name = path.rpartition("/")
+        if not project or not name:
+            raise UserError(f"template {ref!r}: expected an id, project/name or project/name@tag")
+        query = (
+            select(Task)
+            .join(Project)
+            .where(Project.path == project, Task.name == name, Task.status.in_(TEMPLATE_STATUSES))
+            .order_by(Task.created_at.desc())
+            .limit(1)
+        )
+        if tag:
+            query = query.where(Task.id.in_(select(TaskTag.task_id).where(TaskTag.tag == tag)))
+        row = session.scalars(query).first()
+        if row is None:
+            raise NotFound(
+                "template",
+                ref,
+                "templates are draft or completed tasks; list them with: retrain task list",
+            )
+        return row
+
+    def clone(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, str] | None = None,
+        queue: str | None = None,
+        tags: Iterable[str] = (),
+        allow_new_params: bool = False,
+        context: Mapping[str, Any] | None = None,
+        trigger: tuple[str, int] | None = None,
+        session: Session | None = None,
+    ) -> TaskInfo:
+        """A new draft copied from a template, with its parent recorded. Override values may
+        use `${...}` anywhere in a string; `context` supplies the variables (a trigger's
+        `dataset.*`, say) on top of the template's own `params.*`."""
+        if session is None:
+            with self.store.session() as own:
+                return self.clone(
+                    ref,
+                    name=name,
+                    params=params,
+                    inputs=inputs,
+                    queue=queue,
+                    tags=tags,
+                    allow_new_params=allow_new_params,
+                    context=context,
+                    trigger=trigger,
+                    session=own,
+                )
+        template = self.resolve_template(session, ref)
+        variables = {f"params.{k}": v for k, v in (template.parameters or {}).items()}
+        variables.update(context or {})
+        rendered = {
+            key: templating.render_value(value, variables, where=f"--param {key}")
+            for key, value in (params or {}).items()
+        }
+        parameters = apply_overrides(
+            template.parameters or {}, rendered, allow_new=allow_new_params
+        )
+        merged_inputs = dict(template.inputs or {})
+        for key, value in (inputs or {}).items():
+            if key not in merged_inputs and not allow_new_params:
+                raise UserError(f"--input {key}: the template has no such input")
+            merged_inputs[key] = templating.render(value, variables, where=f"--input {key}")
+        spec = ExecutionSpec.model_validate(template.spec)
+        _check_placeholders(spec, parameters, merged_inputs)
+        _check_input_refs(session, merged_inputs, parameters)
+        row = Task(
+            project=template.project,
+            name=check_name(name) if name else template.name,
+            type=template.type,
+            status="draft",
+            comment=template.comment,
+            parent_id=template.id,
+            trigger_name=trigger[0] if trigger else None,
+            trigger_event_seq=trigger[1] if trigger else None,
+            queue=check_queue(queue) if queue else template.queue,
+            priority="normal",
+            created_at=utcnow(),
+            spec=dict(template.spec),
+            parameters=parameters,
+            inputs=merged_inputs,
+            resolved_inputs={},
+            metrics={},
+        )
+        new_tags = sorted({*(template.tags), *(check_tag(t) for t in tags)})
+        row.tag_rows = [TaskTag(tag=t) for t in new_tags]
+        session.add(row)
+        session.flush()
+        info = TaskInfo.of(row)
+        _event(session, ev.TASK_CREATED, info)
+        return info
+
+    # -- queueing --------------------------------------------------------------------------
+
+    def enqueue(
+        self, task_id: str, *, queue: str | None = None, priority: Priority | None = None
+    ) -> tuple[TaskInfo, bool]:
+        """Mark a draft queued (resolving its branch to a commit and its inputs to dataset
+        versions), commit, then put its job on Redis. Returns the task and whether Redis got
+        the job now; if Redis is down the task stays queued and `reconcile` enqueues it."""
+        with self.store.reader() as session:
+            row = _load(session, task_id)
+            _check_transition(row, "queued")
+            spec = ExecutionSpec.model_validate(row.spec)
+        if spec.commit is None:
+            mirror = self.mirror.ensure(spec.repo)
+            ref = spec.branch or "HEAD"
+            try:
+                commit = self.mirror.resolve(mirror, ref)
+            except UserError:
+                raise UserError(f"branch {ref!r} no longer exists in {spec.repo}") from None
+            spec = spec.model_copy(update={"commit": commit})
+        with self.store.session() as session:
+            row = _load(session, task_id, for_update=True)
+            _check_transition(row, "queued")
+            row.resolved_inputs = _resolve_inputs(session, row.inputs or {}, row.parameters or {})
+            row.spec = spec.model_dump(mode="json")
+            if queue:
+                row.queue = check_queue(queue)
+            if priority:
+                row.priority = priority
+            _set_status(session, row, "queued")
+            info = TaskInfo.of(row)
+            job = payload(row)
+        return info, self._push(info, job)
+
+    def _push(self, info: TaskInfo, job: dict[str, Any]) -> bool:
+        try:
+            self.queues.enqueue(
+                info.id,
+                job,
+                queue=info.queue,
+                priority=info.priority,
+                timeout_s=int(info.spec["timeout_s"]),
+            )
+        except ServiceUnavailable:
+            return False
+        return True
+
+    def run(
+        self,
+        ref: str,
+        *,
+        queue: str | None = None,
+        priority: Priority | None = None,
+        **clone_options: Any,
+    ) -> tuple[TaskInfo, bool]:
+        """Clone a template with overrides and queue the clone: `retrain task run`."""
+        draft = self.clone(ref, queue=queue, **clone_options)
+        return self.enqueue(draft.id, priority=priority)
+
+    def abort(self, task_id: str, reason: str = "aborted by user") -> TaskInfo:
+        """Mark a task aborted, then remove its job from Redis if it is still waiting."""
+        with self.store.session() as session:
+            row = _load(session, task_id, for_update=True)
+            _check_transition(row, "aborted")
+            row.error = reason
+            _set_status(session, row, "aborted")
+            info = TaskInfo.of(row)
+        # If Redis is unreachable now, reconcile removes jobs of tasks no longer queued.
+        with contextlib.suppress(ServiceUnavailable):
+            self.queues.cancel(task_id)
+        return info
+
+    def reconcile(self) -> ReconcileReport:
+        """Make Redis agree with the store: every queued task has its job (enqueued once,
+        atomically, even with several reconcilers) and no aborted task keeps one waiting."""
+        report = ReconcileReport()
+        with self.store.reader() as session:
+            queued = list(
+                session.scalars(
+                    select(Task).where(Task.status == "queued").options(selectinload(Task.tag_rows))
+                )
+            )
+            aborted = list(
+                session.scalars(
+                    select(Task.id)
+                    .where(Task.status == "aborted")
+                    .order_by(Task.finished_at.desc())
+                    .limit(1000)
+                )
+            )
+        report.checked = len(queued)
+        present = self.queues.existing([t.id for t in queued])
+        for row in queued:
+            if row.id in present:
+                continue
+            info = TaskInfo.of(row)
+            if self.queues.enqueue(
+                row.id,
+                payload(row),
+                queue=row.queue,
+                priority=row.priority,
+                timeout_s=int(row.spec["timeout_s"]),
+            ):
+                report.enqueued.append(info.id)
+        for task_id in sorted(self.queues.existing(aborted)):
+            job = self.queues.job(task_id)
+            if job is not None and job.get_status() == "queued":
+                self.queues.remove(task_id)
+                report.removed.append(task_id)
+        return report
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> TaskInfo:
+        with self.store.reader() as session:
+            return TaskInfo.of(_load(session, task_id))
+
+    def template(self, ref: str) -> TaskInfo:
+        with self.store.reader() as session:
+            return TaskInfo.of(self.resolve_template(session, ref))
+
+    def list(
+        self,
+        *,
+        project: str | None = None,
+        status: str | None = None,
+        tag: str | None = None,
+        limit: int = 50,
+    ) -> list[TaskInfo]:
+        query = (
+            select(Task)
+            .options(selectinload(Task.tag_rows))
+            .order_by(Task.created_at.desc())
+            .limit(limit)
+        )
+        if project:
+            query = query.join(Project).where(Project.path.like(_like(project), escape="\\"))
+        if status:
+            if status not in TRANSITIONS:
+                raise UserError(f"--status: {status!r} is not one of {', '.join(TRANSITIONS)}")
+            query = query.where(Task.status == status)
+        if tag:
+            query = query.where(Task.id.in_(select(TaskTag.task_id).where(TaskTag.tag == tag)))
+        with self.store.reader() as session:
+            return [TaskInfo.of(r) for r in session.scalars(query)]
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        return f"{field}: {message}" if field else message
+    return str(exc)
+
+
+def _project(session: Session, path: str) -> Project:
+    row = session.scalars(select(Project).where(Project.path == path)).first()
+    if row is None:
+        row = Project(path=path, created_at=utcnow())
+        session.add(row)
+    return row
+
+
+def _load(session: Session, task_id: str, *, for_update: bool = False) -> Task:
+    query = select(Task).where(Task.id == task_id).options(selectinload(Task.tag_rows))
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=Task)
+    row = session.scalars(query).first()
+    if row is None:
+        raise NotFound("task", task_id, "list tasks with: retrain task list")
+    return row
+
+
+def _check_transition(row: Task, new: str) -> None:
+    if new not in TRANSITIONS[row.status]:
+        raise Conflict(
+            f"task {row.id} is {row.status}; it cannot become {new}"
+            + ("; clone it to run it again" if row.status in FINISHED else "")
+        )
+
+
+def _set_status(session: Session, row: Task, status: str) -> None:
+    """Change status, stamp the time, and write the event in the same transaction."""
+    now = utcnow()
+    row.status = status
+    if status == "queued":
+        row.queued_at = now
+    elif status == "running":
+        row.started_at = now
+    elif status in FINISHED:
+        row.finished_at = now
+    session.flush()
+    _event(session, EVENT_OF_STATUS[status], TaskInfo.of(row))
+
+
+def _event(session: Session, kind: str, info: TaskInfo) -> None:
+    ev.record_event(
+        session,
+        kind,
+        entity_id=info.id,
+        project=info.project,
+        name=info.name,
+        tags=info.tags,
+        payload={
+            "status": info.status,
+            "type": info.type,
+            "queue": info.queue,
+            "parent": info.parent,
+            "trigger": info.trigger,
+            "metrics": info.metrics,
+        },
+    )
+
+
+def _entry_paths(spec: ExecutionSpec) -> list[str]:
+    base = "" if spec.working_dir == "." else spec.working_dir.rstrip("/") + "/"
+    if spec.entry.script:
+        return [base + spec.entry.script.removeprefix("./")]
+    module = spec.entry.module.replace(".", "/") if spec.entry.module else ""
+    return [f"{base}{module}.py", f"{base}{module}/__main__.py", f"{base}{module}/__init__.py"]
+
+
+def _check_placeholders(
+    spec: ExecutionSpec, params: Mapping[str, Any], inputs: Mapping[str, str]
+) -> None:
+    """`${params.X}` and `${inputs.N}` in args and env name things the task has."""
+    known = {f"params.{k}" for k in params} | {f"inputs.{k}" for k in inputs}
+    for i, arg in enumerate(spec.args):
+        templating.check(arg, known.__contains__, where=f"args[{i}]")
+    for key, value in spec.env.items():
+        templating.check(value, known.__contains__, where=f"env {key}")
+
+
+def _check_input_refs(
+    session: Session, inputs: Mapping[str, str], params: Mapping[str, Any]
+) -> None:
+    for name, ref in inputs.items():
+        match = _PARAM_REF.match(ref)
+        if match:
+            if match.group(1) not in params:
+                raise UserError(f"--input {name}: {ref} names no parameter of the task")
+            continue
+        if not _ID.match(ref):
+            raise UserError(
+                f"--input {name}: {ref!r} is neither a dataset version id nor "
+                "${params.SECTION/NAME}"
+            )
+        dataset_queries.load_version(session, ref)
+
+
+def _resolve_inputs(
+    session: Session, inputs: Mapping[str, str], params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Each input as the final dataset version it names now (frozen into the job)."""
+    resolved: dict[str, Any] = {}
+    for name, ref in inputs.items():
+        match = _PARAM_REF.match(ref)
+        version_id = str(params.get(match.group(1), "")) if match else ref
+        try:
+            row = dataset_queries.load_version(session, version_id)
+        except NotFound:
+            raise UserError(
+                f"input {name}: {ref} is {version_id!r}, which is no dataset version"
+            ) from None
+        if row.status != "final":
+            raise Conflict(f"input {name}: dataset version {version_id} is a draft; finalize it")
+        resolved[name] = {
+            "version_id": row.id,
+            "manifest_sha256": row.manifest_sha256,
+            "project": row.dataset.project.path,
+            "name": row.dataset.name,
+            "version": row.version,
+        }
+    return resolved
+
+
+def _like(pattern: str) -> str:
+    return pattern.replace("%", r"\%").replace("_", r"\_").replace("**", "*").replace("*", "%")

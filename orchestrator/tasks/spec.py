@@ -1,0 +1,203 @@
+"""What a task is made of, validated where it enters: the execution spec, parameters, inputs.
+
+The same models validate `retrain task create` options and `task.yaml`, so both give the same
+errors; task.yaml errors also carry file:line:col.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from orchestrator.redact import is_secret_name
+
+TASK_TYPES = ("training", "data_processing", "evaluation", "inference", "other")
+TaskType = Literal["training", "data_processing", "evaluation", "inference", "other"]
+Priority = Literal["high", "normal", "low"]
+
+DEFAULT_TIMEOUT_S = 24 * 3600
+"""A task with no timeout still gets one: an unbounded job would hold a GPU forever, and RQ's
+own default (180 s) would kill real training."""
+DEFAULT_QUEUE = "default"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_PARAM = re.compile(r"^[^/\s]+/[^/\s]+$")
+_INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Values that are credentials whatever their variable is called.
+_SECRET_VALUE = re.compile(
+    r"(AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|xox[abprs]-[\w-]{10,}"
+    r"|sk-[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{20,}|glpat-[\w-]{20,}|-----BEGIN [A-Z ]*PRIVATE KEY)"
+)
+
+
+def parse_duration(value: str | int | float) -> int:
+    """`12h`, `30m`, `90s`, `2d` or a number of seconds → seconds (at least 1)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration such as 90s, 30m, 12h or 2d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 1:
+        raise ValueError(f"{value!r} is shorter than one second")
+    return int(seconds)
+
+
+def check_queue(name: str) -> str:
+    if not _QUEUE.match(name):
+        raise ValueError(f"{name!r} is not a queue name (letters, digits, '_', '.', '-')")
+    return name
+
+
+class EntryPoint(BaseModel):
+    """What to run: a script path inside the repository, or a module (`python -m`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    script: str | None = None
+    module: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> EntryPoint:
+        if bool(self.script) == bool(self.module):
+            raise ValueError("give exactly one of script or module")
+        if self.script and (self.script.startswith("/") or ".." in self.script.split("/")):
+            raise ValueError(f"script {self.script!r} must be a path inside the repository")
+        if self.module and not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", self.module):
+            raise ValueError(f"module {self.module!r} is not a dotted module name")
+        return self
+
+    def describe(self) -> str:
+        return f"script {self.script}" if self.script else f"module {self.module}"
+
+
+class ExecutionSpec(BaseModel):
+    """Everything a worker needs to run the task, apart from parameters and inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str
+    branch: str | None = None
+    commit: str | None = None
+    working_dir: str = "."
+    entry: EntryPoint
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    diff: str | None = None
+    requirements: list[str] = Field(default_factory=list)
+    python: str | None = None
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    timeout_s: Annotated[int, Field(ge=1)] = DEFAULT_TIMEOUT_S
+
+    @field_validator("commit")
+    @classmethod
+    def _commit(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[0-9a-f]{7,64}$", value):
+            raise ValueError(f"{value!r} is not a commit hash")
+        return value
+
+    @field_validator("working_dir")
+    @classmethod
+    def _working_dir(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError(f"{value!r} must be a folder inside the repository")
+        return value.strip("/") or "."
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if is_secret_name(name) or _SECRET_VALUE.search(str(text)):
+                raise ValueError(
+                    f"{name} looks like a secret; tasks are stored and shown to everyone, so "
+                    "set it in the worker's environment instead"
+                )
+        return value
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^3\.\d{1,2}(\.\d{1,2})?$", value):
+            raise ValueError(f"{value!r} is not a Python version such as 3.11")
+        return value
+
+
+def check_param_name(name: str) -> str:
+    """`Section/name`, as ClearML users write parameters (`General/dataset_id`)."""
+    if not _PARAM.match(name):
+        raise ValueError(f"{name!r} is not a parameter name of the form Section/name")
+    return name
+
+
+def check_input_name(name: str) -> str:
+    if not _INPUT_NAME.match(name):
+        raise ValueError(f"input name {name!r} must be an identifier (letters, digits, '_')")
+    return name
+
+
+class TaskDefinition(BaseModel):
+    """A task as `task.yaml` or `retrain task create` declare it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    project: str
+    name: str
+    type: TaskType = "training"
+    tags: list[str] = Field(default_factory=list)
+    comment: str = ""
+    repo: str
+    branch: str | None = None
+    commit: str | None = None
+    working_dir: str = "."
+    script: str | None = None
+    module: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    requirements: list[str] | str | None = None
+    """A list of pinned lines, or the path of a requirements file (relative to task.yaml)."""
+    resolve: bool = False
+    """Pin unpinned requirements with uv's resolver at registration."""
+    python: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str] = Field(default_factory=dict)
+    queue: str = DEFAULT_QUEUE
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    timeout: str | int = DEFAULT_TIMEOUT_S
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            check_param_name(name)
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            check_input_name(name)
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        return check_queue(value)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str | int) -> int:
+        return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _branch_or_commit(self) -> TaskDefinition:
+        if self.branch and self.commit:
+            raise ValueError("give a branch or a commit, not both")
+        return self

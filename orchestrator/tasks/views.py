@@ -1,0 +1,100 @@
+"""What task commands return, and the job payload a worker receives."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from orchestrator.store.models import Task
+
+PAYLOAD_VERSION = 1
+
+
+class TaskInfo(BaseModel):
+    """One task as users see it."""
+
+    id: str
+    project: str
+    name: str
+    type: str
+    status: str
+    tags: list[str]
+    comment: str
+    parent: str | None
+    trigger: str | None
+    trigger_event: int | None
+    queue: str
+    priority: str
+    created_at: dt.datetime
+    queued_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    worker: str | None
+    exit_code: int | None
+    error: str | None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    spec: dict[str, Any]
+    parameters: dict[str, Any]
+    inputs: dict[str, Any]
+    resolved_inputs: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"{self.project}/{self.name}"
+
+    @classmethod
+    def of(cls, row: Task) -> TaskInfo:
+        return cls(
+            id=row.id,
+            project=row.project.path,
+            name=row.name,
+            type=row.type,
+            status=row.status,
+            tags=row.tags,
+            comment=row.comment,
+            parent=row.parent_id,
+            trigger=row.trigger_name,
+            trigger_event=row.trigger_event_seq,
+            queue=row.queue,
+            priority=row.priority,
+            created_at=row.created_at,
+            queued_at=row.queued_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            worker=row.worker,
+            exit_code=row.exit_code,
+            error=row.error,
+            metrics=dict(row.metrics or {}),
+            spec=dict(row.spec),
+            parameters=dict(row.parameters or {}),
+            inputs=dict(row.inputs or {}),
+            resolved_inputs=dict(row.resolved_inputs or {}),
+        )
+
+
+def payload(row: Task) -> dict[str, Any]:
+    """The job's only argument: everything a worker needs, with no database access. Built from
+    the task's columns alone, so reconcile rebuilds exactly the same job after a Redis loss."""
+    return {
+        "version": PAYLOAD_VERSION,
+        "task_id": row.id,
+        "project": row.project.path,
+        "name": row.name,
+        "type": row.type,
+        "queue": row.queue,
+        "priority": row.priority,
+        "spec": dict(row.spec),
+        "parameters": dict(row.parameters or {}),
+        "inputs": dict(row.resolved_inputs or {}),
+    }
+
+
+class ReconcileReport(BaseModel):
+    """What `reconcile()` did: jobs put back for queued tasks, jobs removed for tasks that are
+    no longer queued."""
+
+    enqueued: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    checked: int = 0
