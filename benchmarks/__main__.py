@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_datasets
+from benchmarks import bench_datasets, bench_tasks
 
-BENCHMARKS = {"datasets": bench_datasets.main}
+BENCHMARKS = {"datasets": bench_datasets.main, "tasks": bench_tasks.main}
 
 
 def main(argv: list[str]) -> int:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +23,8 @@ from orchestrator.errors import UserError
 from orchestrator.redact import redact_url
 
 GIT_TIMEOUT_S = 600
+HEAD_CACHE_S = 5.0
+"""How long a branch's resolved commit is reused within one process."""
 MAX_DIFF_BYTES = 50 * 1024 * 1024
 
 
@@ -90,7 +93,8 @@ def normalize_repo(repo: str, base: Path | None = None) -> str:
 
 def ls_remote(repo: str, ref: str) -> str | None:
     """The commit a branch or tag name points at in `repo`, or None if there is none."""
-    out = git("ls-remote", "--", repo, ref, f"refs/heads/{ref}", f"refs/tags/{ref}").stdout
+    patterns = [ref] if ref == "HEAD" else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+    out = git("ls-remote", "--", repo, *patterns).stdout
     for line in out.splitlines():
         commit, _, name = line.partition("\t")
         if name in (f"refs/heads/{ref}", f"refs/tags/{ref}", ref):
@@ -103,6 +107,7 @@ class Mirror:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._heads: dict[tuple[str, str], tuple[float, str]] = {}
 
     def path(self, repo: str) -> Path:
         key = hashlib.sha256(repo.encode()).hexdigest()[:24]
@@ -119,6 +124,25 @@ class Mirror:
             elif commit is None or not self.has_commit(mirror, commit):
                 git("remote", "update", "--prune", cwd=mirror)
         return mirror
+
+    def head_of(self, repo: str, ref: str) -> str | None:
+        """The commit `ref` (a branch, tag or HEAD) points at in `repo` now, asked of the
+        repository itself with `git ls-remote` (no fetch). Answers are reused for
+        `HEAD_CACHE_S` seconds, so a burst of runs of one template asks once."""
+        cached = self.cached_head(repo, ref)
+        if cached is not None:
+            return cached
+        commit = ls_remote(repo, ref)
+        if commit is not None:
+            self._heads[(repo, ref)] = (time.monotonic(), commit)
+        return commit
+
+    def cached_head(self, repo: str, ref: str) -> str | None:
+        """`head_of`'s answer if it is fresh, without asking the repository."""
+        cached = self._heads.get((repo, ref))
+        if cached is not None and time.monotonic() - cached[0] < HEAD_CACHE_S:
+            return cached[1]
+        return None
 
     @staticmethod
     def has_commit(mirror: Path, commit: str) -> bool:

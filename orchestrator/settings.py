@@ -11,24 +11,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import platformdirs
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.defaults import ENV_PREFIX, default_database_url, default_home
 from orchestrator.errors import ConfigError
 from orchestrator.redact import redact_mapping, redact_url
-
-ENV_PREFIX = "RETRAIN_"
 
 STORAGE_SCHEMES = ("file", "s3")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 HTTP = ("http", "https")
 DATABASE_DIALECTS = ("sqlite", "postgresql")
-
-
-def default_home() -> Path:
-    """The per-user data directory, e.g. `~/.local/share/retrain` on Linux."""
-    return Path(platformdirs.user_data_dir("retrain", appauthor=False))
 
 
 class Settings(BaseSettings):
@@ -57,7 +50,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         if not self.database_url:
-            self.database_url = f"sqlite:///{self.home / 'retrain.db'}"
+            self.database_url = default_database_url(self.home)
         if not self.storage_url:
             self.storage_url = (self.home / "storage").as_uri()
         if self.cache_dir is None:

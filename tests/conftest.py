@@ -25,7 +25,7 @@ POSTGRES_ENV = "RETRAIN_TEST_POSTGRES_URL"
 def retrain_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test starts from an empty home and no RETRAIN_* settings from the outside."""
     for name in list(os.environ):
-        if name.startswith("RETRAIN_") and name != POSTGRES_ENV:
+        if name.startswith("RETRAIN_") and not name.startswith("RETRAIN_TEST_"):
             monkeypatch.delenv(name)
     home = tmp_path / "home"
     monkeypatch.setenv("RETRAIN_HOME", str(home))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from orchestrator.cli.state import DraftMemory
-from orchestrator.progress import reporter_for_terminal
-from orchestrator.runtime import Runtime
+
+if TYPE_CHECKING:
+    from orchestrator.runtime import Runtime
 
 _current: Runtime | None = None
 
@@ -12,6 +15,11 @@ _current: Runtime | None = None
 def runtime() -> Runtime:
     global _current
     if _current is None:
+        # Imported here: the runtime pulls in SQLAlchemy and pydantic, which commands that
+        # answer from the lean read path never need.
+        from orchestrator.progress import reporter_for_terminal
+        from orchestrator.runtime import Runtime
+
         _current = Runtime(reporter=reporter_for_terminal())
     return _current
 

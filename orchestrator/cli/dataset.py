@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from orchestrator.cli import output
 from orchestrator.cli.context import drafts, runtime
-from orchestrator.datasets.views import ChangeSummary, VersionInfo
 from orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    from orchestrator.datasets.views import ChangeSummary, VersionInfo
 
 app = typer.Typer(
     help="Create, change, finalize, tag and fetch dataset versions.", no_args_is_help=True

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -19,10 +18,11 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
-    if isinstance(data, BaseModel):
+    """Models (anything with pydantic's `model_dump`), lists of them, or plain data."""
+    if hasattr(data, "model_dump"):
         data = data.model_dump(mode="json")
     elif isinstance(data, list):
-        data = [d.model_dump(mode="json") if isinstance(d, BaseModel) else d for d in data]
+        data = [d.model_dump(mode="json") if hasattr(d, "model_dump") else d for d in data]
     print(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
@@ -41,6 +41,8 @@ def cell_text(value: Any) -> str:
         return "-"
     if isinstance(value, dt.datetime):
         return when(value)
+    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] == "T":
+        return when(dt.datetime.fromisoformat(value))  # an ISO timestamp from a JSON-ready row
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value) or "-"
     return str(value)

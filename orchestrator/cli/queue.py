@@ -38,8 +38,11 @@ def reconcile(as_json: JsonFlag = False) -> None:
 @queue_app.command("list")
 def list_queues(as_json: JsonFlag = False) -> None:
     """Jobs waiting in Redis per queue and priority, for every queue tasks have used."""
+    from orchestrator.tasks.listing import queue_names
+
     rt = runtime()
-    names = sorted({t.queue for t in rt.tasks.list(limit=10_000)})
+    with rt.store.reader() as session:
+        names = queue_names(session.connection().connection.driver_connection)
     counts = {name: rt.queues.counts(name) for name in names}
     if as_json:
         output.print_json(counts)

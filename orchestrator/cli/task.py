@@ -320,7 +320,10 @@ def list_tasks(
     as_json: JsonFlag = False,
 ) -> None:
     """Tasks, newest first."""
-    found = runtime().tasks.list(project=project, status=status, tag=tag, limit=limit)
+    options: dict[str, Any] = {"project": project, "status": status, "tag": tag, "limit": limit}
+    found = _lean_list(options)
+    if found is None:
+        found = runtime().tasks.list(**options)
     if as_json:
         output.print_json(found)
         return
@@ -329,21 +332,38 @@ def list_tasks(
         ["id", "project", "name", "type", "status", "queue", "tags", "parent", "created"],
         [
             (
-                t.id,
-                t.project,
-                t.name,
-                t.type,
-                t.status,
-                t.queue,
-                t.tags,
-                t.parent[:8] if t.parent else None,
-                t.created_at,
+                t["id"],
+                t["project"],
+                t["name"],
+                t["type"],
+                t["status"],
+                t["queue"],
+                t["tags"],
+                t["parent"][:8] if t["parent"] else None,
+                t["created_at"],
             )
             for t in found
         ],
     )
     if not found:
         output.note("no task matches")
+
+
+def _lean_list(options: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The listing straight from the database driver (no SQLAlchemy, no pydantic import), or
+    None when only the full store can answer (a fresh database, a bad URL, ...)."""
+    from orchestrator.defaults import database_url_from_env
+    from orchestrator.store.lean import Unavailable, connect
+    from orchestrator.tasks.listing import list_tasks
+    from orchestrator.tasks.states import STATUSES
+
+    if options["status"] and options["status"] not in STATUSES:
+        return None  # the full path reports the bad value
+    try:
+        with connect(database_url_from_env()) as conn:
+            return list_tasks(conn, **options)
+    except Unavailable:
+        return None
 
 
 @app.command()

@@ -126,6 +126,8 @@ def _start(home: Path, state: Path) -> str:
         private.mkdir(mode=0o700, exist_ok=True)
         socket = private / f"redis-{hashlib.sha256(bytes(home)).hexdigest()[:16]}.sock"
     socket.unlink(missing_ok=True)
+    pidfile = data / "redis.pid"
+    pidfile.unlink(missing_ok=True)
     command = [
         str(redis_server_binary()),
         "--port",
@@ -141,28 +143,33 @@ def _start(home: Path, state: Path) -> str:
         "--save",
         "",
         "--daemonize",
-        "no",
+        "yes",
+        "--pidfile",
+        str(pidfile),
         "--logfile",
         str(data / "redis.log"),
     ]
-    process = subprocess.Popen(
+    # redis-server daemonizes itself (the process we start exits at once), so the server
+    # belongs to no retrain process and outlives the command that needed it.
+    started = subprocess.run(
         command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        stderr=subprocess.PIPE,
+        timeout=START_TIMEOUT_S,
+        check=False,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not socket.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
+    while not (socket.exists() and pidfile.exists()):
+        if started.returncode != 0 or time.monotonic() > deadline:
             raise ServiceUnavailable(
                 f"the embedded Redis did not start; see {data / 'redis.log'}, or set "
                 "RETRAIN_REDIS_URL=redis://HOST:6379/0"
             )
         time.sleep(0.01)
+    pid = int(pidfile.read_text().strip())
     url = f"unix://{socket}"
     tmp = state.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": process.pid, "url": url}))
+    tmp.write_text(json.dumps({"pid": pid, "url": url}))
     tmp.replace(state)
     return url

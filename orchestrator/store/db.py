@@ -21,9 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.redact import redact_url
-
-SCHEMA_REVISION = "0002"
-"""The newest migration; a test checks it is Alembic's head, so it cannot drift."""
+from orchestrator.store.revision import SCHEMA_REVISION
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK_ID = 0x7265_7472  # "retr": serializes concurrent first-use migrations on PostgreSQL

@@ -44,9 +44,12 @@ def record_event(
     name: str,
     tags: Sequence[str] = (),
     payload: dict[str, Any] | None = None,
+    flush: bool = True,
 ) -> Event:
-    """Add an event to the current transaction and return it with its sequence number."""
-    if session.get_bind().dialect.name == "postgresql":
+    """Add an event to the current transaction and return it; with `flush` (the default) it
+    is written now and has its sequence number. Several events added with `flush=False` go
+    to the database together at the next flush, in the order they were added."""
+    if session.get_bind().dialect.name == "postgresql" and not _holds_event_lock(session):
         session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": EVENT_LOCK_ID})
     event = Event(
         kind=kind,
@@ -57,8 +60,21 @@ def record_event(
         payload=payload or {},
     )
     session.add(event)
-    session.flush()
+    if flush:
+        session.flush()
     return event
+
+
+def _holds_event_lock(session: Session) -> bool:
+    """Whether this transaction took the event lock already (it is held until commit)."""
+    transaction = session.get_transaction()
+    if transaction is None:
+        return False
+    marker = session.info.get("retrain.event_lock")
+    if marker is transaction:
+        return True
+    session.info["retrain.event_lock"] = transaction
+    return False
 
 
 def read_events(session: Session, after: int, limit: int = 1000) -> list[Event]:

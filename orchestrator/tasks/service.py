@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from orchestrator.git import Mirror, capture, normalize_repo
 from orchestrator.queue.adapter import QueueAdapter
 from orchestrator.store import Store
 from orchestrator.store import events as ev
-from orchestrator.store.models import Project, Task, TaskTag, utcnow
+from orchestrator.store.models import Project, Task, TaskTag, new_id, utcnow
+from orchestrator.tasks import listing
 from orchestrator.tasks import requirements as reqs
 from orchestrator.tasks.params import apply_overrides
 from orchestrator.tasks.spec import (
@@ -35,19 +37,8 @@ from orchestrator.tasks.spec import (
     TaskDefinition,
     check_queue,
 )
+from orchestrator.tasks.states import FINISHED, TEMPLATE_STATUSES, TRANSITIONS
 from orchestrator.tasks.views import ReconcileReport, TaskInfo, payload
-
-TEMPLATE_STATUSES = ("draft", "completed")
-FINISHED = ("completed", "failed", "aborted")
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    "draft": ("queued", "aborted"),
-    "queued": ("running", "aborted", "failed"),
-    "running": ("completed", "failed", "aborted", "queued"),
-    "completed": (),
-    "failed": (),
-    "aborted": (),
-}
-"""Allowed status changes. `running → queued` is a retry after a lost worker."""
 
 EVENT_OF_STATUS = {
     "queued": ev.TASK_QUEUED,
@@ -58,6 +49,24 @@ EVENT_OF_STATUS = {
 }
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _PARAM_REF = re.compile(r"^\$\{\s*params\.([^}]+?)\s*\}$")
+
+
+@dataclass(frozen=True)
+class CloneOptions:
+    """How a clone differs from its template."""
+
+    name: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """Overrides: raw strings from the CLI (typed like the template's values) or typed values;
+    `${...}` placeholders allowed."""
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    queue: str | None = None
+    tags: Iterable[str] = ()
+    allow_new_params: bool = False
+    context: Mapping[str, Any] = field(default_factory=dict)
+    """Variables for placeholders besides the task's own `params.*` (a trigger's `dataset.*`)."""
+    trigger: tuple[str, int] | None = None
+    """(trigger name, event sequence) when a trigger creates the clone."""
 
 
 class TaskService:
@@ -212,65 +221,59 @@ class TaskService:
             )
         return row
 
-    def clone(
-        self,
-        ref: str,
-        *,
-        name: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        inputs: Mapping[str, str] | None = None,
-        queue: str | None = None,
-        tags: Iterable[str] = (),
-        allow_new_params: bool = False,
-        context: Mapping[str, Any] | None = None,
-        trigger: tuple[str, int] | None = None,
-        session: Session | None = None,
-    ) -> TaskInfo:
-        """A new draft copied from a template, with its parent recorded. Override values may
-        use `${...}` anywhere in a string; `context` supplies the variables (a trigger's
-        `dataset.*`, say) on top of the template's own `params.*`."""
+    def clone(self, ref: str, *, session: Session | None = None, **options: Any) -> TaskInfo:
+        """A new draft copied from a template, with its parent recorded. See `CloneOptions`
+        for the options; override values may use `${...}` anywhere in a string."""
         if session is None:
             with self.store.session() as own:
-                return self.clone(
-                    ref,
-                    name=name,
-                    params=params,
-                    inputs=inputs,
-                    queue=queue,
-                    tags=tags,
-                    allow_new_params=allow_new_params,
-                    context=context,
-                    trigger=trigger,
-                    session=own,
-                )
-        template = self.resolve_template(session, ref)
-        variables = {f"params.{k}": v for k, v in (template.parameters or {}).items()}
-        variables.update(context or {})
+                return self.clone(ref, session=own, **options)
+        row = self._new_row(session, self.resolve_template(session, ref), CloneOptions(**options))
+        session.flush()
+        info = TaskInfo.of(row)
+        _event(session, ev.TASK_CREATED, info)
+        return info
+
+    def _new_row(self, session: Session, template: Task, options: CloneOptions) -> Task:
+        """The clone of `template` as a draft row, added to the session but not flushed."""
+        # Overrides without placeholders apply first, so `${params.X}` in another override
+        # sees the value X has in this run, not the template's.
+        overrides = dict(options.params)
+        templated = {k: v for k, v in overrides.items() if _has_placeholder(v)}
+        allow_new = options.allow_new_params
+        parameters = apply_overrides(
+            template.parameters or {},
+            {k: v for k, v in overrides.items() if k not in templated},
+            allow_new=allow_new,
+        )
+        variables = {f"params.{k}": v for k, v in parameters.items()}
+        variables.update(options.context)
         rendered = {
             key: templating.render_value(value, variables, where=f"--param {key}")
-            for key, value in (params or {}).items()
+            for key, value in templated.items()
         }
-        parameters = apply_overrides(
-            template.parameters or {}, rendered, allow_new=allow_new_params
-        )
+        parameters = apply_overrides(parameters, rendered, allow_new=allow_new)
         merged_inputs = dict(template.inputs or {})
-        for key, value in (inputs or {}).items():
-            if key not in merged_inputs and not allow_new_params:
+        for key, value in options.inputs.items():
+            if key not in merged_inputs and not allow_new:
                 raise UserError(f"--input {key}: the template has no such input")
             merged_inputs[key] = templating.render(value, variables, where=f"--input {key}")
-        spec = ExecutionSpec.model_validate(template.spec)
-        _check_placeholders(spec, parameters, merged_inputs)
+        if options.params or options.inputs:
+            _check_placeholders(
+                ExecutionSpec.model_validate(template.spec), parameters, merged_inputs
+            )
         _check_input_refs(session, merged_inputs, parameters)
+        trigger = options.trigger
         row = Task(
+            id=new_id(),
             project=template.project,
-            name=check_name(name) if name else template.name,
+            name=check_name(options.name) if options.name else template.name,
             type=template.type,
             status="draft",
             comment=template.comment,
             parent_id=template.id,
             trigger_name=trigger[0] if trigger else None,
             trigger_event_seq=trigger[1] if trigger else None,
-            queue=check_queue(queue) if queue else template.queue,
+            queue=check_queue(options.queue) if options.queue else template.queue,
             priority="normal",
             created_at=utcnow(),
             spec=dict(template.spec),
@@ -279,13 +282,10 @@ class TaskService:
             resolved_inputs={},
             metrics={},
         )
-        new_tags = sorted({*(template.tags), *(check_tag(t) for t in tags)})
+        new_tags = sorted({*(template.tags), *(check_tag(t) for t in options.tags)})
         row.tag_rows = [TaskTag(tag=t) for t in new_tags]
         session.add(row)
-        session.flush()
-        info = TaskInfo.of(row)
-        _event(session, ev.TASK_CREATED, info)
-        return info
+        return row
 
     # -- queueing --------------------------------------------------------------------------
 
@@ -298,30 +298,45 @@ class TaskService:
         with self.store.reader() as session:
             row = _load(session, task_id)
             _check_transition(row, "queued")
-            spec = ExecutionSpec.model_validate(row.spec)
-        if spec.commit is None:
-            mirror = self.mirror.ensure(spec.repo)
-            ref = spec.branch or "HEAD"
-            try:
-                commit = self.mirror.resolve(mirror, ref)
-            except UserError:
-                raise UserError(f"branch {ref!r} no longer exists in {spec.repo}") from None
-            spec = spec.model_copy(update={"commit": commit})
+            commit = self.commit_for(row.spec)
         with self.store.session() as session:
             row = _load(session, task_id, for_update=True)
-            _check_transition(row, "queued")
-            row.resolved_inputs = _resolve_inputs(session, row.inputs or {}, row.parameters or {})
-            row.spec = spec.model_dump(mode="json")
-            if queue:
-                row.queue = check_queue(queue)
-            if priority:
-                row.priority = priority
-            _set_status(session, row, "queued")
-            info = TaskInfo.of(row)
-            job = payload(row)
-        return info, self._push(info, job)
+            info, job = self.queue_in(session, row, commit, queue=queue, priority=priority)
+        return info, self.push(info, job)
 
-    def _push(self, info: TaskInfo, job: dict[str, Any]) -> bool:
+    def commit_for(self, spec: Mapping[str, Any]) -> str:
+        """The commit a task runs: its recorded one, or what its branch points at now."""
+        if spec.get("commit"):
+            return str(spec["commit"])
+        ref = spec.get("branch") or "HEAD"
+        commit = self.mirror.head_of(str(spec["repo"]), ref)
+        if commit is None:
+            raise UserError(f"branch {ref!r} no longer exists in {spec['repo']}")
+        return commit
+
+    def queue_in(
+        self,
+        session: Session,
+        row: Task,
+        commit: str,
+        *,
+        queue: str | None = None,
+        priority: Priority | None = None,
+    ) -> tuple[TaskInfo, dict[str, Any]]:
+        """Queue `row` inside the caller's transaction; returns the job to push after commit."""
+        _check_transition(row, "queued")
+        row.resolved_inputs = _resolve_inputs(session, row.inputs or {}, row.parameters or {})
+        row.spec = {**row.spec, "commit": commit}
+        if queue:
+            row.queue = check_queue(queue)
+        if priority:
+            row.priority = priority
+        _set_status(session, row, "queued")
+        return TaskInfo.of(row), payload(row)
+
+    def push(self, info: TaskInfo, job: dict[str, Any]) -> bool:
+        """Send a committed queued task's job to Redis; False when Redis is unreachable (the
+        task stays queued in the store and reconcile sends it later)."""
         try:
             self.queues.enqueue(
                 info.id,
@@ -335,16 +350,72 @@ class TaskService:
         return True
 
     def run(
-        self,
-        ref: str,
-        *,
-        queue: str | None = None,
-        priority: Priority | None = None,
-        **clone_options: Any,
+        self, ref: str, *, priority: Priority | None = None, **options: Any
     ) -> tuple[TaskInfo, bool]:
         """Clone a template with overrides and queue the clone: `retrain task run`."""
-        draft = self.clone(ref, queue=queue, **clone_options)
-        return self.enqueue(draft.id, priority=priority)
+        with self.store.session() as session:
+            template = self.resolve_template(session, ref)
+            commit = template.spec.get("commit") or self.mirror.cached_head(
+                template.spec["repo"], template.spec.get("branch") or "HEAD"
+            )
+            if commit is not None:
+                info, job = self.run_in(
+                    session, ref, commit=commit, priority=priority, template=template, **options
+                )
+        if commit is None:
+            # The branch must be asked of the repository: do that outside any transaction
+            # (it may take a network round trip), then run with the answer.
+            commit = self.commit_for(template.spec)
+            with self.store.session() as session:
+                info, job = self.run_in(session, ref, commit=commit, priority=priority, **options)
+        return info, self.push(info, job)
+
+    def run_in(
+        self,
+        session: Session,
+        ref: str,
+        *,
+        commit: str,
+        priority: Priority | None = None,
+        template: Task | None = None,
+        **options: Any,
+    ) -> tuple[TaskInfo, dict[str, Any]]:
+        """Clone and queue inside the caller's transaction (the scheduler's, with its ledger
+        row); returns the job for `push` once the transaction has committed. Nothing is
+        flushed here: many runs in one transaction reach the database in one batch."""
+        template = template or self.resolve_template(session, ref)
+        row = self._new_row(session, template, CloneOptions(**options))
+        row.resolved_inputs = _resolve_inputs(session, row.inputs or {}, row.parameters or {})
+        row.spec = {**row.spec, "commit": commit}
+        row.priority = priority or "normal"
+        row.status = "queued"
+        row.queued_at = row.created_at
+        info = TaskInfo.of(row)
+        _event(session, ev.TASK_CREATED, info, flush=False)
+        _event(session, ev.TASK_QUEUED, info, flush=False)
+        return info, payload(row)
+
+    def run_many(
+        self,
+        ref: str,
+        overrides: Sequence[Mapping[str, Any]],
+        *,
+        priority: Priority | None = None,
+    ) -> list[tuple[TaskInfo, bool]]:
+        """Many runs of one template in one transaction, then their jobs: what a burst of
+        firings costs. Each item of `overrides` is one run's `params`."""
+        with self.store.reader() as session:
+            spec = self.resolve_template(session, ref).spec
+        commit = self.commit_for(spec)
+        with self.store.session() as session:
+            template = self.resolve_template(session, ref)
+            made = [
+                self.run_in(
+                    session, ref, commit=commit, priority=priority, template=template, params=params
+                )
+                for params in overrides
+            ]
+        return [(info, self.push(info, job)) for info, job in made]
 
     def abort(self, task_id: str, reason: str = "aborted by user") -> TaskInfo:
         """Mark a task aborted, then remove its job from Redis if it is still waiting."""
@@ -415,26 +486,26 @@ class TaskService:
         status: str | None = None,
         tag: str | None = None,
         limit: int = 50,
-    ) -> list[TaskInfo]:
-        query = (
-            select(Task)
-            .options(selectinload(Task.tag_rows))
-            .order_by(Task.created_at.desc())
-            .limit(limit)
-        )
-        if project:
-            query = query.join(Project).where(Project.path.like(_like(project), escape="\\"))
-        if status:
-            if status not in TRANSITIONS:
-                raise UserError(f"--status: {status!r} is not one of {', '.join(TRANSITIONS)}")
-            query = query.where(Task.status == status)
-        if tag:
-            query = query.where(Task.id.in_(select(TaskTag.task_id).where(TaskTag.tag == tag)))
+    ) -> list[dict[str, Any]]:
+        """Task summaries, newest first (the same query `task list` runs without SQLAlchemy)."""
+        if status and status not in TRANSITIONS:
+            raise UserError(f"--status: {status!r} is not one of {', '.join(TRANSITIONS)}")
         with self.store.reader() as session:
-            return [TaskInfo.of(r) for r in session.scalars(query)]
+            conn = session.connection().connection.driver_connection
+            return listing.list_tasks(conn, project=project, status=status, tag=tag, limit=limit)
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _has_placeholder(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(templating.placeholders(value)) or "$${" in value
+    if isinstance(value, list):
+        return any(_has_placeholder(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_placeholder(v) for v in value.values())
+    return False
 
 
 def _first_error(exc: Exception) -> str:
@@ -487,7 +558,7 @@ def _set_status(session: Session, row: Task, status: str) -> None:
     _event(session, EVENT_OF_STATUS[status], TaskInfo.of(row))
 
 
-def _event(session: Session, kind: str, info: TaskInfo) -> None:
+def _event(session: Session, kind: str, info: TaskInfo, *, flush: bool = True) -> None:
     ev.record_event(
         session,
         kind,
@@ -503,6 +574,7 @@ def _event(session: Session, kind: str, info: TaskInfo) -> None:
             "trigger": info.trigger,
             "metrics": info.metrics,
         },
+        flush=flush,
     )
 
 
@@ -566,7 +638,3 @@ def _resolve_inputs(
             "version": row.version,
         }
     return resolved
-
-
-def _like(pattern: str) -> str:
-    return pattern.replace("%", r"\%").replace("_", r"\_").replace("**", "*").replace("*", "%")

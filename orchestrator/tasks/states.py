@@ -1,0 +1,19 @@
+"""Task statuses and the changes allowed between them (no imports: the CLI's fast path uses
+this too)."""
+
+from __future__ import annotations
+
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "draft": ("queued", "aborted"),
+    "queued": ("running", "aborted", "failed"),
+    "running": ("completed", "failed", "aborted", "queued"),
+    "completed": (),
+    "failed": (),
+    "aborted": (),
+}
+"""Allowed status changes. `running -> queued` is a retry after a lost worker."""
+
+STATUSES = tuple(TRANSITIONS)
+TEMPLATE_STATUSES = ("draft", "completed")
+"""A template is a task that can be cloned by name: a draft, or a run that completed."""
+FINISHED = ("completed", "failed", "aborted")
