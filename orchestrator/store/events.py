@@ -34,6 +34,12 @@ TASK_COMPLETED = "task.completed"
 TASK_FAILED = "task.failed"
 TASK_ABORTED = "task.aborted"
 
+MODEL_REGISTERED = "model.registered"
+MODEL_TAGGED = "model.tagged"
+MODEL_PUBLISHED = "model.published"
+
+SCHEDULE_FIRED = "schedule.fired"
+
 
 def record_event(
     session: Session,

@@ -231,6 +231,11 @@ class Task(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     inputs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     resolved_inputs: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    held: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Queued in the store but not sent to Redis yet: its trigger is at `max_concurrent`
+    (`on_busy: queue`); the scheduler sends it when a slot frees up."""
+    coalesced_events: Mapped[list[int]] = mapped_column(JSONType, default=list)
+    """Events folded into this queued run by `on_busy: coalesce`, oldest first."""
 
     project: Mapped[Project] = relationship(lazy="joined")
     tag_rows: Mapped[list[TaskTag]] = relationship(
@@ -247,3 +252,88 @@ class TaskTag(Base):
 
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
     tag: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+
+
+class Model(Base):
+    """A trained model in the registry: a blob in storage, produced by a task."""
+
+    __tablename__ = "models"
+    __table_args__ = (Index("ix_models_project_name", "project_id", "name", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(256))
+    uri: Mapped[str] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(ForeignKey("tasks.id"), nullable=True, index=True)
+    published: Mapped[bool] = mapped_column(Boolean, default=False)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    project: Mapped[Project] = relationship(lazy="joined")
+    tag_rows: Mapped[list[ModelTag]] = relationship(
+        cascade="all, delete-orphan", order_by="ModelTag.tag"
+    )
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.tag_rows]
+
+
+class ModelTag(Base):
+    __tablename__ = "model_tags"
+
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+
+
+class TriggerFiring(Base):
+    """The ledger: one row per (trigger, event) decision. The unique constraint is what makes
+    firing exactly-once, even with two schedulers: the second insert fails and its whole
+    transaction (clone, cursor advance) rolls back."""
+
+    __tablename__ = "trigger_firings"
+    __table_args__ = (
+        UniqueConstraint("trigger_name", "event_seq"),
+        Index("ix_trigger_firings_entity", "trigger_name", "entity_id", "decision"),
+        Index("ix_trigger_firings_time", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    trigger_name: Mapped[str] = mapped_column(String(128))
+    trigger_revision: Mapped[str] = mapped_column(String(64))
+    event_seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    entity_id: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(16))
+    """fired | skipped | coalesced | superseded"""
+    reason: Mapped[str] = mapped_column(Text, default="")
+    task_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TriggerState(Base):
+    """What the scheduler remembers per trigger: since when it counts events, its revision."""
+
+    __tablename__ = "trigger_state"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    revision: Mapped[str] = mapped_column(String(64))
+    start_seq: Mapped[int] = mapped_column(BigInteger)
+    """Events at or before this sequence predate the trigger and never fire it."""
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SchedulerState(Base):
+    """The scheduler's cursor and health, one row (name 'main'): advanced in the same
+    transaction as the firings it covers."""
+
+    __tablename__ = "scheduler_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    leader: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_poll_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    config_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    config_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    config_loaded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -1,0 +1,228 @@
+"""triggers.yaml, version 1: what users write, validated into typed objects.
+
+    version: 1
+    defaults: {queue: gpu}
+    triggers:
+      - name: retrain-on-production-data
+        on: {dataset: {project: dataset_blogpost, name: "*", tags: [Production],
+                       event: [finalized, tagged]}}
+        run: {template: dataset_blogpost/training,
+              overrides: {General/dataset_id: "${dataset.id}"}}
+        policy: {on_busy: queue, max_concurrent: 1, cooldown: 0s}
+
+Every error is reported as `file:line:col: field: message` by `orchestrator.yamlfile`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.tasks.spec import check_param_name, check_queue, parse_duration
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+_METRIC_TEST = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TagFilter(_Strict):
+    """`tags: [A, B]` means all of them; the mapping form says all / any / none explicitly."""
+
+    all: tuple[str, ...] = ()
+    any: tuple[str, ...] = ()
+    none: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = []
+        if self.all:
+            parts.append("all of " + ", ".join(self.all))
+        if self.any:
+            parts.append("any of " + ", ".join(self.any))
+        if self.none:
+            parts.append("none of " + ", ".join(self.none))
+        return "; ".join(parts) or "any tags"
+
+
+def _tags(value: Any) -> Any:
+    if value is None:
+        return TagFilter()
+    if isinstance(value, str):
+        return TagFilter(all=(value,))
+    if isinstance(value, (list, tuple)):
+        return TagFilter(all=tuple(value))
+    return value
+
+
+def _events(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Tags = Annotated[TagFilter, BeforeValidator(_tags)]
+DatasetEvent = Literal["created", "finalized", "tagged", "untagged", "published"]
+TaskStatus = Literal["queued", "started", "completed", "failed", "aborted"]
+ModelEvent = Literal["registered", "tagged", "published"]
+
+
+class DatasetSource(_Strict):
+    project: str = "**"
+    name: str = "*"
+    tags: Tags = TagFilter()
+    event: Annotated[tuple[DatasetEvent, ...], BeforeValidator(_events)] = ("finalized", "tagged")
+
+
+class TaskSource(_Strict):
+    project: str = "**"
+    name: str = "*"
+    tags: Tags = TagFilter()
+    status: Annotated[tuple[TaskStatus, ...], BeforeValidator(_events)] = ("completed",)
+    metrics: dict[str, str] = Field(default_factory=dict)
+    """Metric name -> comparison, e.g. {"val/accuracy": ">= 0.9"}."""
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, test in value.items():
+            if not _METRIC_TEST.match(str(test)):
+                raise ValueError(f"metrics.{name}: {test!r} is not a comparison such as '>= 0.9'")
+        return value
+
+
+class ModelSource(_Strict):
+    project: str = "**"
+    name: str = "*"
+    tags: Tags = TagFilter()
+    event: Annotated[tuple[ModelEvent, ...], BeforeValidator(_events)] = (
+        "registered",
+        "tagged",
+        "published",
+    )
+
+
+class ScheduleSource(_Strict):
+    cron: str | None = None
+    every: str | None = None
+    """An interval such as 30m or 6h, instead of cron."""
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _one(self) -> ScheduleSource:
+        if bool(self.cron) == bool(self.every):
+            raise ValueError("give exactly one of cron or every")
+        if self.every:
+            parse_duration(self.every)
+        if self.cron and len(self.cron.split()) != 5:
+            raise ValueError(
+                f"cron {self.cron!r} must have 5 fields (minute hour day month weekday)"
+            )
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(self.timezone)
+        except Exception:
+            raise ValueError(f"unknown timezone {self.timezone!r}") from None
+        return self
+
+
+class Source(_Strict):
+    """Exactly one of dataset, task, model or schedule."""
+
+    dataset: DatasetSource | None = None
+    task: TaskSource | None = None
+    model: ModelSource | None = None
+    schedule: ScheduleSource | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        given = [k for k in ("dataset", "task", "model", "schedule") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one source: dataset, task, model or schedule")
+        return self
+
+    @property
+    def kind(self) -> str:
+        for name in ("dataset", "task", "model", "schedule"):
+            if getattr(self, name) is not None:
+                return name
+        raise AssertionError("validated to have one source")
+
+
+class RunSpec(_Strict):
+    template: str
+    queue: str | None = None
+    priority: Literal["high", "normal", "low"] = "normal"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str] = Field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    allow_new_params: bool = False
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            check_param_name(name)
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str | None) -> str | None:
+        return check_queue(value) if value else value
+
+
+class Policy(_Strict):
+    on_busy: Literal["queue", "skip", "supersede", "coalesce"] = "queue"
+    max_concurrent: Annotated[int, Field(ge=1, le=1000)] = 1
+    cooldown: int = 0
+    """Seconds; written as a duration (`0s`, `10m`, `1h`)."""
+
+    @field_validator("cooldown", mode="before")
+    @classmethod
+    def _cooldown(cls, value: Any) -> int:
+        if value in (0, "0", "0s", None):
+            return 0
+        return parse_duration(value)
+
+
+class Trigger(_Strict):
+    name: str
+    on: Source
+    run: RunSpec
+    policy: Policy = Policy()
+    enabled: bool = True
+    allow_cycles: bool = False
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r} is not a trigger name (letters, digits, '_', '.', '-')")
+        return value
+
+
+class Defaults(_Strict):
+    queue: str | None = None
+    priority: Literal["high", "normal", "low"] | None = None
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str | None) -> str | None:
+        return check_queue(value) if value else value
+
+
+class TriggersFile(_Strict):
+    version: Literal[1]
+    defaults: Defaults = Defaults()
+    triggers: tuple[Trigger, ...] = ()
