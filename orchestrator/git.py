@@ -68,15 +68,17 @@ def _redact_text(text: str) -> str:
 
 
 def safe_url(repo: str) -> str:
-    """The repository URL without any credential (`https://token@host/x` → `https://host/x`):
-    a task is stored and shown to everyone, so workers bring their own credentials."""
+    """The repository URL without any credential: a task is stored and shown to everyone, so
+    workers bring their own. `https://token@host/x` -> `https://host/x` (a token is often
+    the user part); `ssh://git:secret@host/x` -> `ssh://git@host/x` (ssh needs the user)."""
     if "://" not in repo:
         return repo
     parts = urlsplit(repo)
-    host = parts.netloc.rpartition("@")[2]
-    if parts.scheme in ("http", "https") and host != parts.netloc:
-        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return repo
+    if "@" not in parts.netloc:
+        return repo
+    userinfo, _, host = parts.netloc.rpartition("@")
+    netloc = host if parts.scheme in ("http", "https") else f"{userinfo.partition(':')[0]}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def normalize_repo(repo: str, base: Path | None = None) -> str:
@@ -183,8 +185,12 @@ def capture(directory: Path) -> Capture:
     commit = git("rev-parse", "HEAD", cwd=top).stdout.strip()
     branch = git("symbolic-ref", "--short", "-q", "HEAD", cwd=top, check=False).stdout.strip()
     remote = git("config", "--get", "remote.origin.url", cwd=top, check=False).stdout.strip()
+    # Pushed means origin has it: the URL recorded is origin's, so that is what a worker
+    # will fetch from.
     pushed = bool(remote) and bool(
-        git("branch", "-r", "--contains", commit, cwd=top, check=False).stdout.strip()
+        git(
+            "branch", "-r", "--contains", commit, "--list", "origin/*", cwd=top, check=False
+        ).stdout.strip()
     )
     repo = safe_url(remote) if pushed else str(top)
     return Capture(repo, commit, branch or None, working_diff(top), pushed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -9,16 +10,31 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 REDACTED = "***"
 
-# Names whose values are secrets wherever they appear (settings, query strings, env vars).
-_SECRET_NAME = re.compile(
-    r"(pass(word|wd)?|secret|token|credential|api[_-]?key|access[_-]?key|private[_-]?key|auth)",
-    re.IGNORECASE,
-)
+# Words that make a variable or field name a secret's name (compared word by word, so that
+# TOKENIZERS_PARALLELISM or NUM_PASSES are not taken for secrets).
+_SECRET_WORDS = {
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "credential",
+    "credentials",
+    "apikey",
+    "auth",
+    "passphrase",
+}
+_SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key")}
 
 
 def is_secret_name(name: str) -> bool:
     """True when a variable or field called `name` holds a secret by convention."""
-    return bool(_SECRET_NAME.search(name))
+    words = [
+        w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()) if w
+    ]
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
 
 
 def redact_url(url: str) -> str:

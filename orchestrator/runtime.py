@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
     from orchestrator.git import Mirror
+    from orchestrator.models.service import ModelService
     from orchestrator.queue.adapter import QueueAdapter
     from orchestrator.tasks.service import TaskService
 
@@ -29,7 +30,12 @@ class Runtime:
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.settings.database_url)
+        from orchestrator.queue.wakeup import publisher
+
+        store = Store(self.settings.database_url)
+        # After every commit that wrote events, wake the scheduler (best effort).
+        store.on_events_committed.append(publisher(self.settings))
+        return store
 
     @cached_property
     def blobs(self) -> BlobStore:
@@ -66,6 +72,12 @@ class Runtime:
         from orchestrator.tasks.service import TaskService
 
         return TaskService(self.store, self.mirror, lambda: self.queues)
+
+    @cached_property
+    def models(self) -> ModelService:
+        from orchestrator.models.service import ModelService
+
+        return ModelService(self.store)
 
     def close(self) -> None:
         if "redis" in self.__dict__:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import admin, context, dataset, queue, task
+from orchestrator.cli import admin, context, dataset, model, queue, task, triggers
 
 app = typer.Typer(
     name="retrain",
@@ -17,6 +17,10 @@ app = typer.Typer(
 )
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(task.app, name="task")
+app.add_typer(model.app, name="model")
+app.add_typer(triggers.app, name="triggers")
+app.command("scheduler")(triggers.scheduler)
+app.command("history")(triggers.history)
 app.add_typer(queue.queue_app, name="queue")
 app.add_typer(queue.redis_app, name="redis")
 app.add_typer(admin.config_app, name="config")

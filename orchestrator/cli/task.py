@@ -155,6 +155,8 @@ def create(
     """Register a task (a template to clone); prints its id."""
     tasks = runtime().tasks
     if file is not None:
+        if project or name or repo or script or module or params or inputs:
+            raise UserError("-f: the file is the whole task; give either -f or options")
         definition = _from_file(file)
         try:
             info = tasks.create(definition, base_dir=file.absolute().parent)

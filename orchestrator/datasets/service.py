@@ -580,6 +580,7 @@ class DatasetService:
                 "version": info.version,
                 "status": info.status,
                 "published": info.published,
+                "manifest_sha256": info.manifest_sha256,
                 **payload,
             },
         )

@@ -21,3 +21,11 @@ def rq_queue(queue: str, priority: str = "normal") -> str:
 def rq_queues_in_order(queue: str) -> list[str]:
     """What a worker listening on `queue` asks RQ for, highest priority first."""
     return [rq_queue(queue, p) for p in PRIORITIES]
+
+
+EVENTS_CHANNEL = f"{PREFIX}:events"
+"""Pub/sub channel: the store publishes here after every commit that wrote events, and the
+scheduler polls at once instead of waiting for its timer."""
+
+SCHEDULER_LEASE = f"{PREFIX}:scheduler:leader"
+"""`SET NX PX` lease held by the one scheduler that fires triggers; the others stand by."""

@@ -9,7 +9,7 @@ so readers never queue behind writers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.redact import redact_url
+from orchestrator.store.events import WROTE_EVENTS
 from orchestrator.store.revision import SCHEMA_REVISION
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -45,6 +46,10 @@ class Store:
             self._make_engine(url, immediate=False) if self.dialect == "sqlite" else self.engine
         )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.on_events_committed: list[Callable[[], None]] = []
+        """Called after a commit that wrote events (the scheduler's wake-up publisher)."""
+        event.listen(self._sessions, "after_commit", self._after_commit)
+        event.listen(self._sessions, "after_rollback", self._after_rollback_clear)
         self._readers = sessionmaker(self.read_engine, expire_on_commit=False)
         if migrate:
             self.ensure_schema()
@@ -65,6 +70,14 @@ class Store:
         if self.dialect == "sqlite":
             _configure_sqlite(engine, immediate=immediate)
         return engine
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop(WROTE_EVENTS, False):
+            for callback in self.on_events_committed:
+                callback()
+
+    def _after_rollback_clear(self, session: Session) -> None:
+        session.info.pop(WROTE_EVENTS, None)
 
     # -- transactions ----------------------------------------------------------------------
 

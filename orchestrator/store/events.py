@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 from orchestrator.store.models import Event
 
 EVENT_LOCK_ID = 0x6576_656E  # "even"
+WROTE_EVENTS = "retrain.wrote_events"
+"""Session flag: this transaction wrote events, so its commit notifies listeners."""
 
 DATASET_VERSION_CREATED = "dataset.version.created"
 DATASET_VERSION_FINALIZED = "dataset.version.finalized"
@@ -66,6 +68,7 @@ def record_event(
         payload=payload or {},
     )
     session.add(event)
+    session.info[WROTE_EVENTS] = True
     if flush:
         session.flush()
     return event

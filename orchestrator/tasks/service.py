@@ -378,6 +378,7 @@ class TaskService:
         commit: str,
         priority: Priority | None = None,
         template: Task | None = None,
+        held: bool = False,
         **options: Any,
     ) -> tuple[TaskInfo, dict[str, Any]]:
         """Clone and queue inside the caller's transaction (the scheduler's, with its ledger
@@ -390,6 +391,7 @@ class TaskService:
         row.priority = priority or "normal"
         row.status = "queued"
         row.queued_at = row.created_at
+        row.held = held
         info = TaskInfo.of(row)
         _event(session, ev.TASK_CREATED, info, flush=False)
         _event(session, ev.TASK_QUEUED, info, flush=False)
@@ -417,27 +419,62 @@ class TaskService:
             ]
         return [(info, self.push(info, job)) for info, job in made]
 
+    def abort_in(self, session: Session, row: Task, reason: str) -> TaskInfo:
+        """Abort inside the caller's transaction; the caller cancels the job after commit."""
+        _check_transition(row, "aborted")
+        row.error = reason
+        row.held = False
+        _set_status(session, row, "aborted")
+        return TaskInfo.of(row)
+
+    def repoint_in(
+        self,
+        session: Session,
+        row: Task,
+        *,
+        params: Mapping[str, Any],
+        context: Mapping[str, Any],
+        event_seq: int,
+    ) -> None:
+        """Re-render a waiting run's overrides for a newer event (`on_busy: coalesce`) and
+        note the event it now stands for; its earlier events stay listed."""
+        template = session.get(Task, row.parent_id) if row.parent_id else None
+        base = dict(template.parameters or {}) if template else dict(row.parameters or {})
+        variables = {f"params.{k}": v for k, v in base.items()}
+        variables.update(context)
+        rendered = {
+            k: templating.render_value(v, variables, where=f"overrides.{k}")
+            for k, v in params.items()
+        }
+        row.parameters = apply_overrides(base, rendered, allow_new=True)
+        row.resolved_inputs = _resolve_inputs(session, row.inputs or {}, row.parameters)
+        previous = [row.trigger_event_seq] if row.trigger_event_seq is not None else []
+        row.coalesced_events = [*(row.coalesced_events or []), *previous]
+        row.trigger_event_seq = event_seq
+
     def abort(self, task_id: str, reason: str = "aborted by user") -> TaskInfo:
-        """Mark a task aborted, then remove its job from Redis if it is still waiting."""
+        """Mark a task aborted, then stop its job in Redis if it had one."""
         with self.store.session() as session:
             row = _load(session, task_id, for_update=True)
-            _check_transition(row, "aborted")
-            row.error = reason
-            _set_status(session, row, "aborted")
-            info = TaskInfo.of(row)
-        # If Redis is unreachable now, reconcile removes jobs of tasks no longer queued.
-        with contextlib.suppress(ServiceUnavailable):
-            self.queues.cancel(task_id)
+            had_job = row.status in ("queued", "running") and not row.held
+            info = self.abort_in(session, row, reason)
+        if had_job:
+            # If Redis is unreachable now, reconcile removes the waiting job later.
+            with contextlib.suppress(ServiceUnavailable):
+                self.queues.cancel(task_id)
         return info
 
     def reconcile(self) -> ReconcileReport:
         """Make Redis agree with the store: every queued task has its job (enqueued once,
-        atomically, even with several reconcilers) and no aborted task keeps one waiting."""
+        atomically, even with several reconcilers), and the 1,000 most recently aborted tasks
+        keep no job waiting."""
         report = ReconcileReport()
         with self.store.reader() as session:
             queued = list(
                 session.scalars(
-                    select(Task).where(Task.status == "queued").options(selectinload(Task.tag_rows))
+                    select(Task)
+                    .where(Task.status == "queued", Task.held.is_(False))
+                    .options(selectinload(Task.tag_rows))
                 )
             )
             aborted = list(

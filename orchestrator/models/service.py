@@ -1,0 +1,314 @@
+"""The model registry: register a trained model, tag it, publish it, find it.
+
+Every change is one database transaction, and the changes triggers react to (registered,
+tagged, published) write their event in that same transaction, so an event exists exactly
+when its change does. Input is checked before the transaction opens, so a mistake leaves the
+store as it was. Untagging is validated like the rest but writes no event: no trigger reacts
+to a tag going away.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Callable, Iterable
+from pathlib import PurePath
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from orchestrator.datasets.validate import check_name, check_project, check_tag
+from orchestrator.errors import NotFound, UserError
+from orchestrator.models.views import ModelInfo
+from orchestrator.redact import is_secret_name
+from orchestrator.store import Store
+from orchestrator.store import events as ev
+from orchestrator.store.models import Model, ModelTag, Project, Task, utcnow
+
+T = TypeVar("T")
+_RACE_RETRIES = 3
+
+# Two characters at least: `C:\models` is a Windows drive, not a URL scheme.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Query parameters of signed URLs (S3, GCS, Azure SAS) that `is_secret_name` does not cover;
+# a signed URL is a credential, and it expires, so it is no place to keep a model either.
+_SIGNATURE_PARAMS = frozenset({"sig", "signature", "x-amz-signature", "x-goog-signature"})
+_URI_EXAMPLES = "s3://bucket/models/model.pt, gs://..., file:///abs/path, https://..."
+
+
+def check_uri(uri: str) -> str:
+    """A URL with a scheme and no credentials, or an absolute local path.
+
+    Credentials are refused rather than stripped: silently storing a different URI than the
+    one given would hide that the user's secret was on its way into a shared database. The
+    error message never repeats the secret.
+    """
+    clean = uri.strip()
+    if not clean or _CONTROL.search(clean):
+        raise UserError(f"--uri: {uri!r} is not a URI; give a URL ({_URI_EXAMPLES})")
+    if _SCHEME.match(clean):
+        try:
+            parts = urlsplit(clean)
+        except ValueError as exc:
+            raise UserError(f"--uri: not a valid URL ({exc})") from None
+        secret_params = [
+            key
+            for key, _ in parse_qsl(parts.query, keep_blank_values=True)
+            if is_secret_name(key) or key.lower() in _SIGNATURE_PARAMS
+        ]
+        if "@" in parts.netloc or secret_params:
+            if "@" in parts.netloc:
+                where = "user:password@" if parts.password is not None else "user@"
+            else:
+                where = f"?{secret_params[0]}="
+            host = parts.netloc.rpartition("@")[2]
+            raise UserError(
+                f"--uri: the {parts.scheme}:// URL for {host or 'its host'} carries credentials "
+                f"({where}); retrain never stores credentials. Give the URL without them and "
+                "let the storage client find its own (AWS_PROFILE, GOOGLE_APPLICATION_"
+                "CREDENTIALS, ~/.netrc, ...)"
+            )
+        if not (parts.netloc or parts.path.strip("/")):
+            raise UserError(f"--uri: {clean!r} names nothing after the scheme")
+        return clean
+    if "://" in clean:
+        raise UserError(f"--uri: {clean!r} does not start with a URL scheme ({_URI_EXAMPLES})")
+    if not PurePath(clean).is_absolute():
+        raise UserError(
+            f"--uri: {clean!r} is a relative path, which means nothing on another machine; "
+            f"give an absolute path or a URL ({_URI_EXAMPLES})"
+        )
+    return clean
+
+
+def check_metadata(metadata: Any) -> dict[str, Any]:
+    """A JSON object, returned as plain JSON data (what both databases store alike)."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise UserError("--metadata: expected a JSON object such as '{\"auc\": 0.93}'")
+    try:
+        # NaN and Infinity are not JSON; PostgreSQL's jsonb refuses them at insert time.
+        text = json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"--metadata: not storable as JSON ({exc})") from None
+    value: dict[str, Any] = json.loads(text)
+    return value
+
+
+class ModelService:
+    """The model-registry operations behind `retrain model ...` (and, later, workers that
+    register models from job outputs)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def register(
+        self,
+        project: str,
+        name: str,
+        uri: str,
+        *,
+        task_id: str | None = None,
+        tags: Iterable[str] = (),
+        metadata: dict[str, Any] | None = None,
+        publish: bool = False,
+    ) -> ModelInfo:
+        """Record a trained model; its project is created if missing. With `publish`, it is
+        published from the start and both events (registered, then published) are written,
+        so triggers watching either fire."""
+        project = check_project(project)
+        name = check_name(name)
+        uri = check_uri(uri)
+        tag_list = sorted({check_tag(t) for t in tags})
+        meta = check_metadata(metadata)
+
+        def attempt(session: Session) -> ModelInfo:
+            task_names = _task_names(session, [task_id] if task_id else [])
+            if task_id and task_id not in task_names:
+                raise NotFound("task", task_id, "--task takes a task id; see retrain task list")
+            row = Model(
+                project=_project(session, project),
+                name=name,
+                uri=uri,
+                task_id=task_id,
+                published=publish,
+                meta=meta,
+                created_at=utcnow(),
+            )
+            row.tag_rows = [ModelTag(tag=t) for t in tag_list]
+            session.add(row)
+            session.flush()
+            info = ModelInfo.of(row, task_names.get(task_id or ""))
+            _event(session, ev.MODEL_REGISTERED, info)
+            if publish:
+                _event(session, ev.MODEL_PUBLISHED, info)
+            return info
+
+        return self._retrying(attempt)
+
+    def tag(self, model_id: str, tags: Iterable[str]) -> ModelInfo:
+        """Add tags; an event only when at least one is new (tags already there stay)."""
+        wanted = sorted({check_tag(t) for t in tags})
+        if not wanted:
+            raise UserError("name at least one tag")
+        with self.store.session() as session:
+            row = _load(session, model_id, for_update=True)
+            added = [t for t in wanted if t not in row.tags]
+            if added:
+                row.tag_rows.extend(ModelTag(tag=t) for t in added)
+                session.flush()
+            info = _info(session, row)
+            if added:
+                _event(session, ev.MODEL_TAGGED, info, added=added)
+            return info
+
+    def untag(self, model_id: str, tags: Iterable[str]) -> ModelInfo:
+        """Remove tags; naming a tag the model lacks is an error (likely a typo)."""
+        unwanted = sorted(set(tags))
+        if not unwanted:
+            raise UserError("name at least one tag")
+        with self.store.session() as session:
+            row = _load(session, model_id, for_update=True)
+            absent = [t for t in unwanted if t not in row.tags]
+            if absent:
+                have = ", ".join(row.tags) or "none"
+                raise UserError(
+                    f"model {model_id} has no tag {', '.join(absent)} (its tags: {have})"
+                )
+            row.tag_rows = [r for r in row.tag_rows if r.tag not in unwanted]
+            session.flush()
+            return _info(session, row)
+
+    def publish(self, model_id: str) -> ModelInfo:
+        """Mark a model published; publishing it again changes nothing and writes no event."""
+        with self.store.session() as session:
+            row = _load(session, model_id, for_update=True)
+            if row.published:
+                return _info(session, row)
+            row.published = True
+            session.flush()
+            info = _info(session, row)
+            _event(session, ev.MODEL_PUBLISHED, info)
+            return info
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, model_id: str) -> ModelInfo:
+        with self.store.reader() as session:
+            return _info(session, _load(session, model_id))
+
+    def _retrying(self, attempt: Callable[[Session], T]) -> T:
+        """Run a register transaction again when a concurrent one created the same project
+        first (PostgreSQL reports the duplicate at insert; SQLite serializes writers)."""
+        for remaining in range(_RACE_RETRIES, 0, -1):
+            try:
+                with self.store.session() as session:
+                    return attempt(session)
+            except DBIntegrityError:
+                if remaining == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # Last in the class: below this line `list` would name the method, not the builtin.
+    def list(
+        self,
+        *,
+        project: str | None = None,
+        name: str | None = None,
+        tag: str | None = None,
+        published: bool | None = None,
+        limit: int = 50,
+    ) -> list[ModelInfo]:
+        """Models newest first. `project` and `name` are globs (`*` crosses `/` in projects,
+        so `team/*` reaches sub-projects); `tag` must be present; `published` filters on the
+        flag when given."""
+        if limit < 1:
+            raise UserError("--limit: must be at least 1")
+        with self.store.reader() as session:
+            query = select(Model).options(selectinload(Model.tag_rows))
+            if project is not None:
+                paths = session.execute(select(Project.id, Project.path)).all()
+                ids = [pid for pid, path in paths if fnmatch.fnmatchcase(path, project)]
+                query = query.where(Model.project_id.in_(ids))
+            if name is not None:
+                names = session.scalars(select(Model.name).distinct()).all()
+                query = query.where(
+                    Model.name.in_([n for n in names if fnmatch.fnmatchcase(n, name)])
+                )
+            if tag is not None:
+                query = query.where(
+                    Model.id.in_(select(ModelTag.model_id).where(ModelTag.tag == tag))
+                )
+            if published is not None:
+                query = query.where(Model.published == published)
+            query = query.order_by(Model.created_at.desc(), Model.id.desc()).limit(limit)
+            rows = session.scalars(query).all()
+            task_names = _task_names(session, [r.task_id for r in rows if r.task_id])
+            return [ModelInfo.of(r, task_names.get(r.task_id or "")) for r in rows]
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _project(session: Session, path: str) -> Project:
+    row = session.scalars(select(Project).where(Project.path == path)).first()
+    if row is None:
+        row = Project(path=path, created_at=utcnow())
+        session.add(row)
+    return row
+
+
+def _load(session: Session, model_id: str, *, for_update: bool = False) -> Model:
+    query = select(Model).where(Model.id == model_id).options(selectinload(Model.tag_rows))
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(of=Model)
+    row = session.scalars(query).first()
+    if row is None:
+        raise NotFound("model", model_id, "list models with: retrain model list")
+    return row
+
+
+def _task_names(session: Session, task_ids: Iterable[str]) -> dict[str, str]:
+    """`project/name` of each existing task among `task_ids` (one query for a whole page)."""
+    wanted = sorted(set(task_ids))
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(Task.id, Project.path, Task.name).join(Project).where(Task.id.in_(wanted))
+    )
+    return {task_id: f"{path}/{name}" for task_id, path, name in rows}
+
+
+def _info(session: Session, row: Model) -> ModelInfo:
+    """The model as users see it, with its producing task's name looked up."""
+    task_name = None
+    if row.task_id:
+        task_name = _task_names(session, [row.task_id]).get(row.task_id)
+    return ModelInfo.of(row, task_name)
+
+
+def _event(session: Session, kind: str, info: ModelInfo, **payload: Any) -> None:
+    ev.record_event(
+        session,
+        kind,
+        entity_id=info.id,
+        project=info.project,
+        name=info.name,
+        tags=info.tags,
+        payload={
+            "project": info.project,
+            "name": info.name,
+            "uri": info.uri,
+            "task_id": info.task_id,
+            "published": info.published,
+            **payload,
+        },
+    )

@@ -1,0 +1,71 @@
+"""Sub-second detection: the store publishes after committing events; the scheduler listens.
+
+Publishing is best effort. A command that tags a dataset does not start a Redis server just
+to say so, and a lost message costs at most one timed poll (the safety net, every 5 s).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from orchestrator.queue import keys
+from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+
+def publisher(settings: Settings) -> Callable[[], None]:
+    """A callback that announces committed events, connecting on first use."""
+    client: list[Redis] = []
+
+    def publish() -> None:
+        from redis import Redis, RedisError
+
+        try:
+            if not client:
+                from orchestrator.queue.connection import embedded_url
+
+                url = settings.redis_url or embedded_url(settings, start=False)
+                if url is None:
+                    return
+                client.append(Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1))
+            client[0].publish(keys.EVENTS_CHANNEL, b"1")
+        except (RedisError, OSError):
+            return
+
+    return publish
+
+
+class Listener:
+    """A background thread that sets `woken` whenever events are announced."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.woken = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wakeup", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        from redis import RedisError
+
+        while not self._stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(keys.EVENTS_CHANNEL)
+                while not self._stop.is_set():
+                    if pubsub.get_message(timeout=0.5) is not None:
+                        self.woken.set()
+            except (RedisError, OSError):
+                self._stop.wait(1.0)  # Redis is away; the timed poll carries on meanwhile
+            finally:
+                pubsub.close()

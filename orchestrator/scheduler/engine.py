@@ -1,0 +1,474 @@
+"""The firing engine: events past the cursor -> trigger decisions -> clones, exactly once.
+
+One `poll()` reads a batch of events, decides for every matching trigger, and writes in ONE
+transaction: the ledger rows (unique per trigger and event), the cloned and queued tasks, and
+the cursor advance. Jobs reach Redis only after that commit. If two schedulers race, the
+second one's ledger insert (or cursor check) fails and its whole transaction rolls back, so no
+event fires a trigger twice; a crash after the commit leaves queued tasks that reconcile sends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from orchestrator.errors import RetrainError
+from orchestrator.store import Store
+from orchestrator.store.events import last_sequence, read_events
+from orchestrator.store.models import (
+    Event,
+    SchedulerState,
+    Task,
+    TriggerFiring,
+    TriggerState,
+    utcnow,
+)
+from orchestrator.tasks.service import TaskService
+from orchestrator.tasks.views import TaskInfo, payload
+from orchestrator.triggers.config import Config
+from orchestrator.triggers.context import variables
+from orchestrator.triggers.match import EventView, match
+from orchestrator.triggers.schema import Trigger
+
+STATE = "main"
+ACTIVE = ("queued", "running")
+
+
+def view(event: Event) -> EventView:
+    return EventView(
+        seq=event.seq,
+        kind=event.kind,
+        entity_id=event.entity_id,
+        project=event.project,
+        name=event.name,
+        tags=tuple(event.tags or ()),
+        payload=event.payload or {},
+        time=event.created_at,
+    )
+
+
+class TriggerIndex:
+    """Triggers by source, with exact project/name patterns in a dict: with 10,000 triggers an
+    event is compared only with the triggers that can match it."""
+
+    def __init__(self, triggers: Iterable[Trigger]) -> None:
+        self.exact: dict[tuple[str, str, str], list[Trigger]] = defaultdict(list)
+        self.globbed: dict[str, list[Trigger]] = defaultdict(list)
+        for trigger in triggers:
+            kind = trigger.on.kind
+            spec = trigger.on.dataset or trigger.on.task or trigger.on.model
+            if spec is not None and not _is_glob(spec.project) and not _is_glob(spec.name):
+                self.exact[(kind, spec.project, spec.name)].append(trigger)
+            else:
+                self.globbed[kind].append(trigger)
+
+    def candidates(self, event: EventView) -> list[Trigger]:
+        return [
+            *self.exact.get((event.source, event.project, event.name), ()),
+            *self.globbed.get(event.source, ()),
+        ]
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+@dataclass
+class Decision:
+    trigger: str
+    event: int
+    decision: str
+    """fired | skipped | coalesced | superseded | not matched"""
+    reason: str = ""
+    task_id: str | None = None
+
+
+@dataclass
+class PollResult:
+    events: int = 0
+    cursor: int = 0
+    decisions: list[Decision] = field(default_factory=list)
+    jobs: list[tuple[TaskInfo, dict[str, Any]]] = field(default_factory=list)
+    replace: list[tuple[TaskInfo, dict[str, Any]]] = field(default_factory=list)
+    """Waiting runs whose job must be swapped for the new payload (coalesced)."""
+    cancel: list[str] = field(default_factory=list)
+    """Tasks aborted by `supersede`, whose waiting jobs must leave Redis."""
+    conflict: bool = False
+    """Another scheduler moved the cursor first; nothing was written."""
+
+
+class Engine:
+    """Decides and records firings; the daemon calls `poll` and `release_held`."""
+
+    def __init__(self, store: Store, tasks: TaskService, storage_url: str = "") -> None:
+        self.store = store
+        self.tasks = tasks
+        self.storage_url = storage_url
+        self._index: tuple[str, TriggerIndex] | None = None
+
+    def index(self, config: Config) -> TriggerIndex:
+        if self._index is None or self._index[0] != config.digest:
+            self._index = (config.digest, TriggerIndex(config.triggers))
+        return self._index[1]
+
+    # -- state -----------------------------------------------------------------------------
+
+    def cursor(self) -> int:
+        with self.store.reader() as session:
+            state = session.get(SchedulerState, STATE)
+            return state.cursor if state else 0
+
+    def sync_triggers(self, config: Config) -> None:
+        """Record each trigger's revision; a trigger seen for the first time starts from the
+        newest event ("now"): history is never replayed implicitly."""
+        with self.store.session() as session:
+            state = self._state(session)
+            known = {row.name: row for row in session.scalars(select(TriggerState))}
+            head = last_sequence(session)
+            for trigger in config.triggers:
+                rev = config.revisions[trigger.name]
+                row = known.get(trigger.name)
+                if row is None:
+                    session.add(
+                        TriggerState(
+                            name=trigger.name,
+                            revision=rev,
+                            start_seq=max(head, state.cursor),
+                            created_at=utcnow(),
+                            updated_at=utcnow(),
+                        )
+                    )
+                elif row.revision != rev:
+                    # A new revision keeps going from the cursor: events already behind it
+                    # are never read again, so an edit does not refire them.
+                    row.revision = rev
+                    row.updated_at = utcnow()
+            state.config_path = str(config.path)
+            state.config_error = None
+            state.config_loaded_at = utcnow()
+
+    def _state(self, session: Session) -> SchedulerState:
+        state = session.get(SchedulerState, STATE)
+        if state is None:
+            state = SchedulerState(name=STATE, cursor=last_sequence(session))
+            session.add(state)
+            session.flush()
+        return state
+
+    # -- the poll step ---------------------------------------------------------------------
+
+    def poll(
+        self, config: Config, *, now: dt.datetime | None = None, batch: int = 1000
+    ) -> PollResult:
+        """Process up to `batch` events past the cursor. Returns the jobs to push (after the
+        commit, by the caller) and every decision made."""
+        now = now or utcnow()
+        index = self.index(config)
+        with self.store.reader() as session:
+            state = session.get(SchedulerState, STATE)
+            cursor = state.cursor if state else 0
+            events = [view(e) for e in read_events(session, cursor, batch)]
+            starts = {r.name: r.start_seq for r in session.scalars(select(TriggerState))}
+        if not events:
+            return PollResult(cursor=cursor)
+        matches = [
+            (event, trigger)
+            for event in events
+            for trigger in index.candidates(event)
+            if trigger.name in starts
+            and event.seq > starts[trigger.name]
+            and match(trigger, event).matched
+        ]
+        commits = self._commits({t.run.template for _, t in matches})
+        result = PollResult(events=len(events), cursor=events[-1].seq)
+        try:
+            with self.store.session() as session:
+                state = self._state_for_update(session)
+                if state.cursor != cursor:
+                    return PollResult(cursor=state.cursor, conflict=True)
+                for event, trigger in matches:
+                    result.decisions.append(
+                        self._decide(session, config, trigger, event, now, commits, result)
+                    )
+                state.cursor = events[-1].seq
+                state.last_poll_at = now
+        except IntegrityError:
+            # Another scheduler recorded one of these firings first (its ledger row is
+            # unique); nothing of ours was written. The next poll starts from its cursor.
+            return PollResult(cursor=self.cursor(), conflict=True)
+        return result
+
+    def _state_for_update(self, session: Session) -> SchedulerState:
+        query = select(SchedulerState).where(SchedulerState.name == STATE)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        state = session.scalars(query).first()
+        return state if state is not None else self._state(session)
+
+    def _commits(self, refs: set[str]) -> dict[str, str | Exception]:
+        """The commit each template runs at, found before the transaction (resolving a branch
+        may ask the repository)."""
+        out: dict[str, str | Exception] = {}
+        for ref in refs:
+            try:
+                with self.store.reader() as session:
+                    spec = self.tasks.resolve_template(session, ref).spec
+                out[ref] = self.tasks.commit_for(spec)
+            except RetrainError as exc:
+                out[ref] = exc
+        return out
+
+    def _decide(
+        self,
+        session: Session,
+        config: Config,
+        trigger: Trigger,
+        event: EventView,
+        now: dt.datetime,
+        commits: dict[str, str | Exception],
+        result: PollResult,
+    ) -> Decision:
+        name, policy = trigger.name, trigger.policy
+
+        def record(decision: str, reason: str = "", task_id: str | None = None) -> Decision:
+            session.add(
+                TriggerFiring(
+                    trigger_name=name,
+                    trigger_revision=config.revisions[name],
+                    event_seq=event.seq,
+                    entity_id=event.entity_id,
+                    decision=decision,
+                    reason=reason,
+                    task_id=task_id,
+                    created_at=now,
+                )
+            )
+            session.flush()  # the unique (trigger, event) check happens here
+            return Decision(name, event.seq, decision, reason, task_id)
+
+        if not trigger.enabled:
+            return record("skipped", "disabled")
+        earlier = session.scalars(
+            select(TriggerFiring.task_id)
+            .where(
+                TriggerFiring.trigger_name == name,
+                TriggerFiring.entity_id == event.entity_id,
+                TriggerFiring.decision.in_(("fired", "coalesced")),
+            )
+            .limit(1)
+        ).first()
+        if earlier is not None:
+            return record("skipped", f"duplicate of task {earlier}")
+        if policy.cooldown:
+            last = session.scalar(
+                select(func.max(TriggerFiring.created_at)).where(
+                    TriggerFiring.trigger_name == name, TriggerFiring.decision == "fired"
+                )
+            )
+            if last is not None and now < last + dt.timedelta(seconds=policy.cooldown):
+                until = last + dt.timedelta(seconds=policy.cooldown)
+                return record("skipped", f"cooldown until {until.isoformat(timespec='seconds')}")
+        commit = commits.get(trigger.run.template)
+        if isinstance(commit, Exception) or commit is None:
+            return record("skipped", f"cannot start: {commit}")
+        active = list(
+            session.scalars(
+                select(Task)
+                .where(Task.trigger_name == name, Task.status.in_(ACTIVE))
+                .order_by(Task.created_at)
+            )
+        )
+        held = False
+        if len(active) >= policy.max_concurrent:
+            if policy.on_busy == "skip":
+                return record("skipped", f"busy: {len(active)} run(s) queued or running")
+            if policy.on_busy == "coalesce":
+                waiting = [t for t in active if t.status == "queued"]
+                if waiting:
+                    return self._coalesce(session, trigger, event, waiting[-1], record, result)
+            if policy.on_busy == "supersede":
+                for task in active:
+                    if task.status == "queued":
+                        self.tasks.abort_in(session, task, f"superseded by event {event.seq}")
+                        result.cancel.append(task.id)
+                active = [t for t in active if t.status != "queued"]
+            held = len(active) >= policy.max_concurrent
+        context = variables(event, name, self.storage_url)
+        try:
+            info, job = self.tasks.run_in(
+                session,
+                trigger.run.template,
+                commit=commit,
+                priority=trigger.run.priority,
+                params=trigger.run.overrides,
+                inputs=trigger.run.inputs,
+                queue=trigger.run.queue,
+                tags=trigger.run.tags,
+                context=context,
+                allow_new_params=trigger.run.allow_new_params,
+                trigger=(name, event.seq),
+                held=held,
+            )
+        except RetrainError as exc:
+            return record("skipped", f"cannot start: {exc}")
+        if not held:
+            result.jobs.append((info, job))
+        reason = "queued behind a running task (max_concurrent)" if held else ""
+        return record("fired", reason, info.id)
+
+    def _coalesce(
+        self,
+        session: Session,
+        trigger: Trigger,
+        event: EventView,
+        task: Task,
+        record: Any,
+        result: PollResult,
+    ) -> Decision:
+        """Re-point the newest waiting run at this event instead of queueing another."""
+        context = variables(event, trigger.name, self.storage_url)
+        self.tasks.repoint_in(
+            session, task, params=trigger.run.overrides, context=context, event_seq=event.seq
+        )
+        if not task.held:
+            result.replace.append((TaskInfo.of(task), payload(task)))
+        decision: Decision = record("coalesced", f"folded into waiting task {task.id}", task.id)
+        return decision
+
+    # -- replay ------------------------------------------------------------------------------
+
+    def replay_plan(self, trigger: Trigger, since: dt.datetime) -> list[EventView]:
+        """Events since `since` that match `trigger` and that it has not decided on yet."""
+        with self.store.reader() as session:
+            decided = set(
+                session.scalars(
+                    select(TriggerFiring.event_seq).where(
+                        TriggerFiring.trigger_name == trigger.name
+                    )
+                )
+            )
+            events = [
+                view(e)
+                for e in session.scalars(
+                    select(Event).where(Event.created_at >= since).order_by(Event.seq)
+                )
+            ]
+        return [e for e in events if e.seq not in decided and match(trigger, e).matched]
+
+    def replay(
+        self,
+        config: Config,
+        trigger: Trigger,
+        events: Sequence[EventView],
+        now: dt.datetime | None = None,
+    ) -> PollResult:
+        """Decide `trigger` on past events on purpose, in one transaction (the cursor does not
+        move); the ledger still refuses any (trigger, event) decided before."""
+        now = now or utcnow()
+        commits = self._commits({trigger.run.template})
+        result = PollResult(events=len(events))
+        with self.store.session() as session:
+            for event in events:
+                result.decisions.append(
+                    self._decide(session, config, trigger, event, now, commits, result)
+                )
+        return result
+
+    # -- held runs -------------------------------------------------------------------------
+
+    def release_held(self, config: Config) -> list[tuple[TaskInfo, dict[str, Any]]]:
+        """Send held runs of triggers that have a free slot now (oldest first)."""
+        jobs: list[tuple[TaskInfo, dict[str, Any]]] = []
+        with self.store.reader() as session:
+            names = list(
+                session.scalars(select(Task.trigger_name).where(Task.held.is_(True)).distinct())
+            )
+        if not names:
+            return jobs
+        with self.store.session() as session:
+            for name in names:
+                trigger = config.get(name or "")
+                limit = trigger.policy.max_concurrent if trigger else 1
+                rows = list(
+                    session.scalars(
+                        select(Task)
+                        .where(Task.trigger_name == name, Task.status.in_(ACTIVE))
+                        .order_by(Task.queued_at)
+                    )
+                )
+                running = sum(1 for t in rows if not t.held)
+                for task in (t for t in rows if t.held):
+                    if running >= limit:
+                        break
+                    task.held = False
+                    running += 1
+                    jobs.append((TaskInfo.of(task), payload(task)))
+        return jobs
+
+    # -- explain ---------------------------------------------------------------------------
+
+    def explain(self, config: Config, events: Sequence[EventView]) -> list[Decision]:
+        """Every trigger's decision for these events: the ledger's answer where it has one,
+        else whether (and why not) the trigger matches."""
+        seqs = [e.seq for e in events]
+        with self.store.reader() as session:
+            ledger = (
+                {
+                    (r.trigger_name, r.event_seq): r
+                    for r in session.scalars(
+                        select(TriggerFiring).where(TriggerFiring.event_seq.in_(seqs))
+                    )
+                }
+                if seqs
+                else {}
+            )
+            starts = {r.name: r.start_seq for r in session.scalars(select(TriggerState))}
+            state = session.get(SchedulerState, STATE)
+        cursor = state.cursor if state else 0
+        out = []
+        for event in events:
+            for trigger in config.triggers:
+                row = ledger.get((trigger.name, event.seq))
+                if row is not None:
+                    out.append(
+                        Decision(trigger.name, event.seq, row.decision, row.reason, row.task_id)
+                    )
+                    continue
+                verdict = match(trigger, event)
+                if not verdict.matched:
+                    out.append(Decision(trigger.name, event.seq, "not matched", verdict.reason))
+                elif trigger.name in starts and event.seq <= starts[trigger.name]:
+                    out.append(
+                        Decision(
+                            trigger.name,
+                            event.seq,
+                            "not matched",
+                            "before the trigger existed (use triggers replay)",
+                        )
+                    )
+                elif event.seq > cursor:
+                    out.append(
+                        Decision(
+                            trigger.name,
+                            event.seq,
+                            "pending",
+                            "the scheduler has not reached this event yet",
+                        )
+                    )
+                else:
+                    out.append(
+                        Decision(
+                            trigger.name,
+                            event.seq,
+                            "not matched",
+                            "trigger was not loaded when the event was processed",
+                        )
+                    )
+        return out
