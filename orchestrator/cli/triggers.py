@@ -54,6 +54,9 @@ def scheduler(
             min=0.05,
         ),
     ] = 5.0,
+    reconcile_every: Annotated[
+        float, typer.Option("--reconcile-every", help="Seconds between reconcile passes.", min=0.1)
+    ] = 30.0,
     once: Annotated[bool, typer.Option("--once", help="One iteration, then exit.")] = False,
 ) -> None:
     """Run the scheduler daemon: fire triggers on new events, exactly once."""
@@ -67,7 +70,9 @@ def scheduler(
     path = triggers_path(triggers)
     if not path.exists():
         raise UserError(f"--triggers: {path} does not exist")
-    daemon = Scheduler(runtime(), path, poll_interval=poll_interval)
+    daemon = Scheduler(
+        runtime(), path, poll_interval=poll_interval, reconcile_every=reconcile_every
+    )
     if once:
         daemon.reload(force=True)
         report = daemon.tick()

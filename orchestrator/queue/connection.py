@@ -33,19 +33,30 @@ STATE_FILE = "redis.json"
 START_TIMEOUT_S = 10.0
 
 
-def connect(settings: Settings) -> Redis:
-    """A checked connection (one PING) to the configured or the embedded Redis."""
+def client(settings: Settings) -> Redis:
+    """A client for the configured or the embedded Redis, not yet connected: daemons keep
+    working through an outage and reconnect on their own."""
     import redis
 
     url = settings.redis_url or embedded_url(settings, start=True)
     assert url is not None
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=5, socket_timeout=30, health_check_interval=30
+    )
+
+
+def connect(settings: Settings) -> Redis:
+    """A checked connection (one PING) to the configured or the embedded Redis."""
+    import redis
+
+    client_ = client(settings)
+    url = settings.redis_url or embedded_url(settings, start=False) or "embedded"
     try:
-        client.ping()
+        client_.ping()
     except redis.RedisError as exc:
-        client.close()
+        client_.close()
         raise ServiceUnavailable(f"cannot reach Redis at {redact_url(url)}: {exc}") from None
-    return client
+    return client_
 
 
 def embedded_url(settings: Settings, *, start: bool) -> str | None:

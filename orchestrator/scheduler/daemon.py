@@ -62,8 +62,12 @@ class Scheduler:
         self.path = triggers
         self.poll_interval = poll_interval
         self.reconcile_every = reconcile_every
+        from orchestrator.queue.connection import client
+
         self.engine = Engine(runtime.store, runtime.tasks, runtime.settings.storage_url)
-        self.lease = Lease(runtime.redis, lease_ttl)
+        # Unchecked: the daemon starts, and keeps firing into the store, while Redis is down.
+        self.redis = client(runtime.settings)
+        self.lease = Lease(self.redis, lease_ttl)
         self.config: Config | None = None
         self._mtime: float | None = None
         self._last_reconcile = 0.0
@@ -127,7 +131,7 @@ class Scheduler:
             log.info(
                 f"trigger {decision.decision}",
                 trigger=decision.trigger,
-                event=decision.event,
+                event_seq=decision.event,
                 task=decision.task_id,
                 reason=decision.reason,
             )
@@ -169,7 +173,7 @@ class Scheduler:
         from rq import Queue
         from rq.registry import StartedJobRegistry
 
-        for queue in Queue.all(connection=self.runtime.redis):
+        for queue in Queue.all(connection=self.redis):
             StartedJobRegistry(queue=queue).cleanup()
 
     def heartbeat(self) -> None:
@@ -261,7 +265,7 @@ class Scheduler:
 
         self.schedules = BackgroundScheduler(timezone="UTC")
         self.schedules.start()
-        listener = Listener(self.runtime.redis)
+        listener = Listener(self.redis)
         listener.start()
         self.reload(force=True)
         log.info(

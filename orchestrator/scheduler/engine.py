@@ -102,6 +102,11 @@ class PollResult:
     """Tasks aborted by `supersede`, whose waiting jobs must leave Redis."""
     conflict: bool = False
     """Another scheduler moved the cursor first; nothing was written."""
+    active: dict[str, int] = field(default_factory=dict)
+    """Runs each trigger has queued (held or not) or running, kept current within a poll."""
+    fired: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    """(trigger, entity) -> the task it already started: a re-tag never fires twice."""
+    templates: dict[str, Task] = field(default_factory=dict)
 
 
 class Engine:
@@ -112,6 +117,7 @@ class Engine:
         self.tasks = tasks
         self.storage_url = storage_url
         self._index: tuple[str, TriggerIndex] | None = None
+        self._starts: dict[str, int] | None = None
 
     def index(self, config: Config) -> TriggerIndex:
         if self._index is None or self._index[0] != config.digest:
@@ -153,6 +159,7 @@ class Engine:
             state.config_path = str(config.path)
             state.config_error = None
             state.config_loaded_at = utcnow()
+        self._starts = None
 
     def _state(self, session: Session) -> SchedulerState:
         state = session.get(SchedulerState, STATE)
@@ -175,9 +182,9 @@ class Engine:
             state = session.get(SchedulerState, STATE)
             cursor = state.cursor if state else 0
             events = [view(e) for e in read_events(session, cursor, batch)]
-            starts = {r.name: r.start_seq for r in session.scalars(select(TriggerState))}
-        if not events:
-            return PollResult(cursor=cursor)
+            if not events:  # the idle poll: two indexed reads, nothing else
+                return PollResult(cursor=cursor)
+            starts = self._starts_for(session)
         matches = [
             (event, trigger)
             for event in events
@@ -193,6 +200,7 @@ class Engine:
                 state = self._state_for_update(session)
                 if state.cursor != cursor:
                     return PollResult(cursor=state.cursor, conflict=True)
+                self._prefetch(session, matches, result)
                 for event, trigger in matches:
                     result.decisions.append(
                         self._decide(session, config, trigger, event, now, commits, result)
@@ -204,6 +212,45 @@ class Engine:
             # unique); nothing of ours was written. The next poll starts from its cursor.
             return PollResult(cursor=self.cursor(), conflict=True)
         return result
+
+    def _starts_for(self, session: Session) -> dict[str, int]:
+        """Each trigger's start sequence. Set once, when a trigger is first seen, and never
+        changed: read once per process and again only after this process syncs triggers."""
+        if self._starts is None:
+            self._starts = {r.name: r.start_seq for r in session.scalars(select(TriggerState))}
+        return self._starts
+
+    def _prefetch(
+        self, session: Session, matches: Sequence[tuple[EventView, Trigger]], result: PollResult
+    ) -> None:
+        """What every decision of this batch needs, in three queries instead of three per
+        firing: earlier firings per (trigger, entity), active runs per trigger, templates."""
+        names = sorted({t.name for _, t in matches})
+        entities = sorted({e.entity_id for e, _ in matches})
+        if not names:
+            return
+        for name, entity, task_id in session.execute(
+            select(
+                TriggerFiring.trigger_name, TriggerFiring.entity_id, TriggerFiring.task_id
+            ).where(
+                TriggerFiring.trigger_name.in_(names),
+                TriggerFiring.entity_id.in_(entities),
+                TriggerFiring.decision.in_(("fired", "coalesced")),
+            )
+        ):
+            result.fired.setdefault((name, entity), task_id)
+        result.active.update({name: 0 for name in names})
+        for trigger_name, count in session.execute(
+            select(Task.trigger_name, func.count())
+            .where(Task.trigger_name.in_(names), Task.status.in_(ACTIVE))
+            .group_by(Task.trigger_name)
+        ):
+            result.active[str(trigger_name)] = int(count)
+        for ref in {t.run.template for _, t in matches}:
+            try:
+                result.templates[ref] = self.tasks.resolve_template(session, ref)
+            except RetrainError:
+                continue
 
     def _state_for_update(self, session: Session) -> SchedulerState:
         query = select(SchedulerState).where(SchedulerState.name == STATE)
@@ -250,20 +297,15 @@ class Engine:
                     created_at=now,
                 )
             )
-            session.flush()  # the unique (trigger, event) check happens here
+            # No flush: the whole batch goes in at commit, where the unique (trigger, event)
+            # constraint rolls everything back if another scheduler got there first.
+            if decision in ("fired", "coalesced"):
+                result.fired.setdefault((name, event.entity_id), task_id)
             return Decision(name, event.seq, decision, reason, task_id)
 
         if not trigger.enabled:
             return record("skipped", "disabled")
-        earlier = session.scalars(
-            select(TriggerFiring.task_id)
-            .where(
-                TriggerFiring.trigger_name == name,
-                TriggerFiring.entity_id == event.entity_id,
-                TriggerFiring.decision.in_(("fired", "coalesced")),
-            )
-            .limit(1)
-        ).first()
+        earlier = result.fired.get((name, event.entity_id))
         if earlier is not None:
             return record("skipped", f"duplicate of task {earlier}")
         if policy.cooldown:
@@ -278,33 +320,31 @@ class Engine:
         commit = commits.get(trigger.run.template)
         if isinstance(commit, Exception) or commit is None:
             return record("skipped", f"cannot start: {commit}")
-        active = list(
-            session.scalars(
-                select(Task)
-                .where(Task.trigger_name == name, Task.status.in_(ACTIVE))
-                .order_by(Task.created_at)
-            )
-        )
         held = False
-        if len(active) >= policy.max_concurrent:
+        if result.active[name] >= policy.max_concurrent:
             if policy.on_busy == "skip":
-                return record("skipped", f"busy: {len(active)} run(s) queued or running")
-            if policy.on_busy == "coalesce":
-                waiting = [t for t in active if t.status == "queued"]
-                if waiting:
-                    return self._coalesce(session, trigger, event, waiting[-1], record, result)
+                return record("skipped", f"busy: {result.active[name]} run(s) queued or running")
+            waiting = list(
+                session.scalars(
+                    select(Task)
+                    .where(Task.trigger_name == name, Task.status == "queued")
+                    .order_by(Task.created_at)
+                )
+            )
+            if policy.on_busy == "coalesce" and waiting:
+                return self._coalesce(session, trigger, event, waiting[-1], record, result)
             if policy.on_busy == "supersede":
-                for task in active:
-                    if task.status == "queued":
-                        self.tasks.abort_in(session, task, f"superseded by event {event.seq}")
-                        result.cancel.append(task.id)
-                active = [t for t in active if t.status != "queued"]
-            held = len(active) >= policy.max_concurrent
+                for task in waiting:
+                    self.tasks.abort_in(session, task, f"superseded by event {event.seq}")
+                    result.cancel.append(task.id)
+                    result.active[name] -= 1
+            held = result.active[name] >= policy.max_concurrent
         context = variables(event, name, self.storage_url)
         try:
             info, job = self.tasks.run_in(
                 session,
                 trigger.run.template,
+                template=result.templates.get(trigger.run.template),
                 commit=commit,
                 priority=trigger.run.priority,
                 params=trigger.run.overrides,
@@ -318,6 +358,7 @@ class Engine:
             )
         except RetrainError as exc:
             return record("skipped", f"cannot start: {exc}")
+        result.active[name] += 1
         if not held:
             result.jobs.append((info, job))
         reason = "queued behind a running task (max_concurrent)" if held else ""
@@ -375,6 +416,7 @@ class Engine:
         commits = self._commits({trigger.run.template})
         result = PollResult(events=len(events))
         with self.store.session() as session:
+            self._prefetch(session, [(event, trigger) for event in events], result)
             for event in events:
                 result.decisions.append(
                     self._decide(session, config, trigger, event, now, commits, result)

@@ -33,7 +33,7 @@ class Lease:
         self.redis = redis
         self.ttl_ms = int(ttl_s * 1000)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._renew = redis.register_script(_RENEW)
+        self._renew = redis.register_script(_RENEW)  # registering sends nothing yet
         self._release = redis.register_script(_RELEASE)
 
     def hold(self) -> bool:

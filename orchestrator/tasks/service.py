@@ -419,6 +419,38 @@ class TaskService:
             ]
         return [(info, self.push(info, job)) for info, job in made]
 
+    def start(self, task_id: str, worker: str) -> TaskInfo:
+        """A worker began the task (applied from the worker's report)."""
+        with self.store.session() as session:
+            row = _load(session, task_id, for_update=True)
+            _check_transition(row, "running")
+            row.worker = worker
+            _set_status(session, row, "running")
+            return TaskInfo.of(row)
+
+    def finish(
+        self,
+        task_id: str,
+        status: str,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> TaskInfo:
+        """The task ended: completed, failed or aborted, with what the worker reported. The
+        event carries the metrics, so task triggers can test them."""
+        if status not in FINISHED:
+            raise UserError(f"{status!r} is not a final status ({', '.join(FINISHED)})")
+        with self.store.session() as session:
+            row = _load(session, task_id, for_update=True)
+            _check_transition(row, status)
+            row.exit_code = exit_code
+            row.error = error
+            row.metrics = dict(metrics or {})
+            row.held = False
+            _set_status(session, row, status)
+            return TaskInfo.of(row)
+
     def abort_in(self, session: Session, row: Task, reason: str) -> TaskInfo:
         """Abort inside the caller's transaction; the caller cancels the job after commit."""
         _check_transition(row, "aborted")
