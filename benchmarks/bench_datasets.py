@@ -61,12 +61,16 @@ def main() -> bool:
         child_total = t5 - t3
         one_blob = child.uploaded_blobs == 1 and child.version.file_count == FILES
         print(f"datasets: {FILES} files of {SIZE} B, local storage, SQLite store")
-        print(f"  first version  add {t1 - t0:6.2f} s  finalize {t2 - t1:6.2f} s  "
-              f"total {first_total:6.2f} s  (target <= {TARGET_FIRST_S:.0f} s)  "
-              f"uploaded {first.uploaded_blobs} blobs, {first.uploaded_bytes} B")
-        print(f"  child (1 file) add {t4 - t3:6.2f} s  finalize {t5 - t4:6.2f} s  "
-              f"total {child_total:6.2f} s  (target <= {TARGET_CHILD_S:.0f} s)  "
-              f"uploaded {child.uploaded_blobs} blob, {child.uploaded_bytes} B")
+        print(
+            f"  first version  add {t1 - t0:6.2f} s  finalize {t2 - t1:6.2f} s  "
+            f"total {first_total:6.2f} s  (target <= {TARGET_FIRST_S:.0f} s)  "
+            f"uploaded {first.uploaded_blobs} blobs, {first.uploaded_bytes} B"
+        )
+        print(
+            f"  child (1 file) add {t4 - t3:6.2f} s  finalize {t5 - t4:6.2f} s  "
+            f"total {child_total:6.2f} s  (target <= {TARGET_CHILD_S:.0f} s)  "
+            f"uploaded {child.uploaded_blobs} blob, {child.uploaded_bytes} B"
+        )
         print("  baseline: none run here (no peer tool installed side by side)")
         ok = first_total <= TARGET_FIRST_S and child_total <= TARGET_CHILD_S and one_blob
         print(f"  {'OK' if ok else 'MISSED'}")

@@ -54,15 +54,24 @@ def throughput(work: Path) -> tuple[float, float, float]:
         conn.execute(f'CREATE DATABASE "{name}"')
     client = redis.Redis.from_url(REDIS)
     client.flushdb()
-    settings = Settings.load(home=work / "home",
-                             database_url=server.set(database=name).render_as_string(False),
-                             redis_url=REDIS)
+    settings = Settings.load(
+        home=work / "home",
+        database_url=server.set(database=name).render_as_string(False),
+        redis_url=REDIS,
+    )
     runtime = Runtime(settings)
     try:
         make_repo(work / "repo")
-        template = runtime.tasks.create(TaskDefinition(
-            project="bench", name="train", repo=str(work / "repo"), script="train.py",
-            params={"General/dataset_id": "", "Args/epochs": 1}, queue="bench"))
+        template = runtime.tasks.create(
+            TaskDefinition(
+                project="bench",
+                name="train",
+                repo=str(work / "repo"),
+                script="train.py",
+                params={"General/dataset_id": "", "Args/epochs": 1},
+                queue="bench",
+            )
+        )
         runtime.tasks.run(template.id)  # warm connections and caches
 
         def run_slice(offset: int, count: int) -> None:
@@ -74,14 +83,17 @@ def throughput(work: Path) -> tuple[float, float, float]:
             per = TASKS // threads
             start = time.perf_counter()
             with ThreadPoolExecutor(threads) as pool:
-                for future in [pool.submit(run_slice, t * per + len(rates) * TASKS, per)
-                               for t in range(threads)]:
+                for future in [
+                    pool.submit(run_slice, t * per + len(rates) * TASKS, per)
+                    for t in range(threads)
+                ]:
                     future.result()
             rates.append(per * threads / (time.perf_counter() - start))
         start = time.perf_counter()
         for batch in range(0, TASKS, BATCH):
-            runtime.tasks.run_many(template.id, [{"General/dataset_id": f"b{i}"}
-                                                 for i in range(batch, batch + BATCH)])
+            runtime.tasks.run_many(
+                template.id, [{"General/dataset_id": f"b{i}"} for i in range(batch, batch + BATCH)]
+            )
         rates.append(TASKS / (time.perf_counter() - start))
         assert runtime.queues.counts("bench")["normal"] == 3 * TASKS + 1
         return rates[0], rates[1], rates[2]
@@ -118,9 +130,13 @@ def main() -> bool:
     print("tasks: clone + enqueue (one transaction + one RQ enqueue each), PostgreSQL, Redis")
     print(f"  task run, 1 caller   {sequential:7.0f} tasks/s")
     print(f"  task run, {THREADS} callers  {concurrent:7.0f} tasks/s")
-    print(f"  run_many, {BATCH} per transaction  {batched:7.0f} tasks/s  (target >= "
-          f"{TARGET_TASKS_PER_S}; the scheduler's burst path)")
-    print(f"  retrain task list    {cli:7.0f} ms median of {CLI_RUNS}  (target <= "
-          f"{TARGET_CLI_MS}; bare `python -c pass` here: {floor:.0f} ms)")
+    print(
+        f"  run_many, {BATCH} per transaction  {batched:7.0f} tasks/s  (target >= "
+        f"{TARGET_TASKS_PER_S}; the scheduler's burst path)"
+    )
+    print(
+        f"  retrain task list    {cli:7.0f} ms median of {CLI_RUNS}  (target <= "
+        f"{TARGET_CLI_MS}; bare `python -c pass` here: {floor:.0f} ms)"
+    )
     print(f"  {'OK' if ok else 'MISSED'}")
     return ok

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     """Blob storage: `file:///dir` or `s3://bucket/prefix`. Default: `file://<home>/storage`."""
     s3_endpoint_url: str | None = None
     """Endpoint of an S3-compatible service (MinIO, Ceph, ...); unset means AWS S3."""
+    triggers_file: Path | None = None
+    """The scheduler's triggers file; unset means `./triggers.yaml` (a `--triggers` option
+    overrides both)."""
     cache_dir: Path | None = None
     """Shared per-machine download cache, keyed by content hash. Default: `<home>/cache`."""
 

@@ -58,6 +58,14 @@ def scheduler(
         float, typer.Option("--reconcile-every", help="Seconds between reconcile passes.", min=0.1)
     ] = 30.0,
     once: Annotated[bool, typer.Option("--once", help="One iteration, then exit.")] = False,
+    wakeup: Annotated[
+        bool,
+        typer.Option(
+            "--wakeup/--no-wakeup",
+            help="Poll at once when the store announces events on Redis "
+            "(--no-wakeup: timed polls only, e.g. to compare).",
+        ),
+    ] = True,
 ) -> None:
     """Run the scheduler daemon: fire triggers on new events, exactly once."""
     import signal
@@ -71,7 +79,11 @@ def scheduler(
     if not path.exists():
         raise UserError(f"--triggers: {path} does not exist")
     daemon = Scheduler(
-        runtime(), path, poll_interval=poll_interval, reconcile_every=reconcile_every
+        runtime(),
+        path,
+        poll_interval=poll_interval,
+        reconcile_every=reconcile_every,
+        wakeup=wakeup,
     )
     if once:
         daemon.reload(force=True)
@@ -97,8 +109,7 @@ def check(
     try:
         config = _load(file, check_templates=True)
     except FileError as exc:
-        for problem in exc.problems:
-            sys.stderr.write(f"{problem}\n")
+        sys.stderr.write(f"{exc}\n")
         raise typer.Exit(2) from None
     output.note(f"{triggers_path(file)}: {len(config.triggers)} trigger(s) OK")
 

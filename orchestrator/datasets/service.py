@@ -273,9 +273,10 @@ class DatasetService:
             row = queries.load_version(session, version_id, for_update=True)
             added = [t for t in wanted if t not in row.tags]
             if added:
-                row.tag_rows.extend(VersionTag(tag=t) for t in added)
-                session.flush()
-                session.refresh(row, ["tag_rows"])
+                # Kept in tag order in memory (the relationship's order), not re-read.
+                row.tag_rows = sorted(
+                    [*row.tag_rows, *(VersionTag(tag=t) for t in added)], key=lambda r: r.tag
+                )
                 info = VersionInfo.of(row)
                 self._event(session, ev.DATASET_VERSION_TAGGED, info, added=added)
             return VersionInfo.of(row)

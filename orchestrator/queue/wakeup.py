@@ -42,9 +42,9 @@ def publisher(settings: Settings) -> Callable[[], None]:
 class Listener:
     """A background thread that sets `woken` whenever events are announced."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, woken: threading.Event | None = None) -> None:
         self.redis = redis
-        self.woken = threading.Event()
+        self.woken = woken or threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="wakeup", daemon=True)
 

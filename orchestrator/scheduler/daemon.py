@@ -57,11 +57,14 @@ class Scheduler:
         poll_interval: float = POLL_INTERVAL_S,
         reconcile_every: float = RECONCILE_EVERY_S,
         lease_ttl: float = LEASE_TTL_S,
+        wakeup: bool = True,
     ) -> None:
         self.runtime = runtime
         self.path = triggers
         self.poll_interval = poll_interval
         self.reconcile_every = reconcile_every
+        self.wakeup = wakeup
+        """Listen for the store's announcements (off: timed polls only, as in a benchmark)."""
         from orchestrator.queue.connection import client
 
         self.engine = Engine(runtime.store, runtime.tasks, runtime.settings.storage_url)
@@ -72,6 +75,8 @@ class Scheduler:
         self._mtime: float | None = None
         self._last_reconcile = 0.0
         self._stop = threading.Event()
+        self.woken = threading.Event()
+        """Set by the Redis listener and by schedule ticks: poll now."""
         self.schedules: Any = None
         """APScheduler's BackgroundScheduler for cron and interval triggers (set by run)."""
 
@@ -101,6 +106,7 @@ class Scheduler:
             return False
         self.engine.sync_triggers(config)
         self.config = config
+        _return_freed_memory()
         self._schedule(config)
         log.info(
             "triggers loaded",
@@ -254,6 +260,7 @@ class Scheduler:
                 payload={"trigger": name, "time": now.isoformat()},
             )
         log.info("schedule ticked", trigger=name, time=now.isoformat())
+        self.woken.set()
 
     # -- running ---------------------------------------------------------------------------
 
@@ -265,8 +272,9 @@ class Scheduler:
 
         self.schedules = BackgroundScheduler(timezone="UTC")
         self.schedules.start()
-        listener = Listener(self.redis)
-        listener.start()
+        listener = Listener(self.redis, self.woken)
+        if self.wakeup:
+            listener.start()
         self.reload(force=True)
         log.info(
             "scheduler started",
@@ -276,7 +284,7 @@ class Scheduler:
         )
         try:
             while not self._stop.is_set():
-                listener.woken.clear()
+                self.woken.clear()
                 report = self._safely(self.tick)
                 if report is not None and report.leader and report.events:
                     continue  # more may have arrived while we worked
@@ -287,10 +295,11 @@ class Scheduler:
                 )
                 deadline = time.monotonic() + interval
                 while not self._stop.is_set() and time.monotonic() < deadline:
-                    if listener.woken.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
+                    if self.woken.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
                         break
         finally:
-            listener.stop()
+            if self.wakeup:
+                listener.stop()
             self.schedules.shutdown(wait=False)
             self._safely(self.lease.release)
             log.info("scheduler stopped")
@@ -331,3 +340,18 @@ class Scheduler:
         except Exception:
             log.exception("step crashed; will retry", step=getattr(step, "__name__", str(step)))
         return None
+
+
+def _return_freed_memory() -> None:
+    """Give memory freed after parsing a large triggers file back to the OS (glibc keeps it
+    otherwise, and the daemon's resident size would stay at the parsing peak)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        return

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.errors import RetrainError
 from orchestrator.store import Store
-from orchestrator.store.events import last_sequence, read_events
+from orchestrator.store.events import WROTE_EVENTS, last_sequence, read_events
 from orchestrator.store.models import (
     Event,
     SchedulerState,
@@ -118,6 +118,7 @@ class Engine:
         self.storage_url = storage_url
         self._index: tuple[str, TriggerIndex] | None = None
         self._starts: dict[str, int] | None = None
+        self._specs: dict[str, dict[str, Any]] = {}
 
     def index(self, config: Config) -> TriggerIndex:
         if self._index is None or self._index[0] != config.digest:
@@ -207,6 +208,9 @@ class Engine:
                     )
                 state.cursor = events[-1].seq
                 state.last_poll_at = now
+                # No wake-up for our own events: the daemon polls again at once after a poll
+                # that did work, and a standby does not poll.
+                session.info.pop(WROTE_EVENTS, None)
         except IntegrityError:
             # Another scheduler recorded one of these firings first (its ledger row is
             # unique); nothing of ours was written. The next poll starts from its cursor.
@@ -261,12 +265,18 @@ class Engine:
 
     def _commits(self, refs: set[str]) -> dict[str, str | Exception]:
         """The commit each template runs at, found before the transaction (resolving a branch
-        may ask the repository)."""
+        may ask the repository; its answer is reused for a few seconds). The spec of a
+        template named by id never changes and is kept; a name is looked up each time."""
         out: dict[str, str | Exception] = {}
         for ref in refs:
             try:
-                with self.store.reader() as session:
-                    spec = self.tasks.resolve_template(session, ref).spec
+                spec = self._specs.get(ref)
+                if spec is None:
+                    with self.store.reader() as session:
+                        template = self.tasks.resolve_template(session, ref)
+                    spec = dict(template.spec)
+                    if template.id == ref:  # a template named by id never changes
+                        self._specs[ref] = spec
                 out[ref] = self.tasks.commit_for(spec)
             except RetrainError as exc:
                 out[ref] = exc

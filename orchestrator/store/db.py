@@ -64,8 +64,9 @@ class Store:
         kwargs: dict[str, Any] = {}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        else:
-            kwargs["pool_pre_ping"] = True
+        # No pool_pre_ping: it costs a round trip per transaction (the scheduler's hot path).
+        # A connection the server dropped fails its statement instead; the pool discards it,
+        # and the scheduler's loop retries the step on its next iteration.
         engine = create_engine(url, **kwargs)
         if self.dialect == "sqlite":
             _configure_sqlite(engine, immediate=immediate)

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from orchestrator import templating
 from orchestrator.triggers.match import glob_match
 from orchestrator.triggers.schema import Trigger, TriggersFile
-from orchestrator.yamlfile import Document, FileError, PathKey, load, loads
+from orchestrator.yamlfile import Document, FileError, PathKey, load_items, loads, message
 
 TRIGGERS_ENV = "RETRAIN_TRIGGERS_FILE"
 
@@ -82,11 +84,30 @@ def load_config(
     """Parse and check a triggers file. `resolve_template` (backed by the store) lets cycle
     detection follow templates named by id, and with `check_templates` a reference to a
     template that does not exist is an error."""
-    document = load(path) if text is None else loads(text, path)
+    if text is None:
+        document, raw = load_items(path, "triggers")
+    else:
+        document = loads(text, path)
+        raw = iter(
+            document.data.pop("triggers", None) or [] if isinstance(document.data, dict) else []
+        )
     if document.data is None:
         raise FileError([f"{path}:1:1: (top): the file is empty; it needs `version: 1`"])
-    parsed: TriggersFile = document.validate(TriggersFile)
-    triggers = tuple(_with_defaults(t, parsed) for t in parsed.triggers)
+    head: TriggersFile = document.validate(TriggersFile)
+    # Each trigger is validated as it is parsed: with 10,000 of them, the raw tree of the
+    # whole file never exists at once.
+    problems: list[str] = []
+    parsed: list[Trigger] = []
+    for i, item in enumerate(raw):
+        try:
+            parsed.append(Trigger.model_validate(item))
+        except ValidationError as exc:
+            problems += [
+                document.error(("triggers", i, *e["loc"]), message(e)) for e in exc.errors()
+            ]
+    if problems:
+        raise FileError(problems)
+    triggers = tuple(_with_defaults(t, head) for t in parsed)
     problems = list(_problems(document, triggers, resolve_template, check_templates))
     if problems:
         raise FileError(problems)

@@ -278,3 +278,22 @@ def _config_error(runtime: Runtime) -> str | None:
     with runtime.store.reader() as session:
         state = session.get(SchedulerState, "main")
         return state.config_error if state else None
+
+
+def test_the_wakeup_fires_without_waiting_for_the_timed_poll(loop: Loop) -> None:
+    runtime = Runtime()
+    # A poll interval longer than the wait below: only the wake-up can make it in time.
+    scheduler = Scheduler(runtime, loop.triggers, poll_interval=600, reconcile_every=600)
+    thread = threading.Thread(target=scheduler.run)
+    thread.start()
+    try:
+        wait_for(lambda: _loaded(runtime), "the triggers to load")
+        wait_for(lambda: scheduler.lease.leader() == scheduler.lease.holder, "the lease")
+        version = loop.version(runtime)
+        runtime.datasets.tag(version, ["Production"])
+        wait_for(lambda: loop.jobs(), "the woken scheduler to fire", timeout=30)
+        assert [t.parameters["General/dataset_id"] for t in tasks_of(runtime)] == [version]
+    finally:
+        scheduler.stop()
+        thread.join(10)
+        runtime.close()
