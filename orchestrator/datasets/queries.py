@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 from orchestrator.datasets.manifest import FileEntry, Manifest
 from orchestrator.datasets.views import LineageEntry
 from orchestrator.errors import NotFound
+from orchestrator.store import rows
 from orchestrator.store.models import (
     Dataset,
     DatasetVersion,
@@ -28,8 +29,8 @@ _VERSION_LOADS = (selectinload(DatasetVersion.tag_rows), selectinload(DatasetVer
 def load_version(session: Session, version_id: str, *, for_update: bool = False) -> DatasetVersion:
     """The version with this id, or `NotFound` with a hint to search."""
     query = select(DatasetVersion).where(DatasetVersion.id == version_id).options(*_VERSION_LOADS)
-    if for_update and session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(of=DatasetVersion)
+    if for_update:
+        query = rows.for_update(session, query, of=DatasetVersion)
     row = session.scalars(query).first()
     if row is None:
         raise NotFound("dataset version", version_id, "list versions with: retrain dataset search")

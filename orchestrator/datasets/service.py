@@ -41,12 +41,11 @@ from orchestrator.paths import normalize_relpath
 from orchestrator.progress import NullReporter, Reporter
 from orchestrator.storage.base import BlobStore, sha256_bytes, sha256_file
 from orchestrator.storage.cache import BlobCache
-from orchestrator.store import Store
+from orchestrator.store import Store, rows
 from orchestrator.store import events as ev
 from orchestrator.store.models import (
     Dataset,
     DatasetVersion,
-    Project,
     VersionFile,
     VersionParent,
     VersionTag,
@@ -424,11 +423,7 @@ class DatasetService:
         dataset = queries.find_dataset(session, project, name)
         if dataset is not None:
             return dataset
-        project_row = session.scalars(select(Project).where(Project.path == project)).first()
-        if project_row is None:
-            project_row = Project(path=project, created_at=utcnow())
-            session.add(project_row)
-        dataset = Dataset(project=project_row, name=name, created_at=utcnow())
+        dataset = Dataset(project=rows.project(session, project), name=name, created_at=utcnow())
         session.add(dataset)
         session.flush()
         return dataset

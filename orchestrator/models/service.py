@@ -25,7 +25,7 @@ from orchestrator.datasets.validate import check_name, check_project, check_tag
 from orchestrator.errors import NotFound, UserError
 from orchestrator.models.views import ModelInfo
 from orchestrator.redact import is_secret_name
-from orchestrator.store import Store
+from orchestrator.store import Store, rows
 from orchestrator.store import events as ev
 from orchestrator.store.models import Model, ModelTag, Project, Task, utcnow
 
@@ -135,7 +135,7 @@ class ModelService:
             if task_id and task_id not in task_names:
                 raise NotFound("task", task_id, "--task takes a task id; see retrain task list")
             row = Model(
-                project=_project(session, project),
+                project=rows.project(session, project),
                 name=name,
                 uri=uri,
                 task_id=task_id,
@@ -258,18 +258,10 @@ class ModelService:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _project(session: Session, path: str) -> Project:
-    row = session.scalars(select(Project).where(Project.path == path)).first()
-    if row is None:
-        row = Project(path=path, created_at=utcnow())
-        session.add(row)
-    return row
-
-
 def _load(session: Session, model_id: str, *, for_update: bool = False) -> Model:
     query = select(Model).where(Model.id == model_id).options(selectinload(Model.tag_rows))
-    if for_update and session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(of=Model)
+    if for_update:
+        query = rows.for_update(session, query, of=Model)
     row = session.scalars(query).first()
     if row is None:
         raise NotFound("model", model_id, "list models with: retrain model list")

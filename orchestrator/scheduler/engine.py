@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestrator.errors import RetrainError
-from orchestrator.store import Store
+from orchestrator.store import Store, rows
 from orchestrator.store.events import WROTE_EVENTS, last_sequence, read_events
 from orchestrator.store.models import (
     Event,
@@ -258,8 +258,7 @@ class Engine:
 
     def _state_for_update(self, session: Session) -> SchedulerState:
         query = select(SchedulerState).where(SchedulerState.name == STATE)
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update()
+        query = rows.for_update(session, query)
         state = session.scalars(query).first()
         return state if state is not None else self._state(session)
 

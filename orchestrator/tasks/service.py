@@ -24,7 +24,7 @@ from orchestrator.datasets.validate import check_name, check_project, check_tag
 from orchestrator.errors import Conflict, NotFound, ServiceUnavailable, UserError
 from orchestrator.git import Mirror, capture, normalize_repo
 from orchestrator.queue.adapter import QueueAdapter
-from orchestrator.store import Store
+from orchestrator.store import Store, rows
 from orchestrator.store import events as ev
 from orchestrator.store.models import Project, Task, TaskTag, new_id, utcnow
 from orchestrator.tasks import listing
@@ -121,7 +121,7 @@ class TaskService:
         with self.store.session() as session:
             _check_input_refs(session, definition.inputs, definition.params)
             row = Task(
-                project=_project(session, project),
+                project=rows.project(session, project),
                 name=name,
                 type=definition.type,
                 status="draft",
@@ -587,18 +587,10 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
-def _project(session: Session, path: str) -> Project:
-    row = session.scalars(select(Project).where(Project.path == path)).first()
-    if row is None:
-        row = Project(path=path, created_at=utcnow())
-        session.add(row)
-    return row
-
-
 def _load(session: Session, task_id: str, *, for_update: bool = False) -> Task:
     query = select(Task).where(Task.id == task_id).options(selectinload(Task.tag_rows))
-    if for_update and session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(of=Task)
+    if for_update:
+        query = rows.for_update(session, query, of=Task)
     row = session.scalars(query).first()
     if row is None:
         raise NotFound("task", task_id, "list tasks with: retrain task list")

@@ -1,0 +1,596 @@
+"""Cached Python environments, keyed by what they contain.
+
+Layout under `root`:
+
+    <key>/                    a virtual environment; complete once it holds the marker
+    <key>/.retrain-complete   JSON written last by a successful build (its mtime is the LRU clock)
+    <key>.lock                lock file, so concurrent jobs build one key only once
+    .tmp-<key>-<random>/      a build (or an eviction) in progress, removed when it ends
+
+The key (`env_key`) hashes the interpreter's version and platform and the normalized pinned
+requirement lines, so two jobs that need the same packages share one environment. A hit only
+reads the marker (no subprocess). A miss builds under the key's lock: with uv the venv is made
+`--relocatable` in a temporary directory and renamed into place, so it appears complete or not
+at all; with the pip fallback (plain venvs cannot move) it is built in place and only the
+marker makes it count as complete. A failed build leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from filelock import FileLock, Timeout
+from packaging.utils import canonicalize_name
+
+from orchestrator.errors import RetrainError
+
+MARKER = ".retrain-complete"
+"""File name of the completion marker inside an environment."""
+
+KEY_LENGTH = 24
+_KEY_FORMAT = 1  # bump to invalidate every cached environment after a layout change
+
+Tool = Literal["uv", "pip"]
+LogCallback = Callable[[str], None]
+
+_CREATE = "creating the environment"
+_INSTALL = "installing requirements"
+_FREEZE = "listing installed packages"
+_TAIL_LINES = 15
+
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+_INLINE_COMMENT = re.compile(r"\s+#.*$")
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.\d+)?t?")
+
+
+class EnvBuildError(RetrainError):
+    """An environment could not be built; the message names the step and the tool's output."""
+
+
+@dataclass(frozen=True)
+class EnvResult:
+    """A ready environment: where it is, its interpreter, and what is installed in it."""
+
+    key: str
+    path: Path
+    python: Path
+    hit: bool
+    build_seconds: float
+    frozen: list[str] = field(default_factory=list)
+    tool: Tool = "uv"
+
+
+@dataclass(frozen=True)
+class _Interpreter:
+    version: str  # "3.11" (with a "t" suffix for a free-threaded build)
+    platform: str  # implementation and platform, e.g. "cpython-linux-x86_64"
+    executable: str  # what to hand to uv / run for `-m venv`
+
+
+def normalize_requirements(requirements: Sequence[str]) -> list[str]:
+    """Requirement lines in canonical form: stripped, comments and blanks dropped, the
+    distribution name canonicalized (lowercase, `-` separators), sorted, duplicates removed."""
+    lines: set[str] = set()
+    for raw in requirements:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = _INLINE_COMMENT.sub("", line)
+        if not line.startswith("-"):
+            match = _NAME.match(line)
+            if match:
+                line = canonicalize_name(match.group(0)) + line[match.end() :]
+        lines.add(" ".join(line.split()))
+    return sorted(lines)
+
+
+def current_platform_tag() -> str:
+    """This interpreter's implementation and platform, e.g. `cpython-linux-x86_64`."""
+    return f"{sys.implementation.name}-{sysconfig.get_platform()}"
+
+
+def _current_version() -> str:
+    threaded = "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""
+    return f"{sys.version_info.major}.{sys.version_info.minor}{threaded}"
+
+
+def env_key(python: str, platform_tag: str, requirements: Sequence[str]) -> str:
+    """The cache key of an environment: a hash of the Python version (major.minor), the
+    platform and the normalized requirements. The order of the requirements does not matter."""
+    match = _VERSION.fullmatch(python.strip())
+    version = python.strip()
+    if match:
+        version = f"{match.group(1)}.{match.group(2)}" + ("t" if version.endswith("t") else "")
+    canonical = json.dumps(
+        {
+            "format": _KEY_FORMAT,
+            "python": version,
+            "platform": platform_tag,
+            "requirements": normalize_requirements(requirements),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def venv_python(venv: Path) -> Path:
+    """The interpreter of the virtual environment at `venv`."""
+    if os.name == "nt":  # pragma: no cover - workers run on Linux
+        return venv / "Scripts" / "python.exe"
+    return venv / "bin" / "python"
+
+
+def find_uv() -> str | None:
+    """The uv executable (the `uv` Python package's, else one on PATH), or None."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+class EnvCache:
+    """Environments under `root`, built on first use and shared by every job on the machine.
+
+    `max_envs` and `max_bytes` bound the cache; after each build the least recently used
+    environments beyond either bound are removed (never the one just built, nor one whose lock
+    another process holds). `tool` forces `"uv"` or `"pip"`; `"auto"` uses uv when it is
+    installed. `timeout` bounds each step of a build, in seconds.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_envs: int = 20,
+        max_bytes: int | None = None,
+        tool: Literal["auto", "uv", "pip"] = "auto",
+        timeout: float = 3600.0,
+    ) -> None:
+        if max_envs < 1:
+            raise ValueError("max_envs must be at least 1")
+        self.root = Path(root)
+        self.max_envs = max_envs
+        self.max_bytes = max_bytes
+        self.tool = tool
+        self.timeout = timeout
+        self._interpreters: dict[str, _Interpreter] = {}
+        self._interpreters_lock = threading.Lock()
+
+    # -- public API -------------------------------------------------------------------------
+
+    def key_for(self, requirements: Sequence[str], python: str | None = None) -> str:
+        """The key `ensure` would use for these requirements and interpreter."""
+        interpreter = self._interpreter(python)
+        return env_key(interpreter.version, interpreter.platform, requirements)
+
+    def path_for(self, key: str) -> Path:
+        return self.root / key
+
+    def ensure(
+        self,
+        requirements: Sequence[str],
+        *,
+        python: str | None = None,
+        log: LogCallback | None = None,
+    ) -> EnvResult:
+        """A ready environment holding `requirements`, built first if it is not cached.
+
+        `python` is an interpreter version (`"3.11"`) or an executable's path or name; the
+        default is the interpreter running this code. Raises `EnvBuildError` when the build
+        fails; nothing half-built remains.
+        """
+        say = log or _ignore
+        reqs = normalize_requirements(requirements)
+        interpreter = self._interpreter(python)
+        key = env_key(interpreter.version, interpreter.platform, reqs)
+        final = self.root / key
+        cached = self._hit(final, key)
+        if cached is not None:
+            say(f"environment {key}: cached at {final}")
+            return cached
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.root / f"{key}.lock"):
+            cached = self._hit(final, key)  # built by another job while we waited
+            if cached is not None:
+                say(f"environment {key}: built by another job, cached at {final}")
+                return cached
+            self._clear_leftovers(key, final)
+            tool: Tool = self._choose_tool()
+            say(f"environment {key}: building with {tool} (python {interpreter.version})")
+            start = time.monotonic()
+            if tool == "uv":
+                frozen = self._build_uv(key, final, interpreter, reqs, say)
+            else:
+                frozen = self._build_pip(key, final, interpreter, reqs, say)
+            seconds = time.monotonic() - start
+            say(f"environment {key}: built in {seconds:.1f} s")
+        self.evict(keep=(key,))
+        return EnvResult(
+            key=key,
+            path=final,
+            python=venv_python(final),
+            hit=False,
+            build_seconds=seconds,
+            frozen=frozen,
+            tool=tool,
+        )
+
+    def evict(self, keep: Collection[str] = ()) -> list[str]:
+        """Remove least recently used environments beyond `max_envs` / `max_bytes`; returns
+        the removed keys. Environments in `keep` and those whose lock is held are skipped."""
+        entries: list[tuple[float, str, int]] = []
+        try:
+            children = list(self.root.iterdir())
+        except FileNotFoundError:
+            return []
+        for child in children:
+            if child.name.startswith(".") or not child.is_dir():
+                continue
+            marker = child / MARKER
+            try:
+                mtime = marker.stat().st_mtime
+                size = int(json.loads(marker.read_text()).get("bytes", 0))
+            except (OSError, ValueError, AttributeError):
+                continue
+            entries.append((mtime, child.name, size))
+        entries.sort()
+        count = len(entries)
+        total = sum(size for _mtime, _name, size in entries)
+        removed: list[str] = []
+        for _mtime, name, size in entries:
+            over_bytes = self.max_bytes is not None and total > self.max_bytes
+            if count <= self.max_envs and not over_bytes:
+                break
+            if name in keep:
+                continue
+            if self._remove_env(name):
+                count -= 1
+                total -= size
+                removed.append(name)
+        return removed
+
+    # -- hits -------------------------------------------------------------------------------
+
+    def _hit(self, final: Path, key: str) -> EnvResult | None:
+        marker = final / MARKER
+        try:
+            data = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("key") != key:
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(marker)  # the LRU clock
+        tool: Tool = "pip" if data.get("tool") == "pip" else "uv"
+        return EnvResult(
+            key=key,
+            path=final,
+            python=venv_python(final),
+            hit=True,
+            build_seconds=0.0,
+            frozen=[str(line) for line in data.get("frozen", [])],
+            tool=tool,
+        )
+
+    # -- builds -----------------------------------------------------------------------------
+
+    def _choose_tool(self) -> Tool:
+        if self.tool == "pip":
+            return "pip"
+        if find_uv() is not None:
+            return "uv"
+        if self.tool == "uv":
+            raise EnvBuildError("uv was requested for building environments but is not installed")
+        return "pip"
+
+    def _clear_leftovers(self, key: str, final: Path) -> None:
+        """Remove what a crashed build of `key` left (we hold its lock, so nobody else is
+        building it): temporary directories and an unfinished environment."""
+        for stale in self.root.glob(f".tmp-{key}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists() or final.is_symlink():
+            _remove(final)
+
+    def _build_uv(
+        self, key: str, final: Path, interpreter: _Interpreter, reqs: list[str], say: LogCallback
+    ) -> list[str]:
+        uv = find_uv()
+        if uv is None:
+            raise EnvBuildError(f"environment {key}: uv is not installed")
+        build = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{key}-"))
+        try:
+            venv = build / "venv"
+            reqfile = build / "requirements.txt"
+            reqfile.write_text("".join(f"{line}\n" for line in reqs))
+            self._run(
+                [
+                    uv,
+                    "venv",
+                    "--no-progress",
+                    "--relocatable",
+                    "--python",
+                    interpreter.executable,
+                    str(venv),
+                ],
+                key,
+                _CREATE,
+                "uv",
+                say,
+            )
+            python = str(venv_python(venv))
+            if reqs:
+                self._run(
+                    [uv, "pip", "install", "--no-progress", "--python", python, "-r", str(reqfile)],
+                    key,
+                    _INSTALL,
+                    "uv",
+                    say,
+                )
+            frozen = self._freeze([uv, "pip", "freeze", "--python", python], key, "uv")
+            self._write_marker(venv, key, interpreter, reqs, frozen, "uv")
+            os.rename(venv, final)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+        return frozen
+
+    def _build_pip(
+        self, key: str, final: Path, interpreter: _Interpreter, reqs: list[str], say: LogCallback
+    ) -> list[str]:
+        executable = interpreter.executable
+        if _VERSION.fullmatch(executable):
+            found = shutil.which(f"python{executable}")
+            if found is None:
+                raise EnvBuildError(
+                    f"environment {key}: {_CREATE} failed: no python{executable} on PATH "
+                    "(pip cannot fetch interpreters; install uv or pass an interpreter path)"
+                )
+            executable = found
+        build = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{key}-"))
+        try:
+            reqfile = build / "requirements.txt"
+            reqfile.write_text("".join(f"{line}\n" for line in reqs))
+            # Plain venvs hold absolute paths, so this one is built where it will stay; the
+            # marker, written last, is what makes it count as complete.
+            self._run([executable, "-m", "venv", str(final)], key, _CREATE, "pip", say)
+            python = str(venv_python(final))
+            pip = [python, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+            if reqs:
+                self._run(
+                    [*pip, "install", "--progress-bar", "off", "-r", str(reqfile)],
+                    key,
+                    _INSTALL,
+                    "pip",
+                    say,
+                )
+            frozen = self._freeze([*pip, "freeze"], key, "pip")
+            self._write_marker(final, key, interpreter, reqs, frozen, "pip")
+        except BaseException:
+            _remove(final)
+            raise
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+        return frozen
+
+    def _run(self, command: list[str], key: str, step: str, tool: Tool, say: LogCallback) -> None:
+        """Run one build step, streaming its output to `say`; `EnvBuildError` with the last
+        lines of output if it fails or runs past the timeout."""
+        tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        timed_out = threading.Event()
+        try:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+            )
+        except OSError as exc:
+            raise EnvBuildError(
+                f"environment {key}: {step} failed: cannot run {command[0]}: {exc.strerror or exc}"
+            ) from None
+        with proc:
+
+            def kill() -> None:
+                timed_out.set()
+                proc.kill()
+
+            timer = threading.Timer(self.timeout, kill)
+            timer.daemon = True
+            timer.start()
+            try:
+                assert proc.stdout is not None
+                for raw in proc.stdout:
+                    line = raw.rstrip("\n")
+                    if line.strip():
+                        tail.append(line)
+                        say(line)
+                returncode = proc.wait()
+            finally:
+                timer.cancel()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        if timed_out.is_set():
+            raise EnvBuildError(
+                f"environment {key}: {step} failed: {tool} ran past {self.timeout:g} s"
+                + _format_tail(tail)
+            )
+        if returncode != 0:
+            raise EnvBuildError(
+                f"environment {key}: {step} failed ({tool} exited with status {returncode})"
+                + _format_tail(tail)
+            )
+
+    def _freeze(self, command: list[str], key: str, tool: Tool) -> list[str]:
+        try:
+            result = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=min(self.timeout, 300.0),
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise EnvBuildError(f"environment {key}: {_FREEZE} failed: {exc}") from None
+        if result.returncode != 0:
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            raise EnvBuildError(
+                f"environment {key}: {_FREEZE} failed ({tool} exited with status "
+                f"{result.returncode})" + _format_tail(lines[-_TAIL_LINES:])
+            )
+        return [
+            line.strip()
+            for line in result.stdout.splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+
+    def _write_marker(
+        self,
+        venv: Path,
+        key: str,
+        interpreter: _Interpreter,
+        reqs: list[str],
+        frozen: list[str],
+        tool: Tool,
+    ) -> None:
+        data: dict[str, Any] = {
+            "key": key,
+            "python": interpreter.version,
+            "platform": interpreter.platform,
+            "requirements": reqs,
+            "frozen": frozen,
+            "tool": tool,
+            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "bytes": _tree_size(venv),
+        }
+        tmp = venv / f"{MARKER}.tmp"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, venv / MARKER)
+
+    # -- eviction ---------------------------------------------------------------------------
+
+    def _remove_env(self, key: str) -> bool:
+        lock = FileLock(self.root / f"{key}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return False  # being built (or held by a job): leave it
+        try:
+            path = self.root / key
+            if not (path / MARKER).is_file():
+                return False
+            # Rename first so the environment disappears at once, then delete at leisure.
+            trash = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{key}-evict-"))
+            try:
+                os.rename(path, trash / "venv")
+            finally:
+                shutil.rmtree(trash, ignore_errors=True)
+            return True
+        finally:
+            lock.release()
+
+    # -- interpreters -----------------------------------------------------------------------
+
+    def _interpreter(self, python: str | None) -> _Interpreter:
+        """Version and platform of the requested interpreter; a path is asked once (one
+        subprocess), then remembered."""
+        current = _current_version()
+        if python is None or python.strip() in ("", current):
+            return _Interpreter(current, current_platform_tag(), sys.executable)
+        python = python.strip()
+        match = _VERSION.fullmatch(python)
+        if match:
+            version = f"{match.group(1)}.{match.group(2)}" + ("t" if python.endswith("t") else "")
+            if version == current:
+                return _Interpreter(current, current_platform_tag(), sys.executable)
+            return _Interpreter(version, current_platform_tag(), version)
+        with self._interpreters_lock:
+            known = self._interpreters.get(python)
+        if known is not None:
+            return known
+        probe = (
+            "import json, sys, sysconfig; print(json.dumps({"
+            "'version': '%d.%d' % sys.version_info[:2]"
+            " + ('t' if sysconfig.get_config_var('Py_GIL_DISABLED') else ''),"
+            "'platform': sys.implementation.name + '-' + sysconfig.get_platform(),"
+            "'executable': sys.executable}))"
+        )
+        try:
+            result = subprocess.run(
+                [python, "-c", probe],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            info = json.loads(result.stdout) if result.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            info = None
+        if not isinstance(info, dict):
+            raise EnvBuildError(f"cannot run the Python interpreter {python!r}")
+        interpreter = _Interpreter(
+            str(info["version"]), str(info["platform"]), str(info["executable"] or python)
+        )
+        with self._interpreters_lock:
+            self._interpreters[python] = interpreter
+        return interpreter
+
+
+def _ignore(_line: str) -> None:
+    return None
+
+
+def _format_tail(lines: Collection[str]) -> str:
+    if not lines:
+        return ""
+    return ":\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _tree_size(path: Path) -> int:
+    """Bytes under `path`, counting each hard-linked file once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for directory, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(directory, name))
+            except OSError:
+                continue
+            ident = (st.st_dev, st.st_ino)
+            if ident in seen:
+                continue
+            seen.add(ident)
+            total += st.st_size
+    return total
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
