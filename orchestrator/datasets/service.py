@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.datasets import manifest, queries
 from orchestrator.datasets.manifest import FileEntry
+from orchestrator.datasets.materialize import materialize
 from orchestrator.datasets.scan import LocalFile, collect, collect_folder
 from orchestrator.datasets.validate import (
     check_name,
@@ -580,17 +581,3 @@ class DatasetService:
                 **payload,
             },
         )
-
-
-def materialize(
-    blobs: BlobStore, cache: BlobCache, manifest_sha256: str, reporter: Reporter | None = None
-) -> Path:
-    """Build a read-only local copy of a version from blob storage alone (what workers use):
-    fetch the manifest blob, then the blobs the cache lacks."""
-    header, entries = manifest.decode(blobs.get_bytes(manifest_sha256))
-    label = f"{header.get('project')}/{header.get('name')} {header.get('version')}"
-    missing = [e for e in entries if not cache.blob_path(e.sha256).exists()]
-    with (reporter or NullReporter()).task(
-        f"downloading {label}", sum(e.size for e in missing)
-    ) as advance:
-        return cache.materialize(manifest_sha256, [e.as_tuple() for e in entries], progress=advance)

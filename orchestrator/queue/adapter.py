@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from rq.job import Job
 
 RESULT_TTL_S = 7 * 86400
+JOB_TIMEOUT_MARGIN_S = 300
+"""RQ's timeout is the task's plus this, so the job's own graceful timeout always acts first."""
 FAILURE_TTL_S = 30 * 86400
 
 
@@ -48,12 +50,14 @@ class QueueAdapter:
 
         if timeout_s < 1:  # RQ would fall back to its 180 s default
             raise ValueError("a job needs an explicit timeout")
+        # The job enforces the task's timeout itself (SIGTERM, grace, SIGKILL, a `failed`
+        # report); RQ's timeout, which SIGKILLs the work horse, is only the backstop.
         try:
             self.queue(queue, priority).enqueue_call(
                 keys.JOB_FUNCTION,
                 args=(payload,),
                 job_id=task_id,
-                timeout=timeout_s,
+                timeout=timeout_s + JOB_TIMEOUT_MARGIN_S,
                 result_ttl=RESULT_TTL_S,
                 failure_ttl=FAILURE_TTL_S,
                 description=f"{payload.get('project')}/{payload.get('name')} {task_id}",
@@ -99,8 +103,9 @@ class QueueAdapter:
         return True
 
     def cancel(self, task_id: str) -> str | None:
-        """Stop a task's job: a waiting job is deleted; a running one gets RQ's stop command
-        (its worker kills the work horse). Returns the job's status before, None if none."""
+        """Stop a task's job: a waiting job is deleted; for a running one the abort flag is
+        set, and the job stops its process group (SIGTERM, a grace period, then SIGKILL) and
+        reports `aborted`. Returns the job's status before, None if there was no job."""
         from redis import RedisError
 
         try:
@@ -109,9 +114,7 @@ class QueueAdapter:
                 return None
             status = str(job.get_status())
             if status == "started":
-                from rq.command import send_stop_job_command
-
-                send_stop_job_command(self.redis, task_id, serializer=_serializer())
+                self.redis.set(keys.abort_key(task_id), b"1", ex=keys.ABORT_TTL_S)
             else:
                 job.delete(remove_from_queue=True)
         except RedisError as exc:

@@ -29,3 +29,33 @@ scheduler polls at once instead of waiting for its timer."""
 
 SCHEDULER_LEASE = f"{PREFIX}:scheduler:leader"
 """`SET NX PX` lease held by the one scheduler that fires triggers; the others stand by."""
+
+REPORTS_STREAM = f"{PREFIX}:reports"
+"""Stream of worker reports (started, heartbeat, finished) as JSON; workers never touch the
+database, the scheduler applies these to the store."""
+
+REPORTS_GROUP = "scheduler"
+"""Consumer group the schedulers read `REPORTS_STREAM` with."""
+
+HEARTBEAT_TTL_S = 90
+"""A running task whose heartbeat key is older than this (gone) has lost its worker."""
+
+
+def heartbeat_key(task_id: str) -> str:
+    """`SET ... EX HEARTBEAT_TTL_S` by the worker running the task: its liveness signal."""
+    return f"{PREFIX}:heartbeat:{task_id}"
+
+
+def logs_stream(task_id: str) -> str:
+    """Stream of a running task's log lines."""
+    return f"{PREFIX}:logs:{task_id}"
+
+
+def abort_key(task_id: str) -> str:
+    """Set by `retrain task abort` for a running task; the job's heartbeat thread sees it and
+    stops the user's process group gracefully (RQ's own stop command would SIGKILL the work
+    horse and orphan the user's processes)."""
+    return f"{PREFIX}:abort:{task_id}"
+
+
+ABORT_TTL_S = 7 * 86400

@@ -71,6 +71,12 @@ class Scheduler:
         # Unchecked: the daemon starts, and keeps firing into the store, while Redis is down.
         self.redis = client(runtime.settings)
         self.lease = Lease(self.redis, lease_ttl)
+        from orchestrator.queue.reports import Ingest
+
+        # Workers report on a Redis stream; the scheduler is the one writer of run state. One
+        # consumer name for every scheduler: a restarted daemon re-applies what a crashed one
+        # read but did not acknowledge (applying is idempotent).
+        self.ingest = Ingest(self.redis, runtime.tasks, runtime.models, "scheduler")
         self.config: Config | None = None
         self._mtime: float | None = None
         self._last_reconcile = 0.0
@@ -172,6 +178,11 @@ class Scheduler:
                 "reconciled Redis with the store", enqueued=report.enqueued, removed=report.removed
             )
         self._safely(self._clean_registries)
+        from orchestrator.queue.reports import fail_lost
+
+        lost = self._safely(fail_lost, self.redis, self.runtime.tasks)
+        if lost:
+            log.warning("runs failed: their worker stopped sending heartbeats", tasks=lost)
 
     def _clean_registries(self) -> None:
         """Move jobs of dead workers out of RQ's started registries now, instead of waiting
@@ -205,6 +216,7 @@ class Scheduler:
         self.reload()
         if self.config is None:
             return TickReport(leader=True)
+        self._safely(self.ingest.step)
         events, fired = self.poll(now)
         pushed = self.release()
         self.reconcile()

@@ -13,6 +13,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from orchestrator.queue.adapter import JOB_TIMEOUT_MARGIN_S
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -92,7 +93,8 @@ def test_captured_template_cloned_with_dataset_id_and_queued(
     assert func_name == "workers.job.run_task" and kwargs == {}
     assert args[0]["task_id"] == run and args[0]["spec"]["commit"] == git_repo.head
     assert args[0]["parameters"]["General/dataset_id"] == version
-    assert int(raw[b"timeout"]) == spec["timeout_s"] == 24 * 3600
+    assert spec["timeout_s"] == 24 * 3600  # RQ gets it plus a margin: the job acts first
+    assert int(raw[b"timeout"]) == spec["timeout_s"] + JOB_TIMEOUT_MARGIN_S
     assert queue_list(env, "gpu:high") == [run]
 
     # Events: created (template), created + queued (run), in order.

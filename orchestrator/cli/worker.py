@@ -1,0 +1,33 @@
+"""`retrain worker`: run jobs from the queues on this machine's GPUs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def worker(
+    queue: Annotated[
+        list[str],
+        typer.Option("--queue", help="Queue to take jobs from (several: in priority order)."),
+    ],
+    gpus: Annotated[
+        str,
+        typer.Option(
+            "--gpus", help="all, none, or indices such as 0,1 (detected with nvidia-smi)."
+        ),
+    ] = "all",
+    per_job: Annotated[int, typer.Option("--per-job", help="GPUs per job.", min=1)] = 1,
+    name: Annotated[str | None, typer.Option("--name", help="Worker name prefix.")] = None,
+    burst: Annotated[bool, typer.Option("--burst", help="Stop when the queues are empty.")] = False,
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", help="Stop after this many jobs.", min=1)
+    ] = None,
+) -> None:
+    """Run a worker agent: one forking RQ worker per GPU slot, each pinned to its devices."""
+    from workers.agent import run
+
+    raise typer.Exit(
+        run(queue, gpus=gpus, per_job=per_job, name=name, burst=burst, max_jobs=max_jobs)
+    )

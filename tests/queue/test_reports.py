@@ -1,0 +1,236 @@
+"""Worker reports on a real Redis stream, applied to the store on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from orchestrator.queue import reports
+from orchestrator.queue.keys import (
+    HEARTBEAT_TTL_S,
+    REPORTS_GROUP,
+    REPORTS_STREAM,
+    heartbeat_key,
+    logs_stream,
+)
+from orchestrator.runtime import Runtime
+from orchestrator.store.events import read_events
+from orchestrator.store.models import Task, utcnow
+from tests.conftest import CLI
+from tests.tasks.conftest import Repo, git_repo, machine_redis_url  # noqa: F401  (the fixture, shared)
+
+WORKER = "gpu-host-1/0"
+
+
+@pytest.fixture
+def runtime(
+    database_url: str, cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Runtime]:
+    url = machine_redis_url()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    monkeypatch.setenv("RETRAIN_DATABASE_URL", database_url)
+    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
+    rt = Runtime()
+    try:
+        yield rt
+    finally:
+        rt.redis.flushdb()
+        rt.close()
+
+
+def queued_run(cli: CLI, repo: Repo) -> str:
+    template = cli("task", "create", "--project", "team/vision", "--name", "train", "--repo",
+                   str(repo.path), "--script", "train.py").out.strip()
+    run = cli("task", "run", template).out.strip()
+    assert cli.json("task", "show", run)["status"] == "queued"
+    return run
+
+
+def ingest(rt: Runtime, consumer: str = "s1") -> reports.Ingest:
+    return reports.Ingest(rt.redis, rt.tasks, rt.models, consumer)
+
+
+def events(rt: Runtime) -> list[tuple[str, str, dict[str, Any]]]:
+    with rt.store.reader() as session:
+        return [(e.kind, e.entity_id, dict(e.payload)) for e in read_events(session, 0)]
+
+
+def state(rt: Runtime, task_id: str) -> tuple[object, ...]:
+    info = rt.tasks.get(task_id)
+    models = [(m.id, m.name, m.uri, m.task_id) for m in rt.models.list()]
+    return info.model_dump(), models, events(rt)
+
+
+def finished(task_id: str) -> dict[str, Any]:
+    return reports.finished(
+        task_id, WORKER, "completed", exit_code=0, error=None, duration_s=12.5,
+        metrics={"auc": 0.93, "loss": 1, "note": "text", "nan": float("nan"), "flag": True},
+        models=[{"name": "detector", "uri": "s3://bucket/models/detector.pt",
+                 "metadata": {"framework": "torch"}}],
+        artifacts=[{"path": "plots/roc.png", "uri": "s3://bucket/artifacts/roc.png"}],
+    )
+
+
+def test_keys() -> None:
+    assert REPORTS_STREAM == "retrain:reports" and REPORTS_GROUP == "scheduler"
+    assert heartbeat_key("abc") == "retrain:heartbeat:abc"
+    assert logs_stream("abc") == "retrain:logs:abc" and HEARTBEAT_TTL_S == 90
+
+
+def test_reports_apply_once(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # noqa: F811
+    rt = runtime
+    run = queued_run(cli, git_repo)
+    reports.send(rt.redis, reports.started(run, WORKER))
+    # The report is JSON in one field, and the heartbeat key holds the worker with a TTL.
+    (_id, fields), = rt.redis.xrange(REPORTS_STREAM)
+    body = json.loads(fields[b"data"])
+    assert body["kind"] == "started" and body["task_id"] == run and body["worker"] == WORKER
+    assert dt.datetime.fromisoformat(body["time"]).utcoffset() == dt.timedelta(0)
+    assert rt.redis.get(heartbeat_key(run)) == WORKER.encode()
+    assert 0 < rt.redis.ttl(heartbeat_key(run)) <= HEARTBEAT_TTL_S
+
+    first = ingest(rt)
+    assert first.step() == 1
+    info = rt.tasks.get(run)
+    assert info.status == "running" and info.worker == WORKER and info.started_at
+
+    reports.send(rt.redis, reports.heartbeat(run, WORKER))
+    reports.send(rt.redis, finished(run))
+    assert first.step() == 2
+    info = rt.tasks.get(run)
+    assert info.status == "completed" and info.exit_code == 0 and info.error is None
+    assert info.metrics == {"auc": 0.93, "loss": 1}
+    models = rt.models.list()
+    assert [(m.name, m.uri, m.task_id, m.project, m.metadata) for m in models] == [
+        ("detector", "s3://bucket/models/detector.pt", run, "team/vision",
+         {"framework": "torch"})]
+    kinds = [(k, e) for k, e, _ in events(rt) if e in (run, models[0].id)]
+    assert kinds == [("task.created", run), ("task.queued", run), ("task.started", run),
+                     ("task.completed", run), ("model.registered", models[0].id)]
+    completed = next(p for k, e, p in events(rt) if k == "task.completed")
+    assert completed["metrics"] == {"auc": 0.93, "loss": 1}
+    assert first.step() == 0
+    assert rt.redis.xpending(REPORTS_STREAM, REPORTS_GROUP)["pending"] == 0
+
+    # The worker sends everything again: nothing changes.
+    before = state(rt, run)
+    for report in (reports.started(run, WORKER), reports.heartbeat(run, WORKER), finished(run)):
+        reports.send(rt.redis, report)
+    assert first.step() == 3
+    assert state(rt, run) == before
+
+    # A crash after applying but before the acknowledgement: the entries stay pending for
+    # this consumer, and a new Ingest with the same name applies them again, harmlessly.
+    reports.send(rt.redis, reports.started(run, WORKER))
+    reports.send(rt.redis, finished(run))
+    crashed = ingest(rt)
+    for start in ("0", ">"):
+        for entry_id, fields_ in crashed._read(start, 100, None):
+            crashed.apply_entry(entry_id, fields_)  # applied, never acknowledged
+    assert rt.redis.xpending(REPORTS_STREAM, REPORTS_GROUP)["pending"] == 2
+    restarted = ingest(rt)
+    assert restarted.step() == 2
+    assert rt.redis.xpending(REPORTS_STREAM, REPORTS_GROUP)["pending"] == 0
+    assert state(rt, run) == before
+
+
+def test_finished_without_started(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # noqa: F811
+    rt = runtime
+    run = queued_run(cli, git_repo)
+    reports.send(rt.redis, reports.finished(
+        run, WORKER, "failed", exit_code=3, error="Traceback ...\nValueError: bad",
+        reason="timeout"))
+    assert ingest(rt).step() == 1
+    info = rt.tasks.get(run)
+    assert info.status == "failed" and info.exit_code == 3 and info.worker == WORKER
+    assert info.error == "timeout: Traceback ...\nValueError: bad"
+    kinds = [k for k, e, _ in events(rt) if e == run]
+    assert kinds == ["task.created", "task.queued", "task.started", "task.failed"]
+    assert rt.models.list() == []
+
+
+def test_poison_reports_are_acked_and_skipped(
+    runtime: Runtime, cli: CLI, git_repo: Repo  # noqa: F811
+) -> None:
+    rt = runtime
+    run = queued_run(cli, git_repo)
+    rt.redis.xadd(REPORTS_STREAM, {"data": b"{not json"})
+    rt.redis.xadd(REPORTS_STREAM, {"other": "field"})
+    rt.redis.xadd(REPORTS_STREAM, {"data": json.dumps({"kind": "exploded", "task_id": run})})
+    reports.send(rt.redis, reports.started("0" * 32, WORKER))  # no such task
+    reports.send(rt.redis, reports.finished(run, WORKER, "done"))  # not a final status
+    reports.send(rt.redis, reports.started(run, WORKER))  # a good one behind them
+    before = len(events(rt))
+    assert ingest(rt).step() == 6
+    assert rt.redis.xpending(REPORTS_STREAM, REPORTS_GROUP)["pending"] == 0
+    assert rt.tasks.get(run).status == "running"
+    assert len(events(rt)) == before + 1
+    with pytest.raises(ValueError, match="kind"):
+        reports.send(rt.redis, {"kind": "exploded", "task_id": run})
+
+
+def test_group_made_on_first_step(runtime: Runtime) -> None:
+    rt = runtime
+    assert ingest(rt).step(block_ms=1) == 0
+    assert [g["name"] for g in rt.redis.xinfo_groups(REPORTS_STREAM)] == [REPORTS_GROUP.encode()]
+    assert ingest(rt, "s2").step() == 0  # BUSYGROUP is fine
+    rt.redis.delete(REPORTS_STREAM)  # the stream went away: made again
+    assert ingest(rt).step() == 0 and rt.redis.exists(REPORTS_STREAM)
+
+
+def set_started_at(rt: Runtime, task_id: str, when: dt.datetime) -> None:
+    with rt.store.session() as session:
+        row = session.get(Task, task_id)
+        assert row is not None
+        row.started_at = when
+
+
+def test_lost_workers(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # noqa: F811
+    rt = runtime
+    healthy, lost, fresh = (queued_run(cli, git_repo) for _ in range(3))
+    for run in (healthy, lost, fresh):
+        reports.send(rt.redis, reports.started(run, WORKER))
+    assert ingest(rt).step() == 3
+    long_ago = utcnow() - dt.timedelta(seconds=10 * HEARTBEAT_TTL_S)
+    set_started_at(rt, healthy, long_ago)
+    set_started_at(rt, lost, long_ago)
+    # The healthy long job keeps beating; the lost one's key expired; `fresh` started just
+    # now and has had no time to beat yet, key or not.
+    reports.send(rt.redis, reports.heartbeat(healthy, WORKER))
+    rt.redis.delete(heartbeat_key(lost), heartbeat_key(fresh))
+
+    assert reports.find_lost(rt.redis, rt.store) == [lost]
+    assert reports.fail_lost(rt.redis, rt.tasks) == [lost]
+    info = rt.tasks.get(lost)
+    assert info.status == "failed" and info.error == "worker lost: no heartbeat for 90 s"
+    assert rt.tasks.get(healthy).status == "running" and rt.tasks.get(fresh).status == "running"
+    assert reports.fail_lost(rt.redis, rt.tasks) == []
+    # Judged later (a given `now`), `fresh` is lost too; the beating job still is not.
+    later = utcnow() + dt.timedelta(seconds=2 * HEARTBEAT_TTL_S)
+    assert reports.find_lost(rt.redis, rt.store, now=later) == [fresh]
+
+    # A finished report arriving after the verdict changes nothing.
+    before = state(rt, lost)
+    reports.send(rt.redis, reports.finished(lost, WORKER, "completed", exit_code=0))
+    assert ingest(rt).step() == 2  # the heartbeat, then this
+    assert state(rt, lost) == before
+
+
+def test_heartbeat_ttl(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # noqa: F811
+    rt = runtime
+    run = queued_run(cli, git_repo)
+    reports.send(rt.redis, reports.started(run, WORKER), heartbeat_ttl_s=1)
+    assert ingest(rt).step() == 1
+    assert 0 < rt.redis.ttl(heartbeat_key(run)) <= 1
+    rt.redis.pexpire(heartbeat_key(run), 1)  # let it expire rather than wait for it
+    while rt.redis.exists(heartbeat_key(run)):
+        pass
+    set_started_at(rt, run, utcnow() - dt.timedelta(seconds=HEARTBEAT_TTL_S + 1))
+    assert reports.fail_lost(rt.redis, rt.tasks) == [run]

@@ -1,0 +1,182 @@
+"""The whole loop through a real worker: a queued run is taken by `retrain worker` (a forking
+RQ worker in its own process), checked out, given an environment and its input data, run,
+and reported; the scheduler's ingest applies the report, and the model it produced fires a
+model trigger."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from orchestrator.queue import keys
+from orchestrator.queue.reports import Ingest
+from orchestrator.runtime import Runtime
+from orchestrator.scheduler.daemon import Scheduler
+from tests.conftest import CLI
+from tests.datasets.conftest import write_tree
+from tests.tasks import conftest as task_fixtures
+from tests.tasks.conftest import Repo, machine_redis_url, run_git
+
+git_repo = task_fixtures.git_repo
+
+TRAIN = """\
+import json, os, pathlib, sys
+params = json.loads(pathlib.Path(os.environ["RETRAIN_PARAMS_FILE"]).read_text())
+data = pathlib.Path(os.environ["RETRAIN_INPUT_DATA"])
+rows = (data / "rows.csv").read_text().splitlines()
+print("training on", len(rows), "rows with", params["General/dataset_id"], "args", sys.argv[1:])
+print("devices", repr(os.environ.get("CUDA_VISIBLE_DEVICES")))
+out = pathlib.Path(os.environ["RETRAIN_OUTPUT_DIR"])
+(out / "metrics.json").write_text(json.dumps({"val/accuracy": 0.93, "rows": len(rows)}))
+(out / "models" / "classifier.txt").write_text("weights")
+"""
+
+TRIGGERS = """\
+version: 1
+triggers:
+  - name: evaluate-new-models
+    on: {model: {project: dataset_blogpost, event: registered}}
+    run:
+      template: dataset_blogpost/evaluate
+      overrides: {General/model_uri: "${model.uri}"}
+    # Evaluation runs could register models in this project too: a possible loop, allowed.
+    allow_cycles: true
+"""
+
+
+@pytest.fixture
+def loop(cli: CLI, git_repo: Repo, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    url = machine_redis_url()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
+    (git_repo.path / "train.py").write_text(TRAIN)
+    run_git(git_repo.path, "commit", "-qam", "train for real")
+    data = write_tree(tmp_path / "batch", {"rows.csv": "t,h,occupied\n1,2,0\n3,4,1\n"})
+    version = cli("dataset", "create", "--project", "dataset_blogpost", "--name", "occ").out
+    cli("dataset", "add", "--id", version.strip(), "--files", str(data))
+    cli("dataset", "finalize", "--id", version.strip())
+    cli("task", "create", "--project", "dataset_blogpost", "--name", "training", "--repo",
+        str(git_repo.path), "--script", "train.py", "--queue", "gpu",
+        "--param", "General/dataset_id=", "--input", "data=${params.General/dataset_id}",
+        "--args", "--rows-from ${inputs.data}")
+    cli("task", "create", "--project", "dataset_blogpost", "--name", "evaluate", "--repo",
+        str(git_repo.path), "--module", "pkg.evaluate", "--queue", "cpu",
+        "--param", "General/model_uri=")
+    yield url, version.strip()
+    client.flushdb()
+    client.close()
+
+
+def worker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()",
+                           "worker", *args], env=os.environ.copy(), capture_output=True,
+                          text=True, timeout=110, check=False)
+
+
+def test_a_run_goes_through_a_worker_and_its_model_fires_a_trigger(
+    cli: CLI, loop: tuple[str, str], tmp_path: Path
+) -> None:
+    url, version = loop
+    triggers = tmp_path / "triggers.yaml"
+    triggers.write_text(TRIGGERS)
+    runtime = Runtime()
+    scheduler = Scheduler(runtime, triggers, reconcile_every=600)
+    assert scheduler.reload(force=True)
+    scheduler.tick()
+
+    run = cli("task", "run", "dataset_blogpost/training",
+              "--param", f"General/dataset_id={version}").out.strip()
+    done = worker("--queue", "gpu", "--gpus", "none", "--burst")
+    assert done.returncode == 0, done.stderr
+
+    Ingest(redis.Redis.from_url(url), runtime.tasks, runtime.models, "test").step()
+    shown = cli.json("task", "show", run)
+    assert shown["status"] == "completed", shown["error"]
+    assert shown["exit_code"] == 0 and shown["metrics"] == {"val/accuracy": 0.93, "rows": 3.0}
+    [model] = cli.json("model", "list", "--project", "dataset_blogpost")
+    assert model["task_id"] == run and model["name"] == "classifier"
+
+    # The log went to Redis line by line, args rendered with the input's local path.
+    client = redis.Redis.from_url(url)
+    lines = [e[1][b"line"].decode() for e in client.xrange(keys.logs_stream(run))]
+    client.close()
+    assert any(line.startswith(f"training on 3 rows with {version} args ['--rows-from', '/")
+               for line in lines), lines
+    assert "devices ''" in lines
+
+    # The model registration is an event; the scheduler fires the model trigger on it.
+    assert scheduler.tick().fired == 1
+    evaluations = cli.json("task", "list", "--project", "dataset_blogpost", "--status",
+                           "queued")
+    assert [t["trigger"] for t in evaluations] == ["evaluate-new-models"]
+    runtime.close()
+
+
+def test_a_broken_step_fails_the_task_naming_the_step(cli: CLI, loop: tuple[str, str]) -> None:
+    url, version = loop
+    run = cli("task", "run", "dataset_blogpost/training",
+              "--param", f"General/dataset_id={version}").out.strip()
+    # Make the recorded commit unreachable: the checkout step must fail, cleanly.
+    runtime = Runtime()
+    with runtime.store.session() as session:
+        from orchestrator.store.models import Task
+
+        task = session.get(Task, run)
+        assert task is not None
+        payload_spec = dict(task.spec)
+    client = redis.Redis.from_url(url)
+    job = client.hgetall(f"rq:job:{run}")
+    assert job
+    import zlib
+
+    data = json.loads(zlib.decompress(job[b"data"]))
+    data[2][0]["spec"] = {**payload_spec, "commit": "0" * 40}
+    client.hset(f"rq:job:{run}", "data", zlib.compress(json.dumps(data).encode()))
+    client.close()
+
+    done = worker("--queue", "gpu", "--gpus", "none", "--burst")
+    assert done.returncode == 0, done.stderr
+    Ingest(redis.Redis.from_url(url), runtime.tasks, runtime.models, "test").step()
+    shown = cli.json("task", "show", run)
+    assert shown["status"] == "failed"
+    assert shown["error"].startswith("checkout failed: commit 0000000000"), shown["error"]
+    assert not (runtime.settings.resolved_cache_dir / "work" / run).exists()
+    runtime.close()
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_one_job_per_gpu_each_pinned_to_its_own_device(
+    cli: CLI, loop: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    count: int,
+) -> None:
+    url, version = loop
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    rows = "\\n".join(f"{i}, GPU-{i:08d}-fake, NVIDIA H200, 143771" for i in range(count))
+    fake.write_text(f"#!/bin/sh\nprintf '{rows}\\n'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # a private place for this test's GPU locks
+    runs = [cli("task", "run", "dataset_blogpost/training",
+                "--param", f"General/dataset_id={version}").out.strip() for _ in range(count)]
+
+    done = worker("--queue", "gpu", "--gpus", "all", "--per-job", "1", "--burst",
+                  "--max-jobs", "1")
+    assert done.returncode == 0, done.stderr
+
+    client = redis.Redis.from_url(url)
+    seen = []
+    for run in runs:
+        lines = [e[1][b"line"].decode() for e in client.xrange(keys.logs_stream(run))]
+        seen += [line for line in lines if line.startswith("devices")]
+    client.close()
+    assert sorted(seen) == sorted(f"devices 'GPU-{i:08d}-fake'" for i in range(count))

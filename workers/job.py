@@ -1,0 +1,323 @@
+"""The job a worker runs for a task: `workers.job.run_task(payload)`.
+
+Steps, each named in the error when it fails: checkout -> environment -> inputs -> run ->
+outputs. The worker talks only to Redis (reports, logs, the abort flag) and blob storage
+(inputs, outputs); the scheduler applies the reports to the store. Heavy imports stay out of
+the worker's parent: this module is imported by the forked work horse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.queue import keys
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from orchestrator.settings import Settings
+    from orchestrator.storage import BlobStore
+
+HEARTBEAT_EVERY_S = 20.0
+ABORT_GRACE_S = 30.0
+LOG_STREAM_MAXLEN = 10_000
+ERROR_TAIL_LINES = 20
+
+
+class StepFailed(Exception):
+    """A step before the user's code failed; the task fails with the step named."""
+
+    def __init__(self, step: str, error: BaseException | str) -> None:
+        self.step = step
+        super().__init__(f"{step} failed: {error}")
+
+
+def run_task(payload: dict[str, Any]) -> dict[str, Any]:
+    """RQ job entry point. Never raises for a failure of the task itself: every outcome is
+    reported (and returned), so RQ's own failure handling is not needed for tasks."""
+    from rq import get_current_job
+
+    from orchestrator.settings import Settings
+
+    job = get_current_job()
+    redis: Redis = job.connection if job is not None else _redis(Settings.load())
+    worker = (job.worker_name if job is not None else None) or socket.gethostname()
+    return Job(payload, Settings.load(), redis, worker).run()
+
+
+def _redis(settings: Settings) -> Redis:
+    from orchestrator.queue.connection import client
+
+    return client(settings)
+
+
+class Job:
+    def __init__(
+        self, payload: Mapping[str, Any], settings: Settings, redis: Redis, worker: str
+    ) -> None:
+        self.payload = payload
+        self.settings = settings
+        self.redis = redis
+        self.worker = worker
+        self.task_id = str(payload["task_id"])
+        self.spec: dict[str, Any] = dict(payload["spec"])
+        self.cache = settings.resolved_cache_dir
+        self.workdir = self.cache / "work" / self.task_id
+        self.abort = threading.Event()
+        self._stop = threading.Event()
+        self._log_file: Any = None
+
+    # -- the whole job ---------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        from orchestrator.queue import reports
+
+        started = time.monotonic()
+        self._report({"kind": "started"})
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        result: dict[str, Any]
+        try:
+            result = self._steps()
+        except StepFailed as exc:
+            result = {"status": "failed", "exit_code": None, "error": str(exc), "reason": exc.step}
+        finally:
+            self._stop.set()
+            beat.join(timeout=5)
+            if self._log_file is not None:
+                self._log_file.close()
+        result["duration_s"] = round(time.monotonic() - started, 3)
+        reports.send(self.redis, {**self._base(), "kind": "finished", **result})
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return result
+
+    def _steps(self) -> dict[str, Any]:
+        from orchestrator import templating
+        from workers.runner import run_process
+
+        source = self._step("checkout", self._checkout)
+        python = self._step("environment", self._environment)
+        inputs = self._step("inputs", self._inputs)
+        outputs = self.workdir / "outputs"
+        (outputs / "models").mkdir(parents=True, exist_ok=True)
+        params = dict(self.payload.get("parameters") or {})
+        env = self._env(python, params, inputs, outputs)
+        context = {f"params.{k}": v for k, v in params.items()}
+        context.update({f"inputs.{k}": str(v) for k, v in inputs.items()})
+        args = [
+            templating.render(a, context, where=f"args[{i}]")
+            for i, a in enumerate(self.spec.get("args") or [])
+        ]
+        entry = self.spec["entry"]
+        argv = (
+            [python, entry["script"]] if entry.get("script") else [python, "-m", entry["module"]]
+        ) + args
+        cwd = source / self.spec.get("working_dir", ".")
+        self._log_file = (self.workdir / "output.log").open("w", encoding="utf-8")
+        run = run_process(
+            argv,
+            env=env,
+            cwd=cwd,
+            timeout_s=float(self.spec["timeout_s"]),
+            on_line=self._log_line,
+            abort=self.abort,
+            grace_s=ABORT_GRACE_S,
+        )
+        self._log_file.close()
+        self._log_file = None
+        metrics, models, artifacts = self._step("outputs", lambda: self._outputs(outputs))
+        status = {
+            "completed": "completed",
+            "failed": "failed",
+            "aborted": "aborted",
+            "timeout": "failed",
+        }[run.status]
+        error = None
+        if run.status == "timeout":
+            error = f"timeout after {self.spec['timeout_s']} s"
+        elif run.status == "failed":
+            error = f"exit code {run.exit_code}; last lines:\n" + "\n".join(
+                run.tail[-ERROR_TAIL_LINES:]
+            )
+        elif run.status == "aborted":
+            error = "aborted"
+        return {
+            "status": status,
+            "exit_code": run.exit_code,
+            "error": error,
+            "reason": "timeout" if run.status == "timeout" else None,
+            "metrics": metrics,
+            "models": models,
+            "artifacts": artifacts,
+        }
+
+    def _step(self, name: str, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except StepFailed:
+            raise
+        except Exception as exc:
+            raise StepFailed(name, exc) from exc
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def _checkout(self) -> Path:
+        from orchestrator.git import Mirror
+        from workers.checkout import checkout
+
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir.mkdir(parents=True)
+        return checkout(
+            Mirror(self.cache / "git"),
+            self.spec["repo"],
+            self.spec["commit"],
+            self.spec.get("diff"),
+            self.workdir / "src",
+        )
+
+    def _environment(self) -> str:
+        from workers.envs import EnvCache
+
+        result = EnvCache(self.cache / "envs").ensure(
+            list(self.spec.get("requirements") or []), python=self.spec.get("python")
+        )
+        return str(result.python)
+
+    def _inputs(self) -> dict[str, Path]:
+        from orchestrator.datasets.materialize import materialize
+        from orchestrator.storage import open_cache
+
+        found: dict[str, Path] = {}
+        for name, ref in (self.payload.get("inputs") or {}).items():
+            found[name] = materialize(
+                self._blobs(), open_cache(self.settings, self._blobs()), ref["manifest_sha256"]
+            )
+        return found
+
+    def _outputs(
+        self, outputs: Path
+    ) -> tuple[dict[str, float], list[dict[str, Any]], list[dict[str, Any]]]:
+        """metrics.json becomes the task's metrics; files under models/ are uploaded and
+        registered as the task's models; everything else is uploaded as artifacts."""
+        metrics: dict[str, float] = {}
+        metrics_file = outputs / "metrics.json"
+        if metrics_file.exists():
+            data = json.loads(metrics_file.read_text())
+            metrics = {
+                str(k): float(v)
+                for k, v in data.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        models = [
+            {
+                "name": path.stem,
+                "uri": self._upload(path),
+                "metadata": {"file": path.name, "size": path.stat().st_size},
+            }
+            for path in sorted((outputs / "models").rglob("*"))
+            if path.is_file()
+        ]
+        artifacts = [
+            {"path": path.relative_to(outputs).as_posix(), "uri": self._upload(path)}
+            for path in sorted(outputs.rglob("*"))
+            if path.is_file() and path != metrics_file and (outputs / "models") not in path.parents
+        ]
+        log = self.workdir / "output.log"
+        if log.exists():
+            artifacts.append({"path": "output.log", "uri": self._upload(log)})
+        return metrics, models, artifacts
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _env(
+        self, python: str, params: Mapping[str, Any], inputs: Mapping[str, Path], outputs: Path
+    ) -> dict[str, str]:
+        params_file = self.workdir / "params.json"
+        params_file.write_text(json.dumps(params, indent=2))
+        venv_bin = str(Path(python).parent)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_GIT_")}
+        env.update({str(k): str(v) for k, v in (self.spec.get("env") or {}).items()})
+        env.update(
+            {
+                "PATH": venv_bin + os.pathsep + env.get("PATH", ""),
+                "VIRTUAL_ENV": str(Path(venv_bin).parent),
+                "RETRAIN_TASK_ID": self.task_id,
+                "RETRAIN_PARAMS_FILE": str(params_file),
+                "RETRAIN_OUTPUT_DIR": str(outputs),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        for name, value in params.items():
+            env[f"RETRAIN_PARAM_{_env_name(name)}"] = (
+                value if isinstance(value, str) else json.dumps(value)
+            )
+        for name, path in inputs.items():
+            env[f"RETRAIN_INPUT_{_env_name(name)}"] = str(path)
+        env.setdefault("CUDA_VISIBLE_DEVICES", "")
+        return env
+
+    def _log_line(self, stream: str, line: str) -> None:
+        if self._log_file is not None:
+            self._log_file.write(line + "\n")
+        self.redis.xadd(
+            keys.logs_stream(self.task_id),
+            {"stream": stream, "line": line},
+            maxlen=LOG_STREAM_MAXLEN,
+            approximate=True,
+        )
+
+    def _heartbeat(self) -> None:
+        """Liveness for the scheduler, and the abort flag for us, checked every second."""
+        from orchestrator.queue import reports
+
+        last = time.monotonic()
+        while not self._stop.wait(1.0):
+            try:
+                if self.redis.exists(keys.abort_key(self.task_id)):
+                    self.abort.set()
+                if time.monotonic() - last >= HEARTBEAT_EVERY_S:
+                    reports.send(self.redis, {**self._base(), "kind": "heartbeat"})
+                    last = time.monotonic()
+            except Exception:  # noqa: S112 - Redis blips: the next beat retries
+                continue
+
+    def _report(self, extra: Mapping[str, Any]) -> None:
+        from orchestrator.queue import reports
+
+        reports.send(self.redis, {**self._base(), **extra})
+
+    def _base(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "worker": self.worker,
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(),
+        }
+
+    def _blobs(self) -> BlobStore:
+        if not hasattr(self, "_blob_store"):
+            from orchestrator.storage import open_storage
+
+            self._blob_store = open_storage(self.settings)
+        return self._blob_store
+
+    def _upload(self, path: Path) -> str:
+        from orchestrator.storage.base import blob_key, sha256_file
+
+        sha = sha256_file(path)
+        self._blobs().put_file(sha, path)
+        return f"{self.settings.storage_url.rstrip('/')}/{blob_key(sha)}"
+
+
+def _env_name(name: str) -> str:
+    """`General/dataset_id` -> `GENERAL_DATASET_ID`."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").upper()

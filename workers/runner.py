@@ -1,0 +1,276 @@
+"""Run a user's training command the way a GPU agent must: no shell, its own process group,
+output streamed line by line, and a stop that leaves nothing behind on the GPU.
+
+A training command rarely stays one process: launchers (torchrun, accelerate) fork one process
+per device, data loaders fork workers, and those fork again. Killing only the process we started
+would orphan the rest, still holding GPU memory that the next job on this slot then cannot get.
+So every run leads a fresh session (and with it a fresh process group, whose id is the leader's
+pid); stopping a run signals the whole group, and a group kill also follows every leader exit,
+normal or not, to reap stragglers.
+
+POSIX only (process groups, `os.killpg`, `os.waitid`), which is what GPU hosts run.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+import structlog
+
+__all__ = ["RunResult", "RunStatus", "kill_group", "run_process"]
+
+log = structlog.get_logger("retrain.worker.runner")
+
+RunStatus = Literal["completed", "failed", "aborted", "timeout"]
+
+# How often the supervising loop looks at the leader, the abort event and the clock. Exits are
+# noticed within this delay; short enough to be invisible next to a training run.
+POLL_S = 0.05
+# After SIGKILL the leader normally dies at once; a process stuck in uninterruptible sleep (a
+# hung NFS mount, a wedged driver call) may not, and must not hang the agent forever.
+REAP_TIMEOUT_S = 10.0
+# Once the group is dead its pipes reach EOF at once; a process that escaped the group (it
+# called setsid itself) may keep them open, and the agent must not wait on it forever.
+READER_JOIN_TIMEOUT_S = 5.0
+# A line is cut into pieces of at most this many bytes, so that output without newlines (a
+# progress bar redrawn with "\r", a binary dump) cannot grow one line without bound in memory.
+MAX_LINE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended.
+
+    `exit_code` is the leader's exit status; None when it was killed by a signal we sent before
+    it exited by itself (abort or timeout). A leader that died of a signal nobody here sent (the
+    OOM killer, a segfault) is "failed" with the negative signal number, as `subprocess` reports.
+    `tail` holds the last output lines, stdout and stderr merged in the order they arrived.
+    """
+
+    status: RunStatus
+    exit_code: int | None
+    duration_s: float
+    tail: list[str]
+
+
+def kill_group(pid: int, grace_s: float) -> None:
+    """Stop the process group led by `pid`: SIGTERM to the group, up to `grace_s` seconds for the
+    leader to exit, then SIGKILL to the group.
+
+    The SIGKILL is sent even when the leader exited within the grace period: children that
+    ignore SIGTERM (or are still busy handling it) would otherwise outlive the run and keep their
+    GPU memory. The group id is `pid` because `run_process` starts every command in a new
+    session. A group that no longer exists is not an error.
+
+    This never reaps the leader (it only peeks at its exit with `WNOWAIT`), so it is safe to call
+    on the pid of a `subprocess.Popen` that its owner still waits on.
+    """
+    if not _signal_group(pid, signal.SIGTERM):
+        return  # nobody left in the group: nothing to wait for or kill
+    deadline = time.monotonic() + grace_s
+    while not _leader_exited(pid) and time.monotonic() < deadline:
+        time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+    _signal_group(pid, signal.SIGKILL)
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path,
+    timeout_s: float,
+    on_line: Callable[[str, str], None] | None = None,
+    abort: threading.Event | None = None,
+    grace_s: float = 30.0,
+    tail_lines: int = 50,
+) -> RunResult:
+    """Run `argv` (never through a shell) with exactly `env` in `cwd`, and return how it ended.
+
+    Each output line is passed to `on_line(stream, line)` as it arrives, `stream` being "stdout"
+    or "stderr" and `line` without its line ending; bytes that are not UTF-8 become U+FFFD.
+    Calls are serialised (never two at once) and in arrival order, so `on_line` need not be
+    thread-safe; it runs on a reader thread, and an exception from it is logged and ignored, so
+    a broken log shipper cannot stop the run or lose its tail.
+
+    The run is stopped when `abort` is set (status "aborted") or after `timeout_s` seconds
+    (status "timeout"), with `kill_group(pid, grace_s)`; if it was already set before the start,
+    nothing is started. An `OSError` from starting the command (not found, not executable, `cwd`
+    missing) propagates: nothing ran.
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, not {timeout_s}")
+    if grace_s < 0:
+        raise ValueError(f"grace_s must not be negative, not {grace_s}")
+    if tail_lines < 0:
+        raise ValueError(f"tail_lines must not be negative, not {tail_lines}")
+    if abort is not None and abort.is_set():
+        return RunResult(status="aborted", exit_code=None, duration_s=0.0, tail=[])
+
+    output = _Output(on_line, tail_lines)
+    started = time.monotonic()
+    deadline = started + timeout_s
+    # A new session makes the command the leader of a new process group that all its children
+    # and grandchildren join, so one killpg reaches every one of them; it also detaches them from
+    # the agent's terminal, so a Ctrl-C meant for the agent is not delivered to the job as well.
+    proc = subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = [
+        _start_reader(proc.stdout, "stdout", output),
+        _start_reader(proc.stderr, "stderr", output),
+    ]
+    log.info("process started", pid=proc.pid, argv=list(argv), cwd=str(cwd))
+
+    stopped_by: Literal["aborted", "timeout"] | None = None
+    while not _leader_exited(proc.pid):
+        if abort is not None and abort.is_set():
+            stopped_by = "aborted"
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            stopped_by = "timeout"
+            break
+        step = min(POLL_S, remaining)
+        if abort is not None:
+            abort.wait(step)  # wakes at once when abort is set
+        else:
+            time.sleep(step)
+
+    if stopped_by is not None:
+        log.info("stopping process group", pid=proc.pid, reason=stopped_by, grace_s=grace_s)
+        kill_group(proc.pid, grace_s)
+    else:
+        # The leader exited by itself but is not reaped yet, so its pid still names the group and
+        # cannot be reused: kill whatever it left behind (data loader workers, a daemonised
+        # helper) that would hold GPU memory and keep our pipes open.
+        _signal_group(proc.pid, signal.SIGKILL)
+
+    try:
+        returncode: int | None = proc.wait(timeout=REAP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        log.error("process survived SIGKILL; leaving it", pid=proc.pid)
+        returncode = None
+    for reader in readers:
+        reader.join(READER_JOIN_TIMEOUT_S)
+        if reader.is_alive():
+            # Something outside the group holds the pipe open; the daemon thread ends with it.
+            log.warning("output still open after the run ended", pid=proc.pid, stream=reader.name)
+    duration_s = time.monotonic() - started
+
+    status: RunStatus
+    if stopped_by is not None:
+        status = stopped_by
+        # A negative code is death by signal, and after we signalled the group that is ours.
+        exit_code = returncode if returncode is not None and returncode >= 0 else None
+    else:
+        exit_code = returncode
+        status = "completed" if returncode == 0 else "failed"
+    log.info("process ended", pid=proc.pid, status=status, exit_code=exit_code)
+    return RunResult(status=status, exit_code=exit_code, duration_s=duration_s, tail=output.tail())
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    """Send `sig` to the group; False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _leader_exited(pid: int) -> bool:
+    """Whether `pid` has exited, without reaping it.
+
+    For our own child, `waitid(WNOWAIT)` sees the exit while leaving the zombie in place: its pid
+    (and with it the group id) stays reserved until `Popen.wait` reaps it, so a following killpg
+    cannot hit an unrelated group that reused the number, and `Popen` still gets the exit status.
+    For any other process, signal 0 tells whether it still exists.
+    """
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        pass  # not our child, or already reaped
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by someone else
+    return False
+
+
+class _Output:
+    """The merged output of one run: the tail, and the serialised calls to `on_line`."""
+
+    def __init__(self, on_line: Callable[[str, str], None] | None, tail_lines: int) -> None:
+        self._on_line = on_line
+        self._tail: deque[str] = deque(maxlen=tail_lines)
+        # One lock for both, so the order of on_line calls is exactly the order of the tail.
+        self._lock = threading.Lock()
+        self._callback_failed = False
+
+    def add(self, stream: str, line: str) -> None:
+        with self._lock:
+            self._tail.append(line)
+            if self._on_line is None:
+                return
+            try:
+                self._on_line(stream, line)
+            except Exception:
+                # Logged once: a callback that fails on every line would flood the agent's log.
+                if not self._callback_failed:
+                    self._callback_failed = True
+                    log.exception("on_line failed; further failures are not logged")
+
+    def tail(self) -> list[str]:
+        with self._lock:
+            return list(self._tail)
+
+
+def _start_reader(stream: IO[bytes], name: str, output: _Output) -> threading.Thread:
+    # Daemon: a pipe held open by a process that escaped the group must not block the agent's
+    # exit; run_process joins with a bound instead.
+    thread = threading.Thread(
+        target=_read_lines, args=(stream, name, output), name=name, daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _read_lines(stream: IO[bytes], name: str, output: _Output) -> None:
+    # Incremental, so that a multi-byte character cut by the MAX_LINE_BYTES limit is decoded
+    # whole from the next piece rather than turned into two replacement characters.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    try:
+        while chunk := stream.readline(MAX_LINE_BYTES):
+            text = decoder.decode(chunk)
+            if text.endswith("\n"):
+                text = text[:-2] if text.endswith("\r\n") else text[:-1]
+            output.add(name, text)
+        rest = decoder.decode(b"", final=True)  # an incomplete character at the very end
+        if rest:
+            output.add(name, rest)
+    except (OSError, ValueError) as exc:
+        log.warning("reading output failed", stream=name, error=str(exc))
+    finally:
+        stream.close()
