@@ -112,7 +112,8 @@ class QueueAdapter:
             job = self.job(task_id)
             if job is None:
                 return None
-            status = str(job.get_status())
+            raw = job.get_status()
+            status = str(getattr(raw, "value", raw))  # JobStatus is a str enum: its value
             if status == "started":
                 self.redis.set(keys.abort_key(task_id), b"1", ex=keys.ABORT_TTL_S)
             else:

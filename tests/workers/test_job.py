@@ -180,3 +180,78 @@ def test_one_job_per_gpu_each_pinned_to_its_own_device(
         seen += [line for line in lines if line.startswith("devices")]
     client.close()
     assert sorted(seen) == sorted(f"devices 'GPU-{i:08d}-fake'" for i in range(count))
+
+
+SLOW = """\
+import os, pathlib, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c",
+    "import os, pathlib, time; pathlib.Path(os.environ['PIDFILE']).write_text(str(os.getpid())); "
+    "time.sleep(600)"])
+print("started", flush=True)
+time.sleep(600)
+"""
+
+
+def _slow_template(cli: CLI, git_repo: Repo, timeout: str) -> None:
+    (git_repo.path / "slow.py").write_text(SLOW)
+    run_git(git_repo.path, "add", "slow.py")
+    run_git(git_repo.path, "commit", "-qm", "a slow job")
+    cli("task", "create", "--project", "dataset_blogpost", "--name", "slow", "--repo",
+        str(git_repo.path), "--script", "slow.py", "--queue", "slow", "--timeout", timeout,
+        "--env", f"PIDFILE={git_repo.path.parent / 'grandchild.pid'}")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat_file = Path(f"/proc/{pid}/stat")  # a zombie nobody reaped is gone too
+    return stat_file.exists() and stat_file.read_text().split()[2] == "Z"
+
+
+def test_abort_stops_the_whole_process_tree(
+    cli: CLI, loop: tuple[str, str], git_repo: Repo
+) -> None:
+    from tests.triggers.conftest import wait_for
+
+    url, _ = loop
+    _slow_template(cli, git_repo, "1h")
+    run = cli("task", "run", "dataset_blogpost/slow").out.strip()
+    proc = subprocess.Popen([sys.executable, "-c", "from orchestrator.cli import main; main()",
+                             "worker", "--queue", "slow", "--gpus", "none", "--burst"],
+                            env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    pidfile = git_repo.path.parent / "grandchild.pid"
+    try:
+        wait_for(lambda: pidfile.exists() and pidfile.read_text(), "the job's grandchild")
+        grandchild = int(pidfile.read_text())
+        assert cli.json("task", "abort", run)["status"] == "aborted"
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wait_for(lambda: _gone(grandchild), "the grandchild to be killed", timeout=30)
+    runtime = Runtime()
+    Ingest(redis.Redis.from_url(url), runtime.tasks, runtime.models, "test").step()
+    shown = cli.json("task", "show", run)
+    assert shown["status"] == "aborted"
+    runtime.close()
+
+
+def test_a_timeout_fails_the_task_with_the_reason(
+    cli: CLI, loop: tuple[str, str], git_repo: Repo
+) -> None:
+    url, _ = loop
+    _slow_template(cli, git_repo, "2s")
+    run = cli("task", "run", "dataset_blogpost/slow").out.strip()
+    done = worker("--queue", "slow", "--gpus", "none", "--burst")
+    assert done.returncode == 0, done.stderr
+    runtime = Runtime()
+    Ingest(redis.Redis.from_url(url), runtime.tasks, runtime.models, "test").step()
+    shown = cli.json("task", "show", run)
+    assert shown["status"] == "failed"
+    assert shown["error"] == "timeout after 2 s", shown["error"]
+    assert _gone(int((git_repo.path.parent / "grandchild.pid").read_text()))
+    runtime.close()
