@@ -76,6 +76,7 @@ class Job:
         self.abort = threading.Event()
         self._stop = threading.Event()
         self._log_file: Any = None
+        self.environment: dict[str, Any] = {}
 
     # -- the whole job ---------------------------------------------------------------------
 
@@ -97,6 +98,7 @@ class Job:
             if self._log_file is not None:
                 self._log_file.close()
         result["duration_s"] = round(time.monotonic() - started, 3)
+        result["environment"] = self.environment
         reports.send(self.redis, {**self._base(), "kind": "finished", **result})
         shutil.rmtree(self.workdir, ignore_errors=True)
         return result
@@ -191,6 +193,14 @@ class Job:
         result = EnvCache(self.cache / "envs").ensure(
             list(self.spec.get("requirements") or []), python=self.spec.get("python")
         )
+        # Recorded on the task: what the run ran in, and whether the cache had it.
+        self.environment = {
+            "key": result.key,
+            "hit": result.hit,
+            "tool": result.tool,
+            "build_seconds": round(result.build_seconds, 3),
+            "frozen": list(result.frozen),
+        }
         return str(result.python)
 
     def _inputs(self) -> dict[str, Path]:

@@ -231,6 +231,9 @@ class Ingest:
                     exit_code=_exit_code(report.get("exit_code")),
                     error=_error(report.get("error"), report.get("reason")),
                     metrics=numeric_metrics(report.get("metrics")),
+                    environment=report.get("environment")
+                    if isinstance(report.get("environment"), dict)
+                    else None,
                 )
         self._register_models(task_id, report.get("models"))
 

@@ -236,6 +236,9 @@ class Task(Base):
     (`on_busy: queue`); the scheduler sends it when a slot frees up."""
     coalesced_events: Mapped[list[int]] = mapped_column(JSONType, default=list)
     """Events folded into this queued run by `on_busy: coalesce`, oldest first."""
+    environment: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    """What the run ran in, as its worker reported: environment key, cache hit or miss, build
+    time, tool, and the frozen package list."""
 
     project: Mapped[Project] = relationship(lazy="joined")
     tag_rows: Mapped[list[TaskTag]] = relationship(

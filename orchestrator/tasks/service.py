@@ -436,6 +436,7 @@ class TaskService:
         exit_code: int | None = None,
         error: str | None = None,
         metrics: Mapping[str, Any] | None = None,
+        environment: Mapping[str, Any] | None = None,
     ) -> TaskInfo:
         """The task ended: completed, failed or aborted, with what the worker reported. The
         event carries the metrics, so task triggers can test them."""
@@ -447,6 +448,8 @@ class TaskService:
             row.exit_code = exit_code
             row.error = error
             row.metrics = dict(metrics or {})
+            if environment:
+                row.environment = dict(environment)
             row.held = False
             _set_status(session, row, status)
             return TaskInfo.of(row)

@@ -39,6 +39,7 @@ class TaskInfo(BaseModel):
     parameters: dict[str, Any]
     inputs: dict[str, Any]
     resolved_inputs: dict[str, Any]
+    environment: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -71,6 +72,7 @@ class TaskInfo(BaseModel):
             parameters=dict(row.parameters or {}),
             inputs=dict(row.inputs or {}),
             resolved_inputs=dict(row.resolved_inputs or {}),
+            environment=dict(row.environment or {}),
         )
 
 

@@ -102,6 +102,9 @@ def test_a_run_goes_through_a_worker_and_its_model_fires_a_trigger(
     shown = cli.json("task", "show", run)
     assert shown["status"] == "completed", shown["error"]
     assert shown["exit_code"] == 0 and shown["metrics"] == {"val/accuracy": 0.93, "rows": 3.0}
+    environment = shown["environment"]
+    assert environment["tool"] == "uv" and len(environment["key"]) == 24
+    assert environment["hit"] is False and isinstance(environment["frozen"], list)
     [model] = cli.json("model", "list", "--project", "dataset_blogpost")
     assert model["task_id"] == run and model["name"] == "classifier"
 
@@ -113,11 +116,20 @@ def test_a_run_goes_through_a_worker_and_its_model_fires_a_trigger(
                for line in lines), lines
     assert "devices ''" in lines
 
+    # A second run with the same pins reuses the environment instead of rebuilding it.
+    again = cli("task", "run", "dataset_blogpost/training",
+                "--param", f"General/dataset_id={version}").out.strip()
+    assert worker("--queue", "gpu", "--gpus", "none", "--burst").returncode == 0
+    Ingest(redis.Redis.from_url(url), runtime.tasks, runtime.models, "test").step()
+    second = cli.json("task", "show", again)["environment"]
+    assert second["hit"] is True and second["key"] == environment["key"]
+
     # The model registration is an event; the scheduler fires the model trigger on it.
+    # One evaluation per registered model (the second waits behind the first: max_concurrent 1).
     assert scheduler.tick().fired == 1
     evaluations = cli.json("task", "list", "--project", "dataset_blogpost", "--status",
                            "queued")
-    assert [t["trigger"] for t in evaluations] == ["evaluate-new-models"]
+    assert [t["trigger"] for t in evaluations] == ["evaluate-new-models"] * 2
     runtime.close()
 
 
