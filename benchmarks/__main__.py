@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_datasets, bench_scheduler, bench_tasks
+from benchmarks import bench_datasets, bench_scheduler, bench_tasks, bench_workers
 
 BENCHMARKS = {
     "datasets": bench_datasets.main,
     "tasks": bench_tasks.main,
     "scheduler": bench_scheduler.main,
+    "workers": bench_workers.main,
 }
 
 

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     triggers_file: Path | None = None
     """The scheduler's triggers file; unset means `./triggers.yaml` (a `--triggers` option
     overrides both)."""
+    heartbeat_ttl_s: int = 90
+    """A running task whose worker sent no heartbeat for this long is failed (worker lost).
+    Workers beat every third of it; the scheduler and the workers must agree on it."""
     cache_dir: Path | None = None
     """Shared per-machine download cache, keyed by content hash. Default: `<home>/cache`."""
 

@@ -77,6 +77,8 @@ class Job:
         self._stop = threading.Event()
         self._log_file: Any = None
         self.environment: dict[str, Any] = {}
+        # Three beats per TTL: one lost message never makes a healthy job look dead.
+        self._beat_every = min(HEARTBEAT_EVERY_S, settings.heartbeat_ttl_s / 3)
 
     # -- the whole job ---------------------------------------------------------------------
 
@@ -99,7 +101,11 @@ class Job:
                 self._log_file.close()
         result["duration_s"] = round(time.monotonic() - started, 3)
         result["environment"] = self.environment
-        reports.send(self.redis, {**self._base(), "kind": "finished", **result})
+        reports.send(
+            self.redis,
+            {**self._base(), "kind": "finished", **result},
+            heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
+        )
         shutil.rmtree(self.workdir, ignore_errors=True)
         return result
 
@@ -295,8 +301,12 @@ class Job:
             try:
                 if self.redis.exists(keys.abort_key(self.task_id)):
                     self.abort.set()
-                if time.monotonic() - last >= HEARTBEAT_EVERY_S:
-                    reports.send(self.redis, {**self._base(), "kind": "heartbeat"})
+                if time.monotonic() - last >= self._beat_every:
+                    reports.send(
+                        self.redis,
+                        {**self._base(), "kind": "heartbeat"},
+                        heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
+                    )
                     last = time.monotonic()
             except Exception:  # noqa: S112 - Redis blips: the next beat retries
                 continue
@@ -304,7 +314,9 @@ class Job:
     def _report(self, extra: Mapping[str, Any]) -> None:
         from orchestrator.queue import reports
 
-        reports.send(self.redis, {**self._base(), **extra})
+        reports.send(
+            self.redis, {**self._base(), **extra}, heartbeat_ttl_s=self.settings.heartbeat_ttl_s
+        )
 
     def _base(self) -> dict[str, Any]:
         return {

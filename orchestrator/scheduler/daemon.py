@@ -180,7 +180,7 @@ class Scheduler:
         self._safely(self._clean_registries)
         from orchestrator.queue.reports import fail_lost
 
-        lost = self._safely(fail_lost, self.redis, self.runtime.tasks)
+        lost = self._safely(self._fail_lost, fail_lost)
         if lost:
             log.warning("runs failed: their worker stopped sending heartbeats", tasks=lost)
 
@@ -192,6 +192,10 @@ class Scheduler:
 
         for queue in Queue.all(connection=self.redis):
             StartedJobRegistry(queue=queue).cleanup()
+
+    def _fail_lost(self, fail_lost: Any) -> list[str]:
+        ttl = self.runtime.settings.heartbeat_ttl_s
+        return list(fail_lost(self.redis, self.runtime.tasks, ttl_s=ttl))
 
     def heartbeat(self) -> None:
         with self.runtime.store.session() as session:

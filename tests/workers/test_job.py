@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,95 @@ def test_a_timeout_fails_the_task_with_the_reason(
     assert shown["error"] == "timeout after 2 s", shown["error"]
     assert _gone(int((git_repo.path.parent / "grandchild.pid").read_text()))
     runtime.close()
+
+
+def test_a_broken_requirement_fails_in_the_environment_step(
+    cli: CLI, loop: tuple[str, str], git_repo: Repo, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, _ = loop
+    (tmp_path / "reqs.txt").write_text("no-such-package-for-retrain==9.9.9\n")
+    cli("task", "create", "--project", "dataset_blogpost", "--name", "broken", "--repo",
+        str(git_repo.path), "--script", "train.py", "--queue", "cpu",
+        "--requirements", str(tmp_path / "reqs.txt"))
+    run = cli("task", "run", "dataset_blogpost/broken").out.strip()
+    monkeypatch.setenv("UV_OFFLINE", "1")  # no package index needed to fail
+    assert worker("--queue", "cpu", "--gpus", "none", "--burst").returncode == 0
+    runtime = Runtime()
+    Ingest(redis.Redis.from_url(url), runtime.tasks, runtime.models, "test").step()
+    shown = cli.json("task", "show", run)
+    assert shown["status"] == "failed"
+    assert shown["error"].startswith("environment: environment failed:") or \
+        "installing requirements" in shown["error"], shown["error"]
+    envs = runtime.settings.resolved_cache_dir / "envs"
+    assert not [p for p in envs.iterdir() if not p.name.endswith(".lock")], "half-built env"
+    runtime.close()
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process, its group, and every descendant's group (RQ's work horse and the
+    user's job each run in a session of their own): what a dying host does."""
+    import contextlib
+    import signal
+
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    for member in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(member), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("healthy", [True, False])
+def test_a_dead_worker_fails_its_run_and_a_live_one_never_does(
+    cli: CLI, loop: tuple[str, str], git_repo: Repo, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, healthy: bool,
+) -> None:
+    """With a 3 s heartbeat TTL: a job running well past it is never declared lost while its
+    worker lives; SIGKILL of the worker and its job (a dead host) fails the run."""
+    from orchestrator.scheduler.daemon import Scheduler
+    from tests.triggers.conftest import wait_for
+
+    monkeypatch.setenv("RETRAIN_HEARTBEAT_TTL_S", "3")
+    _slow_template(cli, git_repo, "1h")
+    run = cli("task", "run", "dataset_blogpost/slow").out.strip()
+    proc = subprocess.Popen([sys.executable, "-c", "from orchestrator.cli import main; main()",
+                             "worker", "--queue", "slow", "--gpus", "none", "--burst"],
+                            env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    triggers = tmp_path / "none.yaml"
+    triggers.write_text("version: 1\ntriggers: []\n")
+    runtime = Runtime()
+    scheduler = Scheduler(runtime, triggers)
+    pidfile = git_repo.path.parent / "grandchild.pid"
+    try:
+        wait_for(lambda: pidfile.exists() and pidfile.read_text(), "the job to start")
+        scheduler.ingest.step()
+        assert cli.json("task", "show", run)["status"] == "running"
+        if not healthy:
+            _kill_tree(proc.pid)  # the worker, its work horse and the job, all at once
+            proc.wait()
+        # Past the TTL: only a worker that stopped beating is lost.
+        time.sleep(4)
+        scheduler.ingest.step()
+        scheduler.reconcile(force=True)
+        shown = cli.json("task", "show", run)
+        if healthy:
+            assert shown["status"] == "running"
+        else:
+            assert shown["status"] == "failed"
+            assert shown["error"].startswith("worker lost"), shown["error"]
+    finally:
+        if proc.poll() is None:
+            cli("task", "abort", run, expect=0)
+            proc.wait(60)
+        runtime.close()
