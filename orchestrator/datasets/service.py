@@ -566,14 +566,11 @@ class DatasetService:
 
     @staticmethod
     def _event(session: Session, kind: str, info: VersionInfo, **payload: Any) -> None:
-        ev.record_event(
+        ev.record_for(
             session,
             kind,
-            entity_id=info.id,
-            project=info.project,
-            name=info.name,
-            tags=info.tags,
-            payload={
+            info,
+            {
                 "version": info.version,
                 "status": info.status,
                 "published": info.published,

@@ -288,14 +288,11 @@ def _info(session: Session, row: Model) -> ModelInfo:
 
 
 def _event(session: Session, kind: str, info: ModelInfo, **payload: Any) -> None:
-    ev.record_event(
+    ev.record_for(
         session,
         kind,
-        entity_id=info.id,
-        project=info.project,
-        name=info.name,
-        tags=info.tags,
-        payload={
+        info,
+        {
             "project": info.project,
             "name": info.name,
             "uri": info.uri,

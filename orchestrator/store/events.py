@@ -11,7 +11,7 @@ time already.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -72,6 +72,35 @@ def record_event(
     if flush:
         session.flush()
     return event
+
+
+class Entity(Protocol):
+    """What an event is about: a dataset version, a task, a model."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def project(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def tags(self) -> list[str]: ...
+
+
+def record_for(
+    session: Session, kind: str, entity: Entity, payload: dict[str, Any], *, flush: bool = True
+) -> Event:
+    """`record_event` for an entity: its id, project, name and current tags."""
+    return record_event(
+        session,
+        kind,
+        entity_id=entity.id,
+        project=entity.project,
+        name=entity.name,
+        tags=entity.tags,
+        payload=payload,
+        flush=flush,
+    )
 
 
 def _holds_event_lock(session: Session) -> bool:

@@ -623,14 +623,11 @@ def _set_status(session: Session, row: Task, status: str) -> None:
 
 
 def _event(session: Session, kind: str, info: TaskInfo, *, flush: bool = True) -> None:
-    ev.record_event(
+    ev.record_for(
         session,
         kind,
-        entity_id=info.id,
-        project=info.project,
-        name=info.name,
-        tags=info.tags,
-        payload={
+        info,
+        {
             "status": info.status,
             "type": info.type,
             "queue": info.queue,
