@@ -114,9 +114,9 @@ def test_completed_streams_lines_in_order_and_keeps_tail(tmp_path: Path) -> None
     stderr = [line for stream, line in calls if stream == "stderr"]
     assert stdout == [f"out{i}" for i in range(20)] + ["bad\ufffd", "last-no-newline"]
     assert stderr == [f"err{i}" for i in range(20)]
-    # The tail is the last lines in the very order on_line saw them.
+    # The tail is the last lines in the very order on_line saw them. (How the two streams
+    # interleave depends on the reader threads, so which stream ends the tail is not fixed.)
     assert result.tail == [line for _, line in calls][-5:]
-    assert "last-no-newline" in result.tail
 
 
 def test_tail_is_the_last_n_lines(tmp_path: Path) -> None:
