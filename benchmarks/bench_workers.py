@@ -180,11 +180,6 @@ def start_latency(work: Path) -> tuple[list[float], list[float], list[float]]:
             at = dt.datetime.fromisoformat(enqueued.decode().replace("Z", "+00:00"))
             if i:
                 ours.append((began - at.timestamp()) * 1000)
-                if os.environ.get("RETRAIN_BENCH_DEBUG"):
-                    st = client.hget(f"rq:job:{info.id}", "started_at")
-                    s_at = dt.datetime.fromisoformat(st.decode().replace("Z", "+00:00"))
-                    print("rq start", (s_at - at).total_seconds() * 1000, "ours",
-                          (began - s_at.timestamp()) * 1000)
             while client.hget(f"rq:job:{info.id}", "status") not in (b"finished", b"failed"):
                 time.sleep(0.01)  # the worker is idle (and warm) before the next sample
     finally:

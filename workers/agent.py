@@ -11,6 +11,7 @@ worker down) reading JSON jobs from the queues in priority order.
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import signal
 import socket
@@ -20,6 +21,19 @@ from collections.abc import Sequence
 
 from orchestrator.queue import keys
 from workers.gpus import claim, cuda_visible_devices, detect, parse_gpus, slots
+
+PRELOAD = (
+    "orchestrator.datasets.materialize",
+    "orchestrator.queue.reports",
+    "orchestrator.settings",
+    "orchestrator.storage",
+    "orchestrator.templating",
+    "workers.checkout",
+    "workers.envs",
+    "workers.job",
+    "workers.runner",
+)
+"""Modules every job uses, loaded before the first fork (see `run_slot`)."""
 
 
 def worker_name(name: str | None, slot: tuple[int, ...]) -> str:
@@ -63,10 +77,8 @@ def run_slot(
     # Load what every job needs once, here: each job runs in a work horse forked from this
     # process, so these modules (pydantic settings above all) cost nothing per job. The
     # user's heavy imports (torch, CUDA) never happen in this process.
-    import workers.checkout
-    import workers.envs
-    import workers.job
-    import workers.runner  # noqa: F401
+    for module in PRELOAD:
+        importlib.import_module(module)
 
     # Freeze what is loaded so far out of the garbage collector's reach: otherwise the first
     # collection in each forked work horse walks (and so copies, page by page) the whole
