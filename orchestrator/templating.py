@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator.errors import UserError
@@ -74,8 +74,3 @@ def to_text(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"))
     return str(value)
 
-
-def known_prefixes(prefixes: Iterable[str]) -> Callable[[str], bool]:
-    """A `known` predicate accepting names that start with one of `prefixes`."""
-    options = tuple(prefixes)
-    return lambda name: name.startswith(options)

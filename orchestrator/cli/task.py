@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,65 +42,45 @@ AllowNew = Annotated[
 ]
 
 
-def _definition(
-    *,
-    project: str | None,
-    name: str | None,
-    repo: str | None,
-    branch: str | None,
-    commit: str | None,
-    working_dir: str,
-    script: str | None,
-    module: str | None,
-    args: list[str],
-    env: list[str],
-    requirements: str | None,
-    resolve: bool,
-    python: str | None,
-    params: list[str],
-    inputs: list[str],
-    queue: str | None,
-    gpus: int,
-    timeout: str,
-    task_type: str,
-    tags: list[str],
-    comment: str,
-) -> Any:
+def _definition(options: Mapping[str, Any]) -> Any:
+    """A `TaskDefinition` from a command's options (its parameters, by name): `create` and
+    `capture` take the same ones."""
     from pydantic import ValidationError
 
     from orchestrator.tasks.params import parse_inputs, parse_params, split_assignment
     from orchestrator.tasks.spec import DEFAULT_QUEUE, TaskDefinition
 
-    missing = [
-        flag
-        for flag, value in (("--project", project), ("--name", name), ("--repo", repo))
-        if not value
-    ]
+    missing = [flag for flag in ("--project", "--name", "--repo") if not options[flag[2:]]]
     if missing:
         raise UserError(f"{', '.join(missing)}: required (or give the task as -f task.yaml)")
-    values: dict[str, Any] = {
-        "project": project,
-        "name": name,
-        "repo": repo,
-        "branch": branch,
-        "commit": commit,
-        "working_dir": working_dir,
-        "script": script,
-        "module": module,
-        "args": [word for text in args for word in shlex.split(text)],
-        "env": dict(split_assignment(e, "--env") for e in env),
-        "requirements": requirements,
-        "resolve": resolve,
-        "python": python,
-        "params": parse_params(params),
-        "inputs": parse_inputs(inputs),
-        "queue": queue or DEFAULT_QUEUE,
-        "gpus": gpus,
-        "timeout": timeout,
-        "type": task_type,
-        "tags": tags,
-        "comment": comment,
-    }
+    plain = (
+        "project",
+        "name",
+        "repo",
+        "branch",
+        "commit",
+        "working_dir",
+        "script",
+        "module",
+        "requirements",
+        "resolve",
+        "python",
+        "gpus",
+        "timeout",
+        "tags",
+        "comment",
+    )
+    values: dict[str, Any] = {key: options[key] for key in plain}
+    values.update(
+        {
+            "args": [word for text in options["args"] for word in shlex.split(text)],
+            "env": dict(split_assignment(e, "--env") for e in options["env"]),
+            "params": parse_params(options["params"]),
+            "inputs": parse_inputs(options["inputs"]),
+            "queue": options["queue"] or DEFAULT_QUEUE,
+            "type": options["task_type"],
+        }
+    )
     try:
         return TaskDefinition.model_validate(values)
     except ValidationError as exc:
@@ -153,6 +134,7 @@ def create(
     as_json: JsonFlag = False,
 ) -> None:
     """Register a task (a template to clone); prints its id."""
+    options = dict(locals())  # the parameters, by name, for _definition
     tasks = runtime().tasks
     if file is not None:
         if project or name or repo or script or module or params or inputs:
@@ -163,29 +145,7 @@ def create(
         except UserError as exc:
             raise UserError(f"{file}: {exc}") from None
     else:
-        definition = _definition(
-            project=project,
-            name=name,
-            repo=repo,
-            branch=branch,
-            commit=commit,
-            working_dir=working_dir,
-            script=script,
-            module=module,
-            args=args,
-            env=env,
-            requirements=requirements,
-            resolve=resolve,
-            python=python,
-            params=params,
-            inputs=inputs,
-            queue=queue,
-            gpus=gpus,
-            timeout=timeout,
-            task_type=task_type,
-            tags=tags,
-            comment=comment,
-        )
+        definition = _definition(options)
         info = tasks.create(definition)
     _print_task(info, as_json, f"registered {info.label} ({info.status})")
 
@@ -217,29 +177,8 @@ def capture(
 ) -> None:
     """Register a task from a local checkout: remote URL (or path), HEAD, uncommitted diff
     and pinned requirements."""
-    definition = _definition(
-        project=project,
-        name=name,
-        repo=str(directory),
-        branch=None,
-        commit=None,
-        working_dir=working_dir,
-        script=script,
-        module=module,
-        args=args,
-        env=env,
-        requirements=requirements,
-        resolve=resolve,
-        python=python,
-        params=params,
-        inputs=inputs,
-        queue=queue,
-        gpus=gpus,
-        timeout=timeout,
-        task_type=task_type,
-        tags=tags,
-        comment=comment,
-    )
+    options = dict(locals())  # the parameters, by name, for _definition
+    definition = _definition({**options, "repo": str(directory), "branch": None, "commit": None})
     info = runtime().tasks.capture(directory, definition)
     spec = info.spec
     diff = f", diff of {len(spec['diff'])} bytes" if spec.get("diff") else ", clean tree"

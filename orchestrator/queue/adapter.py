@@ -78,11 +78,6 @@ class QueueAdapter:
         except NoSuchJobError:
             return None
 
-    def exists(self, task_id: str) -> bool:
-        from rq.job import Job
-
-        return bool(Job.exists(task_id, connection=self.redis))
-
     def existing(self, task_ids: list[str]) -> set[str]:
         """Which of these tasks have a job in Redis (one round trip)."""
         from rq.job import Job

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 from orchestrator.store.lean import Row, fetch, placeholders
@@ -77,6 +76,3 @@ def _like(pattern: str) -> str:
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("**", "*").replace("*", "%").replace("?", "_")
 
-
-def dumps(rows: list[Row]) -> str:
-    return json.dumps(rows, indent=2)
