@@ -59,3 +59,19 @@ def abort_key(task_id: str) -> str:
 
 
 ABORT_TTL_S = 7 * 86400
+
+
+WORKERS = f"{PREFIX}:workers"
+"""Sorted set: every worker that announced itself, scored by its last heartbeat (epoch
+seconds). A member whose `worker_key` hash has expired is a lost worker (killed, host down);
+a worker that stops cleanly removes itself from both."""
+
+
+def worker_key(name: str) -> str:
+    """Hash a worker keeps alive with a TTL (`heartbeat_ttl_s`) for `retrain status`.
+
+    Fields (all strings): `name`, `host`, `pid`, `queues` (JSON list, priority order), `gpus`
+    (JSON list of {"index", "uuid", "name", "memory_mib"}), `state` (idle, busy, stopping),
+    `task` (the running task's id, or empty), `task_started` (ISO time, or empty), `started`
+    (ISO time the worker started) and `heartbeat` (ISO time of its last beat)."""
+    return f"{PREFIX}:worker:{name}"
