@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Float,
     Integer,
     MetaData,
     String,
@@ -239,6 +240,12 @@ class Task(Base):
     environment: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     """What the run ran in, as its worker reported: environment key, cache hit or miss, build
     time, tool, and the frozen package list."""
+    artifacts: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    """Files the run left in its output directory (and its log), uploaded: [{path, uri}]."""
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """How long the job ran on its worker, checkout to upload, as the worker measured it."""
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    """Times the run went back to its queue after its worker was lost (see spec `retries`)."""
 
     project: Mapped[Project] = relationship(lazy="joined")
     tag_rows: Mapped[list[TaskTag]] = relationship(
