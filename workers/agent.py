@@ -10,14 +10,19 @@ worker down) reading JSON jobs from the queues in priority order.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import gc
 import importlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
 
 from orchestrator.queue import keys
 from workers.gpus import claim, cuda_visible_devices, detect, parse_gpus, slots
@@ -49,13 +54,23 @@ def run(
     name: str | None = None,
     burst: bool = False,
     max_jobs: int | None = None,
+    abort_on_stop: bool = False,
 ) -> int:
     """Run until stopped (or, with `burst`, until the queues are empty). Returns an exit code."""
     detected = detect()
     chosen = slots(parse_gpus(gpus, detected), per_job)
     if len(chosen) == 1:
-        return run_slot(queues, chosen[0], name=name, burst=burst, max_jobs=max_jobs)
-    return supervise(queues, chosen, name=name, burst=burst, max_jobs=max_jobs)
+        return run_slot(
+            queues,
+            chosen[0],
+            name=name,
+            burst=burst,
+            max_jobs=max_jobs,
+            abort_on_stop=abort_on_stop,
+        )
+    return supervise(
+        queues, chosen, name=name, burst=burst, max_jobs=max_jobs, abort_on_stop=abort_on_stop
+    )
 
 
 def run_slot(
@@ -65,9 +80,10 @@ def run_slot(
     name: str | None,
     burst: bool,
     max_jobs: int | None,
+    abort_on_stop: bool = False,
 ) -> int:
     """One forking RQ worker holding the claim on `slot`'s GPUs."""
-    from rq import Queue, Worker
+    from rq import Queue
     from rq.serializers import JSONSerializer
 
     from orchestrator.queue.connection import client
@@ -89,18 +105,166 @@ def run_slot(
     with claim(slot):
         # Inherited by the work horse and from there by the user's process.
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(slot, detected)
-        redis = client(Settings.load())
+        settings = Settings.load()
+        redis = client(settings)
         names = [rq_name for queue in queues for rq_name in keys.rq_queues_in_order(queue)]
-        worker = Worker(
+        ttl = settings.heartbeat_ttl_s
+        worker = agent_class()(
             [Queue(n, connection=redis, serializer=JSONSerializer) for n in names],
             connection=redis,
             serializer=JSONSerializer,
             name=worker_name(name, slot),
+            # RQ beats every `worker_ttl - 15` s while idle and every monitoring interval
+            # while busy; each beat refreshes the advertisement for `worker_ttl + 15` s.
+            worker_ttl=max(16, ttl),
+            job_monitoring_interval=max(1, min(30, ttl // 3)),
         )
+        worker.advertised = {
+            "host": socket.gethostname(),
+            "queues": json.dumps(list(queues)),
+            "gpus": json.dumps(
+                [asdict(gpu) for gpu in detected if gpu.index in slot], separators=(",", ":")
+            ),
+        }
+        worker.abort_on_stop = abort_on_stop
         worked = worker.work(
             burst=burst, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING"
         )
         return 0 if worked or burst else 1
+
+
+_AGENT_CLASS: type[Any] | None = None
+
+
+def agent_class() -> type[Any]:
+    """RQ's forking `Worker`, plus what retrain needs of it (made on first use, so importing
+    this module does not import RQ):
+
+    - it advertises itself for `retrain status` (host, GPUs, queues, state, current task) in
+      `keys.worker_key(name)`, refreshed on every RQ heartbeat, removed when it stops;
+    - a second SIGTERM/SIGINT (or the first, with `--abort-on-stop`) stops the running job
+      gracefully (SIGTERM to the user's process group, its grace period, then SIGKILL) and
+      puts the task back on its queue, where RQ's cold shutdown would SIGKILL the work horse
+      and orphan the user's processes."""
+    global _AGENT_CLASS
+    if _AGENT_CLASS is not None:
+        return _AGENT_CLASS
+    from rq import Worker
+
+    class Agent(Worker):
+        advertised: dict[str, str]
+        abort_on_stop: bool = False
+        _releasing = False
+
+        def _advert(self, pipe: Any, **fields: str) -> None:
+            key = keys.worker_key(self.name)
+            now = dt.datetime.now(dt.timezone.utc)
+            pipe.hset(key, mapping={**fields, "heartbeat": now.isoformat()})
+            pipe.expire(key, self.worker_ttl + 15)
+            pipe.zadd(keys.WORKERS, {self.name: now.timestamp()})
+
+        def register_birth(self) -> None:
+            super().register_birth()  # type: ignore[no-untyped-call]
+            with self.connection.pipeline() as pipe:
+                pipe.delete(keys.worker_key(self.name))
+                self._advert(
+                    pipe,
+                    name=self.name,
+                    pid=str(os.getpid()),
+                    state="idle",
+                    task="",
+                    task_started="",
+                    started=dt.datetime.now(dt.timezone.utc).isoformat(),
+                    **getattr(self, "advertised", {}),
+                )
+                pipe.execute()
+
+        def register_death(self) -> None:
+            super().register_death()  # type: ignore[no-untyped-call]
+            with self.connection.pipeline() as pipe:
+                pipe.delete(keys.worker_key(self.name))
+                pipe.zrem(keys.WORKERS, self.name)
+                pipe.execute()
+
+        def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+            super().heartbeat(timeout, pipeline)
+            if pipeline is not None:
+                self._advert(pipeline)
+                return
+            with self.connection.pipeline() as pipe:
+                self._advert(pipe)
+                pipe.execute()
+
+        def set_state(self, state: str, pipeline: Any = None) -> None:
+            super().set_state(state, pipeline)
+            shown = "stopping" if self._stop_requested or self._releasing else state
+            target = pipeline if pipeline is not None else self.connection
+            target.hset(keys.worker_key(self.name), "state", shown)
+
+        def prepare_execution(self, job: Any) -> Any:
+            execution = super().prepare_execution(job)
+            self.connection.hset(
+                keys.worker_key(self.name),
+                mapping={
+                    "task": job.id,
+                    "task_started": dt.datetime.now(dt.timezone.utc).isoformat(),
+                },
+            )
+            return execution
+
+        def execute_job(self, job: Any, queue: Any) -> None:
+            try:
+                super().execute_job(job, queue)
+            finally:
+                self.connection.hset(
+                    keys.worker_key(self.name), mapping={"task": "", "task_started": ""}
+                )
+
+        def request_stop(self, signum: int, frame: Any) -> None:
+            if self.abort_on_stop and self.horse_pid:
+                self.release_job()
+            super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+        def request_force_stop(self, signum: int, frame: Any) -> None:
+            from rq.utils import now
+
+            # One Ctrl+C reaches a supervised slot twice (the terminal, and the supervisor
+            # passing it on): like RQ, a repeat within a second is the same request.
+            first = self._shutdown_requested_date
+            if first is not None and now() - first < dt.timedelta(seconds=1):
+                return
+            if self.horse_pid and not self._releasing:
+                self.release_job()
+            super().request_force_stop(signum, frame)
+
+        def release_job(self) -> None:
+            """Stop the running job gracefully and hand its task back to the queue: SIGTERM
+            to the work horse, whose job stops the user's process group (grace, then
+            SIGKILL) and returns; then a `released` report, which the scheduler applies."""
+            from orchestrator.queue import reports
+
+            task_id = self.get_current_job_id()
+            self._releasing = True
+            with contextlib.suppress(Exception):
+                self.connection.hset(keys.worker_key(self.name), "state", "stopping")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.horse_pid, signal.SIGTERM)
+            self.wait_for_horse()
+            self._horse_pid = 0
+            if task_id:
+                reports.send(
+                    self.connection,
+                    {
+                        "kind": "released",
+                        "task_id": task_id,
+                        "worker": self.name,
+                        "reason": f"worker {self.name} was stopped",
+                    },
+                )
+            raise SystemExit(0)
+
+    _AGENT_CLASS = Agent
+    return Agent
 
 
 def supervise(
@@ -110,6 +274,7 @@ def supervise(
     name: str | None,
     burst: bool,
     max_jobs: int | None,
+    abort_on_stop: bool = False,
 ) -> int:
     """One child `retrain worker` per slot; SIGTERM and SIGINT are passed on to all of them
     (each then finishes its current job: RQ's warm shutdown)."""
@@ -134,6 +299,8 @@ def supervise(
             argv.append("--burst")
         if max_jobs is not None:
             argv += ["--max-jobs", str(max_jobs)]
+        if abort_on_stop:
+            argv.append("--abort-on-stop")
         children.append(subprocess.Popen(argv))
 
     def forward(signum: int, _frame: object) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -52,7 +53,12 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     job = get_current_job()
     redis: Redis = job.connection if job is not None else _redis(Settings.load())
     worker = (job.worker_name if job is not None else None) or socket.gethostname()
-    return Job(payload, Settings.load(), redis, worker).run()
+    runner = Job(payload, Settings.load(), redis, worker)
+    if threading.current_thread() is threading.main_thread():
+        # The worker stopping for good (a second SIGTERM, or --abort-on-stop) signals the
+        # work horse: stop the user's processes gracefully and let the task go back.
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: runner.release())
+    return runner.run()
 
 
 def _redis(settings: Settings) -> Redis:
@@ -74,6 +80,9 @@ class Job:
         self.cache = settings.resolved_cache_dir
         self.workdir = self.cache / "work" / self.task_id
         self.abort = threading.Event()
+        self.released = threading.Event()
+        """Set when the worker stops before the task ended: no final report; the worker
+        sends `released` and the task goes back to its queue."""
         self._stop = threading.Event()
         self._log_file: Any = None
         self.environment: dict[str, Any] = {}
@@ -81,6 +90,11 @@ class Job:
         self._beat_every = min(HEARTBEAT_EVERY_S, settings.heartbeat_ttl_s / 3)
 
     # -- the whole job ---------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Stop for the worker's shutdown (the task is not at fault)."""
+        self.released.set()
+        self.abort.set()
 
     def run(self) -> dict[str, Any]:
         from orchestrator.queue import reports
@@ -101,6 +115,10 @@ class Job:
                 self._log_file.close()
         result["duration_s"] = round(time.monotonic() - started, 3)
         result["environment"] = self.environment
+        if self.released.is_set():
+            # The worker reports `released` once this work horse has exited.
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            return {**result, "status": "released"}
         reports.send(
             self.redis,
             {**self._base(), "kind": "finished", **result},
@@ -139,7 +157,7 @@ class Job:
             timeout_s=float(self.spec["timeout_s"]),
             on_line=self._log_line,
             abort=self.abort,
-            grace_s=ABORT_GRACE_S,
+            grace_s=float(self.spec.get("abort_grace_s", ABORT_GRACE_S)),
         )
         self._log_file.close()
         self._log_file = None
@@ -170,6 +188,8 @@ class Job:
         }
 
     def _step(self, name: str, action: Callable[[], Any]) -> Any:
+        if self.released.is_set():
+            raise StepFailed(name, "the worker is stopping")
         try:
             return action()
         except StepFailed:

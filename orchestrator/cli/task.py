@@ -30,6 +30,14 @@ Inputs = Annotated[
 ]
 Tags = Annotated[list[str], typer.Option("--tags", help="Tags (several allowed).")]
 Queue = Annotated[str | None, typer.Option("--queue", help="Queue name, e.g. gpu.")]
+AbortGrace = Annotated[
+    str,
+    typer.Option("--abort-grace", help="SIGTERM to SIGKILL on abort or timeout, e.g. 30s, 2m."),
+]
+Retries = Annotated[
+    int,
+    typer.Option("--retries", min=0, max=10, help="Re-queue this often if the worker is lost."),
+]
 PriorityOpt = Annotated[
     str | None,
     typer.Option("--priority", help="high, normal or low (high runs before normal before low)."),
@@ -67,6 +75,8 @@ def _definition(options: Mapping[str, Any]) -> Any:
         "python",
         "gpus",
         "timeout",
+        "abort_grace",
+        "retries",
         "tags",
         "comment",
     )
@@ -128,6 +138,8 @@ def create(
     queue: Queue = None,
     gpus: Annotated[int, typer.Option("--gpus", min=0)] = 0,
     timeout: Annotated[str, typer.Option("--timeout", help="e.g. 12h, 30m.")] = "24h",
+    abort_grace: AbortGrace = "30s",
+    retries: Retries = 0,
     task_type: Annotated[str, typer.Option("--type")] = "training",
     tags: Tags = [],  # noqa: B006
     comment: Annotated[str, typer.Option("--comment")] = "",
@@ -170,6 +182,8 @@ def capture(
     queue: Queue = None,
     gpus: Annotated[int, typer.Option("--gpus", min=0)] = 0,
     timeout: Annotated[str, typer.Option("--timeout")] = "24h",
+    abort_grace: AbortGrace = "30s",
+    retries: Retries = 0,
     task_type: Annotated[str, typer.Option("--type")] = "training",
     tags: Tags = [],  # noqa: B006
     comment: Annotated[str, typer.Option("--comment")] = "",
@@ -338,14 +352,20 @@ def show(
         ("diff", f"{len(spec['diff'])} bytes" if spec.get("diff") else None),
         ("python", spec.get("python")),
         ("gpus", spec["gpus"]),
-        ("timeout", f"{spec['timeout_s']} s"),
+        ("timeout", f"{spec['timeout_s']} s (abort grace {spec.get('abort_grace_s', 30)} s)"),
+        (
+            "retries",
+            f"{info.attempt} of {spec.get('retries', 0)} used" if spec.get("retries") else None,
+        ),
         ("created", info.created_at),
         ("queued", info.queued_at),
         ("started", info.started_at),
         ("finished", info.finished_at),
         ("worker", info.worker),
+        ("duration", f"{info.duration_s:.1f} s" if info.duration_s is not None else None),
         ("exit code", info.exit_code),
         ("error", info.error),
+        ("environment", _environment_line(info.environment)),
     ]
     output.table(None, ["field", "value"], rows)
     for title, mapping in (
@@ -358,10 +378,29 @@ def show(
             output.out.print(f"\n{title}:")
             for key, value in sorted(mapping.items()):
                 output.out.print(f"  {key} = {value}", markup=False)
+    if info.artifacts:
+        output.out.print("\nartifacts:")
+        for artifact in info.artifacts:
+            output.out.print(f"  {artifact['path']}  {artifact['uri']}", markup=False)
     if spec["requirements"]:
         output.out.print("\nrequirements:")
         for line in spec["requirements"]:
             output.out.print(f"  {line}", markup=False)
+
+
+def _environment_line(environment: dict[str, Any]) -> str | None:
+    if not environment.get("key"):
+        return None
+    how = (
+        "cache hit"
+        if environment.get("hit")
+        else (
+            f"built in {environment.get('build_seconds', 0):.1f} s with {environment.get('tool')}"
+        )
+    )
+    return (
+        f"{str(environment['key'])[:16]} ({how}, {len(environment.get('frozen') or [])} packages)"
+    )
 
 
 def _clone_options(

@@ -24,10 +24,29 @@ def worker(
     max_jobs: Annotated[
         int | None, typer.Option("--max-jobs", help="Stop after this many jobs.", min=1)
     ] = None,
+    abort_on_stop: Annotated[
+        bool,
+        typer.Option(
+            "--abort-on-stop",
+            help="On SIGTERM, stop the running job (grace, then SIGKILL) and put it back on "
+            "its queue, instead of finishing it first.",
+        ),
+    ] = False,
 ) -> None:
-    """Run a worker agent: one forking RQ worker per GPU slot, each pinned to its devices."""
+    """Run a worker agent: one forking RQ worker per GPU slot, each pinned to its devices.
+
+    SIGTERM or Ctrl+C: warm shutdown (finish the current job, take no new one). A second one,
+    or the first with --abort-on-stop: stop the job gracefully and re-queue its task."""
     from workers.agent import run
 
     raise typer.Exit(
-        run(queue, gpus=gpus, per_job=per_job, name=name, burst=burst, max_jobs=max_jobs)
+        run(
+            queue,
+            gpus=gpus,
+            per_job=per_job,
+            name=name,
+            burst=burst,
+            max_jobs=max_jobs,
+            abort_on_stop=abort_on_stop,
+        )
     )

@@ -91,10 +91,15 @@ class QueueAdapter:
 
     def remove(self, task_id: str) -> bool:
         """Delete a task's job (from its queue and every registry); False if there was none."""
-        job = self.job(task_id)
-        if job is None:
-            return False
-        job.delete(remove_from_queue=True)
+        from redis import RedisError
+
+        try:
+            job = self.job(task_id)
+            if job is None:
+                return False
+            job.delete(remove_from_queue=True)
+        except RedisError as exc:
+            raise ServiceUnavailable(f"cannot remove the job of task {task_id}: {exc}") from None
         return True
 
     def cancel(self, task_id: str) -> str | None:

@@ -3,8 +3,12 @@ scheduler applies the reports to the store.
 
 A report is one JSON object in the stream field `data` (never pickle)::
 
-    {"kind": "started" | "heartbeat" | "finished", "task_id": ..., "worker": ...,
-     "time": "2024-05-01T12:00:00+00:00", ...}
+    {"kind": "started" | "heartbeat" | "finished" | "released", "task_id": ...,
+     "worker": ..., "time": "2024-05-01T12:00:00+00:00", ...}
+
+`released` comes from a worker that stopped the task before it ended (the worker was told to
+stop with `--abort-on-stop`, or stopped twice): the task goes back to its queue, `reason`
+says why.
 
 A finished report adds `status` (completed, failed or aborted), `exit_code`, `error` (a
 summary, maybe with the last log lines), `duration_s`, `metrics` (name -> number), `models`
@@ -47,7 +51,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("retrain.reports")
 
-KINDS = ("started", "heartbeat", "finished")
+KINDS = ("started", "heartbeat", "finished", "released")
 STREAM_MAXLEN = 100_000
 """Approximate cap on the stream (`XADD MAXLEN ~`): old, long-acknowledged reports go."""
 FIELD = "data"
@@ -215,6 +219,12 @@ class Ingest:
             if status == "queued":
                 self._start(task_id, worker)
             return
+        if kind == "released":
+            if status == "running":
+                with contextlib.suppress(Conflict):
+                    reason = str(report.get("reason") or "its worker stopped")
+                    self.tasks.requeue(task_id, f"re-queued: {reason}", attempt=False)
+            return
         # finished
         final = report.get("status")
         if final not in FINISHED:
@@ -234,6 +244,8 @@ class Ingest:
                     environment=report.get("environment")
                     if isinstance(report.get("environment"), dict)
                     else None,
+                    artifacts=_artifacts(report.get("artifacts")),
+                    duration_s=_duration(report.get("duration_s")),
                 )
         self._register_models(task_id, report.get("models"))
 
@@ -321,6 +333,23 @@ def numeric_metrics(metrics: Any) -> dict[str, float | int]:
     return kept
 
 
+def _artifacts(value: Any) -> list[dict[str, str]]:
+    """The well-formed entries among reported artifacts ({path, uri} strings)."""
+    if not isinstance(value, list):
+        return []
+    return [
+        {"path": a["path"], "uri": a["uri"]}
+        for a in value
+        if isinstance(a, dict) and isinstance(a.get("path"), str) and isinstance(a.get("uri"), str)
+    ]
+
+
+def _duration(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value) if value >= 0 else None
+
+
 def _exit_code(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         return None
@@ -377,16 +406,26 @@ def fail_lost(
     now: dt.datetime | None = None,
     ttl_s: int = HEARTBEAT_TTL_S,
 ) -> list[str]:
-    """Fail every lost task ("worker lost"); returns their ids. Run it after applying the
-    pending reports, so a finished report waiting in the stream wins over this verdict."""
-    failed = []
+    """Settle every lost task: back on its queue while it has retries left (spec `retries`),
+    else `failed` ("worker lost"). Returns their ids. Run it after applying the pending
+    reports, so a finished report waiting in the stream wins over this verdict."""
+    settled = []
     for task_id in find_lost(redis, tasks.store, now=now, ttl_s=ttl_s):
         if redis.exists(heartbeat_key(task_id)):
             continue  # it beat just now
+        why = f"worker lost: no heartbeat for {ttl_s} s"
         try:
-            tasks.finish(task_id, "failed", error=f"worker lost: no heartbeat for {ttl_s} s")
+            info = tasks.get(task_id)
+            allowed = int(info.spec.get("retries") or 0)
+            if info.attempt < allowed:
+                tasks.requeue(
+                    task_id, f"{why}; retry {info.attempt + 1} of {allowed}", attempt=True
+                )
+                log.warning("worker lost; task re-queued", task=task_id, retry=info.attempt + 1)
+            else:
+                tasks.finish(task_id, "failed", error=why)
+                log.warning("worker lost", task=task_id)
         except (Conflict, NotFound):
             continue  # finished meanwhile
-        log.warning("worker lost", task=task_id)
-        failed.append(task_id)
-    return failed
+        settled.append(task_id)
+    return settled

@@ -182,7 +182,10 @@ class Scheduler:
 
         lost = self._safely(self._fail_lost, fail_lost)
         if lost:
-            log.warning("runs failed: their worker stopped sending heartbeats", tasks=lost)
+            log.warning(
+                "runs settled (re-queued or failed): their worker stopped sending heartbeats",
+                tasks=lost,
+            )
 
     def _clean_registries(self) -> None:
         """Move jobs of dead workers out of RQ's started registries now, instead of waiting

@@ -75,4 +75,3 @@ def _iso(value: Any) -> str | None:
 def _like(pattern: str) -> str:
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("**", "*").replace("*", "%").replace("?", "_")
-

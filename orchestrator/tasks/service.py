@@ -113,6 +113,8 @@ class TaskService:
                 python=definition.python,
                 gpus=definition.gpus,
                 timeout_s=int(definition.timeout),
+                abort_grace_s=int(definition.abort_grace),
+                retries=definition.retries,
             )
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise UserError(_first_error(exc)) from None
@@ -437,6 +439,8 @@ class TaskService:
         error: str | None = None,
         metrics: Mapping[str, Any] | None = None,
         environment: Mapping[str, Any] | None = None,
+        artifacts: Sequence[Mapping[str, Any]] = (),
+        duration_s: float | None = None,
     ) -> TaskInfo:
         """The task ended: completed, failed or aborted, with what the worker reported. The
         event carries the metrics, so task triggers can test them."""
@@ -450,9 +454,32 @@ class TaskService:
             row.metrics = dict(metrics or {})
             if environment:
                 row.environment = dict(environment)
+            row.artifacts = [dict(a) for a in artifacts]
+            row.duration_s = duration_s
             row.held = False
             _set_status(session, row, status)
             return TaskInfo.of(row)
+
+    def requeue(self, task_id: str, reason: str, *, attempt: bool) -> TaskInfo:
+        """Put a running task back on its queue: its worker stopped before it finished (a
+        stop with `--abort-on-stop`), or was lost and the task has retries left (`attempt`
+        counts it against them). The old job is deleted and a fresh one queued after commit;
+        if Redis is down now, reconcile queues it."""
+        with self.store.session() as session:
+            row = _load(session, task_id, for_update=True)
+            if row.status != "running":
+                raise Conflict(f"task {task_id} is {row.status}; only a running task goes back")
+            if attempt:
+                row.attempt = (row.attempt or 0) + 1
+            row.error = reason
+            row.worker = None
+            row.started_at = None
+            _set_status(session, row, "queued")
+            info, job = TaskInfo.of(row), payload(row)
+        with contextlib.suppress(ServiceUnavailable):
+            self.queues.remove(task_id)
+        self.push(info, job)
+        return info
 
     def abort_in(self, session: Session, row: Task, reason: str) -> TaskInfo:
         """Abort inside the caller's transaction; the caller cancels the job after commit."""

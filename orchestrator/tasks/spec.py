@@ -21,6 +21,7 @@ DEFAULT_TIMEOUT_S = 24 * 3600
 """A task with no timeout still gets one: an unbounded job would hold a GPU forever, and RQ's
 own default (180 s) would kill real training."""
 DEFAULT_QUEUE = "default"
+DEFAULT_ABORT_GRACE_S = 30
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -94,6 +95,10 @@ class ExecutionSpec(BaseModel):
     python: str | None = None
     gpus: Annotated[int, Field(ge=0, le=64)] = 0
     timeout_s: Annotated[int, Field(ge=1)] = DEFAULT_TIMEOUT_S
+    abort_grace_s: Annotated[int, Field(ge=0, le=3600)] = DEFAULT_ABORT_GRACE_S
+    """Between SIGTERM and SIGKILL when the run is aborted, times out or its worker stops."""
+    retries: Annotated[int, Field(ge=0, le=10)] = 0
+    """Times the run goes back to its queue when its worker is lost (0: it fails)."""
 
     @field_validator("commit")
     @classmethod
@@ -171,6 +176,10 @@ class TaskDefinition(BaseModel):
     queue: str = DEFAULT_QUEUE
     gpus: Annotated[int, Field(ge=0, le=64)] = 0
     timeout: str | int = DEFAULT_TIMEOUT_S
+    abort_grace: str | int = DEFAULT_ABORT_GRACE_S
+    """Grace between SIGTERM and SIGKILL on abort or timeout (`30s`, `2m`)."""
+    retries: Annotated[int, Field(ge=0, le=10)] = 0
+    """Times a run goes back to its queue when its worker is lost."""
 
     @field_validator("params")
     @classmethod
@@ -195,6 +204,16 @@ class TaskDefinition(BaseModel):
     @classmethod
     def _timeout(cls, value: str | int) -> int:
         return parse_duration(value)
+
+    @field_validator("abort_grace")
+    @classmethod
+    def _abort_grace(cls, value: str | int) -> int:
+        if value in (0, "0"):
+            return 0
+        seconds = parse_duration(value)
+        if seconds > 3600:
+            raise ValueError("at most 1h")
+        return seconds
 
     @model_validator(mode="after")
     def _branch_or_commit(self) -> TaskDefinition:

@@ -40,6 +40,9 @@ class TaskInfo(BaseModel):
     inputs: dict[str, Any]
     resolved_inputs: dict[str, Any]
     environment: dict[str, Any] = Field(default_factory=dict)
+    artifacts: list[dict[str, Any]] = Field(default_factory=list)
+    duration_s: float | None = None
+    attempt: int = 0
 
     @property
     def label(self) -> str:
@@ -73,6 +76,9 @@ class TaskInfo(BaseModel):
             inputs=dict(row.inputs or {}),
             resolved_inputs=dict(row.resolved_inputs or {}),
             environment=dict(row.environment or {}),
+            artifacts=list(row.artifacts or []),
+            duration_s=row.duration_s,
+            attempt=row.attempt or 0,
         )
 
 

@@ -107,6 +107,8 @@ def test_reports_apply_once(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:
     info = rt.tasks.get(run)
     assert info.status == "completed" and info.exit_code == 0 and info.error is None
     assert info.metrics == {"auc": 0.93, "loss": 1}
+    assert info.duration_s == 12.5
+    assert info.artifacts == [{"path": "plots/roc.png", "uri": "s3://bucket/artifacts/roc.png"}]
     models = rt.models.list()
     assert [(m.name, m.uri, m.task_id, m.project, m.metadata) for m in models] == [
         ("detector", "s3://bucket/models/detector.pt", run, "team/vision",
@@ -139,6 +141,32 @@ def test_reports_apply_once(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:
     assert restarted.step() == 2
     assert rt.redis.xpending(REPORTS_STREAM, REPORTS_GROUP)["pending"] == 0
     assert state(rt, run) == before
+
+
+def test_a_released_run_goes_back_to_its_queue_once(
+    runtime: Runtime, cli: CLI, git_repo: Repo  # noqa: F811
+) -> None:
+    """A worker that stopped mid-job reports `released`: the run is queued again with a fresh
+    job, and the same report applied twice changes nothing more."""
+    rt = runtime
+    run = queued_run(cli, git_repo)
+    reports.send(rt.redis, reports.started(run, WORKER))
+    ingest(rt).step()
+    rt.queues.job(run).set_status("started")  # type: ignore[union-attr]  (as a worker does)
+    released = {"kind": "released", "task_id": run, "worker": WORKER, "reason": "stopped"}
+    reports.send(rt.redis, released)
+    assert ingest(rt).step() == 1
+    info = rt.tasks.get(run)
+    assert (info.status, info.worker, info.started_at, info.attempt) == ("queued", None, None, 0)
+    assert info.error == "re-queued: stopped"
+    job = rt.queues.job(run)
+    assert job is not None and job.get_status().value == "queued"
+    before = state(rt, run)
+    reports.send(rt.redis, released)
+    assert ingest(rt).step() == 1
+    assert state(rt, run) == before
+    kinds = [k for k, e, _ in events(rt) if e == run]
+    assert kinds == ["task.created", "task.queued", "task.started", "task.queued"]
 
 
 def test_finished_without_started(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # noqa: F811

@@ -178,6 +178,10 @@ def task_state(url: str | None = None) -> tuple[object, ...]:
          "no dataset version"),
         (["task", "create", "--project", "p", "--name", "x", "--repo", "REPO",
           "--script", "train.py", "--timeout", "soon"], "--timeout"),
+        (["task", "create", "--project", "p", "--name", "x", "--repo", "REPO",
+          "--script", "train.py", "--abort-grace", "2h"], "--abort-grace: at most 1h"),
+        (["task", "create", "--project", "p", "--name", "x", "--repo", "REPO",
+          "--script", "train.py", "--retries", "11"], "--retries"),
         (["task", "create", "-f", "YAML"], "task.yaml:5:1: gpus: Input should be a valid integer"),
         (["task", "enqueue", "0123456789abcdef0123456789abcdef"], "no task"),
     ],
@@ -217,6 +221,8 @@ params:
   Args/threshold: 0.9
 queue: cpu
 timeout: 30m
+abort_grace: 2m
+retries: 2
 tags: [eval]
 """)
     task_id = cli("task", "create", "-f", str(tmp_path / "task.yaml")).out.strip()
@@ -225,6 +231,7 @@ tags: [eval]
     assert shown["spec"]["entry"] == {"script": None, "module": "pkg.evaluate"}
     assert shown["spec"]["timeout_s"] == 1800 and shown["spec"]["requirements"] == [
         "six==1.16.0"]
+    assert (shown["spec"]["abort_grace_s"], shown["spec"]["retries"]) == (120, 2)
     assert shown["parameters"] == {"General/train_task": "", "Args/threshold": 0.9}
 
 

@@ -201,17 +201,29 @@ child = subprocess.Popen([sys.executable, "-c",
     "import os, pathlib, time; pathlib.Path(os.environ['PIDFILE']).write_text(str(os.getpid())); "
     "time.sleep(600)"])
 print("started", flush=True)
-time.sleep(600)
+time.sleep(float(os.environ["SLEEP_S"]))
+child.kill()
+out = pathlib.Path(os.environ["RETRAIN_OUTPUT_DIR"])
+(out / "notes.txt").write_text("slept well")
 """
 
 
-def _slow_template(cli: CLI, git_repo: Repo, timeout: str) -> None:
+def _slow_template(cli: CLI, git_repo: Repo, timeout: str, *options: str,
+                   sleep_s: float = 600) -> None:
     (git_repo.path / "slow.py").write_text(SLOW)
     run_git(git_repo.path, "add", "slow.py")
     run_git(git_repo.path, "commit", "-qm", "a slow job")
     cli("task", "create", "--project", "dataset_blogpost", "--name", "slow", "--repo",
         str(git_repo.path), "--script", "slow.py", "--queue", "slow", "--timeout", timeout,
-        "--env", f"PIDFILE={git_repo.path.parent / 'grandchild.pid'}")
+        "--env", f"PIDFILE={git_repo.path.parent / 'grandchild.pid'}",
+        "--env", f"SLEEP_S={sleep_s}", *options)
+
+
+def _start_worker(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "from orchestrator.cli import main; main()",
+                             "worker", *args], env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
 
 
 def _gone(pid: int) -> bool:
@@ -316,23 +328,23 @@ def _kill_tree(pid: int) -> None:
             os.kill(member, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("healthy", [True, False])
-def test_a_dead_worker_fails_its_run_and_a_live_one_never_does(
+@pytest.mark.parametrize("case", ["healthy", "killed", "killed-with-a-retry"])
+def test_a_dead_worker_settles_its_run_and_a_live_one_never_does(
     cli: CLI, loop: tuple[str, str], git_repo: Repo, monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path, healthy: bool,
+    tmp_path: Path, case: str,
 ) -> None:
     """With a 5 s heartbeat TTL: a job running well past it is never declared lost while its
-    worker lives; SIGKILL of the worker and its job (a dead host) fails the run."""
+    worker lives, and finishes `completed`; SIGKILL of the worker and its job (a dead host)
+    fails the run, or puts it back on its queue while it has retries left."""
     from orchestrator.scheduler.daemon import Scheduler
     from tests.triggers.conftest import wait_for
 
+    healthy = case == "healthy"
     monkeypatch.setenv("RETRAIN_HEARTBEAT_TTL_S", "5")
-    _slow_template(cli, git_repo, "1h")
+    retries = ("--retries", "1") if case == "killed-with-a-retry" else ()
+    _slow_template(cli, git_repo, "1h", *retries, sleep_s=9 if healthy else 600)
     run = cli("task", "run", "dataset_blogpost/slow").out.strip()
-    proc = subprocess.Popen([sys.executable, "-c", "from orchestrator.cli import main; main()",
-                             "worker", "--queue", "slow", "--gpus", "none", "--burst"],
-                            env=os.environ.copy(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = _start_worker("--queue", "slow", "--gpus", "none", "--burst")
     triggers = tmp_path / "none.yaml"
     triggers.write_text("version: 1\ntriggers: []\n")
     runtime = Runtime()
@@ -352,11 +364,95 @@ def test_a_dead_worker_fails_its_run_and_a_live_one_never_does(
         shown = cli.json("task", "show", run)
         if healthy:
             assert shown["status"] == "running"
+            assert proc.wait(60) == 0  # the job ends by itself, 9 s in
+            scheduler.ingest.step()
+            scheduler.reconcile(force=True)
+            shown = cli.json("task", "show", run)
+            assert shown["status"] == "completed", shown["error"]
+            assert shown["duration_s"] >= 9
+            assert [a["path"] for a in shown["artifacts"]] == ["notes.txt", "output.log"]
+            assert all(a["uri"].startswith("file://") for a in shown["artifacts"])
+        elif retries:
+            assert shown["status"] == "queued" and shown["attempt"] == 1
+            assert shown["error"].startswith("worker lost") and "retry 1 of 1" in shown["error"]
+            job = runtime.queues.job(run)
+            assert job is not None and job.get_status().value == "queued"
+            # Text for people too.
+            assert "1 of 1 used" in cli("task", "show", run).out
         else:
-            assert shown["status"] == "failed"
+            assert shown["status"] == "failed" and shown["attempt"] == 0
             assert shown["error"].startswith("worker lost"), shown["error"]
     finally:
         if proc.poll() is None:
             cli("task", "abort", run, expect=0)
             proc.wait(60)
+        runtime.close()
+
+
+def _fake_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir(exist_ok=True)
+    rows = "\\n".join(f"{i}, GPU-{i:08d}-fake, NVIDIA H200, 143771" for i in range(count))
+    fake.write_text(f"#!/bin/sh\nprintf '{rows}\\n'\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # a private place for this test's GPU locks
+
+
+@pytest.mark.parametrize("stop", ["warm", "twice", "abort-on-stop"])
+def test_stopping_a_worker_finishes_or_hands_back_its_job(
+    cli: CLI, loop: tuple[str, str], git_repo: Repo, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, stop: str,
+) -> None:
+    """SIGTERM: the worker finishes its job, then exits. A second SIGTERM, or the first with
+    --abort-on-stop: the job's process tree is stopped and the task goes back to its queue.
+    Meanwhile the worker advertises itself (host, GPUs, queues, state, task) for `status`."""
+    import signal
+
+    from tests.triggers.conftest import wait_for
+
+    url, _ = loop
+    _fake_gpus(tmp_path, monkeypatch, 2)
+    _slow_template(cli, git_repo, "1h", "--abort-grace", "5s",
+                   sleep_s=4 if stop == "warm" else 600)
+    run = cli("task", "run", "dataset_blogpost/slow").out.strip()
+    flags = ["--abort-on-stop"] if stop == "abort-on-stop" else []
+    proc = _start_worker("--queue", "slow", "--gpus", "1", "--name", "w", *flags)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    pidfile = git_repo.path.parent / "grandchild.pid"
+    runtime = Runtime()
+    try:
+        wait_for(lambda: pidfile.exists() and pidfile.read_text(), "the job to start")
+        grandchild = int(pidfile.read_text())
+        advert = client.hgetall(keys.worker_key("w-gpu1"))
+        assert advert["state"] == "busy" and advert["task"] == run, advert
+        assert json.loads(advert["queues"]) == ["slow"]
+        assert [g["index"] for g in json.loads(advert["gpus"])] == [1]
+        assert json.loads(advert["gpus"])[0]["memory_mib"] == 143771
+        assert client.zscore(keys.WORKERS, "w-gpu1") is not None
+
+        proc.send_signal(signal.SIGTERM)
+        if stop == "twice":
+            time.sleep(1.5)  # a repeat within a second counts as the same request
+            assert proc.poll() is None, "one SIGTERM must not stop a busy worker"
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        wait_for(lambda: _gone(grandchild), "the job's grandchild to stop", timeout=10)
+        assert not client.exists(keys.worker_key("w-gpu1"))
+        assert client.zscore(keys.WORKERS, "w-gpu1") is None
+
+        Ingest(redis.Redis.from_url(url), runtime.tasks, runtime.models, "test").step()
+        shown = cli.json("task", "show", run)
+        if stop == "warm":
+            assert shown["status"] == "completed", shown["error"]
+        else:
+            assert shown["status"] == "queued" and shown["attempt"] == 0, shown
+            assert shown["error"] == "re-queued: worker w-gpu1 was stopped"
+            job = runtime.queues.job(run)
+            assert job is not None and job.get_status().value == "queued"
+    finally:
+        if proc.poll() is None:
+            _kill_tree(proc.pid)
+            proc.wait()
+        client.close()
         runtime.close()

@@ -28,9 +28,7 @@ def upgrade() -> None:
             )
         )
         batch_op.add_column(sa.Column("duration_s", sa.Float(), nullable=True))
-        batch_op.add_column(
-            sa.Column("attempt", sa.Integer(), nullable=False, server_default="0")
-        )
+        batch_op.add_column(sa.Column("attempt", sa.Integer(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
