@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 HEARTBEAT_EVERY_S = 20.0
 ABORT_GRACE_S = 30.0
 LOG_STREAM_MAXLEN = 10_000
+LOG_STREAM_TTL_S = 7 * 86400
+"""A finished task's live log stays in Redis this long; `output.log` in storage stays."""
 ERROR_TAIL_LINES = 20
 
 
@@ -115,6 +117,7 @@ class Job:
                 self._log_file.close()
         result["duration_s"] = round(time.monotonic() - started, 3)
         result["environment"] = self.environment
+        self._end_log(result)
         if self.released.is_set():
             # The worker reports `released` once this work horse has exited.
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -311,6 +314,24 @@ class Job:
             maxlen=LOG_STREAM_MAXLEN,
             approximate=True,
         )
+
+    def _end_log(self, result: Mapping[str, Any]) -> None:
+        """Close the live log: an `end` entry (so `retrain logs -f` stops without asking the
+        store) and an expiry; the complete log is the uploaded `output.log` artifact."""
+        status = "released" if self.released.is_set() else str(result.get("status"))
+        stream = keys.logs_stream(self.task_id)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(
+                stream,
+                {"stream": "end", "line": status},
+                maxlen=LOG_STREAM_MAXLEN,
+                approximate=True,
+            )
+            pipe.expire(stream, LOG_STREAM_TTL_S)
+            pipe.execute()
+        except Exception:  # noqa: S110 - the log in blob storage is the record
+            pass
 
     def _heartbeat(self) -> None:
         """Liveness for the scheduler, and the abort flag for us, checked every second."""

@@ -209,14 +209,14 @@ out = pathlib.Path(os.environ["RETRAIN_OUTPUT_DIR"])
 
 
 def _slow_template(cli: CLI, git_repo: Repo, timeout: str, *options: str,
-                   sleep_s: float = 600) -> None:
+                   sleep_s: float = 600) -> str:
     (git_repo.path / "slow.py").write_text(SLOW)
     run_git(git_repo.path, "add", "slow.py")
     run_git(git_repo.path, "commit", "-qm", "a slow job")
-    cli("task", "create", "--project", "dataset_blogpost", "--name", "slow", "--repo",
-        str(git_repo.path), "--script", "slow.py", "--queue", "slow", "--timeout", timeout,
-        "--env", f"PIDFILE={git_repo.path.parent / 'grandchild.pid'}",
-        "--env", f"SLEEP_S={sleep_s}", *options)
+    return cli("task", "create", "--project", "dataset_blogpost", "--name", "slow", "--repo",
+               str(git_repo.path), "--script", "slow.py", "--queue", "slow", "--timeout",
+               timeout, "--env", f"PIDFILE={git_repo.path.parent / 'grandchild.pid'}",
+               "--env", f"SLEEP_S={sleep_s}", *options).out.strip()
 
 
 def _start_worker(*args: str) -> subprocess.Popen[bytes]:
@@ -456,3 +456,29 @@ def test_stopping_a_worker_finishes_or_hands_back_its_job(
             proc.wait()
         client.close()
         runtime.close()
+
+
+def test_logs_follow_a_running_task_then_come_from_storage(
+    cli: CLI, loop: tuple[str, str], git_repo: Repo
+) -> None:
+    url, _ = loop
+    template = _slow_template(cli, git_repo, "1h", sleep_s=2)
+    run = cli("task", "run", "dataset_blogpost/slow").out.strip()
+    assert "no output yet" in cli("logs", run).err
+    proc = _start_worker("--queue", "slow", "--gpus", "none", "--burst")
+    try:
+        followed = cli("logs", run, "-f")  # returns when the job's log ends
+        assert followed.out == "started\n"
+        assert followed.err == f"retrain: task {run} ended: completed\n"
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            _kill_tree(proc.pid)
+            proc.wait()
+    runtime = Runtime()
+    Ingest(redis.Redis.from_url(url), runtime.tasks, runtime.models, "test").step()
+    redis.Redis.from_url(url).delete(keys.logs_stream(run))  # the stored log remains
+    assert cli("logs", run).out == "started\n"
+    assert cli("logs", run, "--tail", "1").out == "started\n"
+    assert "is a draft" in cli("logs", template, expect=2).err
+    runtime.close()

@@ -1,0 +1,140 @@
+"""`retrain logs TASK [-f]`: a task's output, live from Redis while it runs, from the stored
+`output.log` once it has finished."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from orchestrator.cli.context import runtime
+from orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from orchestrator.tasks.views import TaskInfo
+
+STATUS_EVERY_S = 2.0
+"""While following, how often the store is asked whether the task ended (a lost worker
+never writes the end of its log)."""
+
+
+def logs(
+    task: Annotated[str, typer.Argument(help="Task id.")],
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing until the task ends.")
+    ] = False,
+    tail: Annotated[
+        int | None, typer.Option("--tail", min=1, help="Only the last N lines to start with.")
+    ] = None,
+) -> None:
+    """Print a task's output (stdout and stderr, in order)."""
+    rt = runtime()
+    info = rt.tasks.get(task)
+    if info.status == "draft":
+        raise UserError(f"task {task} is a draft: it has not run (queue it: retrain task enqueue)")
+    stored = _stored_log(info)
+    if stored is not None and not (follow and info.status in ("queued", "running")):
+        lines = stored.decode("utf-8", "replace").splitlines()
+        _write(lines[-tail:] if tail else lines)
+        return
+    redis = rt.redis
+    from orchestrator.queue import keys
+
+    stream = keys.logs_stream(info.id)
+    entries = _read(redis, stream, "-", None)
+    if tail:
+        entries = _last_lines(entries, tail)
+    _print_entries(entries)
+    ended = _end(entries)
+    if not follow:
+        if not entries and info.status in ("queued", "draft"):
+            sys.stderr.write(f"retrain: task {info.id} is {info.status}: no output yet\n")
+        return
+    cursor = entries[-1][0] if entries else "0-0"
+    checked = time.monotonic()
+    while ended is None:
+        batch = _read(redis, stream, cursor, 1000, block_ms=1000)
+        if batch:
+            cursor = batch[-1][0]
+            _print_entries(batch)
+            ended = _end(batch)
+        if ended is None and time.monotonic() - checked >= STATUS_EVERY_S:
+            checked = time.monotonic()
+            status = rt.tasks.get(info.id).status
+            if status in ("completed", "failed", "aborted"):
+                # Its worker was lost (no end was written): drain what came, then stop.
+                _print_entries(_read(redis, stream, cursor, None))
+                ended = status
+    sys.stderr.write(f"retrain: task {info.id} ended: {ended}\n")
+
+
+def _end(entries: list[tuple[str, dict[Any, Any]]]) -> str | None:
+    """How the run ended, from the log's `end` entry (`released`: it went back to its
+    queue), or None while it goes on."""
+    ends = [_field(e, "line") for _id, e in entries if _field(e, "stream") == "end"]
+    return ends[-1] if ends else None
+
+
+def _stored_log(info: TaskInfo) -> bytes | None:
+    from orchestrator.storage.base import is_sha256
+
+    for artifact in info.artifacts:
+        if artifact.get("path") != "output.log":
+            continue
+        name = str(artifact.get("uri", "")).rstrip("/").rsplit("/", 1)[-1]
+        if is_sha256(name):
+            return runtime().blobs.get_bytes(name)
+    return None
+
+
+def _read(
+    redis: Redis, stream: str, after: str, count: int | None, block_ms: int | None = None
+) -> list[tuple[str, dict[Any, Any]]]:
+    from orchestrator.errors import ServiceUnavailable
+
+    try:
+        raw: Any
+        if after == "-":
+            raw = redis.xrange(stream, "-", "+")
+        else:
+            reply: Any = redis.xread({stream: after}, count=count, block=block_ms)
+            if not reply:
+                return []
+            if isinstance(reply, dict):  # RESP3
+                raw = [e for batch in reply.values() for e in batch[0]]
+            else:
+                raw = [e for _stream, batch in reply for e in batch]
+    except Exception as exc:  # redis-py's errors; the CLI prints one line
+        raise ServiceUnavailable(f"cannot read the log from Redis: {exc}") from None
+    return [(_text(entry_id), fields) for entry_id, fields in raw]
+
+
+def _last_lines(
+    entries: list[tuple[str, dict[Any, Any]]], count: int
+) -> list[tuple[str, dict[Any, Any]]]:
+    lines = [i for i, (_id, e) in enumerate(entries) if _field(e, "stream") != "end"]
+    keep = set(lines[-count:])
+    return [entry for i, entry in enumerate(entries) if i in keep or i not in lines]
+
+
+def _print_entries(entries: list[tuple[str, dict[Any, Any]]]) -> None:
+    _write([_field(e, "line") for _id, e in entries if _field(e, "stream") != "end"])
+
+
+def _write(lines: list[str]) -> None:
+    if lines:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+
+
+def _field(fields: dict[Any, Any], name: str) -> str:
+    value = fields.get(name, fields.get(name.encode(), b""))
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
