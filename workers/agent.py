@@ -22,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from orchestrator.queue import keys
@@ -127,6 +128,7 @@ def run_slot(
             ),
         }
         worker.abort_on_stop = abort_on_stop
+        worker.home = settings.home
         worked = worker.work(
             burst=burst, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING"
         )
@@ -151,8 +153,11 @@ def agent_class() -> type[Any]:
         return _AGENT_CLASS
     from rq import Worker
 
+    from orchestrator import health
+
     class Agent(Worker):
         advertised: dict[str, str]
+        home: Path
         abort_on_stop: bool = False
         _releasing = False
 
@@ -165,6 +170,7 @@ def agent_class() -> type[Any]:
 
         def register_birth(self) -> None:
             super().register_birth()  # type: ignore[no-untyped-call]
+            health.beat(self.home, "worker", self.name)
             with self.connection.pipeline() as pipe:
                 pipe.delete(keys.worker_key(self.name))
                 self._advert(
@@ -181,6 +187,7 @@ def agent_class() -> type[Any]:
 
         def register_death(self) -> None:
             super().register_death()  # type: ignore[no-untyped-call]
+            health.forget(self.home, "worker", self.name)
             with self.connection.pipeline() as pipe:
                 pipe.delete(keys.worker_key(self.name))
                 pipe.zrem(keys.WORKERS, self.name)
@@ -188,6 +195,8 @@ def agent_class() -> type[Any]:
 
         def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
             super().heartbeat(timeout, pipeline)
+            if not self.is_horse:
+                health.beat(self.home, "worker", self.name)
             if pipeline is not None:
                 self._advert(pipeline)
                 return

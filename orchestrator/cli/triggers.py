@@ -66,6 +66,15 @@ def scheduler(
             "(--no-wakeup: timed polls only, e.g. to compare).",
         ),
     ] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Serve Prometheus metrics on this port (/metrics).",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
 ) -> None:
     """Run the scheduler daemon: fire triggers on new events, exactly once."""
     import signal
@@ -78,12 +87,22 @@ def scheduler(
     path = triggers_path(triggers)
     if not path.exists():
         raise UserError(f"--triggers: {path} does not exist")
+    metrics = None
+    if metrics_port is not None:
+        from orchestrator.scheduler.metrics import Metrics
+
+        metrics = Metrics()
+        try:
+            metrics.serve(metrics_port)
+        except OSError as exc:
+            raise UserError(f"--metrics-port: cannot listen on {metrics_port}: {exc}") from None
     daemon = Scheduler(
         runtime(),
         path,
         poll_interval=poll_interval,
         reconcile_every=reconcile_every,
         wakeup=wakeup,
+        metrics=metrics,
     )
     if once:
         daemon.reload(force=True)

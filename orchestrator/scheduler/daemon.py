@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from orchestrator.yamlfile import FileError
 
 if TYPE_CHECKING:
     from orchestrator.runtime import Runtime
+    from orchestrator.scheduler.metrics import Metrics
     from orchestrator.tasks.views import TaskInfo
 
 log = structlog.get_logger("retrain.scheduler")
@@ -58,6 +60,7 @@ class Scheduler:
         reconcile_every: float = RECONCILE_EVERY_S,
         lease_ttl: float = LEASE_TTL_S,
         wakeup: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
         self.runtime = runtime
         self.path = triggers
@@ -65,6 +68,8 @@ class Scheduler:
         self.reconcile_every = reconcile_every
         self.wakeup = wakeup
         """Listen for the store's announcements (off: timed polls only, as in a benchmark)."""
+        self.metrics = metrics
+        """Prometheus counters and gauges, when `--metrics-port` serves them."""
         from orchestrator.queue.connection import client
 
         self.engine = Engine(runtime.store, runtime.tasks, runtime.settings.storage_url)
@@ -139,6 +144,9 @@ class Scheduler:
                 return events, fired
 
     def _after_commit(self, result: PollResult) -> None:
+        if self.metrics is not None:
+            self.metrics.events.inc(result.events)
+            self.metrics.decided(result.decisions, time.time())
         for decision in result.decisions:
             log.info(
                 f"trigger {decision.decision}",
@@ -182,10 +190,13 @@ class Scheduler:
 
         lost = self._safely(self._fail_lost, fail_lost)
         if lost:
-            log.warning(
-                "runs settled (re-queued or failed): their worker stopped sending heartbeats",
-                tasks=lost,
-            )
+            log.warning("worker lost: runs re-queued or failed", tasks=lost)
+        if self.metrics is not None:
+            if report is not None:
+                self.metrics.reconcile.labels("enqueued").inc(len(report.enqueued))
+                self.metrics.reconcile.labels("removed").inc(len(report.removed))
+            self.metrics.reconcile.labels("lost").inc(len(lost or []))
+            self._safely(self.metrics.refresh, self.runtime.store)
 
     def _clean_registries(self) -> None:
         """Move jobs of dead workers out of RQ's started registries now, instead of waiting
@@ -218,12 +229,16 @@ class Scheduler:
         except (RedisError, OSError) as exc:
             log.warning("Redis unreachable; firing without the lease", error=str(exc))
             leading = True
+        if self.metrics is not None:
+            self.metrics.leader.set(1 if leading else 0)
         if not leading:
             return TickReport(leader=False)
         self.reload()
         if self.config is None:
             return TickReport(leader=True)
-        self._safely(self.ingest.step)
+        applied = self._safely(self.ingest.step)
+        if self.metrics is not None and applied:
+            self.metrics.reports.inc(applied)
         events, fired = self.poll(now)
         pushed = self.release()
         self.reconcile()
@@ -301,9 +316,14 @@ class Scheduler:
             triggers=str(self.path),
             poll_interval=self.poll_interval,
         )
+        from orchestrator import health
+
+        home = self.runtime.settings.home
+        beat_name = str(os.getpid())
         try:
             while not self._stop.is_set():
                 self.woken.clear()
+                health.beat(home, "scheduler", beat_name)
                 report = self._safely(self.tick)
                 if report is not None and report.leader and report.events:
                     continue  # more may have arrived while we worked
@@ -317,6 +337,7 @@ class Scheduler:
                     if self.woken.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
                         break
         finally:
+            health.forget(home, "scheduler", beat_name)
             if self.wakeup:
                 listener.stop()
             self.schedules.shutdown(wait=False)

@@ -88,6 +88,8 @@ class Decision:
     """fired | skipped | coalesced | superseded | not matched"""
     reason: str = ""
     task_id: str | None = None
+    event_time: dt.datetime | None = None
+    """When the event was recorded: fired minus this is the detection latency."""
 
 
 @dataclass
@@ -310,7 +312,7 @@ class Engine:
             # constraint rolls everything back if another scheduler got there first.
             if decision in ("fired", "coalesced"):
                 result.fired.setdefault((name, event.entity_id), task_id)
-            return Decision(name, event.seq, decision, reason, task_id)
+            return Decision(name, event.seq, decision, reason, task_id, event.time)
 
         if not trigger.enabled:
             return record("skipped", "disabled")

@@ -430,6 +430,7 @@ def test_stopping_a_worker_finishes_or_hands_back_its_job(
         assert [g["index"] for g in json.loads(advert["gpus"])] == [1]
         assert json.loads(advert["gpus"])[0]["memory_mib"] == 143771
         assert client.zscore(keys.WORKERS, "w-gpu1") is not None
+        assert "worker healthy: w-gpu1" in cli("health", "worker").out
 
         proc.send_signal(signal.SIGTERM)
         if stop == "twice":
@@ -440,6 +441,7 @@ def test_stopping_a_worker_finishes_or_hands_back_its_job(
         wait_for(lambda: _gone(grandchild), "the job's grandchild to stop", timeout=10)
         assert not client.exists(keys.worker_key("w-gpu1"))
         assert client.zscore(keys.WORKERS, "w-gpu1") is None
+        assert "no running worker" in cli("health", "worker", expect=1).err
 
         Ingest(redis.Redis.from_url(url), runtime.tasks, runtime.models, "test").step()
         shown = cli.json("task", "show", run)

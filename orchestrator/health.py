@@ -1,0 +1,99 @@
+"""Liveness for `retrain health scheduler|worker` (container probes, systemd watchdogs).
+
+Each daemon process touches a small file under `RETRAIN_HOME/run/` on every loop (the
+scheduler) or heartbeat (each worker slot): `{role}-{name}.json` with its pid. A process is
+healthy while its file is fresher than `--max-age` and its pid is alive. Files only: the
+check needs neither the database nor Redis, so a probe never restarts a healthy daemon
+because a shared service blinked, and it runs on the same host (or container) as the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = ("scheduler", "worker")
+DEFAULT_MAX_AGE_S = {"scheduler": 60.0, "worker": 120.0}
+"""A scheduler loops at least every poll interval (5 s); an idle worker beats every
+`heartbeat_ttl_s - 15` s (75 s by default), a busy one every 30 s."""
+
+
+def run_dir(home: Path) -> Path:
+    return home / "run"
+
+
+def beat(home: Path, role: str, name: str) -> None:
+    """Record that this process is alive and looping (cheap: one small write)."""
+    directory = run_dir(home)
+    path = directory / f"{role}-{_safe(name)}.json"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "name": name, "time": time.time()}))
+        tmp.replace(path)
+    except OSError:
+        pass  # a full or read-only disk must not stop the daemon; the probe will say so
+
+
+def forget(home: Path, role: str, name: str) -> None:
+    """A clean stop: the process is gone on purpose."""
+    with contextlib.suppress(OSError):
+        (run_dir(home) / f"{role}-{_safe(name)}.json").unlink()
+
+
+@dataclass
+class Beat:
+    name: str
+    pid: int
+    age_s: float
+    alive: bool
+
+
+def beats(home: Path, role: str) -> list[Beat]:
+    found = []
+    now = time.time()
+    for path in sorted(run_dir(home).glob(f"{role}-*.json")):
+        try:
+            data = json.loads(path.read_text())
+            pid, name, when = int(data["pid"]), str(data["name"]), float(data["time"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        found.append(Beat(name, pid, max(0.0, now - when), _alive(pid)))
+    return found
+
+
+def check(home: Path, role: str, max_age_s: float) -> tuple[bool, str]:
+    """(healthy, one line saying why) for every `role` process of this home."""
+    if role not in ROLES:
+        raise ValueError(role)
+    found = [b for b in beats(home, role) if b.alive]
+    if not found:
+        return False, f"no running {role} found under {run_dir(home)}"
+    stale = [b for b in found if b.age_s > max_age_s]
+    if stale:
+        names = ", ".join(f"{b.name} (pid {b.pid}, {b.age_s:.0f} s ago)" for b in stale)
+        return False, f"{role} not looping: {names}; limit {max_age_s:.0f} s"
+    names = ", ".join(f"{b.name} (pid {b.pid}, {b.age_s:.0f} s ago)" for b in found)
+    return True, f"{role} healthy: {names}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError, IndexError):
+        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)[:120]
