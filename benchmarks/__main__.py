@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_datasets, bench_scheduler, bench_tasks, bench_workers
+from benchmarks import bench_datasets, bench_scheduler, bench_tasks, bench_workers, status
 
 BENCHMARKS = {
     "datasets": bench_datasets.main,
     "tasks": bench_tasks.main,
     "scheduler": bench_scheduler.main,
     "workers": bench_workers.main,
+    "status": status.main,
 }
 
 

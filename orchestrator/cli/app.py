@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import admin, context, dataset, model, queue, task, triggers, worker
+from orchestrator.cli import admin, context, dataset, model, queue, status, task, triggers, worker
 
 app = typer.Typer(
     name="retrain",
@@ -22,6 +22,7 @@ app.add_typer(triggers.app, name="triggers")
 app.command("scheduler")(triggers.scheduler)
 app.command("history")(triggers.history)
 app.command("worker")(worker.worker)
+app.command("status")(status.status)
 app.add_typer(queue.queue_app, name="queue")
 app.add_typer(queue.redis_app, name="redis")
 app.add_typer(admin.config_app, name="config")

@@ -1,0 +1,505 @@
+"""`retrain status`: what the scheduler, the queues and the workers are doing, as plain data.
+
+One snapshot is a JSON-ready dict (see `collect`). The store part is a handful of aggregate
+queries through a DB-API connection (the lean driver-only path, or a SQLAlchemy session's),
+the Redis part two pipelined round trips. Nothing here imports SQLAlchemy, pydantic or rich:
+the command must answer in well under half a second with 100,000 tasks in the store.
+
+Redis is optional: when it cannot be reached the snapshot still holds everything the store
+knows, says why Redis is missing, and leaves the Redis-only figures `null`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.defaults import ENV_PREFIX, home_from_env
+from orchestrator.queue import keys
+from orchestrator.store.lean import Row, fetch, placeholders
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+Status = dict[str, Any]
+
+SCHEDULER_STATE = "main"
+"""The scheduler's state row (`orchestrator.scheduler.engine.STATE`, not imported: it pulls
+in SQLAlchemy)."""
+
+ALIVE_WITHIN_S = 30.0
+"""A scheduler whose last heartbeat is younger than this is alive: it beats every loop, which
+runs at least every poll interval (5 s by default), so this allows a few slow iterations."""
+
+FAILED_WINDOW_S = 24 * 3600
+"""`failed_24h` counts tasks that failed this recently."""
+
+LOST_SHOWN_S = 24 * 3600
+"""A lost worker (its hash expired) stays on the display this long after its last beat."""
+
+FIRINGS = 10
+"""How many trigger decisions `recent firings` shows, newest first."""
+
+REDIS_STATE_FILE = "redis.json"
+"""Where the embedded Redis records its URL (`orchestrator.queue.connection.STATE_FILE`,
+not imported: that module loads pydantic)."""
+
+# RQ's own key names (`rq.Queue.redis_queue_namespace_prefix`, `redis_queues_keys`), not
+# imported for start-up time; a test checks they still match RQ.
+RQ_QUEUE_PREFIX = "rq:queue:"
+RQ_QUEUES = "rq:queues"
+
+TASKS = "tasks t JOIN projects p ON p.id = t.project_id"
+
+
+# -- where things are -------------------------------------------------------------------------
+
+
+def redis_url_from_env() -> str | None:
+    """RETRAIN_REDIS_URL, else the running embedded server's URL for this home, else None.
+    The embedded server is never started here: status only looks."""
+    url = os.environ.get(f"{ENV_PREFIX}REDIS_URL")
+    if url:
+        return url
+    try:
+        state = json.loads((home_from_env() / REDIS_STATE_FILE).read_text())
+        return str(state["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# -- Redis ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisView:
+    """What Redis says: the lease, RQ's waiting jobs per RQ queue, and the workers."""
+
+    url: str | None
+    error: str | None = None
+    leader: str | None = None
+    lease_ttl_s: float | None = None
+    waiting: dict[str, int] = field(default_factory=dict)
+    """Jobs waiting per RQ queue name (`gpu`, `gpu:high`, ...)."""
+    workers: list[Row] = field(default_factory=list)
+    lost_hidden: int = 0
+
+    @property
+    def reachable(self) -> bool:
+        return self.error is None
+
+
+def read_redis(url: str | None, now: dt.datetime) -> RedisView:
+    """Ask Redis in two pipelined round trips; any failure becomes `error` (never raises)."""
+    if url is None:
+        return RedisView(
+            None,
+            error="RETRAIN_REDIS_URL is not set and the embedded Redis is not running "
+            "(it starts with the first command that queues a task)",
+        )
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    except ValueError as exc:
+        return RedisView(url, error=f"{ENV_PREFIX}REDIS_URL: {exc}")
+    try:
+        return _read_redis(client, url, now)
+    except (redis.RedisError, OSError) as exc:
+        return RedisView(url, error=str(exc) or type(exc).__name__)
+    finally:
+        client.close()
+
+
+def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.SCHEDULER_LEASE)
+    pipe.pttl(keys.SCHEDULER_LEASE)
+    pipe.smembers(RQ_QUEUES)
+    pipe.zrange(keys.WORKERS, 0, -1, withscores=True)
+    leader, pttl, queue_keys, members = pipe.execute()
+
+    rq_keys = sorted(k for k in (_text(q) for q in queue_keys) if k.startswith(RQ_QUEUE_PREFIX))
+    names = [(_text(m), float(score)) for m, score in members]
+    pipe = client.pipeline(transaction=False)
+    for key in rq_keys:
+        pipe.llen(key)
+    for name, _ in names:
+        pipe.hgetall(keys.worker_key(name))
+    replies = pipe.execute()
+
+    view = RedisView(url, leader=_text(leader) if leader is not None else None)
+    view.lease_ttl_s = pttl / 1000 if isinstance(pttl, int) and pttl >= 0 else None
+    view.waiting = {
+        key.removeprefix(RQ_QUEUE_PREFIX): int(n)
+        for key, n in zip(rq_keys, replies[: len(rq_keys)], strict=True)
+    }
+    for (name, score), fields in zip(names, replies[len(rq_keys) :], strict=True):
+        seen = dt.datetime.fromtimestamp(score, dt.timezone.utc)
+        if fields:
+            view.workers.append(_worker(name, {_text(k): _text(v) for k, v in fields.items()}))
+        elif (now - seen).total_seconds() <= LOST_SHOWN_S:
+            view.workers.append(_lost_worker(name, seen))
+        else:
+            view.lost_hidden += 1
+    view.workers.sort(key=lambda w: str(w["name"]))
+    return view
+
+
+def _worker(name: str, fields: dict[str, str]) -> Row:
+    return {
+        "name": fields.get("name") or name,
+        "host": fields.get("host") or None,
+        "pid": _int(fields.get("pid")),
+        "queues": _json_list(fields.get("queues")),
+        "gpus": [_gpu(g) for g in _json_list(fields.get("gpus")) if isinstance(g, dict)],
+        "state": fields.get("state") or "idle",
+        "task": fields.get("task") or None,
+        "task_started": _iso(fields.get("task_started") or None),
+        "started": _iso(fields.get("started") or None),
+        "heartbeat": _iso(fields.get("heartbeat") or None),
+    }
+
+
+def _lost_worker(name: str, seen: dt.datetime) -> Row:
+    return {
+        "name": name,
+        "host": None,
+        "pid": None,
+        "queues": [],
+        "gpus": [],
+        "state": "lost",
+        "task": None,
+        "task_started": None,
+        "started": None,
+        "heartbeat": _iso(seen),
+    }
+
+
+def _gpu(raw: dict[str, Any]) -> Row:
+    return {
+        "index": _int(raw.get("index")),
+        "uuid": raw.get("uuid"),
+        "name": raw.get("name"),
+        "memory_mib": _int(raw.get("memory_mib")),
+    }
+
+
+# -- the store --------------------------------------------------------------------------------
+
+
+def _scheduler_row(conn: Any) -> Row | None:
+    rows = fetch(
+        conn,
+        "SELECT cursor, leader, heartbeat_at, last_poll_at, config_path, config_error, "
+        "config_loaded_at FROM scheduler_state WHERE name = %s",
+        [SCHEDULER_STATE],
+    )
+    return rows[0] if rows else None
+
+
+def _lag(conn: Any, cursor: int | None) -> tuple[int, Row | None]:
+    """The newest event's sequence number, and the oldest event past the cursor."""
+    newest = fetch(conn, "SELECT MAX(seq) AS seq FROM events", [])[0]["seq"] or 0
+    if cursor is None or newest <= cursor:
+        return int(newest), None
+    rows = fetch(
+        conn, "SELECT seq, created_at FROM events WHERE seq > %s ORDER BY seq LIMIT 1", [cursor]
+    )
+    return int(newest), rows[0] if rows else None
+
+
+def _active(conn: Any) -> list[Row]:
+    """Queued and running tasks per queue: a range of `ix_tasks_status`, never the
+    finished ones."""
+    return fetch(
+        conn,
+        "SELECT queue, status, held, COUNT(*) AS n, MIN(queued_at) AS oldest FROM tasks "
+        "WHERE status IN ('queued', 'running') GROUP BY queue, status, held",
+        [],
+    )
+
+
+def _failed_since(conn: Any, since: dt.datetime) -> dict[str, int]:
+    rows = fetch(
+        conn,
+        "SELECT queue, COUNT(*) AS n FROM tasks WHERE status = 'failed' AND finished_at >= %s "
+        "GROUP BY queue",
+        [_bind_time(conn, since)],
+    )
+    return {r["queue"]: int(r["n"]) for r in rows}
+
+
+def _tasks(conn: Any, ids: Sequence[str]) -> dict[str, Row]:
+    if not ids:
+        return {}
+    # Only placeholders are joined into the SQL; the ids are bound parameters.
+    marks = placeholders(len(ids))
+    sql = f"SELECT t.id, p.path AS project, t.name, t.status FROM {TASKS} WHERE t.id IN ({marks})"  # noqa: S608
+    rows = fetch(conn, sql, list(ids))
+    return {r["id"]: r for r in rows}
+
+
+def _firings(conn: Any, limit: int) -> list[Row]:
+    rows = fetch(
+        conn,
+        "SELECT f.created_at, f.trigger_name, f.decision, f.reason, f.task_id, f.event_seq, "
+        "e.kind, e.project, e.name, e.tags, e.payload, t.status AS task_status "
+        "FROM trigger_firings f JOIN events e ON e.seq = f.event_seq "
+        "LEFT JOIN tasks t ON t.id = f.task_id ORDER BY f.id DESC LIMIT %s",
+        [limit],
+    )
+    out = []
+    for r in rows:
+        payload = _json(r["payload"])
+        payload = payload if isinstance(payload, dict) else {}
+        tags = _json(r["tags"])
+        out.append(
+            {
+                "time": _iso(r["created_at"]),
+                "trigger": r["trigger_name"],
+                "decision": r["decision"],
+                "reason": r["reason"] or "",
+                "event": {
+                    "seq": int(r["event_seq"]),
+                    "kind": r["kind"],
+                    "project": r["project"],
+                    "name": r["name"],
+                    "version": payload.get("version"),
+                    "tags": [str(t) for t in tags] if isinstance(tags, list) else [],
+                },
+                "task": r["task_id"],
+                "task_status": r["task_status"],
+            }
+        )
+    return out
+
+
+# -- the snapshot -----------------------------------------------------------------------------
+
+
+def collect(
+    conn: Any,
+    redis: RedisView,
+    *,
+    now: dt.datetime | None = None,
+    database: str = "",
+    firings: int = FIRINGS,
+) -> Status:
+    """The snapshot `retrain status --json` prints.
+
+    Times are ISO 8601 UTC strings, ages seconds before `now` (floats); `null` where unknown.
+
+    - `time`, `database` (URL, password hidden), `redis`: {`url`, `reachable`, `error`}.
+    - `scheduler`: `alive` (heartbeat younger than 30 s), `leader` and `lease_ttl_s` (the Redis
+      lease; null without Redis), `recorded_leader` (who last wrote the heartbeat),
+      `heartbeat_at`, `heartbeat_age_s`, `last_poll_at` (the last poll that read events),
+      `cursor` (null: the scheduler never ran), `newest_event`, `events_behind`,
+      `oldest_unprocessed_at`, `oldest_unprocessed_age_s`, and `config`: {`path`,
+      `loaded_at`, `error` (null when the file loaded)}.
+    - `queues`: one per queue that has active tasks, recent failures, jobs in RQ or a worker:
+      `name`, `queued` (held included), `held`, `running`, `failed_24h`, `oldest_queued_at`,
+      `oldest_queued_age_s`, `redis` ({`high`, `normal`, `low`} jobs waiting in RQ) and
+      `redis_waiting` (their sum), `workers` (live workers listening); the last three null
+      without Redis.
+    - `workers` (null without Redis): `name`, `host`, `pid`, `queues`, `gpus` (list of
+      {`index`, `uuid`, `name`, `memory_mib`}), `state` (idle, busy, stopping or lost),
+      `task`, `task_name` (`project/name`), `task_status` (in the store), `task_started`,
+      `task_age_s`, `started`, `heartbeat` (for a lost worker: when it was last seen),
+      `heartbeat_age_s`. `workers_lost_hidden`: lost workers silent for over 24 h, left out.
+    - `firings`: the newest trigger decisions: `time`, `trigger`, `decision` (fired, skipped,
+      coalesced, superseded), `reason`, `event` ({`seq`, `kind`, `project`, `name`,
+      `version`, `tags`}), `task`, `task_status`.
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    state = _scheduler_row(conn)
+    cursor = int(state["cursor"]) if state is not None else None
+    newest, oldest_event = _lag(conn, cursor)
+    workers = redis.workers if redis.reachable else None
+    names = _tasks(conn, sorted({w["task"] for w in workers or () if w["task"]}))
+
+    heartbeat = _utc(state["heartbeat_at"]) if state else None
+    heartbeat_age = _age(heartbeat, now)
+    scheduler = {
+        "alive": heartbeat_age is not None and heartbeat_age < ALIVE_WITHIN_S,
+        "leader": redis.leader,
+        "lease_ttl_s": redis.lease_ttl_s,
+        "recorded_leader": state["leader"] if state else None,
+        "heartbeat_at": _iso(heartbeat),
+        "heartbeat_age_s": heartbeat_age,
+        "last_poll_at": _iso(state["last_poll_at"]) if state else None,
+        "cursor": cursor,
+        "newest_event": newest,
+        "events_behind": max(0, newest - cursor) if cursor is not None else None,
+        "oldest_unprocessed_at": _iso(oldest_event["created_at"]) if oldest_event else None,
+        "oldest_unprocessed_age_s": _age(_utc(oldest_event["created_at"]), now)
+        if oldest_event
+        else None,
+        "config": {
+            "path": state["config_path"] if state else None,
+            "loaded_at": _iso(state["config_loaded_at"]) if state else None,
+            "error": (state["config_error"] or None) if state else None,
+        },
+    }
+    since = now - dt.timedelta(seconds=FAILED_WINDOW_S)
+    return {
+        "time": _iso(now),
+        "database": database,
+        "redis": {"url": _redact(redis.url), "reachable": redis.reachable, "error": redis.error},
+        "scheduler": scheduler,
+        "queues": _queues(_active(conn), _failed_since(conn, since), redis, now),
+        "workers": [_worker_out(w, names, now) for w in workers] if workers is not None else None,
+        "workers_lost_hidden": redis.lost_hidden,
+        "firings": _firings(conn, firings),
+    }
+
+
+def _queues(
+    active: Iterable[Row], failed: dict[str, int], redis: RedisView, now: dt.datetime
+) -> list[Row]:
+    rows: dict[str, Row] = {}
+
+    def row(name: str) -> Row:
+        if name not in rows:
+            rows[name] = {
+                "name": name,
+                "queued": 0,
+                "held": 0,
+                "running": 0,
+                "failed_24h": 0,
+                "oldest_queued_at": None,
+                "oldest_queued_age_s": None,
+                "redis": None,
+                "redis_waiting": None,
+                "workers": None,
+            }
+        return rows[name]
+
+    for r in active:
+        target = row(r["queue"])
+        count = int(r["n"])
+        if r["status"] == "running":
+            target["running"] += count
+            continue
+        target["queued"] += count
+        if r["held"]:
+            target["held"] += count
+        oldest = _utc(r["oldest"])
+        current = _utc(target["oldest_queued_at"])
+        if oldest is not None and (current is None or oldest < current):
+            target["oldest_queued_at"] = _iso(oldest)
+            target["oldest_queued_age_s"] = _age(oldest, now)
+    for name, count in failed.items():
+        row(name)["failed_24h"] = count
+    if redis.reachable:
+        for rq_name in redis.waiting:
+            row(_base_queue(rq_name))
+        listening: dict[str, int] = {}
+        for w in redis.workers:
+            if w["state"] != "lost":
+                for name in {_base_queue(str(q)) for q in w["queues"]}:
+                    listening[name] = listening.get(name, 0) + 1
+        for name in listening:
+            row(name)
+        for name, target in rows.items():
+            per = {p: redis.waiting.get(keys.rq_queue(name, p), 0) for p in keys.PRIORITIES}
+            target["redis"] = per
+            target["redis_waiting"] = sum(per.values())
+            target["workers"] = listening.get(name, 0)
+    return [rows[name] for name in sorted(rows)]
+
+
+def _worker_out(w: Row, tasks: dict[str, Row], now: dt.datetime) -> Row:
+    task = tasks.get(w["task"]) if w["task"] else None
+    return {
+        **w,
+        "task_name": f"{task['project']}/{task['name']}" if task else None,
+        "task_status": task["status"] if task else None,
+        "task_age_s": _age(_utc(w["task_started"]), now),
+        "heartbeat_age_s": _age(_utc(w["heartbeat"]), now),
+    }
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _base_queue(rq_name: str) -> str:
+    """`gpu:high` -> `gpu` (retrain queue names never contain a colon)."""
+    for priority in keys.PRIORITIES:
+        suffix = f":{priority}"
+        if priority != "normal" and rq_name.endswith(suffix):
+            return rq_name.removesuffix(suffix)
+    return rq_name
+
+
+def _utc(value: Any) -> dt.datetime | None:
+    """A UTC datetime from PostgreSQL's datetimes, SQLite's text or an ISO string."""
+    when: dt.datetime
+    if isinstance(value, dt.datetime):
+        when = value
+    elif isinstance(value, str) and value:
+        try:
+            when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    else:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc)
+
+
+def _iso(value: Any) -> str | None:
+    when = _utc(value)
+    return when.isoformat() if when is not None else None
+
+
+def _age(when: dt.datetime | None, now: dt.datetime) -> float | None:
+    return round((now - when).total_seconds(), 3) if when is not None else None
+
+
+def _bind_time(conn: Any, when: dt.datetime) -> Any:
+    """A time to compare with a stored one: SQLite keeps UTC as `YYYY-MM-DD HH:MM:SS.ffffff`
+    text (SQLAlchemy's format), which compares correctly as text; PostgreSQL takes a datetime."""
+    when = when.astimezone(dt.timezone.utc)
+    if isinstance(conn, sqlite3.Connection):
+        return when.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return when
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, (str, bytes)):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
+def _json_list(value: str | None) -> list[Any]:
+    parsed = _json(value) if value else None
+    return parsed if isinstance(parsed, list) else []
+
+
+def _redact(url: str | None) -> str | None:
+    if url is None:
+        return None
+    from orchestrator.redact import redact_url
+
+    return redact_url(url)
