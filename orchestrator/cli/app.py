@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from orchestrator.cli import admin, context, dataset, model, queue, status, task, triggers, worker
+from orchestrator.cli import (
+    admin,
+    context,
+    dataset,
+    health,
+    logs,
+    model,
+    queue,
+    status,
+    task,
+    triggers,
+    up,
+    worker,
+)
 
 app = typer.Typer(
     name="retrain",
@@ -23,6 +36,9 @@ app.command("scheduler")(triggers.scheduler)
 app.command("history")(triggers.history)
 app.command("worker")(worker.worker)
 app.command("status")(status.status)
+app.command("logs")(logs.logs)
+app.command("health")(health.health)
+app.command("up")(up.up)
 app.add_typer(queue.queue_app, name="queue")
 app.add_typer(queue.redis_app, name="redis")
 app.add_typer(admin.config_app, name="config")

@@ -288,6 +288,11 @@ def _info(session: Session, row: Model) -> ModelInfo:
 
 
 def _event(session: Session, kind: str, info: ModelInfo, **payload: Any) -> None:
+    inputs: dict[str, str] = {}
+    if info.task_id:
+        task = session.get(Task, info.task_id)
+        resolved = (task.resolved_inputs or {}) if task is not None else {}
+        inputs = {k: str(v.get("version_id", "")) for k, v in resolved.items()}
     ev.record_for(
         session,
         kind,
@@ -298,6 +303,7 @@ def _event(session: Session, kind: str, info: ModelInfo, **payload: Any) -> None
             "uri": info.uri,
             "task_id": info.task_id,
             "published": info.published,
+            "inputs": inputs,
             **payload,
         },
     )

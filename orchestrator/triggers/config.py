@@ -32,10 +32,20 @@ SOURCE_VARIABLES: dict[str, tuple[str, ...]] = {
         "dataset.uri",
     ),
     "task": ("task.id", "task.name", "task.project", "task.status"),
-    "model": ("model.id", "model.name", "model.project", "model.uri", "model.tags"),
+    "model": (
+        "model.id",
+        "model.name",
+        "model.project",
+        "model.uri",
+        "model.tags",
+        "model.task_id",
+    ),
     "schedule": (),
 }
-PREFIX_VARIABLES: dict[str, tuple[str, ...]] = {"task": ("task.metrics.",)}
+PREFIX_VARIABLES: dict[str, tuple[str, ...]] = {
+    "task": ("task.metrics.",),
+    "model": ("model.inputs.",),
+}
 
 TemplateResolver = Callable[[str], "tuple[str, str] | None"]
 """Template reference -> (project, name) of the task it names, or None if there is none."""

@@ -49,6 +49,10 @@ def variables(event: EventView, trigger_name: str, storage_url: str = "") -> dic
                 "model.project": event.project,
                 "model.uri": payload.get("uri", ""),
                 "model.tags": list(event.tags),
+                "model.task_id": payload.get("task_id") or "",
             }
         )
+        # The dataset versions the producing task trained on: evaluate on the same data.
+        for name, version_id in (payload.get("inputs") or {}).items():
+            out[f"model.inputs.{name}"] = version_id
     return out

@@ -110,7 +110,7 @@ def test_register_tag_publish_and_find(cli: CLI, git_repo: Repo) -> None:  # noq
     ]
     assert log[0][3] == {"project": "team/vision/cats", "name": "resnet",
                          "uri": "s3://models/cats/resnet.pt", "task_id": task,
-                         "published": False}
+                         "published": False, "inputs": {}}
     assert log[2][3]["published"] is True and log[2][3]["task_id"] is None
     assert log[3][3]["added"] == ["production"]
     assert log[4][3]["published"] is True

@@ -1,0 +1,297 @@
+"""`retrain up`: the whole system on one machine, for trying it out and for small teams.
+
+Redis (the embedded server when RETRAIN_REDIS_URL is unset), the store (SQLite by default)
+and local blob storage, one scheduler and N local workers, each a child process of its own
+session, so a Ctrl-C in the terminal reaches `up` alone and `up` stops them in order:
+
+1. first Ctrl-C (or SIGTERM): workers finish their running jobs and take no new ones;
+2. a second one: workers stop their jobs gracefully and hand the tasks back to the queue;
+3. then the scheduler (after the workers, so it applies their last reports), then the
+   embedded Redis if this `up` started it.
+
+One `up` per RETRAIN_HOME (a file lock); its state, children included, is in
+`RETRAIN_HOME/up.json`. Every other `retrain` command with the same home finds the embedded
+Redis by itself (`RETRAIN_HOME/redis.json`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from orchestrator.errors import RetrainError, UserError
+from orchestrator.redact import redact_url
+from orchestrator.settings import Settings
+
+STATE_FILE = "up.json"
+STOP_SCHEDULER_S = 15.0
+
+
+class AlreadyUp(RetrainError):
+    """Another `retrain up` runs with this RETRAIN_HOME."""
+
+    exit_code = 1
+
+
+@dataclass
+class Child:
+    role: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+
+@dataclass
+class Up:
+    settings: Settings
+    triggers: Path
+    queues: list[str]
+    workers: int = 1
+    gpus: str = "all"
+    per_job: int = 1
+    metrics_port: int | None = None
+    poll_interval: float = 1.0
+    children: list[Child] = field(default_factory=list)
+    stops: int = 0
+    started_redis: bool = False
+
+    def run(self, *, ready: bool = True) -> int:
+        home = self.settings.home
+        home.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(home / "up.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise AlreadyUp(_already(home)) from None
+        try:
+            return self._run()
+        finally:
+            (home / STATE_FILE).unlink(missing_ok=True)
+            lock.release()
+
+    def _run(self) -> int:
+        redis_url = self._redis()
+        self._store()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        self.children = [Child("scheduler", self._scheduler_argv())]
+        self.children += [Child("worker", argv) for argv in self._worker_argvs()]
+        try:
+            for child in self.children:
+                child.proc = subprocess.Popen(child.argv, start_new_session=True)
+            self._write_state(redis_url)
+            self._banner(redis_url)
+            code = self._watch()
+        finally:
+            self._shutdown()
+        return code
+
+    # -- starting --------------------------------------------------------------------------
+
+    def _redis(self) -> str:
+        from orchestrator.queue.connection import connect, embedded_url
+
+        if self.settings.redis_url:
+            connect(self.settings).close()  # a clear error now if it does not answer
+            return self.settings.redis_url
+        running = embedded_url(self.settings, start=False)
+        url = running or embedded_url(self.settings, start=True)
+        self.started_redis = running is None
+        assert url is not None
+        return url
+
+    def _store(self) -> None:
+        from orchestrator.store import Store
+
+        # Opening it creates or migrates the database: once, here, before the children.
+        Store(self.settings.database_url).dispose()
+
+    def _scheduler_argv(self) -> list[str]:
+        argv = [*_retrain(), "scheduler", "--triggers", str(self.triggers)]
+        argv += ["--poll-interval", str(self.poll_interval)]
+        if self.metrics_port:
+            argv += ["--metrics-port", str(self.metrics_port)]
+        return argv
+
+    def _worker_argvs(self) -> list[list[str]]:
+        from workers.gpus import detect, parse_gpus
+
+        chosen = parse_gpus(self.gpus, detect())
+        if chosen and len(chosen) < self.workers * self.per_job:
+            raise UserError(
+                f"--workers {self.workers}: {len(chosen)} GPU(s) chosen, fewer than "
+                f"{self.workers} worker(s) x --per-job {self.per_job}; use --gpus none for CPU"
+            )
+        host = socket.gethostname()
+        argvs = []
+        for i in range(self.workers):
+            mine = chosen[i :: self.workers] if chosen else []
+            devices = ",".join(map(str, mine)) if mine else "none"
+            argv = [*_retrain(), "worker", "--gpus", devices, "--per-job", str(self.per_job)]
+            argv += ["--name", f"{host}-up{i + 1}"]
+            for queue in self.queues:
+                argv += ["--queue", queue]
+            argvs.append(argv)
+        return argvs
+
+    def _write_state(self, redis_url: str) -> None:
+        state = {
+            "pid": os.getpid(),
+            "redis": redact_url(redis_url),
+            "embedded_redis": not self.settings.redis_url,
+            "children": [{"role": c.role, "pid": c.pid} for c in self.children],
+        }
+        path = self.settings.home / STATE_FILE
+        path.with_suffix(".tmp").write_text(json.dumps(state, indent=2))
+        path.with_suffix(".tmp").replace(path)
+
+    def _banner(self, redis_url: str) -> None:
+        s = self.settings
+        workers = [c for c in self.children if c.role == "worker"]
+        redis = redact_url(redis_url) if s.redis_url else f"embedded, {redis_url} (RETRAIN_HOME)"
+        lines = [
+            f"retrain is up (RETRAIN_HOME={s.home})",
+            f"  store      {redact_url(s.database_url)}",
+            f"  redis      {redis}",
+            f"  storage    {redact_url(s.storage_url)}",
+            f"  triggers   {self.triggers}",
+            f"  scheduler  pid {self.children[0].pid}",
+            f"  workers    {len(workers)} on queue(s) {', '.join(self.queues)} "
+            f"(pids {', '.join(str(c.pid) for c in workers)})",
+            "Watch it from another terminal with the same RETRAIN_HOME: retrain status --watch",
+            "Ctrl-C stops it (running jobs finish first; Ctrl-C twice hands them back).",
+        ]
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _on_signal(self, _signum: int, _frame: object) -> None:
+        self.stops += 1
+        workers = [c for c in self.children if c.role == "worker"]
+        if self.stops == 1:
+            sys.stderr.write(
+                "retrain up: stopping; running jobs finish first "
+                "(Ctrl-C again to hand them back to the queue)\n"
+            )
+        elif self.stops == 2:
+            sys.stderr.write(
+                "retrain up: stopping running jobs; their tasks go back to the queue\n"
+            )
+        if self.stops <= 2:
+            for child in workers:
+                _signal(child, signal.SIGTERM)
+
+    def _watch(self) -> int:
+        """Until stopped, or until a child dies by itself (then everything stops, code 1)."""
+        while self.stops == 0:
+            for child in self.children:
+                assert child.proc is not None
+                code = child.proc.poll()
+                if code is not None:
+                    sys.stderr.write(
+                        f"retrain up: the {child.role} (pid {child.pid}) exited with code "
+                        f"{code}; stopping everything\n"
+                    )
+                    return 1
+            time.sleep(0.2)
+        return 0
+
+    def _shutdown(self) -> None:
+        workers = [c for c in self.children if c.role == "worker" and c.proc is not None]
+        if self.stops == 0:  # a child died: stop the rest as a first Ctrl-C would
+            for child in workers:
+                _signal(child, signal.SIGTERM)
+        for child in workers:
+            assert child.proc is not None
+            while child.proc.poll() is None:
+                try:
+                    child.proc.wait(0.5)
+                except subprocess.TimeoutExpired:
+                    if self.stops >= 3:  # a third Ctrl-C: no more waiting
+                        _signal(child, signal.SIGKILL)
+        for child in self.children:
+            if child.role == "scheduler" and child.proc is not None:
+                _signal(child, signal.SIGTERM)
+                try:
+                    child.proc.wait(STOP_SCHEDULER_S)
+                except subprocess.TimeoutExpired:
+                    _signal(child, signal.SIGKILL)
+                    child.proc.wait()
+        if self.started_redis:
+            from orchestrator.queue.connection import stop_embedded
+
+            stop_embedded(self.settings)
+        sys.stderr.write("retrain up: stopped\n")
+
+
+def queues_of(triggers: Path) -> list[str]:
+    """The queues the triggers file sends runs to, plus `default` (templates' own queue)."""
+    from orchestrator.triggers.config import load_config
+
+    config = load_config(triggers)
+    return sorted({t.run.queue for t in config.triggers if t.run.queue} | {"default"})
+
+
+def _retrain() -> list[str]:
+    script = Path(sys.executable).with_name("retrain")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from orchestrator.cli import main; main()"]
+
+
+def _signal(child: Child, signum: int) -> None:
+    if child.proc is not None and child.proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            child.proc.send_signal(signum)
+
+
+def _already(home: Path) -> str:
+    pid = "?"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        pid = str(json.loads((home / STATE_FILE).read_text())["pid"])
+    return (
+        f"retrain up is already running for RETRAIN_HOME={home} (pid {pid}); use it, or stop "
+        "it with Ctrl-C in its terminal"
+    )
+
+
+def run_up(
+    triggers: Path,
+    *,
+    queues: Sequence[str] = (),
+    workers: int = 1,
+    gpus: str = "all",
+    per_job: int = 1,
+    metrics_port: int | None = None,
+) -> int:
+    settings = Settings.load()
+    if not triggers.exists():
+        raise UserError(
+            f"--triggers: {triggers} does not exist (write one: see triggers.yaml in the "
+            "retrain repository)"
+        )
+    chosen = list(queues) or queues_of(triggers)
+    return Up(
+        settings,
+        triggers.absolute(),
+        chosen,
+        workers=workers,
+        gpus=gpus,
+        per_job=per_job,
+        metrics_port=metrics_port,
+    ).run()
