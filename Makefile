@@ -44,7 +44,7 @@ lint: $(STAMP) ## ruff and mypy only.
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-demo: $(STAMP) ## Version a sample dataset with the real CLI, in a temporary RETRAIN_HOME.
+demo: $(STAMP) ## The whole retraining loop (retrain up, two versions, trainings, evaluations), in a temporary RETRAIN_HOME.
 	$(BIN)/python -m orchestrator.demo
 
 bench: $(STAMP) ## Run the benchmarks (benchmarks/__main__.py).
