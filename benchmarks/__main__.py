@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_datasets, bench_scheduler, bench_tasks, bench_workers, status
+from benchmarks import (
+    bench_datasets,
+    bench_demo,
+    bench_scheduler,
+    bench_status,
+    bench_tasks,
+    bench_workers,
+)
 
 BENCHMARKS = {
     "datasets": bench_datasets.main,
     "tasks": bench_tasks.main,
     "scheduler": bench_scheduler.main,
     "workers": bench_workers.main,
-    "status": status.main,
+    "status": bench_status.main,
+    "demo": bench_demo.main,
 }
 
 

@@ -17,9 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROLES = ("scheduler", "worker")
-DEFAULT_MAX_AGE_S = {"scheduler": 60.0, "worker": 120.0}
-"""A scheduler loops at least every poll interval (5 s); an idle worker beats every
-`heartbeat_ttl_s - 15` s (75 s by default), a busy one every 30 s."""
+SCHEDULER_MAX_AGE_S = 60.0
+"""A scheduler loops at least every poll interval (5 s by default)."""
+
+
+def default_max_age(role: str, heartbeat_ttl_s: int) -> float:
+    """An idle worker beats every `heartbeat_ttl_s - 15` s (75 s by default) and a busy one
+    more often, so a worker is stale after `heartbeat_ttl_s + 30` s (120 s by default)."""
+    return SCHEDULER_MAX_AGE_S if role == "scheduler" else float(max(heartbeat_ttl_s, 16) + 30)
 
 
 def run_dir(home: Path) -> Path:

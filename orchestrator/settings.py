@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     overrides both)."""
     heartbeat_ttl_s: int = 90
     """A running task whose worker sent no heartbeat for this long is failed (worker lost).
-    Workers beat every third of it; the scheduler and the workers must agree on it."""
+    A running job beats every third of it (at most every 20 s); the scheduler and the
+    workers must agree on it."""
     cache_dir: Path | None = None
     """Shared per-machine download cache, keyed by content hash. Default: `<home>/cache`."""
 

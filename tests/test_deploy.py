@@ -701,12 +701,13 @@ def test_k8s_scheduler() -> None:
     assert triggers.name in configmap["data"]
 
 
-def test_k8s_triggers_configmap_is_a_valid_triggers_file() -> None:
+def test_k8s_triggers_configmap_is_the_repositorys_triggers_file() -> None:
     from orchestrator.triggers.config import load_config
 
     text = k8s_object("ConfigMap", "retrain-triggers")["data"]["triggers.yaml"]
     config = load_config(Path("triggers.yaml"), text=text)
     assert config.triggers
+    assert text == (ROOT / "triggers.yaml").read_text(), "the copy drifted from triggers.yaml"
 
 
 def test_k8s_worker() -> None:

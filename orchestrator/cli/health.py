@@ -18,7 +18,8 @@ def health(
         typer.Option(
             "--max-age",
             min=1,
-            help="Seconds since the last loop or heartbeat (default: scheduler 60, worker 120).",
+            help="Seconds since the last loop or heartbeat (default: scheduler 60, worker "
+            "RETRAIN_HEARTBEAT_TTL_S + 30, i.e. 120).",
         ),
     ] = None,
 ) -> None:
@@ -29,7 +30,8 @@ def health(
 
     if role not in checks.ROLES:
         raise UserError(f"ROLE: {role!r} is not scheduler or worker")
-    limit = max_age if max_age is not None else checks.DEFAULT_MAX_AGE_S[role]
-    healthy, message = checks.check(Settings.load().home, role, limit)
+    settings = Settings.load()
+    limit = max_age or checks.default_max_age(role, settings.heartbeat_ttl_s)
+    healthy, message = checks.check(settings.home, role, limit)
     (sys.stdout if healthy else sys.stderr).write(message + "\n")
     raise typer.Exit(0 if healthy else 1)

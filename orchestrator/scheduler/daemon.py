@@ -85,6 +85,7 @@ class Scheduler:
         self.config: Config | None = None
         self._mtime: float | None = None
         self._last_reconcile = 0.0
+        self._last_metrics = 0.0
         self._stop = threading.Event()
         self.woken = threading.Event()
         """Set by the Redis listener and by schedule ticks: poll now."""
@@ -196,7 +197,18 @@ class Scheduler:
                 self.metrics.reconcile.labels("enqueued").inc(len(report.enqueued))
                 self.metrics.reconcile.labels("removed").inc(len(report.removed))
             self.metrics.reconcile.labels("lost").inc(len(lost or []))
-            self._safely(self.metrics.refresh, self.runtime.store)
+        self._refresh_metrics(force=True)
+
+    def _refresh_metrics(self, *, force: bool = False) -> None:
+        """Queue depths and tasks by status from the store, on the leader's reconcile passes
+        and as often on a standby, so every scheduler's endpoint shows them."""
+        if self.metrics is None:
+            return
+        now_s = time.monotonic()
+        if not force and now_s - self._last_metrics < self.reconcile_every:
+            return
+        self._last_metrics = now_s
+        self._safely(self.metrics.refresh, self.runtime.store)
 
     def _clean_registries(self) -> None:
         """Move jobs of dead workers out of RQ's started registries now, instead of waiting
@@ -232,6 +244,7 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.leader.set(1 if leading else 0)
         if not leading:
+            self._refresh_metrics()
             return TickReport(leader=False)
         self.reload()
         if self.config is None:

@@ -2,7 +2,7 @@
 
 Counters move as the daemon works (events read, trigger decisions, reports applied,
 reconcile actions); gauges (queue depths, tasks by status) are read from the store on each
-reconcile pass, so every scheduler, leader or standby, reports the same figures. A skip's
+reconcile pass, and as often on a standby, so every scheduler's endpoint shows them. A skip's
 reason is reduced to its first words (`duplicate of task abc...` -> `duplicate`) to keep
 label values few.
 """
