@@ -25,11 +25,9 @@ from tests.conftest import CLI
 from tests.tasks.conftest import git_repo, machine_redis_url  # noqa: F401  (fixture)
 from tests.triggers.conftest import Loop, loop, retrain  # noqa: F401  (fixture)
 
-NOW = utcnow()
-
 
 def ago(**delta: float) -> dt.datetime:
-    return NOW - dt.timedelta(**delta)
+    return utcnow() - dt.timedelta(**delta)  # now, when the test seeds (not at import)
 
 
 @dataclass

@@ -306,7 +306,8 @@ def _firings(data: dict[str, Any], now: dt.datetime) -> list[RenderableType]:
     rows = []
     for f in firings:
         e = f["event"]
-        event = f"{e['project']}/{e['name']}".lstrip("/")
+        source = e["kind"].split(".", 1)[0]  # dataset, task, model or schedule
+        event = f"{source} {e['project']}/{e['name']}".replace(" /", " ")
         if e["version"]:
             event += f" {e['version']}"
         if e["tags"]:
