@@ -446,7 +446,12 @@ def test_watch_prints_a_snapshot_per_refresh_until_ctrl_c(seeded: Seeded) -> Non
         snapshots = [json.loads(proc.stdout.readline()) for _ in range(2)]
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert snapshots[0]["time"] < snapshots[1]["time"]
     for snapshot in snapshots:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -85,6 +86,10 @@ def _watch(as_json: bool, interval: float) -> None:
     """Until Ctrl-C: redraw in place on a terminal, else print each snapshot in turn. A
     failure after the first snapshot is shown and retried, not fatal."""
     data: dict[str, Any] | None = snapshot()  # the first failure ends the command
+    # Ctrl-C and SIGTERM end the watch, even where the parent started us with SIGINT ignored
+    # (a background job of a script): "until Ctrl-C" must hold wherever it runs.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     try:
         if output.out.is_terminal and not as_json:
             from rich.live import Live
@@ -105,6 +110,10 @@ def _watch(as_json: bool, interval: float) -> None:
             data = _snapshot_or_note()
     except KeyboardInterrupt:
         return
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _snapshot_or_note() -> dict[str, Any] | None:
