@@ -38,11 +38,13 @@ $(STAMP): pyproject.toml
 test: $(STAMP) ## Lint, type-check and run the tests (PostgreSQL ones need RETRAIN_TEST_POSTGRES_URL).
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	MYPYPATH=orchestrator/demo_project $(BIN)/mypy --explicit-package-bases orchestrator/demo_project/*.py
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff and mypy only.
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	MYPYPATH=orchestrator/demo_project $(BIN)/mypy --explicit-package-bases orchestrator/demo_project/*.py
 
 demo: $(STAMP) ## The whole retraining loop (retrain up, two versions, trainings, evaluations), in a temporary RETRAIN_HOME.
 	$(BIN)/python -m orchestrator.demo
