@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.processes import alive
+
 ROLES = ("scheduler", "worker")
 SCHEDULER_MAX_AGE_S = 60.0
 """A scheduler loops at least every poll interval (5 s by default)."""
@@ -67,7 +69,7 @@ def beats(home: Path, role: str) -> list[Beat]:
             pid, name, when = int(data["pid"]), str(data["name"]), float(data["time"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        found.append(Beat(name, pid, max(0.0, now - when), _alive(pid)))
+        found.append(Beat(name, pid, max(0.0, now - when), alive(pid)))
     return found
 
 
@@ -84,20 +86,6 @@ def check(home: Path, role: str, max_age_s: float) -> tuple[bool, str]:
         return False, f"{role} not looping: {names}; limit {max_age_s:.0f} s"
     names = ", ".join(f"{b.name} (pid {b.pid}, {b.age_s:.0f} s ago)" for b in found)
     return True, f"{role} healthy: {names}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError, IndexError):
-        if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
 
 
 def _safe(name: str) -> str:

@@ -69,7 +69,7 @@ class Up:
     stops: int = 0
     started_redis: bool = False
 
-    def run(self, *, ready: bool = True) -> int:
+    def run(self) -> int:
         home = self.settings.home
         home.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(home / "up.lock"))

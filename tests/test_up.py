@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from orchestrator.processes import alive
 from tests.conftest import CLI
 from tests.tasks import conftest as task_fixtures
 from tests.tasks.conftest import Repo, machine_redis_url, run_git
@@ -36,15 +37,6 @@ out = pathlib.Path(os.environ["RETRAIN_OUTPUT_DIR"])
 (out / "metrics.json").write_text(json.dumps({"accuracy": 0.9}))
 print("trained on", os.environ["RETRAIN_PARAM_GENERAL_DATASET_ID"])
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
 @pytest.mark.parametrize("services", ["embedded", "machine"])
@@ -102,7 +94,7 @@ def test_up_runs_the_loop_and_ctrl_c_leaves_nothing_behind(
         assert cli("logs", str(run["id"])).out == f"trained on {version}\n"
         status = cli.json("status")
         assert isinstance(status, dict)
-        assert [w["state"] for w in status["workers"]] == ["idle"]
+        assert [(w["state"], w["task"]) for w in status["workers"]] == [("idle", None)]
         assert status["scheduler"]["alive"] is True
     finally:
         proc.send_signal(signal.SIGINT)
@@ -111,7 +103,7 @@ def test_up_runs_the_loop_and_ctrl_c_leaves_nothing_behind(
     output = (tmp_path / "up.log").read_text()
     assert code == 0, output
     assert "retrain up: stopped" in output and "Traceback" not in output
-    assert not [pid for pid in pids if _alive(pid)], output  # scheduler, worker, Redis
+    assert not [pid for pid in pids if alive(pid)], output  # scheduler, worker, Redis
     assert not (retrain_home / "redis.json").exists()
     assert not (retrain_home / "up.json").exists()
     assert "no running worker" in cli("health", "worker", expect=1).err

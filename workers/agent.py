@@ -205,29 +205,18 @@ def agent_class() -> type[Any]:
                 pipe.execute()
 
         def set_state(self, state: str, pipeline: Any = None) -> None:
+            """RQ's state, and with it the current task: RQ goes busy (in the pipeline that
+            records the job's execution, so no extra round trip) and back to idle."""
             super().set_state(state, pipeline)
-            shown = "stopping" if self._stop_requested or self._releasing else state
-            target = pipeline if pipeline is not None else self.connection
-            target.hset(keys.worker_key(self.name), "state", shown)
-
-        def prepare_execution(self, job: Any) -> Any:
-            execution = super().prepare_execution(job)
-            self.connection.hset(
-                keys.worker_key(self.name),
-                mapping={
-                    "task": job.id,
-                    "task_started": dt.datetime.now(dt.timezone.utc).isoformat(),
-                },
-            )
-            return execution
-
-        def execute_job(self, job: Any, queue: Any) -> None:
-            try:
-                super().execute_job(job, queue)
-            finally:
-                self.connection.hset(
-                    keys.worker_key(self.name), mapping={"task": "", "task_started": ""}
-                )
+            value = str(getattr(state, "value", state))
+            fields = {"state": "stopping" if self._stop_requested or self._releasing else value}
+            if value == "busy" and self.execution is not None:
+                fields["task"] = self.execution.job_id
+                fields["task_started"] = dt.datetime.now(dt.timezone.utc).isoformat()
+            elif value == "idle":
+                fields.update(task="", task_started="")
+            target: Any = pipeline if pipeline is not None else self.connection
+            target.hset(keys.worker_key(self.name), mapping=fields)
 
         def request_stop(self, signum: int, frame: Any) -> None:
             if self.abort_on_stop and self.horse_pid:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from orchestrator.storage import BlobStore
 
 HEARTBEAT_EVERY_S = 20.0
-ABORT_GRACE_S = 30.0
+ABORT_GRACE_S = 30.0  # spec.DEFAULT_ABORT_GRACE_S, for payloads queued before it existed
 LOG_STREAM_MAXLEN = 10_000
 LOG_STREAM_TTL_S = 7 * 86400
 """A finished task's live log stays in Redis this long; `output.log` in storage stays."""

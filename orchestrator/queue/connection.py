@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from filelock import FileLock
 
 from orchestrator.errors import ServiceUnavailable
+from orchestrator.processes import alive
 from orchestrator.redact import redact_url
 from orchestrator.settings import Settings
 
@@ -79,7 +80,7 @@ def stop_embedded(settings: Settings) -> bool:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + START_TIMEOUT_S
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         state.unlink(missing_ok=True)
         return True
@@ -92,22 +93,7 @@ def _running(state: Path) -> str | None:
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
     socket = url.removeprefix("unix://")
-    return url if _alive(pid) and os.path.exists(socket) else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child (we started it and have not reaped it) counts as gone.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
+    return url if alive(pid) and os.path.exists(socket) else None
 
 
 def redis_server_binary() -> Path:

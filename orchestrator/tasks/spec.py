@@ -36,8 +36,8 @@ _SECRET_VALUE = re.compile(
 )
 
 
-def parse_duration(value: str | int | float) -> int:
-    """`12h`, `30m`, `90s`, `2d` or a number of seconds → seconds (at least 1)."""
+def parse_duration(value: str | int | float, *, minimum: int = 1) -> int:
+    """`12h`, `30m`, `90s`, `2d` or a number of seconds → seconds (at least `minimum`)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
@@ -45,8 +45,8 @@ def parse_duration(value: str | int | float) -> int:
         if not match:
             raise ValueError(f"{value!r} is not a duration such as 90s, 30m, 12h or 2d")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds < 1:
-        raise ValueError(f"{value!r} is shorter than one second")
+    if seconds < minimum:
+        raise ValueError(f"{value!r} is shorter than {minimum} second(s)")
     return int(seconds)
 
 
@@ -208,9 +208,7 @@ class TaskDefinition(BaseModel):
     @field_validator("abort_grace")
     @classmethod
     def _abort_grace(cls, value: str | int) -> int:
-        if value in (0, "0"):
-            return 0
-        seconds = parse_duration(value)
+        seconds = parse_duration(value, minimum=0)
         if seconds > 3600:
             raise ValueError("at most 1h")
         return seconds
