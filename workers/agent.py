@@ -84,9 +84,7 @@ def run_slot(
     abort_on_stop: bool = False,
 ) -> int:
     """One forking RQ worker holding the claim on `slot`'s GPUs."""
-    from rq import Queue
-    from rq.serializers import JSONSerializer
-
+    from orchestrator.queue import rqjobs
     from orchestrator.queue.connection import client
     from orchestrator.settings import Settings
 
@@ -111,9 +109,12 @@ def run_slot(
         names = [rq_name for queue in queues for rq_name in keys.rq_queues_in_order(queue)]
         ttl = settings.heartbeat_ttl_s
         worker = agent_class()(
-            [Queue(n, connection=redis, serializer=JSONSerializer) for n in names],
+            [rqjobs.queue_class()(n, connection=redis) for n in names],
             connection=redis,
-            serializer=JSONSerializer,
+            serializer=rqjobs.serializer(),
+            # Only retrain's job function runs; callbacks and webhooks named in Redis never do.
+            job_class=rqjobs.job_class(),
+            queue_class=rqjobs.queue_class(),
             name=worker_name(name, slot),
             # RQ beats every `worker_ttl - 15` s while idle and every monitoring interval
             # while busy; each beat refreshes the advertisement for `worker_ttl + 15` s.

@@ -1,7 +1,8 @@
 """The one place retrain talks to RQ: enqueue a task's job, look it up, remove it.
 
 Jobs are JSON (RQ's JSONSerializer): a function named by dotted path and one argument, the
-task's frozen payload. Never pickle: a pickled job is code that runs on every GPU host.
+task's frozen payload. Never pickle: a pickled job is code that runs on every GPU host. Every
+RQ object here comes from `rqjobs`, which reads nothing from Redis that could run code.
 The job id is the task id, and `unique=True` makes RQ's enqueue atomic and idempotent, so a
 retry, a reconcile pass and a second scheduler cannot queue one task twice.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ServiceUnavailable
-from orchestrator.queue import keys
+from orchestrator.queue import keys, rqjobs
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -24,12 +25,6 @@ JOB_TIMEOUT_MARGIN_S = 300
 FAILURE_TTL_S = 30 * 86400
 
 
-def _serializer() -> Any:
-    from rq.serializers import JSONSerializer
-
-    return JSONSerializer
-
-
 class QueueAdapter:
     """RQ queues on one Redis connection."""
 
@@ -37,9 +32,7 @@ class QueueAdapter:
         self.redis = redis
 
     def queue(self, name: str, priority: str = "normal") -> Queue:
-        from rq import Queue
-
-        return Queue(keys.rq_queue(name, priority), connection=self.redis, serializer=_serializer())
+        return rqjobs.queue_class()(keys.rq_queue(name, priority), connection=self.redis)
 
     def enqueue(
         self, task_id: str, payload: dict[str, Any], *, queue: str, priority: str, timeout_s: int
@@ -71,10 +64,11 @@ class QueueAdapter:
 
     def job(self, task_id: str) -> Job | None:
         from rq.exceptions import NoSuchJobError
-        from rq.job import Job
 
         try:
-            return Job.fetch(task_id, connection=self.redis, serializer=_serializer())
+            return rqjobs.job_class().fetch(
+                task_id, connection=self.redis, serializer=rqjobs.serializer()
+            )
         except NoSuchJobError:
             return None
 

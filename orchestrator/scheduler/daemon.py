@@ -213,11 +213,17 @@ class Scheduler:
     def _clean_registries(self) -> None:
         """Move jobs of dead workers out of RQ's started registries now, instead of waiting
         for RQ's own 10-minute maintenance pass."""
-        from rq import Queue
         from rq.registry import StartedJobRegistry
 
-        for queue in Queue.all(connection=self.redis):
-            StartedJobRegistry(queue=queue).cleanup()
+        from orchestrator.queue import rqjobs
+
+        # Safe classes: the clean-up reads job hashes that anyone with Redis access can write
+        # (RQ's defaults would unpickle them and call the callbacks they name).
+        queues = rqjobs.queue_class().all(
+            connection=self.redis, job_class=rqjobs.job_class(), serializer=rqjobs.serializer()
+        )
+        for queue in queues:
+            StartedJobRegistry(queue=queue, job_class=queue.job_class).cleanup()
 
     def _fail_lost(self, fail_lost: Any) -> list[str]:
         ttl = self.runtime.settings.heartbeat_ttl_s
