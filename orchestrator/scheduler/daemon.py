@@ -213,8 +213,6 @@ class Scheduler:
     def _clean_registries(self) -> None:
         """Move jobs of dead workers out of RQ's started registries now, instead of waiting
         for RQ's own 10-minute maintenance pass."""
-        from rq.registry import StartedJobRegistry
-
         from orchestrator.queue import rqjobs
 
         # Safe classes: the clean-up reads job hashes that anyone with Redis access can write
@@ -223,7 +221,7 @@ class Scheduler:
             connection=self.redis, job_class=rqjobs.job_class(), serializer=rqjobs.serializer()
         )
         for queue in queues:
-            StartedJobRegistry(queue=queue, job_class=queue.job_class).cleanup()
+            queue.started_job_registry.cleanup()
 
     def _fail_lost(self, fail_lost: Any) -> list[str]:
         ttl = self.runtime.settings.heartbeat_ttl_s
