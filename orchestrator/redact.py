@@ -10,31 +10,62 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 REDACTED = "***"
 
-# Words that make a variable or field name a secret's name (compared word by word, so that
-# TOKENIZERS_PARALLELISM or NUM_PASSES are not taken for secrets).
-_SECRET_WORDS = {
+# The rule for a secret's name, compared word by word after splitting on anything but letters
+# and digits and at camelCase humps (so `wandbApiKey` is wandb, api, key):
+# - a word that is, starts with or ends with a secret's stem: `DB_PASS`, `PGPASSWORD`,
+#   `GITHUBTOKEN`, `MYAPIKEY`, `CLIENT_SECRETS`, `AUTHORIZATION`;
+# - or two words that name a key together: `ACCESS_KEY`, `SSH_KEY`, `SIGNING_KEY`.
+# Counting words are not secrets: `MAX_TOKENS`, `TOKENIZERS_PARALLELISM`, `NUM_PASSES`.
+_SECRET_WORDS = {"pass", "pwd", "auth", "cookie", "jwt", "dsn"}
+"""Secret only as a whole word (`DB_PASS`, but not `PASSES` or `AUTHOR`)."""
+_SECRET_STEMS = (
     "password",
     "passwd",
-    "pwd",
-    "secret",
-    "token",
-    "credential",
-    "credentials",
-    "apikey",
-    "auth",
     "passphrase",
-}
-_SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key")}
+    "secret",
+    "credential",
+    "apikey",
+    "accesskey",
+    "secretkey",
+    "privatekey",
+    "authorization",
+    "authtoken",
+    "token",
+)
+"""Secret when a word is, ends with, or (but for `token`) starts with one of these."""
+_COUNTING = re.compile(r"^tokens$|^tokeni[sz]")
+_KEY_OWNERS = {"api", "access", "private", "secret", "ssh", "signing", "encryption", "session",
+               "master", "client", "account", "license", "gpg", "pgp", "deploy"}
+
+
+def _words(name: str) -> list[str]:
+    humped = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    return [w for w in re.split(r"[^a-z0-9]+", humped.lower()) if w]
 
 
 def is_secret_name(name: str) -> bool:
-    """True when a variable or field called `name` holds a secret by convention."""
-    words = [
-        w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()) if w
-    ]
-    if any(w in _SECRET_WORDS for w in words):
-        return True
-    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
+    """True when a variable or field called `name` holds a secret by convention (the rule
+    above; docs/architecture.md, "Trust boundary", states it for users)."""
+    words = _words(name)
+    for word in words:
+        if word in _SECRET_WORDS:
+            return True
+        if _COUNTING.match(word):
+            continue
+        for stem in _SECRET_STEMS:
+            if word == stem or word.endswith(stem):
+                return True
+            if stem != "token" and word.startswith(stem):
+                return True
+    return any(a in _KEY_OWNERS and b in ("key", "keys") for a, b in itertools.pairwise(words))
+
+
+_URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s@]*:[^/\s@]*@")
+
+
+def has_url_credentials(text: str) -> bool:
+    """True when `text` holds a URL with a password (`scheme://user:password@host`)."""
+    return bool(_URL_CREDENTIALS.search(text))
 
 
 def redact_url(url: str) -> str:

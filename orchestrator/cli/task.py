@@ -50,6 +50,16 @@ AllowNew = Annotated[
 ]
 
 
+EnvNotSecret = Annotated[
+    list[str],
+    typer.Option(
+        "--env-not-secret",
+        metavar="NAME",
+        help="An --env NAME that looks like a credential's but is not (repeatable).",
+    ),
+]
+
+
 def _definition(options: Mapping[str, Any]) -> Any:
     """A `TaskDefinition` from a command's options (its parameters, by name): `create` and
     `capture` take the same ones."""
@@ -85,6 +95,7 @@ def _definition(options: Mapping[str, Any]) -> Any:
         {
             "args": [word for text in options["args"] for word in shlex.split(text)],
             "env": dict(split_assignment(e, "--env") for e in options["env"]),
+            "env_not_secret": list(options["env_not_secret"]),
             "params": parse_params(options["params"]),
             "inputs": parse_inputs(options["inputs"]),
             "queue": options["queue"] or DEFAULT_QUEUE,
@@ -126,6 +137,7 @@ def create(
         typer.Option("--args", help="Arguments, split like a shell would (no shell runs)."),
     ] = [],  # noqa: B006
     env: Annotated[list[str], typer.Option("--env", help="NAME=VALUE (no secrets).")] = [],  # noqa: B006
+    env_not_secret: EnvNotSecret = [],  # noqa: B006
     requirements: Annotated[
         str | None, typer.Option("--requirements", help="Pinned requirements file.")
     ] = None,
@@ -172,6 +184,7 @@ def capture(
     module: Annotated[str | None, typer.Option("--module")] = None,
     args: Annotated[list[str], typer.Option("--args")] = [],  # noqa: B006
     env: Annotated[list[str], typer.Option("--env")] = [],  # noqa: B006
+    env_not_secret: EnvNotSecret = [],  # noqa: B006
     requirements: Annotated[
         str | None, typer.Option("--requirements", help="Default: DIR/requirements.txt if present.")
     ] = None,

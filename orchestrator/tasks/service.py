@@ -108,6 +108,7 @@ class TaskService:
                 entry=EntryPoint(script=definition.script, module=definition.module),
                 args=definition.args,
                 env=definition.env,
+                env_not_secret=definition.env_not_secret,
                 diff=diff,
                 requirements=self._requirements(definition, base),
                 python=definition.python,

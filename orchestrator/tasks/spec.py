@@ -7,11 +7,12 @@ errors; task.yaml errors also carry file:line:col.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from orchestrator.redact import is_secret_name
+from orchestrator.redact import has_url_credentials, is_secret_name
 
 TASK_TYPES = ("training", "data_processing", "evaluation", "inference", "other")
 TaskType = Literal["training", "data_processing", "evaluation", "inference", "other"]
@@ -36,8 +37,16 @@ _SECRET_VALUE = re.compile(
 )
 
 
-def parse_duration(value: str | int | float, *, minimum: int = 1) -> int:
-    """`12h`, `30m`, `90s`, `2d` or a number of seconds → seconds (at least `minimum`)."""
+MAX_TIMEOUT_S = 30 * 86400
+"""A run's longest timeout: a run that needs longer should checkpoint and be re-run."""
+MAX_DURATION_S = 366 * 86400
+"""The longest duration anything accepts (cooldowns, intervals): past it is a typo."""
+
+
+def parse_duration(
+    value: str | int | float, *, minimum: int = 1, maximum: int = MAX_DURATION_S
+) -> int:
+    """`12h`, `30m`, `90s`, `2d` or a number of seconds → seconds (`minimum` to `maximum`)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
@@ -47,7 +56,53 @@ def parse_duration(value: str | int | float, *, minimum: int = 1) -> int:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if seconds < minimum:
         raise ValueError(f"{value!r} is shorter than {minimum} second(s)")
+    if seconds > maximum:
+        raise ValueError(f"{value!r} is longer than the maximum, {describe_seconds(maximum)}")
     return int(seconds)
+
+
+def describe_seconds(seconds: int) -> str:
+    """The largest whole unit: `30d`, `1h`, `90s`."""
+    for unit in ("d", "h", "m"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def check_env(env: Mapping[str, str], not_secret: Iterable[str] = ()) -> None:
+    """A task's `env` holds no credential: tasks are stored, shown by `task show` and sent to
+    Redis. Names are judged by `redact.is_secret_name` (a name declared in `not_secret` passes:
+    the override for a false positive); values holding a URL with a password or a well-known
+    token format are refused whatever their name."""
+    declared = set(not_secret)
+    check_env_names(env)
+    for name, text in env.items():
+        if has_url_credentials(str(text)) or _SECRET_VALUE.search(str(text)):
+            raise ValueError(
+                f"{name}: the value holds a credential (a URL with a password, or an access "
+                "token); tasks are stored and shown to everyone, so set it in the worker's "
+                "environment instead"
+            )
+        if is_secret_name(name) and name not in declared:
+            raise ValueError(
+                f"{name} looks like a credential's name; tasks are stored and shown to "
+                "everyone, so set it in the worker's environment instead (if it is not a "
+                f"secret, say so with --env-not-secret {name}, or env_not_secret: [{name}] in "
+                "task.yaml)"
+            )
+
+
+def check_env_names(env: Mapping[str, str]) -> None:
+    for name in env:
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not an environment variable name")
+        if name in RESERVED_ENV or name.startswith("RETRAIN_"):
+            raise ValueError(f"{name} is set by the worker for every run; a task cannot set it")
+
+
+RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "PYTHONPATH", "VIRTUAL_ENV"})
+"""Variables the worker sets for each run: a task setting them would escape its GPU slot or
+its environment."""
 
 
 def check_queue(name: str) -> str:
@@ -94,7 +149,9 @@ class ExecutionSpec(BaseModel):
     requirements: list[str] = Field(default_factory=list)
     python: str | None = None
     gpus: Annotated[int, Field(ge=0, le=64)] = 0
-    timeout_s: Annotated[int, Field(ge=1)] = DEFAULT_TIMEOUT_S
+    env_not_secret: list[str] = Field(default_factory=list)
+    """Names in `env` that look like a credential's but are not (the user said so)."""
+    timeout_s: Annotated[int, Field(ge=1, le=MAX_TIMEOUT_S)] = DEFAULT_TIMEOUT_S
     abort_grace_s: Annotated[int, Field(ge=0, le=3600)] = DEFAULT_ABORT_GRACE_S
     """Between SIGTERM and SIGKILL when the run is aborted, times out or its worker stops."""
     retries: Annotated[int, Field(ge=0, le=10)] = 0
@@ -117,14 +174,9 @@ class ExecutionSpec(BaseModel):
     @field_validator("env")
     @classmethod
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
-            if not _ENV_NAME.match(name):
-                raise ValueError(f"{name!r} is not an environment variable name")
-            if is_secret_name(name) or _SECRET_VALUE.search(str(text)):
-                raise ValueError(
-                    f"{name} looks like a secret; tasks are stored and shown to everyone, so "
-                    "set it in the worker's environment instead"
-                )
+        # Credentials are judged where a task is declared (TaskDefinition): a stored spec is
+        # not judged again, so a rule made stricter never stops existing templates' clones.
+        check_env_names(value)
         return value
 
     @field_validator("python")
@@ -165,6 +217,9 @@ class TaskDefinition(BaseModel):
     script: str | None = None
     module: str | None = None
     args: list[str] = Field(default_factory=list)
+    env_not_secret: list[str] = Field(default_factory=list)
+    """Names in `env` that look like a credential's but are not (declared before `env`, whose
+    check reads it)."""
     env: dict[str, str] = Field(default_factory=dict)
     requirements: list[str] | str | None = None
     """A list of pinned lines, or the path of a requirements file (relative to task.yaml)."""
@@ -203,7 +258,13 @@ class TaskDefinition(BaseModel):
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, value: str | int) -> int:
-        return parse_duration(value)
+        return parse_duration(value, maximum=MAX_TIMEOUT_S)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        check_env(value, info.data.get("env_not_secret") or ())
+        return value
 
     @field_validator("abort_grace")
     @classmethod
