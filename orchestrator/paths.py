@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from pathlib import Path, PurePosixPath
 
 from orchestrator.errors import PathError
@@ -12,12 +13,13 @@ from orchestrator.errors import PathError
 def normalize_relpath(rel: str, *, what: str = "dataset path") -> str:
     """Return `rel` as a clean relative POSIX path (`a/b.txt`), or raise `PathError`.
 
-    Refused: empty paths, absolute paths, drive letters, `..` components, NUL bytes and
+    Refused: empty paths, absolute paths (`/x`, `C:/x`), `..` components, NUL bytes and
     backslashes (which mean a separator on one OS and a name character on another).
     """
     if not rel or "\x00" in rel or "\\" in rel:
         raise PathError(f"invalid {what} {rel!r}")
-    if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
+    # `C:/x` is absolute on Windows; `x:y.csv` is an ordinary POSIX name.
+    if rel.startswith("/") or re.match(r"^[A-Za-z]:/", rel):
         raise PathError(f"{what} {rel!r} must be relative")
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if not parts:

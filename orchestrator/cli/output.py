@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -12,9 +13,28 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+# Terminal control: C0 but newline and tab, DEL, C1, and the bidirectional overrides and
+# isolates that make text read differently from what it is (U+202E turns `gpj.exe` around).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: str) -> str:
+    """`text` with every terminal control character shown escaped (`\\x1b`), never acted on:
+    what people read comes from reports, worker advertisements and logs anyone with Redis
+    access can write, and an escape sequence could retitle, clear or rewrite their terminal."""
+    return _UNSAFE.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+class _SafeConsole(Console):
+    """rich passes control sequences through; every string printed here is made `safe`."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
 # Piped output gets no width limit: every table row stays on one line for grep and awk.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 100_000)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = _SafeConsole(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 100_000)
+err = _SafeConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
@@ -37,6 +57,10 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 
 
 def cell_text(value: Any) -> str:
+    return safe(_cell_text(value))
+
+
+def _cell_text(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, dt.datetime):

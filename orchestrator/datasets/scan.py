@@ -1,13 +1,16 @@
 """Turn what the user names on the command line (files, folders, globs) into dataset files.
 
 A folder contributes its contents relative to itself; a file contributes its base name; both
-land under `--dataset-path` when given. Inside a folder, a symlink that resolves outside the
-folder is refused: it would silently pull in data from elsewhere on the machine.
+land under `--dataset-path` when given. One rule for symlinks, whatever the user named: a
+symlink that resolves outside the folder it was named from is refused, since it would
+silently pull in data from elsewhere on the machine. The folder is the named folder itself,
+a named file's own folder, or a glob's fixed leading folder (`data/*.csv`: `data`).
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,15 +60,20 @@ def collect_folder(folder: Path, dataset_path: str | None = None) -> list[LocalF
 
 
 def _expand(arg: str) -> list[tuple[Path, str]]:
+    expanded = os.path.expanduser(arg)
     if _GLOB_CHARS & set(arg):
-        matches = sorted(glob.glob(os.path.expanduser(arg), recursive=True))
+        matches = sorted(glob.glob(expanded, recursive=True))
         if not matches:
             raise PathError(f"--files: nothing matches {arg!r}")
+        root = _glob_root(expanded)
     else:
-        matches = [os.path.expanduser(arg)]
+        matches = [expanded]
+        root = Path(expanded).absolute().parent
     out: list[tuple[Path, str]] = []
     for match in matches:
         path = Path(match)
+        if path.exists():  # a symlink anywhere below the root counts, not only the last part
+            check_inside(root, path.absolute())
         if path.is_dir():
             out.extend(_walk(path))
         elif path.is_file():
@@ -76,6 +84,13 @@ def _expand(arg: str) -> list[tuple[Path, str]]:
         else:
             raise PathError(f"--files: no such file or directory: {path}")
     return out
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob is anchored in: its leading parts without glob characters."""
+    parts = Path(pattern).parts
+    fixed = [p for p in itertools.takewhile(lambda p: not (_GLOB_CHARS & set(p)), parts)]
+    return Path(*fixed).absolute() if fixed else Path.cwd()
 
 
 def _walk(root: Path) -> list[tuple[Path, str]]:

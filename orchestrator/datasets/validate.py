@@ -8,7 +8,9 @@ from orchestrator.errors import UserError
 
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _TAG = re.compile(r"^[^\s,]{1,128}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters, and the bidirectional overrides and isolates that make a name read as
+# something else (`invoice\u202egpj.exe` shows as `invoiceexe.jpg`).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 FIRST_VERSION = (1, 0, 0)
 
@@ -51,11 +53,14 @@ def check_project(path: str) -> str:
 def check_name(name: str, *, what: str = "--name") -> str:
     clean = name.strip()
     if not clean or "/" in clean or _CONTROL.search(clean) or len(clean) > 256:
-        raise UserError(f"{what}: {name!r} is not a valid name (1-256 characters, no '/')")
+        raise UserError(
+            f"{what}: {name!r} is not a valid name (1-256 characters, no '/', no control or "
+            "bidirectional-override characters)"
+        )
     return clean
 
 
 def check_tag(tag: str) -> str:
-    if not _TAG.match(tag):
+    if not _TAG.match(tag) or _CONTROL.search(tag):
         raise UserError(f"tag {tag!r} is not valid (1-128 characters, no spaces or commas)")
     return tag
