@@ -283,27 +283,28 @@ class Job:
     ) -> dict[str, str]:
         params_file = self.workdir / "params.json"
         params_file.write_text(json.dumps(params, indent=2))
+        from workers.jobenv import job_environment, passed_names
+
         venv_bin = str(Path(python).parent)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_GIT_")}
-        env.update({str(k): str(v) for k, v in (self.spec.get("env") or {}).items()})
-        env.update(
-            {
-                "PATH": venv_bin + os.pathsep + env.get("PATH", ""),
-                "VIRTUAL_ENV": str(Path(venv_bin).parent),
-                "RETRAIN_TASK_ID": self.task_id,
-                "RETRAIN_PARAMS_FILE": str(params_file),
-                "RETRAIN_OUTPUT_DIR": str(outputs),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
+        placed = {
+            "PATH": venv_bin + os.pathsep + os.environ.get("PATH", os.defpath),
+            "VIRTUAL_ENV": str(Path(venv_bin).parent),
+            "RETRAIN_TASK_ID": self.task_id,
+            "RETRAIN_PARAMS_FILE": str(params_file),
+            "RETRAIN_OUTPUT_DIR": str(outputs),
+            "PYTHONUNBUFFERED": "1",
+            # The slot's GPUs (set by the agent); a task's env cannot widen them.
+            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        }
         for name, value in params.items():
-            env[f"RETRAIN_PARAM_{_env_name(name)}"] = (
+            placed[f"RETRAIN_PARAM_{_env_name(name)}"] = (
                 value if isinstance(value, str) else json.dumps(value)
             )
         for name, path in inputs.items():
-            env[f"RETRAIN_INPUT_{_env_name(name)}"] = str(path)
-        env.setdefault("CUDA_VISIBLE_DEVICES", "")
-        return env
+            placed[f"RETRAIN_INPUT_{_env_name(name)}"] = str(path)
+        return job_environment(
+            os.environ, self.spec.get("env") or {}, placed, passed=passed_names()
+        )
 
     def _log_line(self, stream: str, line: str) -> None:
         if self._log_file is not None:

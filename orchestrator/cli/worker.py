@@ -32,12 +32,28 @@ def worker(
             "its queue, instead of finishing it first.",
         ),
     ] = False,
+    pass_env: Annotated[
+        list[str],
+        typer.Option(
+            "--pass-env",
+            metavar="NAME",
+            help="Let this variable of the worker's environment reach jobs (repeatable; a glob "
+            "such as 'WANDB_*' works). Jobs get no other credentials of the worker.",
+        ),
+    ] = [],  # noqa: B006
 ) -> None:
     """Run a worker agent: one forking RQ worker per GPU slot, each pinned to its devices.
 
     SIGTERM or Ctrl+C: warm shutdown (finish the current job, take no new one). A second one,
     or the first with --abort-on-stop: stop the job gracefully and re-queue its task."""
+    import os
+
     from workers.agent import run
+    from workers.jobenv import PASS_ENV
+
+    if pass_env:
+        # Inherited by every slot and work horse; read where the job's environment is made.
+        os.environ[PASS_ENV] = ",".join(pass_env)
 
     raise typer.Exit(
         run(
