@@ -248,9 +248,10 @@ class Job:
     ) -> tuple[dict[str, float], list[dict[str, Any]], list[dict[str, Any]]]:
         """metrics.json becomes the task's metrics; files under models/ are uploaded and
         registered as the task's models; everything else is uploaded as artifacts."""
+        files = output_files(outputs, lambda note: self._log_line("retrain", note))
         metrics: dict[str, float] = {}
         metrics_file = outputs / "metrics.json"
-        if metrics_file.exists():
+        if metrics_file in files:
             data = json.loads(metrics_file.read_text())
             metrics = {
                 str(k): float(v)
@@ -263,13 +264,13 @@ class Job:
                 "uri": self._upload(path),
                 "metadata": {"file": path.name, "size": path.stat().st_size},
             }
-            for path in sorted((outputs / "models").rglob("*"))
-            if path.is_file()
+            for path in files
+            if (outputs / "models") in path.parents
         ]
         artifacts = [
             {"path": path.relative_to(outputs).as_posix(), "uri": self._upload(path)}
-            for path in sorted(outputs.rglob("*"))
-            if path.is_file() and path != metrics_file and (outputs / "models") not in path.parents
+            for path in files
+            if path != metrics_file and (outputs / "models") not in path.parents
         ]
         log = self.workdir / "output.log"
         if log.exists():
@@ -380,6 +381,27 @@ class Job:
         sha = sha256_file(path)
         self._blobs().put_file(sha, path)
         return f"{self.settings.storage_url.rstrip('/')}/{blob_key(sha)}"
+
+
+def output_files(root: Path, say: Callable[[str], None]) -> list[Path]:
+    """The regular files below `root`, sorted, without following links out of it: the job is
+    user code and could point a link at any file of the worker's host. A link that resolves
+    inside `root` counts as the file it names; any other is skipped and said in the log."""
+    real_root = root.resolve()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):  # never descends into linked folders
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                if name in filenames and path.is_file():
+                    found.append(path)
+                continue
+            target = path.resolve()
+            if real_root not in target.parents or not target.is_file():
+                say(f"skipped {path.relative_to(root)}: a link out of the output folder")
+                continue
+            found.append(path)
+    return sorted(found)
 
 
 def _env_name(name: str) -> str:
