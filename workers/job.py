@@ -32,8 +32,14 @@ if TYPE_CHECKING:
 HEARTBEAT_EVERY_S = 20.0
 ABORT_GRACE_S = 30.0  # spec.DEFAULT_ABORT_GRACE_S, for payloads queued before it existed
 LOG_STREAM_MAXLEN = 10_000
+LOG_STREAM_MAX_BYTES = 16 * 1024 * 1024
+"""The most a task's live log holds in Redis; past it the live log stops with a note, and the
+whole log is `output.log` in storage. A job's output cannot fill Redis."""
+LOG_LINE_MAX_BYTES = 16 * 1024
+"""A longer line is cut in the live log (never in `output.log`)."""
 LOG_STREAM_TTL_S = 7 * 86400
-"""A finished task's live log stays in Redis this long; `output.log` in storage stays."""
+"""A live log expires this long after its last line, even when its worker dies; `output.log`
+in storage stays."""
 ERROR_TAIL_LINES = 20
 
 
@@ -87,6 +93,8 @@ class Job:
         sends `released` and the task goes back to its queue."""
         self._stop = threading.Event()
         self._log_file: Any = None
+        self._streamed = 0
+        """Bytes of log lines sent to the live log so far."""
         self.environment: dict[str, Any] = {}
         # Three beats per TTL: one lost message never makes a healthy job look dead.
         self._beat_every = min(HEARTBEAT_EVERY_S, settings.heartbeat_ttl_s / 3)
@@ -310,12 +318,25 @@ class Job:
     def _log_line(self, stream: str, line: str) -> None:
         if self._log_file is not None:
             self._log_file.write(line + "\n")
-        self.redis.xadd(
-            keys.logs_stream(self.task_id),
-            {"stream": stream, "line": line},
-            maxlen=LOG_STREAM_MAXLEN,
-            approximate=True,
-        )
+        if self._streamed > LOG_STREAM_MAX_BYTES:
+            return
+        data = line.encode("utf-8", "replace")
+        if len(data) > LOG_LINE_MAX_BYTES:
+            cut = data[:LOG_LINE_MAX_BYTES].decode("utf-8", "ignore")
+            line = f"{cut} [{len(data) - len(cut.encode())} bytes cut; whole in output.log]"
+        self._streamed += min(len(data), LOG_LINE_MAX_BYTES)
+        if self._streamed > LOG_STREAM_MAX_BYTES:
+            stream = "retrain"
+            line = (
+                f"live log stopped at {LOG_STREAM_MAX_BYTES // (1024 * 1024)} MiB; the whole "
+                "log is the run's output.log (retrain logs TASK, once the run ends)"
+            )
+        name = keys.logs_stream(self.task_id)
+        pipe = self.redis.pipeline(transaction=False)
+        entry = {"stream": stream, "line": line}
+        pipe.xadd(name, entry, maxlen=LOG_STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        pipe.expire(name, LOG_STREAM_TTL_S)  # from the first line: a dead worker's log expires
+        pipe.execute()
 
     def _end_log(self, result: Mapping[str, Any]) -> None:
         """Close the live log: an `end` entry (so `retrain logs -f` stops without asking the
