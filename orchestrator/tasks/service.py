@@ -463,12 +463,18 @@ class TaskService:
     def requeue(self, task_id: str, reason: str, *, attempt: bool) -> TaskInfo:
         """Put a running task back on its queue: its worker stopped before it finished (a
         stop with `--abort-on-stop`), or was lost and the task has retries left (`attempt`
-        counts it against them). The old job is deleted and a fresh one queued after commit;
-        if Redis is down now, reconcile queues it."""
+        counts it against them).
+
+        The old job is deleted while the row is locked and before the change commits: if
+        that fails (Redis down), nothing changed and the caller tries again later; a stale
+        job left behind a `queued` row would count as present to reconcile and the task
+        would never run. The fresh job is pushed after commit (reconcile pushes it if Redis
+        went away in between)."""
         with self.store.session() as session:
             row = _load(session, task_id, for_update=True)
             if row.status != "running":
                 raise Conflict(f"task {task_id} is {row.status}; only a running task goes back")
+            self.queues.remove(task_id)
             if attempt:
                 row.attempt = (row.attempt or 0) + 1
             row.error = reason
@@ -476,8 +482,6 @@ class TaskService:
             row.started_at = None
             _set_status(session, row, "queued")
             info, job = TaskInfo.of(row), payload(row)
-        with contextlib.suppress(ServiceUnavailable):
-            self.queues.remove(task_id)
         self.push(info, job)
         return info
 

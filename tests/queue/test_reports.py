@@ -19,6 +19,7 @@ from orchestrator.queue.keys import (
     logs_stream,
 )
 from orchestrator.runtime import Runtime
+from orchestrator.scheduler import ingest as ingestion
 from orchestrator.store.events import read_events
 from orchestrator.store.models import Task, utcnow
 from tests.conftest import CLI
@@ -53,8 +54,8 @@ def queued_run(cli: CLI, repo: Repo) -> str:
     return run
 
 
-def ingest(rt: Runtime, consumer: str = "s1") -> reports.Ingest:
-    return reports.Ingest(rt.redis, rt.tasks, rt.models, consumer)
+def ingest(rt: Runtime, consumer: str = "s1") -> ingestion.Ingest:
+    return ingestion.Ingest(rt.redis, rt.tasks, rt.models, consumer)
 
 
 def events(rt: Runtime) -> list[tuple[str, str, dict[str, Any]]]:
@@ -234,15 +235,15 @@ def test_lost_workers(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # no
     reports.send(rt.redis, reports.heartbeat(healthy, WORKER))
     rt.redis.delete(heartbeat_key(lost), heartbeat_key(fresh))
 
-    assert reports.find_lost(rt.redis, rt.store) == [lost]
-    assert reports.fail_lost(rt.redis, rt.tasks) == [lost]
+    assert ingestion.find_lost(rt.redis, rt.store) == [lost]
+    assert ingestion.fail_lost(rt.redis, rt.tasks) == [lost]
     info = rt.tasks.get(lost)
     assert info.status == "failed" and info.error == "worker lost: no heartbeat for 90 s"
     assert rt.tasks.get(healthy).status == "running" and rt.tasks.get(fresh).status == "running"
-    assert reports.fail_lost(rt.redis, rt.tasks) == []
+    assert ingestion.fail_lost(rt.redis, rt.tasks) == []
     # Judged later (a given `now`), `fresh` is lost too; the beating job still is not.
     later = utcnow() + dt.timedelta(seconds=2 * HEARTBEAT_TTL_S)
-    assert reports.find_lost(rt.redis, rt.store, now=later) == [fresh]
+    assert ingestion.find_lost(rt.redis, rt.store, now=later) == [fresh]
 
     # A finished report arriving after the verdict changes nothing.
     before = state(rt, lost)
@@ -261,4 +262,4 @@ def test_heartbeat_ttl(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # n
     while rt.redis.exists(heartbeat_key(run)):
         pass
     set_started_at(rt, run, utcnow() - dt.timedelta(seconds=HEARTBEAT_TTL_S + 1))
-    assert reports.fail_lost(rt.redis, rt.tasks) == [run]
+    assert ingestion.fail_lost(rt.redis, rt.tasks) == [run]

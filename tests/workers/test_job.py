@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from orchestrator.queue import keys
-from orchestrator.queue.reports import Ingest
 from orchestrator.runtime import Runtime
 from orchestrator.scheduler.daemon import Scheduler
+from orchestrator.scheduler.ingest import Ingest
 from tests.conftest import CLI
 from tests.datasets.conftest import write_tree
 from tests.tasks import conftest as task_fixtures
