@@ -25,6 +25,7 @@ from orchestrator.models.service import check_uri
 from orchestrator.queue import reports
 from orchestrator.queue.keys import HEARTBEAT_TTL_S, REPORTS_GROUP, REPORTS_STREAM, heartbeat_key
 from orchestrator.store.models import Model, Task, utcnow
+from orchestrator.tasks.states import FINISHED
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -152,6 +153,17 @@ class Ingest:
                     artifacts=artifacts,
                     duration_s=duration_s,
                 )
+        elif status in FINISHED:
+            # Ended by the store first (aborted while running, or lost): the run's own facts
+            # still belong on its record.
+            self.tasks.keep_final_facts(
+                task_id,
+                final,
+                exit_code=exit_code,
+                environment=environment,
+                artifacts=artifacts,
+                duration_s=duration_s,
+            )
         self._register_models(task_id, report.get("models"))
 
     def _status(self, task_id: str) -> str:
