@@ -87,3 +87,15 @@ def test_the_store_migrations_do_not_import_the_store_back() -> None:
     bad = {m for m in imports_of(ROOT / "orchestrator/store/migrate.py")
            if m.startswith("orchestrator.store.db")}
     assert not bad, f"orchestrator/store/migrate.py imports {sorted(bad)}"
+
+
+def test_workers_build_reports_only_with_the_protocol() -> None:
+    """No report written by hand in workers/: a dict with a "kind" key is one."""
+    for path in sorted((ROOT / "workers").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Dict):
+                keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+                assert "kind" not in keys, (
+                    f"{path.relative_to(ROOT)}:{node.lineno} builds a report by hand; "
+                    "use orchestrator.queue.reports"
+                )
