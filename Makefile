@@ -1,6 +1,9 @@
 # Two commands on a fresh clone: `make demo` and `make test`. The first target that needs it
-# creates .venv with the system Python and installs the project with its dev extras; it is
-# reinstalled whenever pyproject.toml changes. Nothing else needs installing by hand.
+# creates .venv with the system Python and installs exactly the versions in requirements.lock
+# (uv's lock of pyproject.toml with the dev extras, hashes checked), then retrain itself; it
+# is reinstalled whenever pyproject.toml or the lock changes. A new release of a dependency
+# changes nothing until `make lock` is run and its result committed. Nothing else needs
+# installing by hand.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -10,9 +13,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+UV = $(BIN)/uv
 PYTEST_ARGS ?=
 
-.PHONY: help .venv test lint demo bench clean
+.PHONY: help .venv test lint demo bench lock clean
 
 help: ## Show the targets.
 	@echo "usage: make TARGET"
@@ -21,9 +26,9 @@ help: ## Show the targets.
 
 .venv: $(STAMP) ## Create .venv and install retrain with its dev tools (automatic).
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { \
-	  echo "error: retrain needs Python >= 3.10; '$(PYTHON)' is $$($(PYTHON) -V 2>&1)." \
+$(STAMP): pyproject.toml $(LOCK)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "error: retrain needs Python >= 3.11; '$(PYTHON)' is $$($(PYTHON) -V 2>&1)." \
 	       "Run: make PYTHON=/path/to/python3.1x ..." >&2; exit 1; }
 	@if [ ! -x $(BIN)/python ]; then \
 	  echo "creating $(VENV) with $$($(PYTHON) -V 2>&1)"; \
@@ -31,9 +36,16 @@ $(STAMP): pyproject.toml
 	    echo "error: '$(PYTHON) -m venv' failed (on Debian/Ubuntu: apt install python3-venv)" >&2; \
 	    exit 1; }; \
 	fi
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# pip brings the locked uv into a new venv; from then on uv installs the lock (keeping
+	@# itself at the locked version) and removes whatever the lock does not list.
+	@[ -x $(UV) ] || $(BIN)/python -m pip install --quiet "$$(sed -n 's/^\(uv==[^ ]*\).*/\1/p' $(LOCK))"
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes $(LOCK)
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .
 	@touch $@
+
+lock: $(STAMP) ## Re-resolve requirements.lock from pyproject.toml (then commit both).
+	$(UV) pip compile pyproject.toml --extra dev --universal --generate-hashes \
+	  --custom-compile-command "make lock" --quiet -o $(LOCK)
 
 test: $(STAMP) ## Lint, type-check and run the tests (PostgreSQL ones need RETRAIN_TEST_POSTGRES_URL).
 	$(BIN)/ruff check .

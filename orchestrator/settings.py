@@ -7,6 +7,7 @@ Many machines share a PostgreSQL URL, an `s3://` storage URL and a Redis URL ins
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -114,19 +115,15 @@ def _check_scheme(url: str, schemes: tuple[str, ...]) -> None:
 
 
 def _check_database_url(url: str) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
+    # SQLAlchemy's URL grammar (`dialect[+driver]://...`), read without importing SQLAlchemy:
+    # workers load these settings and never the database layer.
+    match = re.match(r"^([A-Za-z0-9_.\-]+)(?:\+[A-Za-z0-9_.\-]+)?://", url)
+    if match is None:
         raise ValueError(
             "not a database URL; expected sqlite:///PATH or postgresql://USER@HOST/DB"
-        ) from None
-    if parsed.get_backend_name() not in DATABASE_DIALECTS:
-        raise ValueError(
-            f"unsupported database {parsed.get_backend_name()!r}; use sqlite or postgresql"
         )
+    if match.group(1) not in DATABASE_DIALECTS:
+        raise ValueError(f"unsupported database {match.group(1)!r}; use sqlite or postgresql")
 
 
 def _check_storage_url(url: str) -> None:

@@ -253,12 +253,7 @@ def agent_class() -> type[Any]:
             if task_id:
                 reports.send(
                     self.connection,
-                    {
-                        "kind": "released",
-                        "task_id": task_id,
-                        "worker": self.name,
-                        "reason": f"worker {self.name} was stopped",
-                    },
+                    reports.released(task_id, self.name, f"worker {self.name} was stopped"),
                 )
             raise SystemExit(0)
 

@@ -8,7 +8,6 @@ the worker's parent: this module is imported by the forked work horse.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -21,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.queue import keys
+from orchestrator.queue import keys, reports
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -107,10 +106,8 @@ class Job:
         self.abort.set()
 
     def run(self) -> dict[str, Any]:
-        from orchestrator.queue import reports
-
         started = time.monotonic()
-        self._report({"kind": "started"})
+        self._send(reports.started(self.task_id, self.worker))
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
         result: dict[str, Any]
@@ -130,10 +127,20 @@ class Job:
             # The worker reports `released` once this work horse has exited.
             shutil.rmtree(self.workdir, ignore_errors=True)
             return {**result, "status": "released"}
-        reports.send(
-            self.redis,
-            {**self._base(), "kind": "finished", **result},
-            heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
+        self._send(
+            reports.finished(
+                self.task_id,
+                self.worker,
+                str(result["status"]),
+                exit_code=result.get("exit_code"),
+                error=result.get("error"),
+                duration_s=result["duration_s"],
+                metrics=result.get("metrics"),
+                models=result.get("models") or (),
+                artifacts=result.get("artifacts") or (),
+                environment=self.environment,
+                reason=result.get("reason"),
+            )
         )
         shutil.rmtree(self.workdir, ignore_errors=True)
         return result
@@ -358,36 +365,20 @@ class Job:
 
     def _heartbeat(self) -> None:
         """Liveness for the scheduler, and the abort flag for us, checked every second."""
-        from orchestrator.queue import reports
-
         last = time.monotonic()
         while not self._stop.wait(1.0):
             try:
                 if self.redis.exists(keys.abort_key(self.task_id)):
                     self.abort.set()
                 if time.monotonic() - last >= self._beat_every:
-                    reports.send(
-                        self.redis,
-                        {**self._base(), "kind": "heartbeat"},
-                        heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
-                    )
+                    self._send(reports.heartbeat(self.task_id, self.worker))
                     last = time.monotonic()
             except Exception:  # noqa: S112 - Redis blips: the next beat retries
                 continue
 
-    def _report(self, extra: Mapping[str, Any]) -> None:
-        from orchestrator.queue import reports
-
-        reports.send(
-            self.redis, {**self._base(), **extra}, heartbeat_ttl_s=self.settings.heartbeat_ttl_s
-        )
-
-    def _base(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "worker": self.worker,
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(),
-        }
+    def _send(self, report: Mapping[str, Any]) -> None:
+        """Every report goes through the protocol's builders and `send` (never by hand)."""
+        reports.send(self.redis, report, heartbeat_ttl_s=self.settings.heartbeat_ttl_s)
 
     def _blobs(self) -> BlobStore:
         if not hasattr(self, "_blob_store"):

@@ -91,10 +91,39 @@ class QueueAdapter:
             job = self.job(task_id)
             if job is None:
                 return False
-            job.delete(remove_from_queue=True)
+            self._delete(job)
         except RedisError as exc:
             raise ServiceUnavailable(f"cannot remove the job of task {task_id}: {exc}") from None
         return True
+
+    def _delete(self, job: Job) -> None:
+        """RQ's `Job.delete`, made safe for the job of a dead worker. RQ keeps listing an
+        execution in the job's execution registry for a minute after the execution's own
+        key expired, and `Job.delete` then raises "Execution ... not found in Redis" (RQ 2
+        and 3) with the job half-deleted. Executions whose key is gone are dropped from the
+        list first; one that expires in between is dropped on a second try."""
+        from rq.executions import Execution
+
+        for attempt in (1, 2):
+            registry_key = job.execution_registry.key
+            listed = [
+                i.decode() if isinstance(i, bytes) else str(i)
+                for i in self.redis.zrange(registry_key, 0, -1)
+            ]
+            if listed:
+                pipe = self.redis.pipeline(transaction=False)
+                for execution_id in listed:
+                    pipe.exists(Execution(execution_id, job.id, self.redis).key)
+                found = pipe.execute()
+                gone = [e for e, alive in zip(listed, found, strict=True) if not alive]
+                if gone:
+                    self.redis.zrem(registry_key, *gone)
+            try:
+                job.delete(remove_from_queue=True)
+                return
+            except ValueError:
+                if attempt == 2:
+                    raise
 
     def cancel(self, task_id: str) -> str | None:
         """Stop a task's job: a waiting job is deleted; for a running one the abort flag is
@@ -111,7 +140,7 @@ class QueueAdapter:
             if status == "started":
                 self.redis.set(keys.abort_key(task_id), b"1", ex=keys.ABORT_TTL_S)
             else:
-                job.delete(remove_from_queue=True)
+                self._delete(job)
         except RedisError as exc:
             raise ServiceUnavailable(f"cannot cancel the job of task {task_id}: {exc}") from None
         return status

@@ -76,7 +76,7 @@ class Scheduler:
         # Unchecked: the daemon starts, and keeps firing into the store, while Redis is down.
         self.redis = client(runtime.settings)
         self.lease = Lease(self.redis, lease_ttl)
-        from orchestrator.queue.reports import Ingest
+        from orchestrator.scheduler.ingest import Ingest
 
         # Workers report on a Redis stream; the scheduler is the one writer of run state. One
         # consumer name for every scheduler: a restarted daemon re-applies what a crashed one
@@ -187,7 +187,7 @@ class Scheduler:
                 "reconciled Redis with the store", enqueued=report.enqueued, removed=report.removed
             )
         self._safely(self._clean_registries)
-        from orchestrator.queue.reports import fail_lost
+        from orchestrator.scheduler.ingest import fail_lost
 
         lost = self._safely(self._fail_lost, fail_lost)
         if lost:

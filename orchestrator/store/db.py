@@ -25,7 +25,6 @@ from orchestrator.store.events import WROTE_EVENTS
 from orchestrator.store.revision import SCHEMA_REVISION
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-MIGRATION_LOCK_ID = 0x7265_7472  # "retr": serializes concurrent first-use migrations on PostgreSQL
 
 
 class Store:
@@ -123,7 +122,7 @@ class Store:
         from orchestrator.store.migrate import upgrade
 
         with self._connect_errors():
-            upgrade(self, revision)
+            upgrade(self.engine, revision)
 
     def dispose(self) -> None:
         self.engine.dispose()

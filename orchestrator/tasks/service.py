@@ -461,15 +461,52 @@ class TaskService:
             _set_status(session, row, status)
             return TaskInfo.of(row)
 
+    def keep_final_facts(
+        self,
+        task_id: str,
+        status: str,
+        *,
+        exit_code: int | None = None,
+        environment: Mapping[str, Any] | None = None,
+        artifacts: Sequence[Mapping[str, Any]] = (),
+        duration_s: float | None = None,
+    ) -> bool:
+        """A worker's final report for a task that had already ended (aborted by a user
+        while it ran, or settled as lost): record what the run reported where the store has
+        nothing yet: how long it ran, its environment, its artifacts (the stored log among
+        them), and its exit code when it reports the same ending. The status, its reason and
+        its time stay as the store decided them. Returns whether anything changed; a report
+        applied again changes nothing."""
+        with self.store.session() as session:
+            row = _load(session, task_id, for_update=True)
+            if row.status not in FINISHED:
+                raise Conflict(f"task {task_id} is {row.status}; it has not ended")
+            changed = False
+            if row.duration_s is None and duration_s is not None:
+                row.duration_s, changed = duration_s, True
+            if not row.environment and environment:
+                row.environment, changed = dict(environment), True
+            if not row.artifacts and artifacts:
+                row.artifacts, changed = [dict(a) for a in artifacts], True
+            if row.exit_code is None and exit_code is not None and status == row.status:
+                row.exit_code, changed = exit_code, True
+            return changed
+
     def requeue(self, task_id: str, reason: str, *, attempt: bool) -> TaskInfo:
         """Put a running task back on its queue: its worker stopped before it finished (a
         stop with `--abort-on-stop`), or was lost and the task has retries left (`attempt`
-        counts it against them). The old job is deleted and a fresh one queued after commit;
-        if Redis is down now, reconcile queues it."""
+        counts it against them).
+
+        The old job is deleted while the row is locked and before the change commits: if
+        that fails (Redis down), nothing changed and the caller tries again later; a stale
+        job left behind a `queued` row would count as present to reconcile and the task
+        would never run. The fresh job is pushed after commit (reconcile pushes it if Redis
+        went away in between)."""
         with self.store.session() as session:
             row = _load(session, task_id, for_update=True)
             if row.status != "running":
                 raise Conflict(f"task {task_id} is {row.status}; only a running task goes back")
+            self.queues.remove(task_id)
             if attempt:
                 row.attempt = (row.attempt or 0) + 1
             row.error = reason
@@ -477,8 +514,6 @@ class TaskService:
             row.started_at = None
             _set_status(session, row, "queued")
             info, job = TaskInfo.of(row), payload(row)
-        with contextlib.suppress(ServiceUnavailable):
-            self.queues.remove(task_id)
         self.push(info, job)
         return info
 

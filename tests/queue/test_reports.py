@@ -19,6 +19,7 @@ from orchestrator.queue.keys import (
     logs_stream,
 )
 from orchestrator.runtime import Runtime
+from orchestrator.scheduler import ingest as ingestion
 from orchestrator.store.events import read_events
 from orchestrator.store.models import Task, utcnow
 from tests.conftest import CLI
@@ -53,8 +54,8 @@ def queued_run(cli: CLI, repo: Repo) -> str:
     return run
 
 
-def ingest(rt: Runtime, consumer: str = "s1") -> reports.Ingest:
-    return reports.Ingest(rt.redis, rt.tasks, rt.models, consumer)
+def ingest(rt: Runtime, consumer: str = "s1") -> ingestion.Ingest:
+    return ingestion.Ingest(rt.redis, rt.tasks, rt.models, consumer)
 
 
 def events(rt: Runtime) -> list[tuple[str, str, dict[str, Any]]]:
@@ -234,15 +235,15 @@ def test_lost_workers(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # no
     reports.send(rt.redis, reports.heartbeat(healthy, WORKER))
     rt.redis.delete(heartbeat_key(lost), heartbeat_key(fresh))
 
-    assert reports.find_lost(rt.redis, rt.store) == [lost]
-    assert reports.fail_lost(rt.redis, rt.tasks) == [lost]
+    assert ingestion.find_lost(rt.redis, rt.store) == [lost]
+    assert ingestion.fail_lost(rt.redis, rt.tasks) == [lost]
     info = rt.tasks.get(lost)
     assert info.status == "failed" and info.error == "worker lost: no heartbeat for 90 s"
     assert rt.tasks.get(healthy).status == "running" and rt.tasks.get(fresh).status == "running"
-    assert reports.fail_lost(rt.redis, rt.tasks) == []
+    assert ingestion.fail_lost(rt.redis, rt.tasks) == []
     # Judged later (a given `now`), `fresh` is lost too; the beating job still is not.
     later = utcnow() + dt.timedelta(seconds=2 * HEARTBEAT_TTL_S)
-    assert reports.find_lost(rt.redis, rt.store, now=later) == [fresh]
+    assert ingestion.find_lost(rt.redis, rt.store, now=later) == [fresh]
 
     # A finished report arriving after the verdict changes nothing.
     before = state(rt, lost)
@@ -261,4 +262,50 @@ def test_heartbeat_ttl(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # n
     while rt.redis.exists(heartbeat_key(run)):
         pass
     set_started_at(rt, run, utcnow() - dt.timedelta(seconds=HEARTBEAT_TTL_S + 1))
-    assert reports.fail_lost(rt.redis, rt.tasks) == [run]
+    assert ingestion.fail_lost(rt.redis, rt.tasks) == [run]
+
+
+def test_an_aborted_run_keeps_what_its_worker_reported(
+    runtime: Runtime, cli: CLI, git_repo: Repo  # noqa: F811
+) -> None:
+    """Abort marks the run `aborted` at once; the worker's final report, which comes later,
+    still records how long it ran, in what environment, and its log: `retrain logs` prints
+    the stored log once the live one expired. The status and the abort's reason stay."""
+    from orchestrator.storage.base import blob_key, sha256_bytes
+
+    rt = runtime
+    run = queued_run(cli, git_repo)
+    reports.send(rt.redis, reports.started(run, WORKER))
+    assert ingest(rt).step() == 1
+    assert cli.json("task", "abort", run)["status"] == "aborted"  # type: ignore[index]
+    log = b"epoch 1\nepoch 2\nreceived SIGTERM, stopping\n"
+    sha = sha256_bytes(log)
+    rt.blobs.put_bytes(sha, log)
+    uri = f"{rt.settings.storage_url.rstrip('/')}/{blob_key(sha)}"
+    environment = {"key": "a" * 24, "hit": True, "tool": "uv", "build_seconds": 0.0,
+                   "frozen": ["six==1.16.0"]}
+    final = reports.finished(
+        run, WORKER, "aborted", exit_code=-15, error="aborted", duration_s=42.5,
+        artifacts=[{"path": "output.log", "uri": uri}], environment=environment,
+    )
+    reports.send(rt.redis, final)
+    assert ingest(rt).step() == 1
+
+    shown = cli.json("task", "show", run)
+    assert isinstance(shown, dict)
+    assert (shown["status"], shown["error"]) == ("aborted", "aborted by user")
+    assert shown["duration_s"] == 42.5 and shown["exit_code"] == -15
+    assert shown["environment"] == environment
+    assert shown["artifacts"] == [{"path": "output.log", "uri": uri}]
+    rt.redis.delete(logs_stream(run))  # the live log expired
+    assert cli("logs", run).out.splitlines() == ["epoch 1", "epoch 2",
+                                                 "received SIGTERM, stopping"]
+    # Applied once: the same report again, or a late one, changes nothing.
+    before = state(rt, run)
+    reports.send(rt.redis, final)
+    reports.send(rt.redis, reports.finished(run, WORKER, "completed", exit_code=0,
+                                            duration_s=1.0))
+    assert ingest(rt).step() == 2
+    assert state(rt, run) == before
+    kinds = [k for k, e, _ in events(rt) if e == run]
+    assert kinds == ["task.created", "task.queued", "task.started", "task.aborted"]

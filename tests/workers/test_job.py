@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from orchestrator.queue import keys
-from orchestrator.queue.reports import Ingest
 from orchestrator.runtime import Runtime
 from orchestrator.scheduler.daemon import Scheduler
+from orchestrator.scheduler.ingest import Ingest
 from tests.conftest import CLI
 from tests.datasets.conftest import write_tree
 from tests.tasks import conftest as task_fixtures
@@ -262,6 +262,14 @@ def test_abort_stops_the_whole_process_tree(
     Ingest(redis.Redis.from_url(url), runtime.tasks, runtime.models, "test").step()
     shown = cli.json("task", "show", run)
     assert shown["status"] == "aborted"
+    # The worker's final report still lands on the record: duration, environment, the log.
+    assert shown["error"] == "aborted by user" and shown["duration_s"] > 0
+    assert len(shown["environment"]["key"]) == 24
+    assert [a["path"] for a in shown["artifacts"]] == ["output.log"]
+    client = redis.Redis.from_url(url)
+    client.delete(keys.logs_stream(run))  # the live log expired
+    client.close()
+    assert "started" in cli("logs", run).out.splitlines()
     runtime.close()
 
 

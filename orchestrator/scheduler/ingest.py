@@ -1,0 +1,299 @@
+"""Applying worker reports to the store, and settling runs whose worker was lost.
+
+The scheduler is the one writer of run state: workers report on a Redis stream
+(`orchestrator.queue.reports`, the protocol) and this module applies the reports. `Ingest`
+reads the stream as a member of the `scheduler` consumer group and acknowledges an entry only
+after its changes committed; every rule is idempotent, so an entry applied twice (a crash
+between commit and acknowledgement, a worker sending again) changes nothing.
+
+Liveness lives in Redis alone: a running task whose heartbeat key has expired has lost its
+worker (`find_lost`), and `fail_lost` puts it back on its queue or fails it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+import structlog
+from sqlalchemy import or_, select
+
+from orchestrator.errors import Conflict, NotFound, ServiceUnavailable, UserError
+from orchestrator.models.service import check_uri
+from orchestrator.queue import reports
+from orchestrator.queue.keys import HEARTBEAT_TTL_S, REPORTS_GROUP, REPORTS_STREAM, heartbeat_key
+from orchestrator.store.models import Model, Task, utcnow
+from orchestrator.tasks.states import FINISHED
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from orchestrator.models.service import ModelService
+    from orchestrator.store import Store
+    from orchestrator.tasks.service import TaskService
+
+log = structlog.get_logger("retrain.ingest")
+
+
+class Ingest:
+    """Applies reports from the stream to the store as consumer `consumer` of the
+    `scheduler` group. Several ingesters with different consumer names share the work."""
+
+    def __init__(
+        self, redis: Redis, tasks: TaskService, models: ModelService, consumer: str
+    ) -> None:
+        self.redis = redis
+        self.tasks = tasks
+        self.models = models
+        self.consumer = consumer
+        self._group_ready = False
+
+    def step(self, count: int = 100, block_ms: int = 0) -> int:
+        """Apply this consumer's pending (delivered, unacknowledged) entries first, then up
+        to `count` new ones, waiting up to `block_ms` for them (0: do not wait). Returns how
+        many entries were applied (or skipped as poison) and acknowledged.
+
+        An entry whose application fails for an outside reason (the database is down)
+        stays pending, the exception propagates, and the next step applies it again."""
+        done = self._consume("0", count, None)
+        block = block_ms if block_ms > 0 and done == 0 else None
+        return done + self._consume(">", count, block)
+
+    def _consume(self, start: str, count: int, block: int | None) -> int:
+        entries = self._read(start, count, block)
+        for entry_id, fields in entries:
+            self.apply_entry(entry_id, fields)
+            self.redis.xack(REPORTS_STREAM, REPORTS_GROUP, entry_id)
+        return len(entries)
+
+    def _read(self, start: str, count: int, block: int | None) -> list[tuple[Any, Any]]:
+        import redis as redis_lib
+
+        self._ensure_group()
+        try:
+            reply = self.redis.xreadgroup(
+                REPORTS_GROUP, self.consumer, {REPORTS_STREAM: start}, count=count, block=block
+            )
+        except redis_lib.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream or group went away (flushed); make it again and read once more.
+            self._group_ready = False
+            self._ensure_group()
+            reply = self.redis.xreadgroup(
+                REPORTS_GROUP, self.consumer, {REPORTS_STREAM: start}, count=count, block=block
+            )
+        if not reply:
+            return []
+        raw = cast(Any, reply)
+        if isinstance(raw, dict):  # RESP3
+            return [(e[0], e[1]) for batch in raw.values() for e in batch[0]]
+        return [(e[0], e[1]) for _stream, batch in raw for e in batch]
+
+    def _ensure_group(self) -> None:
+        import redis as redis_lib
+
+        if self._group_ready:
+            return
+        try:
+            self.redis.xgroup_create(REPORTS_STREAM, REPORTS_GROUP, id="0", mkstream=True)
+        except redis_lib.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def apply_entry(self, entry_id: Any, fields: Mapping[Any, Any] | None) -> None:
+        """Apply one stream entry; a poison entry is logged and returns normally."""
+        ident = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        try:
+            report = reports.parse(fields)
+            self.apply(report)
+        except (reports.BadReport, UserError) as exc:
+            log.warning("report skipped", entry=ident, error=str(exc))
+
+    def apply(self, report: Mapping[str, Any]) -> None:
+        """Apply one parsed report to the store (idempotent)."""
+        kind = report["kind"]
+        task_id = report["task_id"]
+        if kind == "heartbeat":
+            return
+        status = self._status(task_id)
+        worker = str(report.get("worker") or "unknown")
+        if kind == "started":
+            if status == "queued":
+                self._start(task_id, worker)
+            return
+        if kind == "released":
+            if status == "running":
+                with contextlib.suppress(Conflict):
+                    reason = str(report.get("reason") or "its worker stopped")
+                    self.tasks.requeue(task_id, f"re-queued: {reason}", attempt=False)
+            return
+        # finished
+        final = str(report["status"])
+        if status == "queued":
+            self._start(task_id, worker)
+            status = self._status(task_id)
+        environment = reports.clean_environment(report.get("environment"))
+        artifacts = reports.clean_artifacts(report.get("artifacts"))
+        duration_s = reports.clean_duration(report.get("duration_s"))
+        exit_code = reports.clean_exit_code(report.get("exit_code"))
+        if status == "running":
+            # Conflict: finished (or aborted) meanwhile by someone else.
+            with contextlib.suppress(Conflict):
+                self.tasks.finish(
+                    task_id,
+                    final,
+                    exit_code=exit_code,
+                    error=reports.error_summary(report.get("error"), report.get("reason")),
+                    metrics=reports.numeric_metrics(report.get("metrics")),
+                    environment=environment,
+                    artifacts=artifacts,
+                    duration_s=duration_s,
+                )
+        elif status in FINISHED:
+            # Ended by the store first (aborted while running, or lost): the run's own facts
+            # still belong on its record.
+            self.tasks.keep_final_facts(
+                task_id,
+                final,
+                exit_code=exit_code,
+                environment=environment,
+                artifacts=artifacts,
+                duration_s=duration_s,
+            )
+        self._register_models(task_id, report.get("models"))
+
+    def _status(self, task_id: str) -> str:
+        try:
+            return self.tasks.get(task_id).status
+        except NotFound:
+            raise reports.BadReport(f"no task {task_id!r}") from None
+
+    def _start(self, task_id: str, worker: str) -> None:
+        # Conflict: started by another report meanwhile, or aborted, or a draft: nothing to do.
+        with contextlib.suppress(Conflict):
+            self.tasks.start(task_id, worker)
+
+    def _register_models(self, task_id: str, models: Any) -> None:
+        if not models:
+            return
+        if not isinstance(models, list):
+            raise reports.BadReport(f"finished report for {task_id}: models is not a list")
+        store = self.tasks.store
+        with store.reader() as session:
+            row = session.get(Task, task_id)
+            if row is None:
+                raise reports.BadReport(f"no task {task_id!r}")
+            project = row.project.path
+            existing = {
+                (name, uri)
+                for name, uri in session.execute(
+                    select(Model.name, Model.uri).where(Model.task_id == task_id)
+                )
+            }
+        for model in models:
+            if not isinstance(model, dict) or not model.get("name") or not model.get("uri"):
+                log.warning("model skipped: needs a name and a uri", task=task_id, model=model)
+                continue
+            try:
+                uri = check_uri(str(model["uri"]))
+                name = str(model["name"])
+                if (name, uri) in existing:
+                    continue
+                metadata = model.get("metadata")
+                self.models.register(
+                    project,
+                    name,
+                    uri,
+                    task_id=task_id,
+                    metadata=metadata if isinstance(metadata, dict) else None,
+                )
+                existing.add((name, uri))
+            except UserError as exc:
+                log.warning("model skipped", task=task_id, model=model.get("name"), error=str(exc))
+
+
+# -- lost workers --------------------------------------------------------------------------
+
+
+def find_lost(
+    redis: Redis,
+    store: Store,
+    *,
+    now: dt.datetime | None = None,
+    ttl_s: int = HEARTBEAT_TTL_S,
+) -> list[str]:
+    """Running tasks whose heartbeat key is gone and that started more than `ttl_s` ago
+    (so a worker had time to beat at least once). A job that keeps beating is never lost."""
+    cutoff = (now or utcnow()) - dt.timedelta(seconds=ttl_s)
+    with store.reader() as session:
+        ids = list(
+            session.scalars(
+                select(Task.id).where(
+                    Task.status == "running",
+                    or_(Task.started_at.is_(None), Task.started_at < cutoff),
+                )
+            )
+        )
+    if not ids:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for task_id in ids:
+        pipe.exists(heartbeat_key(task_id))
+    alive = pipe.execute()
+    return [task_id for task_id, beat in zip(ids, alive, strict=True) if not beat]
+
+
+def fail_lost(
+    redis: Redis,
+    tasks: TaskService,
+    *,
+    now: dt.datetime | None = None,
+    ttl_s: int = HEARTBEAT_TTL_S,
+) -> list[str]:
+    """Settle every lost task: back on its queue while it has retries left (spec `retries`),
+    else `failed` ("worker lost"). Returns their ids. Run it after applying the pending
+    reports, so a finished report waiting in the stream wins over this verdict.
+
+    One task that cannot be settled (a service gone mid-way, a row it cannot read) is logged
+    with its error and left running, for the next pass to try again; it never stops the
+    others. A service that is down for all of them ends the pass."""
+    settled = []
+    for task_id in find_lost(redis, tasks.store, now=now, ttl_s=ttl_s):
+        if redis.exists(heartbeat_key(task_id)):
+            continue  # it beat just now
+        try:
+            if _settle_lost(tasks, task_id, ttl_s):
+                settled.append(task_id)
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:
+            # A bug or a bad row: say which task, with the traceback, and go on.
+            log.error(
+                "worker lost; the task could not be settled",
+                task=task_id,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=True,
+            )
+    return settled
+
+
+def _settle_lost(tasks: TaskService, task_id: str, ttl_s: int) -> bool:
+    """Re-queue or fail one lost task; False when it finished meanwhile."""
+    why = f"worker lost: no heartbeat for {ttl_s} s"
+    try:
+        info = tasks.get(task_id)
+        allowed = int(info.spec.get("retries") or 0)
+        if info.attempt < allowed:
+            tasks.requeue(task_id, f"{why}; retry {info.attempt + 1} of {allowed}", attempt=True)
+            log.warning("worker lost; task re-queued", task=task_id, retry=info.attempt + 1)
+        else:
+            tasks.finish(task_id, "failed", error=why)
+            log.warning("worker lost", task=task_id)
+    except (Conflict, NotFound):
+        return False  # finished meanwhile
+    return True
+
