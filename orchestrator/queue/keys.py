@@ -34,6 +34,12 @@ REPORTS_STREAM = f"{PREFIX}:reports"
 """Stream of worker reports (started, heartbeat, finished) as JSON; workers never touch the
 database, the scheduler applies these to the store."""
 
+REPORTS_DEAD = f"{PREFIX}:reports:dead"
+"""Stream of reports the scheduler refused (malformed, oversized, out of range), each with its
+reason and (the start of) its data: kept for inspection, never applied, never blocking."""
+
+REPORTS_DEAD_MAXLEN = 10_000
+
 REPORTS_GROUP = "scheduler"
 """Consumer group the schedulers read `REPORTS_STREAM` with."""
 

@@ -40,9 +40,19 @@ if TYPE_CHECKING:
     from redis import Redis
 
 KINDS = ("started", "heartbeat", "finished", "released")
-STREAM_MAXLEN = 100_000
-"""Approximate cap on the stream (`XADD MAXLEN ~`): old, long-acknowledged reports go."""
 FIELD = "data"
+
+# Limits: what a report may carry. A real worker never exceeds them (the builders cut what
+# would); a report past them was not made by one, and is refused (dead-lettered).
+MAX_REPORT_BYTES = 1024 * 1024
+MAX_METRICS = 1000
+MAX_MODELS = 100
+MAX_ARTIFACTS = 1000
+MAX_ERROR_CHARS = 16 * 1024
+MAX_TEXT_CHARS = 1024
+"""Names, URIs, paths, the worker's name, a reason."""
+MAX_DURATION_S = 1e9
+EXIT_CODES = range(-(2**31), 2**31)
 
 
 class BadReport(ValueError):
@@ -93,7 +103,24 @@ def finished(
     environment: Mapping[str, Any] | None = None,
     reason: str | None = None,
 ) -> dict[str, Any]:
-    """The task ended on its worker, with everything the run produced."""
+    """The task ended on its worker, with everything the run produced (cut to the limits,
+    with a note in `error` saying what was left out)."""
+    cut = []
+    metric_items = sorted((metrics or {}).items())
+    if len(metric_items) > MAX_METRICS:
+        cut.append(f"{len(metric_items) - MAX_METRICS} metrics")
+        metrics = dict(metric_items[:MAX_METRICS])
+    if len(models) > MAX_MODELS:
+        cut.append(f"{len(models) - MAX_MODELS} models")
+        models = list(models)[:MAX_MODELS]
+    if len(artifacts) > MAX_ARTIFACTS:
+        cut.append(f"{len(artifacts) - MAX_ARTIFACTS} artifacts")
+        artifacts = list(artifacts)[:MAX_ARTIFACTS]
+    if cut:
+        note = f"left out past the report's limits: {', '.join(cut)}"
+        error = f"{error}; {note}" if error else note
+    if error and len(error) > MAX_ERROR_CHARS:
+        error = error[: MAX_ERROR_CHARS - 40] + f" [... {len(error) - MAX_ERROR_CHARS + 40} cut]"
     report: dict[str, Any] = {
         "kind": "finished",
         "task_id": task_id,
@@ -118,7 +145,9 @@ def send(
     redis: Redis, report: Mapping[str, Any], *, heartbeat_ttl_s: int = HEARTBEAT_TTL_S
 ) -> None:
     """Add a report to the stream; `started` and `heartbeat` also refresh the task's
-    heartbeat key (the liveness signal), in the same round trip."""
+    heartbeat key (the liveness signal), in the same round trip. A heartbeat is that key
+    alone: it changes no state, so it never queues behind (or ahead of) the reports that do.
+    The stream is never capped here: the scheduler trims what it has acknowledged."""
     kind = report.get("kind")
     task_id = report.get("task_id")
     if kind not in KINDS:
@@ -130,7 +159,8 @@ def send(
     pipe = redis.pipeline(transaction=True)
     if kind in ("started", "heartbeat"):
         pipe.set(heartbeat_key(task_id), str(body.get("worker") or ""), ex=heartbeat_ttl_s)
-    pipe.xadd(REPORTS_STREAM, {FIELD: data}, maxlen=STREAM_MAXLEN, approximate=True)
+    if kind != "heartbeat":
+        pipe.xadd(REPORTS_STREAM, {FIELD: data})
     pipe.execute()
 
 
@@ -144,10 +174,14 @@ def parse(fields: Mapping[Any, Any] | None) -> dict[str, Any]:
     raw = fields.get(FIELD, fields.get(FIELD.encode()))
     if raw is None:
         raise BadReport(f"no {FIELD!r} field")
+    if len(raw) > MAX_REPORT_BYTES:
+        raise BadReport(f"{len(raw)} bytes, more than the {MAX_REPORT_BYTES} a report may have")
     try:
         report = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadReport(f"not JSON: {exc}") from None
+        raise BadReport(f"not JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise BadReport("JSON nested too deeply") from None
     if not isinstance(report, dict):
         raise BadReport("not a JSON object")
     if report.get("kind") not in KINDS:
@@ -159,7 +193,43 @@ def parse(fields: Mapping[Any, Any] | None) -> dict[str, Any]:
             f"finished report for {report['task_id']}: status {report.get('status')!r} "
             "is not final"
         )
+    _check_limits(report)
     return report
+
+
+def _check_limits(report: Mapping[str, Any]) -> None:
+    """Refuse what no real worker sends: over-long text, too many entries, numbers out of
+    range (a 30-digit exit code would overflow the database's integer)."""
+    task = report["task_id"]
+
+    def refuse(what: str) -> BadReport:
+        return BadReport(f"{report['kind']} report for {str(task)[:64]}: {what}")
+
+    for field in ("task_id", "worker", "reason", "status", "time"):
+        value = report.get(field)
+        if value is not None and len(str(value)) > MAX_TEXT_CHARS:
+            raise refuse(f"{field} is longer than {MAX_TEXT_CHARS} characters")
+    error = report.get("error")
+    if error is not None and len(str(error)) > MAX_ERROR_CHARS:
+        raise refuse(f"error is longer than {MAX_ERROR_CHARS} characters")
+    exit_code = report.get("exit_code")
+    if isinstance(exit_code, int) and not isinstance(exit_code, bool) and (
+        exit_code not in EXIT_CODES
+    ):
+        raise refuse(f"exit_code {str(exit_code)[:40]} is out of range")
+    duration = report.get("duration_s")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and (
+        not math.isfinite(duration) or abs(duration) > MAX_DURATION_S
+    ):
+        raise refuse("duration_s is out of range")
+    for field, limit in (
+        ("metrics", MAX_METRICS),
+        ("models", MAX_MODELS),
+        ("artifacts", MAX_ARTIFACTS),
+    ):
+        value = report.get(field)
+        if isinstance(value, (dict, list)) and len(value) > limit:
+            raise refuse(f"{len(value)} {field}, more than the {limit} a report may carry")
 
 
 def numeric_metrics(metrics: Any) -> dict[str, float | int]:
@@ -172,7 +242,9 @@ def numeric_metrics(metrics: Any) -> dict[str, float | int]:
             continue
         if isinstance(value, float) and not math.isfinite(value):
             continue
-        kept[str(name)] = value
+        if isinstance(value, int) and abs(value) > 2**53:
+            value = float(value)  # JSON and the databases keep integers only this exact
+        kept[str(name)[:MAX_TEXT_CHARS]] = value
     return kept
 
 

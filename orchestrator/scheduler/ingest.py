@@ -23,7 +23,14 @@ from sqlalchemy import or_, select
 from orchestrator.errors import Conflict, NotFound, ServiceUnavailable, UserError
 from orchestrator.models.service import check_uri
 from orchestrator.queue import reports
-from orchestrator.queue.keys import HEARTBEAT_TTL_S, REPORTS_GROUP, REPORTS_STREAM, heartbeat_key
+from orchestrator.queue.keys import (
+    HEARTBEAT_TTL_S,
+    REPORTS_DEAD,
+    REPORTS_DEAD_MAXLEN,
+    REPORTS_GROUP,
+    REPORTS_STREAM,
+    heartbeat_key,
+)
 from orchestrator.store.models import Model, Task, utcnow
 from orchestrator.tasks.states import FINISHED
 
@@ -35,6 +42,11 @@ if TYPE_CHECKING:
     from orchestrator.tasks.service import TaskService
 
 log = structlog.get_logger("retrain.ingest")
+
+BATCH = 1000
+"""Entries read (and acknowledged) per round trip."""
+MAX_PER_STEP = 100_000
+"""Entries one step reads at most, so a step ends even while a flood goes on."""
 
 
 class Ingest:
@@ -50,23 +62,57 @@ class Ingest:
         self.consumer = consumer
         self._group_ready = False
 
-    def step(self, count: int = 100, block_ms: int = 0) -> int:
-        """Apply this consumer's pending (delivered, unacknowledged) entries first, then up
-        to `count` new ones, waiting up to `block_ms` for them (0: do not wait). Returns how
-        many entries were applied (or skipped as poison) and acknowledged.
+    def step(
+        self, count: int = BATCH, block_ms: int = 0, *, max_entries: int = MAX_PER_STEP
+    ) -> int:
+        """Apply this consumer's pending (delivered, unacknowledged) entries first, then new
+        ones, `count` at a time, until the stream is drained or `max_entries` were read (a
+        flood of junk is cheap to refuse, so a real report behind it waits one step at most),
+        waiting up to `block_ms` when there is nothing (0: do not wait). Then trim what is
+        acknowledged. Returns how many entries were applied, or dead-lettered, and
+        acknowledged.
 
-        An entry whose application fails for an outside reason (the database is down)
-        stays pending, the exception propagates, and the next step applies it again."""
+        An entry whose application fails for an outside reason (the database or Redis is
+        down) stays pending, the exception propagates, and the next step applies it again.
+        Any other failure dead-letters that entry alone."""
         done = self._consume("0", count, None)
         block = block_ms if block_ms > 0 and done == 0 else None
-        return done + self._consume(">", count, block)
+        while done < max_entries:
+            read = self._consume(">", count, block)
+            done += read
+            block = None
+            if read < count:
+                break
+        if done:
+            self.trim()
+        return done
 
     def _consume(self, start: str, count: int, block: int | None) -> int:
         entries = self._read(start, count, block)
-        for entry_id, fields in entries:
-            self.apply_entry(entry_id, fields)
-            self.redis.xack(REPORTS_STREAM, REPORTS_GROUP, entry_id)
+        applied: list[Any] = []
+        try:
+            for entry_id, fields in entries:
+                self.apply_entry(entry_id, fields)
+                applied.append(entry_id)
+        finally:
+            if applied:  # one round trip per batch; a crash re-applies (idempotent)
+                self.redis.xack(REPORTS_STREAM, REPORTS_GROUP, *applied)
         return len(entries)
+
+    def trim(self) -> None:
+        """Drop acknowledged entries: everything before the oldest entry still pending for
+        any scheduler, or before the last one delivered when none is. Nobody else trims the
+        stream, so a report is never lost before it was applied."""
+        summary = cast(Any, self.redis.xpending(REPORTS_STREAM, REPORTS_GROUP))
+        oldest = summary.get("min") if summary and summary.get("pending") else None
+        if oldest is None:
+            groups = cast(Any, self.redis.xinfo_groups(REPORTS_STREAM))
+            oldest = next(
+                (g["last-delivered-id"] for g in groups if _text(g["name"]) == REPORTS_GROUP),
+                None,
+            )
+        if oldest is not None:
+            self.redis.xtrim(REPORTS_STREAM, minid=oldest)
 
     def _read(self, start: str, count: int, block: int | None) -> list[tuple[Any, Any]]:
         import redis as redis_lib
@@ -105,13 +151,30 @@ class Ingest:
         self._group_ready = True
 
     def apply_entry(self, entry_id: Any, fields: Mapping[Any, Any] | None) -> None:
-        """Apply one stream entry; a poison entry is logged and returns normally."""
-        ident = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        """Apply one stream entry. One that can never be applied (malformed, oversized, out of
+        range, or crashing a rule) is dead-lettered and returns normally; an outage raises."""
+        ident = _text(entry_id)
         try:
             report = reports.parse(fields)
             self.apply(report)
         except (reports.BadReport, UserError) as exc:
-            log.warning("report skipped", entry=ident, error=str(exc))
+            self._dead_letter(ident, fields, str(exc))
+        except Exception as exc:
+            if _is_outage(exc):
+                raise
+            log.exception("report crashed a rule; dead-lettered", entry=ident)
+            self._dead_letter(ident, fields, f"crashed: {type(exc).__name__}: {str(exc)[:300]}")
+
+    def _dead_letter(self, ident: str, fields: Mapping[Any, Any] | None, reason: str) -> None:
+        log.warning("report refused", entry=ident, reason=reason)
+        raw = (fields or {}).get(reports.FIELD, (fields or {}).get(reports.FIELD.encode(), b""))
+        data = raw if isinstance(raw, (bytes, str)) else repr(raw)
+        self.redis.xadd(
+            REPORTS_DEAD,
+            {"entry": ident, "reason": reason[:1000], "data": data[:4096]},
+            maxlen=REPORTS_DEAD_MAXLEN,
+            approximate=True,
+        )
 
     def apply(self, report: Mapping[str, Any]) -> None:
         """Apply one parsed report to the store (idempotent)."""
@@ -214,6 +277,21 @@ class Ingest:
                 existing.add((name, uri))
             except UserError as exc:
                 log.warning("model skipped", task=task_id, model=model.get("name"), error=str(exc))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """A service being away (retry the entry later), as opposed to an entry that can never
+    be applied (dead-letter it)."""
+    import redis as redis_lib
+    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+
+    outages = (ServiceUnavailable, redis_lib.RedisError, OperationalError, InterfaceError,
+               DisconnectionError, ConnectionError, TimeoutError)
+    return isinstance(exc, outages)
 
 
 # -- lost workers --------------------------------------------------------------------------
