@@ -18,6 +18,7 @@ from orchestrator.storage.base import (
     UPLOAD_WORKERS,
     BlobStore,
     ProgressCallback,
+    StoredBlob,
     blob_key,
     is_sha256,
     sha256_bytes,
@@ -135,8 +136,10 @@ class LocalBlobStore(BlobStore):
             )
         return data
 
-    def iter_hashes(self) -> Iterator[str]:
-        """Every stored blob, skipping temporary files of writes in progress."""
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        """Every stored blob, skipping temporary files of writes in progress. A blob's age is
+        its file's mtime: the rename that stored it keeps the temporary file's, written just
+        before."""
         top = self.root / BLOB_PREFIX
         if not top.is_dir():
             return
@@ -145,7 +148,11 @@ class LocalBlobStore(BlobStore):
                 continue
             for entry in sorted(shard.iterdir()):
                 if is_sha256(entry.name) and entry.name[:2] == shard.name:
-                    yield entry.name
+                    try:
+                        info = entry.stat()
+                    except FileNotFoundError:  # deleted meanwhile
+                        continue
+                    yield StoredBlob(entry.name, info.st_size, info.st_mtime)
 
     def delete(self, hashes: Iterable[str]) -> int:
         """Unlink these blobs (a read-only file needs only a writable directory to go)."""
@@ -156,7 +163,7 @@ class LocalBlobStore(BlobStore):
                 removed += 1
         return removed
 
-    def remove_partial(self, older_than: float = STALE_PARTIAL_S) -> int:
+    def remove_partial(self, older_than: float = STALE_PARTIAL_S, *, dry_run: bool = False) -> int:
         """Delete temporary files of writes that were killed midway (a crash during
         `dataset close`, say) once they are older than `older_than` seconds."""
         top = self.root / BLOB_PREFIX
@@ -167,7 +174,8 @@ class LocalBlobStore(BlobStore):
         for temp in top.glob(f"*/{TEMP_PREFIX}*"):
             with contextlib.suppress(FileNotFoundError):
                 if temp.stat().st_mtime < cutoff:
-                    temp.unlink()
+                    if not dry_run:
+                        temp.unlink()
                     removed += 1
         return removed
 

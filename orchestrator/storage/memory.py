@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from orchestrator.errors import IntegrityError, NotFound
 from orchestrator.storage.base import (
     BlobStore,
     ProgressCallback,
+    StoredBlob,
     blob_key,
     sha256_bytes,
     write_verified,
@@ -24,6 +26,7 @@ class MemoryBlobStore(BlobStore):
     def __init__(self) -> None:
         self.url = "memory://"
         self._blobs: dict[str, bytes] = {}
+        self._stored_at: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def exists(self, sha256: str) -> bool:
@@ -60,16 +63,22 @@ class MemoryBlobStore(BlobStore):
             raise IntegrityError(f"blob {sha256} is corrupt: content hashes to {actual}")
         return data
 
-    def iter_hashes(self) -> Iterator[str]:
+    def iter_blobs(self) -> Iterator[StoredBlob]:
         """Every stored blob (a snapshot, so callers may delete while iterating)."""
         with self._lock:
-            hashes = sorted(self._blobs)
-        yield from hashes
+            blobs = [
+                StoredBlob(sha, len(data), self._stored_at[sha])
+                for sha, data in sorted(self._blobs.items())
+            ]
+        yield from blobs
 
     def delete(self, hashes: Iterable[str]) -> int:
         """Remove these blobs; return how many existed."""
         with self._lock:
-            return sum(self._blobs.pop(h, None) is not None for h in set(hashes))
+            gone = [h for h in set(hashes) if self._blobs.pop(h, None) is not None]
+            for sha in gone:
+                del self._stored_at[sha]
+            return len(gone)
 
     def _put(self, sha256: str, data: bytes, *, what: str) -> None:
         blob_key(sha256)
@@ -77,7 +86,9 @@ class MemoryBlobStore(BlobStore):
         if actual != sha256:
             raise IntegrityError(f"{what}: expected sha256 {sha256}, content hashes to {actual}")
         with self._lock:
-            self._blobs.setdefault(sha256, data)
+            if sha256 not in self._blobs:
+                self._blobs[sha256] = data
+                self._stored_at[sha256] = time.time()
 
     def _get(self, sha256: str) -> bytes:
         blob_key(sha256)

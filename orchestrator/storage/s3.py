@@ -21,6 +21,7 @@ from orchestrator.storage.base import (
     BLOB_PREFIX,
     BlobStore,
     ProgressCallback,
+    StoredBlob,
     blob_key,
     is_sha256,
     sha256_bytes,
@@ -284,8 +285,8 @@ class S3BlobStore(BlobStore):
             )
         return data
 
-    def iter_hashes(self) -> Iterator[str]:
-        """Every stored blob, listed page by page."""
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        """Every stored blob, listed page by page; its age is the object's LastModified."""
         prefix = self._blobs_prefix()
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -295,7 +296,7 @@ class S3BlobStore(BlobStore):
                 for obj in page.get("Contents", []):
                     name = obj["Key"].rsplit("/", 1)[1]
                     if is_sha256(name) and obj["Key"] == self.key(name):
-                        yield name
+                        yield StoredBlob(name, obj["Size"], obj["LastModified"].timestamp())
         except Exception as exc:
             self._raise(exc, key=prefix)
 
