@@ -37,8 +37,10 @@ def worker(
 
     SIGTERM or Ctrl+C: warm shutdown (finish the current job, take no new one). A second one,
     or the first with --abort-on-stop: stop the job gracefully and re-queue its task."""
+    from orchestrator.logs import configure
     from workers.agent import run
 
+    configure()
     raise typer.Exit(
         run(
             queue,

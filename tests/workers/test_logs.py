@@ -3,6 +3,7 @@ live (Redis) and stored (`output.log`), and `retrain logs -f` ending as the run 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -56,6 +57,9 @@ def run_worker() -> subprocess.CompletedProcess[str]:
          "--queue", "logs", "--gpus", "none", "--burst"],
         env=os.environ.copy(), capture_output=True, text=True, timeout=110, check=False)
     assert done.returncode == 0, done.stderr
+    # Off a terminal, the worker's own log (RQ's lines included) is one JSON object a line.
+    assert [json.loads(line)["level"] for line in done.stderr.splitlines()], done.stderr
+    assert not done.stdout.strip(), done.stdout
     return done
 
 
