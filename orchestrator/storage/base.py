@@ -120,7 +120,12 @@ def write_verified(
 class BlobStore(abc.ABC):
     """Immutable content-addressed blobs. Implementations must be safe to share across threads
     and across processes on many machines: a `put` is atomic (readers never see a partial blob)
-    and two writers of the same blob both succeed."""
+    and two writers of the same blob both succeed.
+
+    A `put` of a blob already stored refreshes its age (`StoredBlob.modified`): whoever stored
+    it again names it in a row only later (a worker's report is ingested after its uploads),
+    and `storage gc` keeps unreferenced blobs only while they are younger than its grace
+    period."""
 
     url: str
     """Where the blobs live, with any credential removed (safe to print)."""

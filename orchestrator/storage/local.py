@@ -78,6 +78,7 @@ class LocalBlobStore(BlobStore):
     ) -> None:
         dest = self.path(sha256)
         if dest.exists():
+            _refresh(dest)
             return
         try:
             source = path.open("rb")
@@ -98,6 +99,7 @@ class LocalBlobStore(BlobStore):
         """Store `data` as blob `sha256` (checked against the hash)."""
         dest = self.path(sha256)
         if dest.exists():
+            _refresh(dest)
             return
         with self._writing(dest):
             write_verified(
@@ -189,6 +191,14 @@ class LocalBlobStore(BlobStore):
                 _fsync_dir(dest.parent)
         except OSError as exc:
             raise StorageError(f"cannot write blob {dest.name} to {self.url}: {exc}") from None
+
+
+def _refresh(blob: Path) -> None:
+    """Make a blob stored again look new to `storage gc` (see `BlobStore`). Not being allowed
+    to (a blob another user stored on a shared mount) is no reason to fail the store: the
+    blob is there, and gc reads references again just before it deletes."""
+    with contextlib.suppress(OSError):
+        os.utime(blob)
 
 
 def _sync_filesystem(path: Path) -> None:

@@ -37,8 +37,10 @@ class MemoryBlobStore(BlobStore):
 
     def put_file(self, sha256: str, path: Path, progress: ProgressCallback | None = None) -> None:
         """Store the file's content as blob `sha256`."""
-        if self.exists(sha256):
-            return
+        with self._lock:
+            if sha256 in self._blobs:
+                self._stored_at[sha256] = time.time()  # stored again: new again
+                return
         data = path.read_bytes()
         self._put(sha256, data, what=f"{path} changed since it was hashed")
         if progress is not None:
@@ -86,9 +88,8 @@ class MemoryBlobStore(BlobStore):
         if actual != sha256:
             raise IntegrityError(f"{what}: expected sha256 {sha256}, content hashes to {actual}")
         with self._lock:
-            if sha256 not in self._blobs:
-                self._blobs[sha256] = data
-                self._stored_at[sha256] = time.time()
+            self._blobs.setdefault(sha256, data)
+            self._stored_at[sha256] = time.time()  # stored again: new again
 
     def _get(self, sha256: str) -> bytes:
         blob_key(sha256)

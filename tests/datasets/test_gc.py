@@ -145,6 +145,25 @@ def test_gc_keeps_what_runs_refer_to_and_honours_the_grace_period(
     client.close()
 
 
+def test_storing_a_blob_again_restarts_its_grace_period(cli: CLI, backend: str) -> None:
+    """A worker uploading a model whose bytes an old orphan already holds stores nothing new,
+    yet its row only comes when the scheduler ingests the report: the old blob must then be
+    as safe as a fresh upload, or gc could delete it in between."""
+    blobs = open_storage(Settings.load())
+    old = _put(blobs, b"bytes a failed run uploaded long ago")
+    _age(blobs, old, hours=48)
+    path = Path("model.bin")
+    path.write_bytes(b"bytes a failed run uploaded long ago")
+    blobs.put_file(old, path)  # a new run's upload of the same content
+    report = cli.json("storage", "gc")
+    assert report["recent"] == [old] and report["orphans"] == [], report
+    assert blobs.exists(old)
+    _age(blobs, old, hours=48)
+    blobs.put_bytes(old, path.read_bytes())
+    assert cli.json("storage", "gc")["recent"] == [old]
+    blobs.close()
+
+
 def test_gc_refuses_a_negative_grace(cli: CLI) -> None:
     result = cli("storage", "gc", "--grace", "-1", expect=2)
     assert "--grace" in result.err
