@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     """A running task whose worker sent no heartbeat for this long is failed (worker lost).
     A running job beats every third of it (at most every 20 s); the scheduler and the
     workers must agree on it."""
+    gc_grace_minutes: float = Field(default=360.0, ge=0)
+    """`storage gc` keeps a blob no row refers to yet while it is younger than this: a
+    finalize or a worker's upload stores blobs before the row that names them is committed."""
     cache_dir: Path | None = None
     """Shared per-machine download cache, keyed by content hash. Default: `<home>/cache`."""
 

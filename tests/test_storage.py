@@ -26,6 +26,7 @@ from orchestrator.storage import (
     sha256_bytes,
 )
 from orchestrator.storage import s3 as s3_module
+from orchestrator.storage.base import StoredBlob
 
 MIB = 1024 * 1024
 
@@ -295,8 +296,8 @@ class CountingStore(BlobStore):
     def get_bytes(self, sha256: str) -> bytes:
         return self.inner.get_bytes(sha256)
 
-    def iter_hashes(self) -> Iterator[str]:
-        return self.inner.iter_hashes()
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        return self.inner.iter_blobs()
 
     def delete(self, hashes: Iterable[str]) -> int:
         return self.inner.delete(hashes)

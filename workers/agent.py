@@ -27,6 +27,7 @@ from typing import Any
 
 from orchestrator.queue import keys
 from workers.gpus import claim, cuda_visible_devices, detect, parse_gpus, slots
+from workers.startup import announce
 
 PRELOAD = (
     "orchestrator.datasets.materialize",
@@ -130,6 +131,7 @@ def run_slot(
         }
         worker.abort_on_stop = abort_on_stop
         worker.home = settings.home
+        announce(worker, queues, slot, detected, settings, burst=burst, max_jobs=max_jobs)
         worked = worker.work(
             burst=burst, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING"
         )

@@ -8,6 +8,12 @@ So every run leads a fresh session (and with it a fresh process group, whose id 
 pid); stopping a run signals the whole group, and a group kill also follows every leader exit,
 normal or not, to reap stragglers.
 
+stdout and stderr share one pipe. Two pipes carry no order between them: a reader (two
+threads, or one selector over both) that finds both ready cannot tell which line was written
+first, so a traceback could show before the output that led to it, live and in the stored
+log. Writes to one pipe arrive exactly in the order they were made. The price is that a line
+no longer says which stream it came from; users read a run's log as one terminal would show it.
+
 POSIX only (process groups, `os.killpg`, `os.waitid`), which is what GPU hosts run.
 """
 
@@ -27,11 +33,14 @@ from typing import IO, Literal
 
 import structlog
 
-__all__ = ["RunResult", "RunStatus", "kill_group", "run_process"]
+__all__ = ["OUTPUT", "RunResult", "RunStatus", "kill_group", "run_process"]
 
 log = structlog.get_logger("retrain.worker.runner")
 
 RunStatus = Literal["completed", "failed", "aborted", "timeout"]
+
+OUTPUT = "output"
+"""The stream name `on_line` gets: the command's stdout and stderr, merged as written."""
 
 # How often the supervising loop looks at the leader, the abort event and the clock. Exits are
 # noticed within this delay; short enough to be invisible next to a training run.
@@ -54,7 +63,7 @@ class RunResult:
     `exit_code` is the leader's exit status; None when it was killed by a signal we sent before
     it exited by itself (abort or timeout). A leader that died of a signal nobody here sent (the
     OOM killer, a segfault) is "failed" with the negative signal number, as `subprocess` reports.
-    `tail` holds the last output lines, stdout and stderr merged in the order they arrived.
+    `tail` holds the last output lines, stdout and stderr in the order they were written.
     """
 
     status: RunStatus
@@ -96,11 +105,11 @@ def run_process(
 ) -> RunResult:
     """Run `argv` (never through a shell) with exactly `env` in `cwd`, and return how it ended.
 
-    Each output line is passed to `on_line(stream, line)` as it arrives, `stream` being "stdout"
-    or "stderr" and `line` without its line ending; bytes that are not UTF-8 become U+FFFD.
-    Calls are serialised (never two at once) and in arrival order, so `on_line` need not be
-    thread-safe; it runs on a reader thread, and an exception from it is logged and ignored, so
-    a broken log shipper cannot stop the run or lose its tail.
+    Each output line is passed to `on_line(OUTPUT, line)` as it arrives, `line` without its
+    line ending; stdout and stderr are one stream, in the order the command wrote them (see the
+    module's docstring); bytes that are not UTF-8 become U+FFFD. Calls come from one reader
+    thread, in order, so `on_line` need not be thread-safe; an exception from it is logged and
+    ignored, so a broken log shipper cannot stop the run or lose its tail.
 
     The run is stopped when `abort` is set (status "aborted") or after `timeout_s` seconds
     (status "timeout"), with `kill_group(pid, grace_s)`; if it was already set before the start,
@@ -128,14 +137,11 @@ def run_process(
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    readers = [
-        _start_reader(proc.stdout, "stdout", output),
-        _start_reader(proc.stderr, "stderr", output),
-    ]
+    assert proc.stdout is not None
+    readers = [_start_reader(proc.stdout, OUTPUT, output)]
     log.info("process started", pid=proc.pid, argv=list(argv), cwd=str(cwd))
 
     stopped_by: Literal["aborted", "timeout"] | None = None

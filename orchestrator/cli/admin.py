@@ -59,19 +59,47 @@ def db_current() -> None:
 @storage_app.command("gc")
 def storage_gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List, do not delete.")] = False,
+    grace: Annotated[
+        float | None,
+        typer.Option(
+            "--grace",
+            min=0,
+            metavar="MINUTES",
+            help="Keep unreferenced blobs younger than this, as their upload may not be "
+            "committed yet (default: RETRAIN_GC_GRACE_MINUTES).",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Delete blobs that no dataset version refers to (left by failed or abandoned uploads)."""
-    report = runtime().datasets.collect_garbage(dry_run=dry_run)
+    """Delete blobs that no row refers to (dataset files and manifests, models, run artifacts
+    and logs) once older than the grace period, and stale leftovers of interrupted uploads."""
+    from orchestrator.storage.gc import collect_garbage
+    from orchestrator.store import blobrefs
+
+    rt = runtime()
+    minutes = rt.settings.gc_grace_minutes if grace is None else grace
+
+    def references() -> dict[str, set[str]]:
+        with rt.store.reader() as session:
+            return blobrefs.referenced(session)
+
+    report = collect_garbage(rt.blobs, references, grace_minutes=minutes, dry_run=dry_run)
     if as_json:
         output.print_json(report)
         return
-    verb = "would delete" if dry_run else "deleted"
-    output.note(
-        f"{verb} {len(report.orphans)} unreferenced blob(s) from {runtime().blobs.url}"
-        + (
-            f" and {report.partial_removed} stale partial upload(s)"
-            if report.partial_removed
-            else ""
+    for orphan in report.orphan_details:
+        print(
+            f"unreferenced blob {orphan.sha256} {output.size(orphan.size)}, "
+            f"{orphan.age_s / 3600:.1f} h old"
         )
+    verb = "would delete" if dry_run else "deleted"
+    partial = "stale partial upload(s)"
+    output.note(
+        f"{verb} {len(report.orphans)} unreferenced blob(s), {output.size(report.orphan_bytes)}, "
+        f"and {report.partial_removed} {partial} from {rt.blobs.url}"
+    )
+    kept = ", ".join(f"{count} {kind}" for kind, count in report.kept.items() if count)
+    output.note(
+        f"kept what rows refer to: {kept or 'nothing'}; and {len(report.recent)} unreferenced "
+        f"blob(s) younger than {minutes:g} min"
     )

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 STATUS_EVERY_S = 2.0
 """While following, how often the store is asked whether the task ended (a lost worker
 never writes the end of its log)."""
+FINISHED = ("completed", "failed", "aborted")
+UNSUCCESSFUL = ("failed", "aborted")
+"""Endings after which `-f` exits 1, so `retrain logs ID -f && next-step` stops there."""
 
 
 def logs(
@@ -31,7 +34,8 @@ def logs(
         int | None, typer.Option("--tail", min=1, help="Only the last N lines to start with.")
     ] = None,
 ) -> None:
-    """Print a task's output (stdout and stderr, in order)."""
+    """Print a task's output (stdout and stderr, in order). With -f, say how the run ended and
+    exit 1 when it failed or was aborted."""
     rt = runtime()
     info = rt.tasks.get(task)
     if info.status == "draft":
@@ -40,6 +44,8 @@ def logs(
     if stored is not None and not (follow and info.status in ("queued", "running")):
         lines = stored.decode("utf-8", "replace").splitlines()
         _write(lines[-tail:] if tail else lines)
+        if follow:
+            _ended(info.id, info.status)  # the end a live follow would have printed
         return
     redis = rt.redis
     from orchestrator.queue import keys
@@ -54,6 +60,8 @@ def logs(
         if not entries and info.status in ("queued", "draft"):
             sys.stderr.write(f"retrain: task {info.id} is {info.status}: no output yet\n")
         return
+    if ended is None and info.status in FINISHED:
+        ended = info.status  # finished, and its live log has no end (its worker was lost)
     cursor = entries[-1][0] if entries else "0-0"
     checked = time.monotonic()
     while ended is None:
@@ -65,11 +73,18 @@ def logs(
         if ended is None and time.monotonic() - checked >= STATUS_EVERY_S:
             checked = time.monotonic()
             status = rt.tasks.get(info.id).status
-            if status in ("completed", "failed", "aborted"):
+            if status in FINISHED:
                 # Its worker was lost (no end was written): drain what came, then stop.
                 _print_entries(_read(redis, stream, cursor, None))
                 ended = status
-    sys.stderr.write(f"retrain: task {info.id} ended: {ended}\n")
+    _ended(info.id, ended)
+
+
+def _ended(task_id: str, ended: str) -> None:
+    """Say how the run ended; exit 1 when it did not succeed."""
+    sys.stderr.write(f"retrain: task {task_id} ended: {ended}\n")
+    if ended in UNSUCCESSFUL:
+        raise typer.Exit(1)
 
 
 def _end(entries: list[tuple[str, dict[Any, Any]]]) -> str | None:

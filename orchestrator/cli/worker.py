@@ -48,6 +48,7 @@ def worker(
     or the first with --abort-on-stop: stop the job gracefully and re-queue its task."""
     import os
 
+    from orchestrator.logs import configure
     from workers.agent import run
     from workers.jobenv import PASS_ENV
 
@@ -55,6 +56,7 @@ def worker(
         # Inherited by every slot and work horse; read where the job's environment is made.
         os.environ[PASS_ENV] = ",".join(pass_env)
 
+    configure()
     raise typer.Exit(
         run(
             queue,

@@ -160,15 +160,6 @@ def lineage(session: Session, version: DatasetVersion) -> list[LineageEntry]:
     return out
 
 
-def referenced_hashes(session: Session) -> set[str]:
-    """Every blob some version (draft or final) refers to: its files and its manifest."""
-    files = session.scalars(select(VersionFile.sha256).distinct())
-    manifests = session.scalars(
-        select(DatasetVersion.manifest_sha256).where(DatasetVersion.manifest_sha256.is_not(None))
-    )
-    return {h for h in [*files, *manifests] if h}
-
-
 def known_stored(session: Session, hashes: Iterable[str]) -> set[str]:
     """Hashes already held by a final version, so certainly in blob storage (uploads happen
     before a version is committed as final)."""

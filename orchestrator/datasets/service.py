@@ -33,7 +33,6 @@ from orchestrator.datasets.validate import (
 from orchestrator.datasets.views import (
     ChangeSummary,
     FinalizeResult,
-    GarbageReport,
     VersionDetail,
     VersionInfo,
 )
@@ -390,21 +389,6 @@ class DatasetService:
             return self.cache.copy_to([e.as_tuple() for e in entries], dest, progress=advance)
 
     # -- storage maintenance ---------------------------------------------------------------
-
-    def collect_garbage(self, *, dry_run: bool = False) -> GarbageReport:
-        """Delete blobs no version refers to, and stale leftovers of interrupted uploads.
-        Storage is listed before references are read, so a blob uploaded meanwhile is not in
-        the listing and cannot be taken."""
-        stored = set(self.blobs.iter_hashes())
-        with self.store.reader() as session:
-            referenced = queries.referenced_hashes(session)
-        orphans = sorted(stored - referenced)
-        partial = 0
-        if not dry_run:
-            if orphans:
-                self.blobs.delete(orphans)
-            partial = self.blobs.remove_partial()
-        return GarbageReport(orphans=orphans, partial_removed=partial, deleted=not dry_run)
 
     # -- helpers ---------------------------------------------------------------------------
 

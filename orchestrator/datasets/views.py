@@ -91,12 +91,3 @@ class VersionDetail(BaseModel):
     modified: list[str]
     removed: list[str]
     added_bytes: int
-
-
-class GarbageReport(BaseModel):
-    """`storage gc`: unreferenced blobs found (and deleted unless a dry run), and how many
-    leftovers of interrupted uploads were removed."""
-
-    orphans: list[str]
-    partial_removed: int
-    deleted: bool

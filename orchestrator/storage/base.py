@@ -17,6 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,6 +35,16 @@ UPLOAD_WORKERS = 8
 
 ProgressCallback = Callable[[int], None]
 """Called with the number of bytes just transferred."""
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob as storage lists it: its hash, size and when it was written."""
+
+    sha256: str
+    size: int
+    modified: float
+    """When the blob was stored, in seconds since the epoch (the storage's own clock)."""
 
 
 def blob_key(sha256: str) -> str:
@@ -109,7 +120,12 @@ def write_verified(
 class BlobStore(abc.ABC):
     """Immutable content-addressed blobs. Implementations must be safe to share across threads
     and across processes on many machines: a `put` is atomic (readers never see a partial blob)
-    and two writers of the same blob both succeed."""
+    and two writers of the same blob both succeed.
+
+    A `put` of a blob already stored refreshes its age (`StoredBlob.modified`): whoever stored
+    it again names it in a row only later (a worker's report is ingested after its uploads),
+    and `storage gc` keeps unreferenced blobs only while they are younger than its grace
+    period."""
 
     url: str
     """Where the blobs live, with any credential removed (safe to print)."""
@@ -177,17 +193,22 @@ class BlobStore(abc.ABC):
         """The blob's content, verified against its hash."""
 
     @abc.abstractmethod
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        """Every stored blob with its size and age (for garbage collection)."""
+
     def iter_hashes(self) -> Iterator[str]:
-        """Every stored blob's hash (for garbage collection)."""
+        """Every stored blob's hash."""
+        return (blob.sha256 for blob in self.iter_blobs())
 
     @abc.abstractmethod
     def delete(self, hashes: Iterable[str]) -> int:
         """Remove these blobs; return how many were removed. Only `storage gc` calls this."""
 
-    def remove_partial(self, older_than: float = STALE_PARTIAL_S) -> int:
+    def remove_partial(self, older_than: float = STALE_PARTIAL_S, *, dry_run: bool = False) -> int:
         """Remove what interrupted writes left behind, if the backend can leave anything;
-        return how many were removed. Only writes older than `older_than` seconds are taken,
-        so a write in progress elsewhere is never cut short."""
+        return how many were removed (with `dry_run`, how many would be). Only writes older
+        than `older_than` seconds are taken, so a write in progress elsewhere is never cut
+        short."""
         return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op for most backends

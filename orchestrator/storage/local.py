@@ -18,6 +18,7 @@ from orchestrator.storage.base import (
     UPLOAD_WORKERS,
     BlobStore,
     ProgressCallback,
+    StoredBlob,
     blob_key,
     is_sha256,
     sha256_bytes,
@@ -77,6 +78,7 @@ class LocalBlobStore(BlobStore):
     ) -> None:
         dest = self.path(sha256)
         if dest.exists():
+            _refresh(dest)
             return
         try:
             source = path.open("rb")
@@ -97,6 +99,7 @@ class LocalBlobStore(BlobStore):
         """Store `data` as blob `sha256` (checked against the hash)."""
         dest = self.path(sha256)
         if dest.exists():
+            _refresh(dest)
             return
         with self._writing(dest):
             write_verified(
@@ -135,8 +138,10 @@ class LocalBlobStore(BlobStore):
             )
         return data
 
-    def iter_hashes(self) -> Iterator[str]:
-        """Every stored blob, skipping temporary files of writes in progress."""
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        """Every stored blob, skipping temporary files of writes in progress. A blob's age is
+        its file's mtime: the rename that stored it keeps the temporary file's, written just
+        before."""
         top = self.root / BLOB_PREFIX
         if not top.is_dir():
             return
@@ -145,7 +150,11 @@ class LocalBlobStore(BlobStore):
                 continue
             for entry in sorted(shard.iterdir()):
                 if is_sha256(entry.name) and entry.name[:2] == shard.name:
-                    yield entry.name
+                    try:
+                        info = entry.stat()
+                    except FileNotFoundError:  # deleted meanwhile
+                        continue
+                    yield StoredBlob(entry.name, info.st_size, info.st_mtime)
 
     def delete(self, hashes: Iterable[str]) -> int:
         """Unlink these blobs (a read-only file needs only a writable directory to go)."""
@@ -156,7 +165,7 @@ class LocalBlobStore(BlobStore):
                 removed += 1
         return removed
 
-    def remove_partial(self, older_than: float = STALE_PARTIAL_S) -> int:
+    def remove_partial(self, older_than: float = STALE_PARTIAL_S, *, dry_run: bool = False) -> int:
         """Delete temporary files of writes that were killed midway (a crash during
         `dataset close`, say) once they are older than `older_than` seconds."""
         top = self.root / BLOB_PREFIX
@@ -167,7 +176,8 @@ class LocalBlobStore(BlobStore):
         for temp in top.glob(f"*/{TEMP_PREFIX}*"):
             with contextlib.suppress(FileNotFoundError):
                 if temp.stat().st_mtime < cutoff:
-                    temp.unlink()
+                    if not dry_run:
+                        temp.unlink()
                     removed += 1
         return removed
 
@@ -181,6 +191,14 @@ class LocalBlobStore(BlobStore):
                 _fsync_dir(dest.parent)
         except OSError as exc:
             raise StorageError(f"cannot write blob {dest.name} to {self.url}: {exc}") from None
+
+
+def _refresh(blob: Path) -> None:
+    """Make a blob stored again look new to `storage gc` (see `BlobStore`). Not being allowed
+    to (a blob another user stored on a shared mount) is no reason to fail the store: the
+    blob is there, and gc reads references again just before it deletes."""
+    with contextlib.suppress(OSError):
+        os.utime(blob)
 
 
 def _sync_filesystem(path: Path) -> None:

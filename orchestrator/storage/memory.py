@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from orchestrator.errors import IntegrityError, NotFound
 from orchestrator.storage.base import (
     BlobStore,
     ProgressCallback,
+    StoredBlob,
     blob_key,
     sha256_bytes,
     write_verified,
@@ -24,6 +26,7 @@ class MemoryBlobStore(BlobStore):
     def __init__(self) -> None:
         self.url = "memory://"
         self._blobs: dict[str, bytes] = {}
+        self._stored_at: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def exists(self, sha256: str) -> bool:
@@ -34,8 +37,10 @@ class MemoryBlobStore(BlobStore):
 
     def put_file(self, sha256: str, path: Path, progress: ProgressCallback | None = None) -> None:
         """Store the file's content as blob `sha256`."""
-        if self.exists(sha256):
-            return
+        with self._lock:
+            if sha256 in self._blobs:
+                self._stored_at[sha256] = time.time()  # stored again: new again
+                return
         data = path.read_bytes()
         self._put(sha256, data, what=f"{path} changed since it was hashed")
         if progress is not None:
@@ -60,16 +65,22 @@ class MemoryBlobStore(BlobStore):
             raise IntegrityError(f"blob {sha256} is corrupt: content hashes to {actual}")
         return data
 
-    def iter_hashes(self) -> Iterator[str]:
+    def iter_blobs(self) -> Iterator[StoredBlob]:
         """Every stored blob (a snapshot, so callers may delete while iterating)."""
         with self._lock:
-            hashes = sorted(self._blobs)
-        yield from hashes
+            blobs = [
+                StoredBlob(sha, len(data), self._stored_at[sha])
+                for sha, data in sorted(self._blobs.items())
+            ]
+        yield from blobs
 
     def delete(self, hashes: Iterable[str]) -> int:
         """Remove these blobs; return how many existed."""
         with self._lock:
-            return sum(self._blobs.pop(h, None) is not None for h in set(hashes))
+            gone = [h for h in set(hashes) if self._blobs.pop(h, None) is not None]
+            for sha in gone:
+                del self._stored_at[sha]
+            return len(gone)
 
     def _put(self, sha256: str, data: bytes, *, what: str) -> None:
         blob_key(sha256)
@@ -78,6 +89,7 @@ class MemoryBlobStore(BlobStore):
             raise IntegrityError(f"{what}: expected sha256 {sha256}, content hashes to {actual}")
         with self._lock:
             self._blobs.setdefault(sha256, data)
+            self._stored_at[sha256] = time.time()  # stored again: new again
 
     def _get(self, sha256: str) -> bytes:
         blob_key(sha256)

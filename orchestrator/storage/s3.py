@@ -21,6 +21,7 @@ from orchestrator.storage.base import (
     BLOB_PREFIX,
     BlobStore,
     ProgressCallback,
+    StoredBlob,
     blob_key,
     is_sha256,
     sha256_bytes,
@@ -204,6 +205,7 @@ class S3BlobStore(BlobStore):
         """
         key = self.key(sha256)
         if self.exists(sha256):
+            self._refresh(key)
             return
         try:
             small = path.stat().st_size <= self.multipart_threshold
@@ -244,11 +246,25 @@ class S3BlobStore(BlobStore):
                 f"data for blob {sha256}: expected sha256 {sha256}, content hashes to {actual}"
             )
         if self.exists(sha256):
+            self._refresh(key)
             return
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
         except Exception as exc:
             self._raise(exc, key=key)
+
+    def _refresh(self, key: str) -> None:
+        """Make a blob stored again look new to `storage gc` (see `BlobStore`): S3 has no
+        touch, so the object is copied onto itself, which sets its LastModified. A refused
+        copy (an object over 5 GiB, a policy without CopyObject) does not fail the store:
+        the blob is there, and gc reads references again just before it deletes."""
+        with contextlib.suppress(Exception):
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource={"Bucket": self.bucket, "Key": key},
+                MetadataDirective="REPLACE",
+            )
 
     def get_file(self, sha256: str, dest: Path, progress: ProgressCallback | None = None) -> None:
         """Download to a temporary file beside `dest`, verify the hash, rename into place."""
@@ -284,8 +300,8 @@ class S3BlobStore(BlobStore):
             )
         return data
 
-    def iter_hashes(self) -> Iterator[str]:
-        """Every stored blob, listed page by page."""
+    def iter_blobs(self) -> Iterator[StoredBlob]:
+        """Every stored blob, listed page by page; its age is the object's LastModified."""
         prefix = self._blobs_prefix()
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -295,7 +311,7 @@ class S3BlobStore(BlobStore):
                 for obj in page.get("Contents", []):
                     name = obj["Key"].rsplit("/", 1)[1]
                     if is_sha256(name) and obj["Key"] == self.key(name):
-                        yield name
+                        yield StoredBlob(name, obj["Size"], obj["LastModified"].timestamp())
         except Exception as exc:
             self._raise(exc, key=prefix)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.runner import RunResult, kill_group, run_process
+from workers.runner import OUTPUT, RunResult, kill_group, run_process
 
 # Generous bounds for slow CI machines; they only limit how long a broken test hangs.
 WAIT_S = 30.0
@@ -110,13 +110,35 @@ def test_completed_streams_lines_in_order_and_keeps_tail(tmp_path: Path) -> None
     assert result.status == "completed"
     assert result.exit_code == 0
     assert result.duration_s >= 0
-    stdout = [line for stream, line in calls if stream == "stdout"]
-    stderr = [line for stream, line in calls if stream == "stderr"]
-    assert stdout == [f"out{i}" for i in range(20)] + ["bad\ufffd", "last-no-newline"]
-    assert stderr == [f"err{i}" for i in range(20)]
-    # The tail is the last lines in the very order on_line saw them. (How the two streams
-    # interleave depends on the reader threads, so which stream ends the tail is not fixed.)
+    assert {stream for stream, _ in calls} == {OUTPUT}
+    assert [line for _, line in calls] == [
+        line for i in range(20) for line in (f"out{i}", f"err{i}")
+    ] + ["bad\ufffd", "last-no-newline"]
+    # The tail is the last lines in the very order on_line saw them.
     assert result.tail == [line for _, line in calls][-5:]
+
+
+def test_stdout_and_stderr_lines_arrive_in_the_order_they_were_written(tmp_path: Path) -> None:
+    """A stderr line written after a flushed stdout line comes after it (a traceback after the
+    output that led to it), however fast the two alternate."""
+    script = py(
+        """
+        import sys
+        for i in range(300):
+            print(f"out{i}", flush=True)
+            print(f"err{i}", file=sys.stderr, flush=True)
+        """
+    )
+    lines: list[str] = []
+    result = run_process(
+        script,
+        env=base_env(),
+        cwd=tmp_path,
+        timeout_s=WAIT_S,
+        on_line=lambda _stream, line: lines.append(line),
+    )
+    assert result.status == "completed"
+    assert lines == [line for i in range(300) for line in (f"out{i}", f"err{i}")]
 
 
 def test_tail_is_the_last_n_lines(tmp_path: Path) -> None:
