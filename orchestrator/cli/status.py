@@ -256,6 +256,8 @@ def _queues(data: dict[str, Any]) -> list[RenderableType]:
         "workers",
     ]
     parts: list[RenderableType] = [_title("queues"), _table(columns, rows)]
+    for q in queues:
+        parts += [Text(line, style="yellow") for line in no_slot_lines(q)]
     for q in disagree:
         parts.append(
             Text(
@@ -266,6 +268,20 @@ def _queues(data: dict[str, Any]) -> list[RenderableType]:
             )
         )
     return parts
+
+
+def no_slot_lines(queue: dict[str, Any]) -> list[str]:
+    """Why jobs of `queue` wait: no live worker has a slot with the GPUs they need."""
+    lines = []
+    for stuck in queue.get("no_slot") or ():
+        if stuck["largest_slot"] is None:
+            why = "no live worker listens on it"
+        else:
+            why = f"the largest live slot listening on it has {stuck['largest_slot']} GPU(s)"
+        lines.append(
+            f"{queue['name']}: {stuck['jobs']} job(s) need {stuck['gpus']} GPU(s) and wait: {why}"
+        )
+    return lines
 
 
 def _workers(data: dict[str, Any]) -> list[RenderableType]:
