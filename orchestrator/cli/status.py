@@ -44,7 +44,8 @@ def status(
     newest_event, events_behind, oldest_unprocessed_at, oldest_unprocessed_age_s, config:
     {path, loaded_at, error}}, queues: [{name, queued, held, running, failed_24h,
     oldest_queued_at, oldest_queued_age_s, redis: {high, normal, low}, redis_waiting,
-    workers}], workers: [{name, host, pid, queues, gpus: [{index, uuid, name, memory_mib}],
+    workers, no_slot: [{gpus, jobs, largest_slot}]}], workers: [{name, host, pid, queues,
+    gpus: [{index, uuid, name, memory_mib}],
     state, task, task_name, task_status, task_started, task_age_s, started, heartbeat,
     heartbeat_age_s}], workers_lost_hidden, firings: [{time, trigger, decision, reason,
     event: {seq, kind, project, name, version, tags}, task, task_status}]}. Times are ISO
