@@ -26,14 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.queue import keys
-from workers.gpus import (
-    claim,
-    cuda_visible_devices,
-    detect,
-    parse_gpus,
-    require_free,
-    slots,
-)
+from workers.gpus import claim, cuda_visible_devices, detect, parse_gpus, require_free, slots
 
 PRELOAD = (
     "orchestrator.datasets.materialize",
