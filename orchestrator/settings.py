@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     finalize or a worker's upload stores blobs before the row that names them is committed."""
     cache_dir: Path | None = None
     """Shared per-machine download cache, keyed by content hash. Default: `<home>/cache`."""
+    env_cache_max_count: int = Field(default=20, ge=1)
+    """A worker machine keeps at most this many job environments (`<cache>/envs`); beyond
+    it the least recently used ones no running job holds are removed after each build."""
+    env_cache_max_bytes: int | None = Field(default=None, ge=1)
+    """The same bound in bytes of all environments together; unset: no size bound."""
 
     @field_validator("home", "cache_dir", mode="after")
     @classmethod

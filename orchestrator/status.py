@@ -305,8 +305,9 @@ def collect(
     - `queues`: one per queue that has active tasks, recent failures, jobs in RQ or a worker:
       `name`, `queued` (held included), `held`, `running`, `failed_24h`, `oldest_queued_at`,
       `oldest_queued_age_s`, `redis` ({`high`, `normal`, `low`} jobs waiting in RQ) and
-      `redis_waiting` (their sum), `workers` (live workers listening); the last three null
-      without Redis.
+      `redis_waiting` (their sum), `workers` (live workers listening), `no_slot` (jobs no
+      live slot is big enough for: see `jobs_without_a_slot`); the last four null without
+      Redis.
     - `workers` (null without Redis): `name`, `host`, `pid`, `queues`, `gpus` (list of
       {`index`, `uuid`, `name`, `memory_mib`}), `state` (idle, busy, stopping or lost),
       `task`, `task_name` (`project/name`), `task_status` (in the store), `task_started`,
@@ -377,6 +378,7 @@ def _queues(
                 "redis": None,
                 "redis_waiting": None,
                 "workers": None,
+                "no_slot": None,
             }
         return rows[name]
 
@@ -406,12 +408,44 @@ def _queues(
                     listening[name] = listening.get(name, 0) + 1
         for name in listening:
             row(name)
+        per_queue: dict[str, dict[str, int]] = {}
+        for rq_name, count in redis.waiting.items():
+            base, priority, _gpus = keys.split_rq_queue(rq_name)
+            per = per_queue.setdefault(base, dict.fromkeys(keys.PRIORITIES, 0))
+            per[priority] += count
+        no_slot = jobs_without_a_slot(redis)
         for name, target in rows.items():
-            per = {p: redis.waiting.get(keys.rq_queue(name, p), 0) for p in keys.PRIORITIES}
+            per = per_queue.get(name, dict.fromkeys(keys.PRIORITIES, 0))
             target["redis"] = per
             target["redis_waiting"] = sum(per.values())
             target["workers"] = listening.get(name, 0)
+            target["no_slot"] = no_slot.get(name, [])
     return [rows[name] for name in sorted(rows)]
+
+
+def jobs_without_a_slot(redis: RedisView) -> dict[str, list[Row]]:
+    """Per queue, the jobs waiting in Redis that no live worker can take because none has a
+    slot with as many GPUs as they need (jobs are routed by size, see `keys.sized_queue`):
+    [{`gpus`, `jobs`, `largest_slot` (GPUs of the biggest live slot on the queue, null when
+    no worker listens)}]. They wait, and this says why, instead of running on too few GPUs.
+    Jobs that need no GPU never appear: any worker takes them (`workers` counts those)."""
+    largest: dict[str, int] = {}
+    for w in redis.workers:
+        if w["state"] == "lost":
+            continue
+        for name in {keys.split_rq_queue(str(q))[0] for q in w["queues"]}:
+            largest[name] = max(largest.get(name, 0), len(w["gpus"]))
+    waiting: dict[tuple[str, int], int] = {}
+    for rq_name, count in redis.waiting.items():
+        base, _priority, gpus = keys.split_rq_queue(rq_name)
+        if count and gpus > largest.get(base, 0):
+            waiting[base, gpus] = waiting.get((base, gpus), 0) + count
+    out: dict[str, list[Row]] = {}
+    for (base, gpus), count in sorted(waiting.items()):
+        out.setdefault(base, []).append(
+            {"gpus": gpus, "jobs": count, "largest_slot": largest.get(base)}
+        )
+    return out
 
 
 def _worker_out(w: Row, tasks: dict[str, Row], now: dt.datetime) -> Row:
@@ -429,12 +463,8 @@ def _worker_out(w: Row, tasks: dict[str, Row], now: dt.datetime) -> Row:
 
 
 def _base_queue(rq_name: str) -> str:
-    """`gpu:high` -> `gpu` (retrain queue names never contain a colon)."""
-    for priority in keys.PRIORITIES:
-        suffix = f":{priority}"
-        if priority != "normal" and rq_name.endswith(suffix):
-            return rq_name.removesuffix(suffix)
-    return rq_name
+    """`gpu@2:high` -> `gpu` (retrain queue names never contain `@` or `:`)."""
+    return keys.split_rq_queue(rq_name)[0]
 
 
 def _utc(value: Any) -> dt.datetime | None:

@@ -324,6 +324,7 @@ SCHEMA: dict[str, Any] = {
             "redis": ({"high": int, "normal": int, "low": int}, None),
             "redis_waiting": (int, None),
             "workers": (int, None),
+            "no_slot": ([{"gpus": int, "jobs": int, "largest_slot": (int, None)}], None),
         }
     ],
     "workers": (

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.queue import keys
-from workers.gpus import claim, cuda_visible_devices, detect, parse_gpus, slots
+from workers.gpus import claim, cuda_visible_devices, detect, parse_gpus, require_free, slots
 from workers.startup import announce
 
 PRELOAD = (
@@ -60,7 +60,10 @@ def run(
 ) -> int:
     """Run until stopped (or, with `burst`, until the queues are empty). Returns an exit code."""
     detected = detect()
-    chosen = slots(parse_gpus(gpus, detected), per_job)
+    indices = parse_gpus(gpus, detected)
+    chosen = slots(indices, per_job)
+    # All or nothing, before any slot starts: never silently serve part of what was asked.
+    require_free(gpus, indices)
     if len(chosen) == 1:
         return run_slot(
             queues,
@@ -107,7 +110,10 @@ def run_slot(
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(slot, detected)
         settings = Settings.load()
         redis = client(settings)
-        names = [rq_name for queue in queues for rq_name in keys.rq_queues_in_order(queue)]
+        # Jobs are routed by the GPUs they need: this slot takes only those that fit it.
+        names = [
+            rq_name for queue in queues for rq_name in keys.rq_queues_in_order(queue, len(slot))
+        ]
         ttl = settings.heartbeat_ttl_s
         worker = agent_class()(
             [rqjobs.queue_class()(n, connection=redis) for n in names],

@@ -5,6 +5,7 @@ Layout under `root`:
     <key>/                    a virtual environment; complete once it holds the marker
     <key>/.retrain-complete   JSON written last by a successful build (its mtime is the LRU clock)
     <key>.lock                lock file, so concurrent jobs build one key only once
+    <key>.use.lock            shared lock held by every job running in the environment
     .tmp-<key>-<random>/      a build (or an eviction) in progress, removed when it ends
 
 The key (`env_key`) hashes the interpreter's version and platform and the normalized pinned
@@ -13,11 +14,18 @@ reads the marker (no subprocess). A miss builds under the key's lock: with uv th
 `--relocatable` in a temporary directory and renamed into place, so it appears complete or not
 at all; with the pip fallback (plain venvs cannot move) it is built in place and only the
 marker makes it count as complete. A failed build leaves nothing behind.
+
+A job holds its environment for its whole life (`acquire` returns an `EnvLease`): a shared
+lock that eviction must take exclusively, so only unused environments are ever removed, the
+least recently used first (the marker's mtime, touched when a job takes and gives back its
+lease). The lock is taken before the hit is checked, so an environment cannot disappear
+between a job finding it and using it; the kernel drops it when a job's process dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +42,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Literal
 
 from filelock import FileLock, Timeout
@@ -75,6 +84,70 @@ class EnvResult:
     build_seconds: float
     frozen: list[str] = field(default_factory=list)
     tool: Tool = "uv"
+    waited_seconds: float = 0.0
+    """Time spent waiting for another job's build of the same key (a hit after a wait is
+    not free, and a 0.0 s build would hide it)."""
+
+
+class _UseLock:
+    """`<key>.use.lock`: flock, shared by the jobs using an environment, exclusive (and never
+    waited for) by eviction. A plain fcntl lock: filelock has no shared mode."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, *, shared: bool) -> bool:
+        """Take the lock; shared blocks (eviction holds it only for a rename), exclusive
+        returns False at once if anyone holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor drops the flock
+
+
+class EnvLease:
+    """A ready environment held for a job's life: while any lease on it is held, eviction
+    leaves it alone. Release it (or leave the `with` block) when the job has ended."""
+
+    def __init__(self, result: EnvResult, lock: _UseLock) -> None:
+        self.result = result
+        self._lock = lock
+
+    def release(self) -> None:
+        """Give the environment back, counting this as its latest use; safe to repeat."""
+        if not self._lock.held:
+            return
+        with contextlib.suppress(OSError):
+            os.utime(self.result.path / MARKER)  # the LRU clock: used until now
+        self._lock.release()
+
+    def __enter__(self) -> EnvLease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
 
 
 @dataclass(frozen=True)
@@ -151,10 +224,11 @@ def find_uv() -> str | None:
 class EnvCache:
     """Environments under `root`, built on first use and shared by every job on the machine.
 
-    `max_envs` and `max_bytes` bound the cache; after each build the least recently used
-    environments beyond either bound are removed (never the one just built, nor one whose lock
-    another process holds). `tool` forces `"uv"` or `"pip"`; `"auto"` uses uv when it is
-    installed. `timeout` bounds each step of a build, in seconds.
+    `max_envs` and `max_bytes` bound the cache (`RETRAIN_ENV_CACHE_MAX_COUNT` / `_MAX_BYTES`);
+    after each build the least recently used environments beyond either bound are removed,
+    never the one just built, one being built, nor one a job holds (`acquire`): the cache may
+    stay over a bound while its environments are in use. `tool` forces `"uv"` or `"pip"`;
+    `"auto"` uses uv when it is installed. `timeout` bounds each step of a build, in seconds.
     """
 
     def __init__(
@@ -193,7 +267,20 @@ class EnvCache:
         python: str | None = None,
         log: LogCallback | None = None,
     ) -> EnvResult:
-        """A ready environment holding `requirements`, built first if it is not cached.
+        """A ready environment holding `requirements`, built first if it is not cached; not
+        held afterwards (a job uses `acquire`)."""
+        with self.acquire(requirements, python=python, log=log) as lease:
+            return lease.result
+
+    def acquire(
+        self,
+        requirements: Sequence[str],
+        *,
+        python: str | None = None,
+        log: LogCallback | None = None,
+    ) -> EnvLease:
+        """A ready environment holding `requirements`, built first if it is not cached, and
+        held (shared with other jobs) until the lease is released.
 
         `python` is an interpreter version (`"3.11"`) or an executable's path or name; the
         default is the interpreter running this code. Raises `EnvBuildError` when the build
@@ -203,16 +290,40 @@ class EnvCache:
         reqs = normalize_requirements(requirements)
         interpreter = self._interpreter(python)
         key = env_key(interpreter.version, interpreter.platform, reqs)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Held before the hit is checked: once found, the environment cannot be evicted.
+        lock = _UseLock(self.root / f"{key}.use.lock")
+        lock.acquire(shared=True)
+        try:
+            return EnvLease(self._ensure(key, interpreter, reqs, say), lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def _ensure(
+        self, key: str, interpreter: _Interpreter, reqs: list[str], say: LogCallback
+    ) -> EnvResult:
         final = self.root / key
         cached = self._hit(final, key)
         if cached is not None:
             say(f"environment {key}: cached at {final}")
             return cached
-        self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.root / f"{key}.lock"):
-            cached = self._hit(final, key)  # built by another job while we waited
+        build_lock = FileLock(self.root / f"{key}.lock")
+        waited = 0.0
+        try:
+            build_lock.acquire(timeout=0)
+        except Timeout:
+            say(f"environment {key}: waiting for another job's build of it")
+            start = time.monotonic()
+            build_lock.acquire()
+            waited = time.monotonic() - start
+        with build_lock:
+            cached = self._hit(final, key, waited)  # built by another job while we waited
             if cached is not None:
-                say(f"environment {key}: built by another job, cached at {final}")
+                say(
+                    f"environment {key}: built by another job while this one waited "
+                    f"{waited:.1f} s, cached at {final}"
+                )
                 return cached
             self._clear_leftovers(key, final)
             tool: Tool = self._choose_tool()
@@ -233,11 +344,12 @@ class EnvCache:
             build_seconds=seconds,
             frozen=frozen,
             tool=tool,
+            waited_seconds=waited,
         )
 
     def evict(self, keep: Collection[str] = ()) -> list[str]:
         """Remove least recently used environments beyond `max_envs` / `max_bytes`; returns
-        the removed keys. Environments in `keep` and those whose lock is held are skipped."""
+        the removed keys. Environments in `keep`, being built or held by a job are skipped."""
         entries: list[tuple[float, str, int]] = []
         try:
             children = list(self.root.iterdir())
@@ -271,7 +383,7 @@ class EnvCache:
 
     # -- hits -------------------------------------------------------------------------------
 
-    def _hit(self, final: Path, key: str) -> EnvResult | None:
+    def _hit(self, final: Path, key: str, waited: float = 0.0) -> EnvResult | None:
         marker = final / MARKER
         try:
             data = json.loads(marker.read_text())
@@ -290,6 +402,7 @@ class EnvCache:
             build_seconds=0.0,
             frozen=[str(line) for line in data.get("frozen", [])],
             tool=tool,
+            waited_seconds=waited,
         )
 
     # -- builds -----------------------------------------------------------------------------
@@ -497,8 +610,11 @@ class EnvCache:
         try:
             lock.acquire()
         except Timeout:
-            return False  # being built (or held by a job): leave it
+            return False  # being built: leave it
+        in_use = _UseLock(self.root / f"{key}.use.lock")
         try:
+            if not in_use.acquire(shared=False):
+                return False  # a job runs in it: leave it
             path = self.root / key
             if not (path / MARKER).is_file():
                 return False
@@ -507,9 +623,11 @@ class EnvCache:
             try:
                 os.rename(path, trash / "venv")
             finally:
+                in_use.release()  # a job waiting for it now finds it gone and builds it
                 shutil.rmtree(trash, ignore_errors=True)
             return True
         finally:
+            in_use.release()
             lock.release()
 
     # -- interpreters -----------------------------------------------------------------------

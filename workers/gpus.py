@@ -34,6 +34,7 @@ __all__ = [
     "default_lock_dir",
     "detect",
     "parse_gpus",
+    "require_free",
     "slots",
 ]
 
@@ -353,3 +354,32 @@ def claim(indices: tuple[int, ...], lock_dir: Path | None = None, *, wait: bool 
             lock.release()
         raise
     return Claim(tuple(indices), locks)
+
+
+def require_free(option: str, indices: list[int], lock_dir: Path | None = None) -> None:
+    """Refuse to start unless every device `--gpus` chose is free of other workers' claims.
+
+    A worker never starts on part of what it was given: with `--gpus all` on a host where
+    another worker holds some devices, running on the rest would hide the clash and change
+    what `all` means from one start to the next. So any claimed device is a `UserError` that
+    names each one and its holder, and the free ones to pass instead. Each device is only
+    tried, then let go: the slots claim (and keep) their devices themselves.
+    """
+    directory = default_lock_dir() if lock_dir is None else lock_dir
+    busy: list[DeviceBusy] = []
+    for index in indices:
+        try:
+            claim((index,), directory).release()
+        except DeviceBusy as exc:
+            busy.append(exc)
+    if not busy:
+        return
+    free = [index for index in indices if index not in {b.index for b in busy}]
+    held = "; ".join(str(b) for b in busy)
+    listed = ", ".join(map(str, free))
+    hint = (
+        f"free: {listed} (pass --gpus {listed.replace(' ', '')} to use only those)"
+        if free
+        else "no chosen GPU is free"
+    )
+    raise UserError(f"--gpus {option!r}: {held}; {hint}")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from orchestrator.settings import Settings
     from orchestrator.storage import BlobStore
+    from workers.envs import EnvLease
 
 HEARTBEAT_EVERY_S = 20.0
 ABORT_GRACE_S = 30.0  # spec.DEFAULT_ABORT_GRACE_S, for payloads queued before it existed
@@ -95,6 +96,7 @@ class Job:
         self._streamed = 0
         """Bytes of log lines sent to the live log so far."""
         self.environment: dict[str, Any] = {}
+        self._env_lease: EnvLease | None = None
         # Three beats per TTL: one lost message never makes a healthy job look dead.
         self._beat_every = min(HEARTBEAT_EVERY_S, settings.heartbeat_ttl_s / 3)
 
@@ -120,6 +122,8 @@ class Job:
             beat.join(timeout=5)
             if self._log_file is not None:
                 self._log_file.close()
+            if self._env_lease is not None:
+                self._env_lease.release()  # only now may the cache evict the environment
         result["duration_s"] = round(time.monotonic() - started, 3)
         result["environment"] = self.environment
         self._end_log(result)
@@ -234,15 +238,24 @@ class Job:
     def _environment(self) -> str:
         from workers.envs import EnvCache
 
-        result = EnvCache(self.cache / "envs").ensure(
+        cache = EnvCache(
+            self.cache / "envs",
+            max_envs=self.settings.env_cache_max_count,
+            max_bytes=self.settings.env_cache_max_bytes,
+        )
+        # Held until the job ends (see `run`), so no other job's build evicts it mid-run.
+        self._env_lease = cache.acquire(
             list(self.spec.get("requirements") or []), python=self.spec.get("python")
         )
-        # Recorded on the task: what the run ran in, and whether the cache had it.
+        result = self._env_lease.result
+        # Recorded on the task: what the run ran in, whether the cache had it, and how long
+        # this job waited for another job's build of it.
         self.environment = {
             "key": result.key,
             "hit": result.hit,
             "tool": result.tool,
             "build_seconds": round(result.build_seconds, 3),
+            "waited_s": round(result.waited_seconds, 3),
             "frozen": list(result.frozen),
         }
         return str(result.python)

@@ -44,7 +44,8 @@ def status(
     newest_event, events_behind, oldest_unprocessed_at, oldest_unprocessed_age_s, config:
     {path, loaded_at, error}}, queues: [{name, queued, held, running, failed_24h,
     oldest_queued_at, oldest_queued_age_s, redis: {high, normal, low}, redis_waiting,
-    workers}], workers: [{name, host, pid, queues, gpus: [{index, uuid, name, memory_mib}],
+    workers, no_slot: [{gpus, jobs, largest_slot}]}], workers: [{name, host, pid, queues,
+    gpus: [{index, uuid, name, memory_mib}],
     state, task, task_name, task_status, task_started, task_age_s, started, heartbeat,
     heartbeat_age_s}], workers_lost_hidden, firings: [{time, trigger, decision, reason,
     event: {seq, kind, project, name, version, tags}, task, task_status}]}. Times are ISO
@@ -256,6 +257,8 @@ def _queues(data: dict[str, Any]) -> list[RenderableType]:
         "workers",
     ]
     parts: list[RenderableType] = [_title("queues"), _table(columns, rows)]
+    for q in queues:
+        parts += [Text(line, style="yellow") for line in no_slot_lines(q)]
     for q in disagree:
         parts.append(
             Text(
@@ -266,6 +269,20 @@ def _queues(data: dict[str, Any]) -> list[RenderableType]:
             )
         )
     return parts
+
+
+def no_slot_lines(queue: dict[str, Any]) -> list[str]:
+    """Why jobs of `queue` wait: no live worker has a slot with the GPUs they need."""
+    lines = []
+    for stuck in queue.get("no_slot") or ():
+        if stuck["largest_slot"] is None:
+            why = "no live worker listens on it"
+        else:
+            why = f"the largest live slot listening on it has {stuck['largest_slot']} GPU(s)"
+        lines.append(
+            f"{queue['name']}: {stuck['jobs']} job(s) need {stuck['gpus']} GPU(s) and wait: {why}"
+        )
+    return lines
 
 
 def _workers(data: dict[str, Any]) -> list[RenderableType]:

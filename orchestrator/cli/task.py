@@ -411,6 +411,8 @@ def _environment_line(environment: dict[str, Any]) -> str | None:
             f"built in {environment.get('build_seconds', 0):.1f} s with {environment.get('tool')}"
         )
     )
+    if environment.get("waited_s"):
+        how += f", after waiting {environment['waited_s']:.1f} s for another job's build"
     return (
         f"{str(environment['key'])[:16]} ({how}, {len(environment.get('frozen') or [])} packages)"
     )

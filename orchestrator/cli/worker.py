@@ -15,7 +15,9 @@ def worker(
     gpus: Annotated[
         str,
         typer.Option(
-            "--gpus", help="all, none, or indices such as 0,1 (detected with nvidia-smi)."
+            "--gpus",
+            help="all, none, or indices such as 0,1 (detected with nvidia-smi). If another "
+            "worker holds any of them, nothing starts (exit 2).",
         ),
     ] = "all",
     per_job: Annotated[int, typer.Option("--per-job", help="GPUs per job.", min=1)] = 1,

@@ -31,8 +31,8 @@ class QueueAdapter:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    def queue(self, name: str, priority: str = "normal") -> Queue:
-        return rqjobs.queue_class()(keys.rq_queue(name, priority), connection=self.redis)
+    def queue(self, name: str, priority: str = "normal", gpus: int = 0) -> Queue:
+        return rqjobs.queue_class()(keys.rq_queue(name, priority, gpus), connection=self.redis)
 
     def enqueue(
         self, task_id: str, payload: dict[str, Any], *, queue: str, priority: str, timeout_s: int
@@ -45,8 +45,10 @@ class QueueAdapter:
             raise ValueError("a job needs an explicit timeout")
         # The job enforces the task's timeout itself (SIGTERM, grace, SIGKILL, a `failed`
         # report); RQ's timeout, which SIGKILLs the work horse, is only the backstop.
+        # Routed by size: only a slot with at least this many GPUs listens to this RQ queue.
+        gpus = int((payload.get("spec") or {}).get("gpus") or 0)
         try:
-            self.queue(queue, priority).enqueue_call(
+            self.queue(queue, priority, gpus).enqueue_call(
                 keys.JOB_FUNCTION,
                 args=(payload,),
                 job_id=task_id,
@@ -146,5 +148,12 @@ class QueueAdapter:
         return status
 
     def counts(self, queue: str) -> dict[str, int]:
-        """Jobs waiting per priority of `queue`."""
-        return {p: self.queue(queue, p).count for p in keys.PRIORITIES}
+        """Jobs waiting per priority of `queue`, every job size included."""
+        counts = dict.fromkeys(keys.PRIORITIES, 0)
+        prefix = "rq:queue:"  # RQ's `Queue.redis_queue_namespace_prefix`
+        for raw in self.redis.smembers("rq:queues"):  # RQ's `redis_queues_keys`
+            rq_name = (raw.decode() if isinstance(raw, bytes) else str(raw)).removeprefix(prefix)
+            base, priority, _gpus = keys.split_rq_queue(rq_name)
+            if base == queue:
+                counts[priority] += int(self.redis.llen(prefix + rq_name))
+        return counts

@@ -12,15 +12,45 @@ PRIORITIES = ("high", "normal", "low")
 """Priorities are separate RQ queues that a worker drains in this order: `gpu:high` before
 `gpu` before `gpu:low`. Within one priority, jobs run in the order they were queued."""
 
+SIZE_SEPARATOR = "@"
+"""Jobs are routed by the GPUs they need: `gpu` holds jobs that need none, `gpu@N` those that
+need N (retrain queue names never contain `@` or `:`). A slot of k GPUs listens to `gpu@k`
+down to `gpu`, so a job only ever reaches a slot big enough for it."""
 
-def rq_queue(queue: str, priority: str = "normal") -> str:
-    """The RQ queue name for a retrain queue and priority (`gpu`, `gpu:high`, `gpu:low`)."""
-    return queue if priority == "normal" else f"{queue}:{priority}"
+
+def sized_queue(queue: str, gpus: int = 0) -> str:
+    """The queue of jobs that need `gpus` GPUs: `gpu` for none, `gpu@2` for two."""
+    return f"{queue}{SIZE_SEPARATOR}{gpus}" if gpus > 0 else queue
 
 
-def rq_queues_in_order(queue: str) -> list[str]:
-    """What a worker listening on `queue` asks RQ for, highest priority first."""
-    return [rq_queue(queue, p) for p in PRIORITIES]
+def rq_queue(queue: str, priority: str = "normal", gpus: int = 0) -> str:
+    """The RQ queue name for a retrain queue, priority and job size (`gpu`, `gpu:high`,
+    `gpu@2:low`)."""
+    sized = sized_queue(queue, gpus)
+    return sized if priority == "normal" else f"{sized}:{priority}"
+
+
+def rq_queues_in_order(queue: str, gpus: int = 0) -> list[str]:
+    """What a slot of `gpus` GPUs listening on `queue` asks RQ for, in order: by priority
+    first (a priority means the same on every slot), then the largest jobs it can hold
+    first. A big slot is the only place a big job can run, while small jobs also fit the
+    small slots: taking the small ones first would let a steady stream of them starve the
+    big ones for good."""
+    return [rq_queue(queue, p, n) for p in PRIORITIES for n in range(gpus, -1, -1)]
+
+
+def split_rq_queue(rq_name: str) -> tuple[str, str, int]:
+    """`gpu@2:high` -> (`gpu`, `high`, 2): the inverse of `rq_queue`. A name that does not
+    parse as sized (some other RQ user's queue) is its own base, normal, size 0."""
+    base, priority = rq_name, "normal"
+    for candidate in PRIORITIES:
+        if candidate != "normal" and rq_name.endswith(f":{candidate}"):
+            base, priority = rq_name.removesuffix(f":{candidate}"), candidate
+            break
+    name, separator, size = base.rpartition(SIZE_SEPARATOR)
+    if separator and name and size.isdecimal() and int(size) > 0:
+        return name, priority, int(size)
+    return base, priority, 0
 
 
 EVENTS_CHANNEL = f"{PREFIX}:events"

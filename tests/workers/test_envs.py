@@ -25,6 +25,7 @@ from workers import envs
 from workers.envs import MARKER, EnvBuildError, EnvCache, EnvResult, env_key
 
 TINY = "tinypkg==0.1.0"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PLATFORM = "cpython-linux-x86_64"
 
 
@@ -306,3 +307,99 @@ def test_max_bytes_evicts_but_keeps_the_new_environment(root: Path) -> None:
     age(older, 60)
     newer = cache.ensure([TINY])
     assert entries(root) == [newer.key]
+
+
+# -- environments in use ---------------------------------------------------------------------
+
+LEASE_HOLDER = """
+import sys
+from pathlib import Path
+from workers.envs import EnvCache
+
+lease = EnvCache(Path(sys.argv[1])).acquire([])
+print(lease.result.key, flush=True)
+sys.stdin.readline()  # hold the lease until told
+lease.release()
+"""
+
+
+def test_an_environment_in_use_by_another_process_is_never_evicted(root: Path) -> None:
+    cache = EnvCache(root, max_envs=1)
+    used = cache.ensure([])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *sys.path])}
+    holder = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, str(root)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == used.key  # the job's lease is held
+        age(used, 300)  # the least recently used: what eviction would take first
+
+        fresh = cache.ensure([TINY])  # over the limit, and the other one is in use
+        assert sorted(entries(root)) == sorted([used.key, fresh.key])
+        assert run_python(used, "print('usable')") == "usable"
+        age(fresh, 120)  # now the least recently used of all, and still the one to go
+        assert cache.evict() == [fresh.key]
+        assert entries(root) == [used.key]
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.communicate(timeout=60)
+    assert holder.returncode == 0
+
+
+def test_a_lease_is_taken_before_the_hit_and_given_back_once(root: Path) -> None:
+    cache = EnvCache(root, max_envs=1)
+    lease = cache.acquire([TINY])
+    assert not lease.result.hit and lease.result.waited_seconds == 0
+    with lease:
+        with EnvCache(root).acquire([TINY]) as other:  # shared: many jobs at once
+            assert other.result.hit
+        age(lease.result, 60)
+        bare = cache.ensure([])  # builds another; the leased one, older, stays
+        assert sorted(entries(root)) == sorted([lease.result.key, bare.key])
+        age(bare, 30)
+    lease.release()  # idempotent
+    # Its release counts as a use: the other one is now the least recently used.
+    assert cache.evict() == [bare.key]
+
+
+def test_waiting_for_another_jobs_build_is_recorded(root: Path, tmp_path: Path) -> None:
+    cache = EnvCache(root)
+    key = cache.key_for([TINY])
+    root.mkdir()
+    waiting = threading.Event()
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "waiting for" in line:
+            waiting.set()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        with FileLock(root / f"{key}.lock"):  # another job is building this key
+            pending = pool.submit(cache.ensure, [TINY], log=log)
+            assert waiting.wait(60), lines
+            # ... and finishes: its environment appears under the key (uv's are relocatable).
+            other = EnvCache(tmp_path / "elsewhere").ensure([TINY])
+            os.rename(other.path, root / key)
+        result = pending.result(timeout=60)
+
+    assert result.hit and result.build_seconds == 0 and result.key == key
+    assert result.waited_seconds > 0
+    assert any("built by another job" in line and "waited" in line for line in lines), lines
+    assert run_python(result, "import tinypkg; print(tinypkg.VALUE)") == "42"
+
+
+def test_cache_limits_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.errors import ConfigError
+    from orchestrator.settings import Settings
+
+    defaults = Settings.load()
+    assert defaults.env_cache_max_count == 20 and defaults.env_cache_max_bytes is None
+    monkeypatch.setenv("RETRAIN_ENV_CACHE_MAX_COUNT", "3")
+    monkeypatch.setenv("RETRAIN_ENV_CACHE_MAX_BYTES", "5000000000")
+    chosen = Settings.load()
+    assert chosen.env_cache_max_count == 3 and chosen.env_cache_max_bytes == 5_000_000_000
+    monkeypatch.setenv("RETRAIN_ENV_CACHE_MAX_COUNT", "0")
+    with pytest.raises(ConfigError, match=r"^RETRAIN_ENV_CACHE_MAX_COUNT: "):
+        Settings.load()

@@ -354,3 +354,18 @@ def test_default_lock_dir_is_shared_by_all_users(
         assert (lock_dir / "gpu-0.owner").read_text() == (
             f"pid={os.getpid()}\nhost={socket.gethostname()}\n"
         )
+
+
+def test_require_free_names_every_held_gpu_and_what_is_free(tmp_path: Path) -> None:
+    gpus.require_free("all", [0, 1, 2], tmp_path)  # nothing held: nothing to say
+    with claim((0,), tmp_path), claim((2,), tmp_path):
+        with pytest.raises(UserError) as caught:
+            gpus.require_free("all", [0, 1, 2], tmp_path)
+        message = str(caught.value)
+        assert message.startswith("--gpus 'all': GPU 0 is already claimed by pid ")
+        assert "; GPU 2 is already claimed by pid " in message
+        assert message.endswith("; free: 1 (pass --gpus 1 to use only those)")
+        with pytest.raises(UserError, match=r"^--gpus '0,2': .*; no chosen GPU is free$"):
+            gpus.require_free("0,2", [0, 2], tmp_path)
+        # Trying is not taking: the free device is still free, for this process and others.
+        assert claim_in_other_process(tmp_path, (1,)) == [{"claimed": [1]}]
