@@ -384,14 +384,28 @@ class Engine:
         record: Any,
         result: PollResult,
     ) -> Decision:
-        """Re-point the newest waiting run at this event instead of queueing another."""
-        context = variables(event, trigger.name, self.storage_url)
-        self.tasks.repoint_in(
-            session, task, params=trigger.run.overrides, context=context, event_seq=event.seq
-        )
+        """Re-point the newest waiting run at this event instead of queueing another: every
+        field the trigger renders is rendered again from this event, as a new run's would."""
+        try:
+            self.tasks.repoint_in(
+                session,
+                task,
+                event_seq=event.seq,
+                params=trigger.run.overrides,
+                inputs=trigger.run.inputs,
+                queue=trigger.run.queue,
+                tags=trigger.run.tags,
+                context=variables(event, trigger.name, self.storage_url),
+                allow_new_params=trigger.run.allow_new_params,
+                trigger=(trigger.name, event.seq),
+            )
+        except RetrainError as exc:
+            # The waiting run keeps its earlier event.
+            decision: Decision = record("skipped", f"cannot start: {exc}")
+            return decision
         if not task.held:
             result.replace.append((TaskInfo.of(task), payload(task)))
-        decision: Decision = record("coalesced", f"folded into waiting task {task.id}", task.id)
+        decision = record("coalesced", f"folded into waiting task {task.id}", task.id)
         return decision
 
     # -- replay ------------------------------------------------------------------------------
