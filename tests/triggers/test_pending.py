@@ -143,6 +143,7 @@ def test_a_trigger_new_to_the_file_sees_every_event_its_scheduler_has_not_proces
     assert sorted(fired_for(runtime)) == sorted(versions)
     [row] = [r for r in loop.cli.json("triggers", "list") if r["name"] == NAME]
     assert row["start_seq"] == start and row["started_at"]
+    assert "since event" in loop.cli("triggers", "list").out
     runtime.close()
 
 
