@@ -262,7 +262,7 @@ class Engine:
                 self._prefetch(session, [*waiting, *matches], result)
                 # Waiting firings first: their events are older, and a newer event of the
                 # same entity is then a duplicate, as it would have been had they started.
-                self._decide_again(session, config, waiting, now, commits, result)
+                started = self._decide_again(session, config, waiting, now, commits, result)
                 for event, trigger in matches:
                     earlier = decided.get((trigger.name, event.seq))
                     if earlier is not None:
@@ -295,7 +295,8 @@ class Engine:
             # batch meanwhile: nothing of ours was written; `poll` reads it as decided.
             return PollResult(cursor=cursor, clash=True)
         if retry:
-            self._retry_due = False
+            # More may wait beyond this batch: go on while the batch made progress.
+            self._retry_due = len(waiting) >= batch and started > 0
         return result
 
     def _decided(
@@ -334,11 +335,13 @@ class Engine:
         now: dt.datetime,
         commits: dict[str, str | Exception],
         result: PollResult,
-    ) -> None:
+    ) -> int:
         """Decide each waiting firing again, updating its ledger row in place: the row is
-        still unique per (trigger, event), so a firing starts at most once."""
+        still unique per (trigger, event), so a firing starts at most once. Returns how many
+        stopped waiting."""
         if not waiting:
-            return
+            return 0
+        before = len(result.decisions)
         rows = self._error_rows(session, {t.name for _, t in waiting}, [e for e, _ in waiting])
         for event, trigger in waiting:
             row = rows.get((trigger.name, event.seq))
@@ -353,6 +356,7 @@ class Engine:
             result.decisions.append(
                 self._decide(session, config, trigger, event, now, commits, result, row)
             )
+        return sum(1 for d in result.decisions[before:] if d.decision != ERROR)
 
     def _error_rows(
         self, session: Session, names: set[str], events: Sequence[EventView]
