@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.defaults import ENV_PREFIX, home_from_env
 from orchestrator.queue import keys
+from orchestrator.scheduler.waiting import waiting_firings
 from orchestrator.store.lean import Row, fetch, placeholders
 
 if TYPE_CHECKING:
@@ -316,6 +317,9 @@ def collect(
     - `firings`: the newest trigger decisions: `time`, `trigger`, `decision` (fired, skipped,
       coalesced, superseded), `reason`, `event` ({`seq`, `kind`, `project`, `name`,
       `version`, `tags`}), `task`, `task_status`.
+    - `waiting`: triggers whose firings could not start and wait (see
+      `orchestrator.scheduler.waiting.waiting_firings`): `trigger`, `reason`, `since`,
+      `count`, `events` ([{`seq`, `kind`, `entity`, `project`, `name`, `version`}]).
     """
     now = now or dt.datetime.now(dt.timezone.utc)
     state = _scheduler_row(conn)
@@ -357,6 +361,7 @@ def collect(
         "workers": [_worker_out(w, names, now) for w in workers] if workers is not None else None,
         "workers_lost_hidden": redis.lost_hidden,
         "firings": _firings(conn, firings),
+        "waiting": waiting_firings(conn),
     }
 
 

@@ -373,6 +373,24 @@ SCHEMA: dict[str, Any] = {
             "task_status": (str, None),
         }
     ],
+    "waiting": [
+        {
+            "trigger": str,
+            "reason": str,
+            "since": (str, None),
+            "count": int,
+            "events": [
+                {
+                    "seq": int,
+                    "kind": str,
+                    "entity": str,
+                    "project": str,
+                    "name": str,
+                    "version": (str, None),
+                }
+            ],
+        }
+    ],
 }
 
 

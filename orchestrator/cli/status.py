@@ -48,7 +48,9 @@ def status(
     gpus: [{index, uuid, name, memory_mib}],
     state, task, task_name, task_status, task_started, task_age_s, started, heartbeat,
     heartbeat_age_s}], workers_lost_hidden, firings: [{time, trigger, decision, reason,
-    event: {seq, kind, project, name, version, tags}, task, task_status}]}. Times are ISO
+    event: {seq, kind, project, name, version, tags}, task, task_status}], waiting:
+    [{trigger, reason, since, count, events: [{seq, kind, entity, project, name,
+    version}]}]}. Times are ISO
     8601 UTC, ages in seconds; Redis-only figures are null when Redis is unreachable.
     """
     if watch:
@@ -147,6 +149,7 @@ def render(data: dict[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [Text(f"retrain status at {stamp} UTC", style="bold")]
     parts += [_overview(data, now), Text(), *_queues(data), Text(), *_workers(data), Text()]
     parts += _firings(data, now)
+    parts += _waiting(data)
     return Group(*parts)
 
 
@@ -359,6 +362,31 @@ def _firings(data: dict[str, Any], now: dt.datetime) -> list[RenderableType]:
         )
     columns = ["when", "trigger", "decision", "event", "task / reason"]
     return [_title("recent firings"), _table(columns, rows)]
+
+
+def _waiting(data: dict[str, Any]) -> list[RenderableType]:
+    """Firings that cannot start: the trigger, why, and the events that wait for a fix of
+    the triggers file or the template (nothing at all when none wait)."""
+    from rich.text import Text
+
+    waiting = data.get("waiting") or []
+    if not waiting:
+        return []
+    rows = []
+    for w in waiting:
+        events = ", ".join(
+            f"{e['seq']} {e['project']}/{e['name']}" + (f" {e['version']}" if e["version"] else "")
+            for e in w["events"]
+        )
+        if w["count"] > len(w["events"]):
+            events += f" (+{w['count'] - len(w['events'])} more)"
+        rows.append((w["trigger"], str(w["count"]), Text(w["reason"], style="red"), events))
+    note = Text(
+        "they fire once the triggers file or the template is fixed "
+        "(or: retrain triggers replay NAME --since TIME --yes)"
+    )
+    columns = ["trigger", "waiting", "why", "events"]
+    return [Text(), _title("firings that cannot start"), _table(columns, rows), note]
 
 
 # -- helpers ----------------------------------------------------------------------------------

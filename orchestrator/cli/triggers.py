@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
 from pathlib import Path
@@ -135,10 +136,12 @@ def check(
 
 @app.command("list")
 def list_triggers(triggers: TriggersOpt = None, as_json: JsonFlag = False) -> None:
-    """Triggers with their source, filters, state, last firing and count."""
+    """Triggers with their source, filters, state, last firing and count, and where each
+    starts: the event it counts from (`since event`; the later ones can fire it) and when
+    the scheduler first saw it. A trigger no scheduler has loaded yet shows `-`."""
     from sqlalchemy import func, select
 
-    from orchestrator.store.models import TriggerFiring
+    from orchestrator.store.models import TriggerFiring, TriggerState
 
     config = _load(triggers)
     with runtime().store.reader() as session:
@@ -150,9 +153,11 @@ def list_triggers(triggers: TriggersOpt = None, as_json: JsonFlag = False) -> No
                 .group_by(TriggerFiring.trigger_name)
             )
         }
+        starts = {r.name: r for r in session.scalars(select(TriggerState))}
     rows = []
     for t in config.triggers:
         count, last = stats.get(t.name, (0, None))
+        start = starts.get(t.name)
         rows.append(
             {
                 "name": t.name,
@@ -162,6 +167,8 @@ def list_triggers(triggers: TriggersOpt = None, as_json: JsonFlag = False) -> No
                 "enabled": t.enabled,
                 "fired": count,
                 "last_fired": last.isoformat() if last else None,
+                "start_seq": start.start_seq if start else None,
+                "started_at": start.created_at.isoformat() if start else None,
             }
         )
     if as_json:
@@ -169,7 +176,7 @@ def list_triggers(triggers: TriggersOpt = None, as_json: JsonFlag = False) -> No
         return
     output.table(
         None,
-        ["name", "source", "filter", "template", "enabled", "fired", "last fired"],
+        ["name", "source", "filter", "template", "enabled", "fired", "last fired", "since event"],
         [
             (
                 r["name"],
@@ -179,6 +186,7 @@ def list_triggers(triggers: TriggersOpt = None, as_json: JsonFlag = False) -> No
                 r["enabled"],
                 r["fired"],
                 r["last_fired"],
+                "-" if r["start_seq"] is None else f"{r['start_seq']} ({r['started_at']})",
             )
             for r in rows
         ],
@@ -301,7 +309,9 @@ def replay(
     yes: Annotated[bool, typer.Option("--yes", help="Fire; without it, only show.")] = False,
     triggers: TriggersOpt = None,
 ) -> None:
-    """Fire a trigger on past events on purpose; shows what it will fire first."""
+    """Fire a trigger on past events on purpose: those the scheduler's cursor has passed
+    that it has not decided, or whose firing could not start and waits. Without --yes,
+    shows what each event would do (fire, duplicate, skip) and writes nothing."""
     from orchestrator.scheduler.engine import Engine
 
     try:
@@ -317,18 +327,44 @@ def replay(
     rt = runtime()
     engine = Engine(rt.store, rt.tasks, rt.settings.storage_url)
     plan = engine.replay_plan(trigger, start)
-    for event in plan:
-        print(f"{event.seq}\t{event.kind}\t{event.project}/{event.name}\t{event.entity_id}")
+    # Without --yes the replay is decided for real and rolled back: the preview counts
+    # exactly what --yes does, duplicates included.
+    result = engine.replay(config, trigger, plan, dry_run=not yes)
+    if yes:
+        from orchestrator.errors import ServiceUnavailable
+
+        for task_id in result.cancel:
+            with contextlib.suppress(ServiceUnavailable):
+                rt.queues.cancel(task_id)
+        for info, job in result.replace:
+            with contextlib.suppress(ServiceUnavailable):
+                rt.queues.cancel(info.id)
+            rt.tasks.push(info, job)
+        for info, job in result.jobs:
+            rt.tasks.push(info, job)
+    events = {e.seq: e for e in plan}
+    run_event = {d.task_id: d.event for d in result.decisions if d.decision == "fired"}
+    fired = duplicates = 0
+    for d in result.decisions:
+        e = events[d.event]
+        if d.decision == "fired":
+            fired += 1
+            outcome = f"fired {d.task_id}" if yes else "would fire"
+        elif d.reason.startswith("duplicate of task "):
+            duplicates += 1
+            earlier = run_event.get(d.reason.removeprefix("duplicate of task "))
+            outcome = f"duplicate of event {earlier}" if earlier is not None else d.reason
+        else:
+            outcome = f"{d.decision}: {d.reason}" if d.reason else d.decision
+        print(f"{e.seq}\t{e.kind}\t{e.project}/{e.name}\t{e.entity_id}\t{outcome}")
+    others = len(result.decisions) - fired - duplicates
+    detail = f"{duplicates} duplicate(s)" + (f", {others} not fired" if others else "")
     if not yes:
-        output.note(f"{len(plan)} event(s) would fire {name}; run again with --yes to fire")
+        output.note(f"{fired} event(s) would fire {name} ({detail}); run again with --yes to fire")
         return
-    result = engine.replay(config, trigger, plan)
-    for info, job in result.jobs:
-        rt.tasks.push(info, job)
-    fired = [d for d in result.decisions if d.decision == "fired"]
     output.note(
-        f"replayed {len(plan)} event(s): {len(fired)} fired, "
-        f"{len(result.decisions) - len(fired)} skipped"
+        f"replayed {len(result.decisions)} event(s): {fired} fired, "
+        f"{len(result.decisions) - fired} skipped ({detail})"
     )
 
 

@@ -306,6 +306,9 @@ class TriggerFiring(Base):
         UniqueConstraint("trigger_name", "event_seq"),
         Index("ix_trigger_firings_entity", "trigger_name", "entity_id", "decision"),
         Index("ix_trigger_firings_time", "created_at"),
+        # Firings that cannot start (`error`) are few among millions and looked up by every
+        # retry pass and every `retrain status`: a range of this index.
+        Index("ix_trigger_firings_decision", "decision", "event_seq"),
     )
 
     id: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
@@ -314,7 +317,7 @@ class TriggerFiring(Base):
     event_seq: Mapped[int] = mapped_column(BigInteger, index=True)
     entity_id: Mapped[str] = mapped_column(String(128))
     decision: Mapped[str] = mapped_column(String(16))
-    """fired | skipped | coalesced | superseded"""
+    """fired | skipped | coalesced | error (cannot start: waits, decided again later)"""
     reason: Mapped[str] = mapped_column(Text, default="")
     task_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -385,20 +385,26 @@ class TaskService:
         **options: Any,
     ) -> tuple[TaskInfo, dict[str, Any]]:
         """Clone and queue inside the caller's transaction (the scheduler's, with its ledger
-        row); returns the job for `push` once the transaction has committed. Nothing is
-        flushed here: many runs in one transaction reach the database in one batch."""
+        row); returns the job for `push` once the transaction has committed. The clone is
+        created as a draft and queued through the same transition as any run. Nothing is
+        flushed here: many runs in one transaction reach the database in one batch. If the
+        run cannot start (a `RetrainError`), nothing of it stays in the session."""
         template = template or self.resolve_template(session, ref)
-        row = self._new_row(session, template, CloneOptions(**options))
-        row.resolved_inputs = _resolve_inputs(session, row.inputs or {}, row.parameters or {})
+        # No autoflush: a run refused halfway (an input still a draft) must not be written.
+        with session.no_autoflush:
+            row = self._new_row(session, template, CloneOptions(**options))
+            try:
+                resolved = _resolve_inputs(session, row.inputs or {}, row.parameters or {})
+            except Exception:
+                session.expunge(row)
+                raise
         row.spec = {**row.spec, "commit": commit}
         row.priority = priority or "normal"
-        row.status = "queued"
-        row.queued_at = row.created_at
         row.held = held
-        info = TaskInfo.of(row)
-        _event(session, ev.TASK_CREATED, info, flush=False)
-        _event(session, ev.TASK_QUEUED, info, flush=False)
-        return info, payload(row)
+        _event(session, ev.TASK_CREATED, TaskInfo.of(row), flush=False)
+        row.resolved_inputs = resolved
+        _set_status(session, row, "queued", flush=False)
+        return TaskInfo.of(row), payload(row)
 
     def run_many(
         self,
@@ -525,27 +531,27 @@ class TaskService:
         _set_status(session, row, "aborted")
         return TaskInfo.of(row)
 
-    def repoint_in(
-        self,
-        session: Session,
-        row: Task,
-        *,
-        params: Mapping[str, Any],
-        context: Mapping[str, Any],
-        event_seq: int,
-    ) -> None:
-        """Re-render a waiting run's overrides for a newer event (`on_busy: coalesce`) and
-        note the event it now stands for; its earlier events stay listed."""
+    def repoint_in(self, session: Session, row: Task, *, event_seq: int, **options: Any) -> None:
+        """Re-point a waiting run at a newer event (`on_busy: coalesce`): every field a
+        trigger renders (parameters, inputs and their resolved versions, tags) is rendered
+        again from the run's template with `options` (see `CloneOptions`), exactly as a new
+        run for this event would have it; the earlier events stay listed. Raises, changing
+        nothing, if the newer event's run could not start."""
         template = session.get(Task, row.parent_id) if row.parent_id else None
-        base = dict(template.parameters or {}) if template else dict(row.parameters or {})
-        variables = {f"params.{k}": v for k, v in base.items()}
-        variables.update(context)
-        rendered = {
-            k: templating.render_value(v, variables, where=f"overrides.{k}")
-            for k, v in params.items()
-        }
-        row.parameters = apply_overrides(base, rendered, allow_new=True)
-        row.resolved_inputs = _resolve_inputs(session, row.inputs or {}, row.parameters)
+        if template is None:
+            raise NotFound("template", row.parent_id or "?", f"task {row.id} has no template")
+        with session.no_autoflush:
+            fresh = self._new_row(session, template, CloneOptions(**options))
+            parameters, inputs, tags = fresh.parameters, fresh.inputs, set(fresh.tags)
+            session.expunge(fresh)  # only its rendered fields are wanted
+            resolved = _resolve_inputs(session, inputs or {}, parameters or {})
+        row.parameters = parameters
+        row.inputs = inputs
+        row.resolved_inputs = resolved
+        row.tag_rows = [
+            *(t for t in row.tag_rows if t.tag in tags),
+            *(TaskTag(tag=t) for t in sorted(tags - set(row.tags))),
+        ]
         previous = [row.trigger_event_seq] if row.trigger_event_seq is not None else []
         row.coalesced_events = [*(row.coalesced_events or []), *previous]
         row.trigger_event_seq = event_seq
@@ -671,8 +677,11 @@ def _check_transition(row: Task, new: str) -> None:
         )
 
 
-def _set_status(session: Session, row: Task, status: str) -> None:
-    """Change status, stamp the time, and write the event in the same transaction."""
+def _set_status(session: Session, row: Task, status: str, *, flush: bool = True) -> None:
+    """The one path for every status change: check it is allowed, change status, stamp the
+    time, and write the event in the same transaction (without `flush`, at the next flush:
+    the scheduler writes a batch of runs at once)."""
+    _check_transition(row, status)
     now = utcnow()
     row.status = status
     if status == "queued":
@@ -681,8 +690,9 @@ def _set_status(session: Session, row: Task, status: str) -> None:
         row.started_at = now
     elif status in FINISHED:
         row.finished_at = now
-    session.flush()
-    _event(session, EVENT_OF_STATUS[status], TaskInfo.of(row))
+    if flush:
+        session.flush()
+    _event(session, EVENT_OF_STATUS[status], TaskInfo.of(row), flush=flush)
 
 
 def _event(session: Session, kind: str, info: TaskInfo, *, flush: bool = True) -> None:
