@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator import templating
+from orchestrator.datasets.validate import check_tag
 from orchestrator.errors import UserError
 from orchestrator.tasks.params import coerce
 from orchestrator.triggers.match import glob_match
@@ -224,6 +225,11 @@ def _problems(
                 )
         for j, tag in enumerate(run.tags):
             yield from _check_value(document, (*where, "run", "tags", j), tag, known)
+            if "${" not in tag:  # rendered ones are checked when they are rendered
+                try:
+                    check_tag(tag)
+                except UserError as exc:
+                    yield document.error((*where, "run", "tags", j), str(exc))
     yield from _cycles(document, triggers, resolve)
 
 
