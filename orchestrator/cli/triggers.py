@@ -29,24 +29,16 @@ TriggersOpt = Annotated[
 def _load(path: Path | None, *, check_templates: bool = False) -> Config:
     """The triggers file; with `check_templates`, also checked against the store's templates
     (that each exists, and accepts the trigger's overrides and inputs)."""
-    from orchestrator.errors import RetrainError
-    from orchestrator.triggers.config import TemplateShape, load_config, triggers_path
+    from orchestrator.triggers.config import load_config, store_templates, triggers_path
 
-    tasks = runtime().tasks
-
-    def shape(ref: str) -> TemplateShape | None:
-        try:
-            info = tasks.template(ref)
-        except RetrainError:
-            return None
-        return TemplateShape(info.project, info.name, info.parameters, info.inputs)
+    templates = store_templates(runtime().tasks)
+    if check_templates:
+        return load_config(triggers_path(path), templates=templates)
 
     def resolve(ref: str) -> tuple[str, str] | None:
-        found = shape(ref)
+        found = templates(ref)
         return None if found is None else (found.project, found.name)
 
-    if check_templates:
-        return load_config(triggers_path(path), templates=shape)
     return load_config(triggers_path(path), resolve_template=resolve)
 
 

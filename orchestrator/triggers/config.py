@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -21,6 +21,9 @@ from orchestrator.tasks.params import coerce
 from orchestrator.triggers.match import glob_match
 from orchestrator.triggers.schema import Trigger, TriggersFile
 from orchestrator.yamlfile import Document, FileError, PathKey, load_items, loads, message
+
+if TYPE_CHECKING:
+    from orchestrator.tasks.service import TaskService
 
 TRIGGERS_ENV = "RETRAIN_TRIGGERS_FILE"
 
@@ -67,6 +70,20 @@ class TemplateShape:
 
 TemplateLookup = Callable[[str], "TemplateShape | None"]
 """Template reference -> its shape, or None if no template has that reference."""
+
+
+def store_templates(tasks: TaskService) -> TemplateLookup:
+    """Look templates up in the store, as a run started now would resolve them."""
+    from orchestrator.errors import RetrainError
+
+    def lookup(ref: str) -> TemplateShape | None:
+        try:
+            info = tasks.template(ref)
+        except RetrainError:
+            return None
+        return TemplateShape(info.project, info.name, info.parameters, info.inputs)
+
+    return lookup
 
 
 def triggers_path(given: str | Path | None = None) -> Path:
