@@ -126,7 +126,8 @@ class Up:
         overrides: every firing of theirs would be skipped. A warning, not a refusal: the
         template may be registered once everything is up."""
         from orchestrator.runtime import Runtime
-        from orchestrator.triggers.config import load_config, store_templates
+        from orchestrator.triggers.config import load_config
+        from orchestrator.triggers.templates import store_templates
         from orchestrator.yamlfile import FileError
 
         runtime = Runtime(self.settings)

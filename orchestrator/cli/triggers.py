@@ -29,15 +29,20 @@ TriggersOpt = Annotated[
 def _load(path: Path | None, *, check_templates: bool = False) -> Config:
     """The triggers file; with `check_templates`, also checked against the store's templates
     (that each exists, and accepts the trigger's overrides and inputs)."""
-    from orchestrator.triggers.config import load_config, store_templates, triggers_path
+    from orchestrator.errors import RetrainError
+    from orchestrator.triggers.config import load_config, triggers_path
+    from orchestrator.triggers.templates import store_templates
 
-    templates = store_templates(runtime().tasks)
+    tasks = runtime().tasks
     if check_templates:
-        return load_config(triggers_path(path), templates=templates)
+        return load_config(triggers_path(path), templates=store_templates(tasks))
 
     def resolve(ref: str) -> tuple[str, str] | None:
-        found = templates(ref)
-        return None if found is None else (found.project, found.name)
+        try:
+            info = tasks.template(ref)
+        except RetrainError:
+            return None
+        return info.project, info.name
 
     return load_config(triggers_path(path), resolve_template=resolve)
 

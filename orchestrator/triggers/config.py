@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -21,9 +21,6 @@ from orchestrator.tasks.params import coerce
 from orchestrator.triggers.match import glob_match
 from orchestrator.triggers.schema import Trigger, TriggersFile
 from orchestrator.yamlfile import Document, FileError, PathKey, load_items, loads, message
-
-if TYPE_CHECKING:
-    from orchestrator.tasks.service import TaskService
 
 TRIGGERS_ENV = "RETRAIN_TRIGGERS_FILE"
 
@@ -68,22 +65,9 @@ class TemplateShape:
     inputs: Mapping[str, Any]
 
 
-TemplateLookup = Callable[[str], "TemplateShape | None"]
-"""Template reference -> its shape, or None if no template has that reference."""
-
-
-def store_templates(tasks: TaskService) -> TemplateLookup:
-    """Look templates up in the store, as a run started now would resolve them."""
-    from orchestrator.errors import RetrainError
-
-    def lookup(ref: str) -> TemplateShape | None:
-        try:
-            info = tasks.template(ref)
-        except RetrainError:
-            return None
-        return TemplateShape(info.project, info.name, info.parameters, info.inputs)
-
-    return lookup
+TemplateLookup = Callable[[Collection[str]], Mapping[str, TemplateShape]]
+"""Template references -> the shapes of those that name a template (all at once: a file
+naming 1,000 templates is checked in one query, see `triggers.templates`)."""
 
 
 def triggers_path(given: str | Path | None = None) -> Path:
@@ -132,14 +116,6 @@ def load_config(
     and input is checked against the template's parameters, their types and its inputs.
     The daemon passes only `resolve_template`: templates change without the file changing,
     so it records a run that cannot start when it fires instead of refusing the file."""
-    if templates is not None:
-        lookup = _cached(templates)
-
-        def resolve(ref: str) -> tuple[str, str] | None:
-            shape = lookup(ref)
-            return None if shape is None else (shape.project, shape.name)
-
-        resolve_template = resolve
     if text is None:
         document, raw = load_items(path, "triggers")
     else:
@@ -164,9 +140,15 @@ def load_config(
     if problems:
         raise FileError(problems)
     triggers = tuple(_with_defaults(t, head) for t in parsed)
-    problems = list(
-        _problems(document, triggers, resolve_template, lookup if templates else None)
-    )
+    shapes: Mapping[str, TemplateShape] | None = None
+    if templates is not None:
+        found = shapes = templates({t.run.template for t in triggers})
+
+        def resolve_template(ref: str) -> tuple[str, str] | None:
+            shape = found.get(ref)
+            return None if shape is None else (shape.project, shape.name)
+
+    problems = list(_problems(document, triggers, resolve_template, shapes))
     if problems:
         raise FileError(problems)
     digest = hashlib.sha256(
@@ -187,23 +169,11 @@ def _with_defaults(trigger: Trigger, parsed: TriggersFile) -> Trigger:
     return trigger.model_copy(update={"run": run.model_copy(update=updates)})
 
 
-def _cached(templates: TemplateLookup) -> TemplateLookup:
-    # 1,000 triggers naming one template cost one lookup.
-    seen: dict[str, TemplateShape | None] = {}
-
-    def lookup(ref: str) -> TemplateShape | None:
-        if ref not in seen:
-            seen[ref] = templates(ref)
-        return seen[ref]
-
-    return lookup
-
-
 def _problems(
     document: Document,
     triggers: tuple[Trigger, ...],
     resolve: TemplateResolver | None,
-    templates: TemplateLookup | None,
+    shapes: Mapping[str, TemplateShape] | None,
 ) -> Iterator[str]:
     seen: dict[str, int] = {}
     for i, trigger in enumerate(triggers):
@@ -216,8 +186,8 @@ def _problems(
         seen.setdefault(trigger.name, i)
         known = variables_for(trigger)
         run = trigger.run
-        shape = templates(run.template) if templates is not None else None
-        if templates is not None and shape is None:
+        shape = shapes.get(run.template) if shapes is not None else None
+        if shapes is not None and shape is None:
             yield document.error(
                 (*where, "run", "template"),
                 f"no template {run.template!r} (templates are draft "

@@ -180,6 +180,21 @@ def test_allow_new_params_in_yaml_lets_new_names_through(
     assert "1 trigger(s) OK" in out
 
 
+def test_templates_are_found_as_a_run_would_find_them(
+    cli: CLI, store: str, git_repo: Repo, tmp_path: Path  # noqa: F811
+) -> None:
+    # A newer revision of blog/train has General/batch; the template named by id does not.
+    cli("task", "create", "--project", "blog", "--name", "train", "--repo",
+        str(git_repo.path), "--script", "train.py", "--param", "General/batch=32")
+    path = tmp_path / "triggers.yaml"
+    by_name = DATASET_TRIGGER + "      overrides: {General/batch: 64}\n"
+    by_id = by_name.replace("name: retrain", "name: pinned").replace("blog/train", store)
+    err = check(cli, path, HEAD + by_name + by_id, expect=2)
+    [problem] = err.strip().splitlines()
+    assert problem.startswith(f"{path}:12:19: triggers[1].run.overrides.General/batch: "
+                              f"the template {store} has no parameter General/batch")
+
+
 # -- finding 11: a template that does not exist ----------------------------------------------
 
 
