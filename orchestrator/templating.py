@@ -15,6 +15,8 @@ from typing import Any
 from orchestrator.errors import UserError
 
 _TOKEN = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+# The same, plus a bare `${` that no `}` closes (tried last, so it matches only then).
+_OPEN = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 
 
 class TemplateError(UserError):
@@ -24,6 +26,12 @@ class TemplateError(UserError):
 def placeholders(text: str) -> list[str]:
     """The variable names used in `text`, in order (escaped `$${` ignored)."""
     return [m.group(1).strip() for m in _TOKEN.finditer(text) if m.group(0) != "$${"]
+
+
+def unterminated(text: str) -> bool:
+    """Whether `text` opens a placeholder it never closes (`"${dataset.id/x"`): it would
+    render literally, so where values are checked (triggers.yaml) it is an error."""
+    return any(m.group(0) == "${" for m in _OPEN.finditer(text))
 
 
 def check(text: str, known: Callable[[str], bool], *, where: str) -> None:

@@ -86,6 +86,7 @@ class Up:
     def _run(self) -> int:
         redis_url = self._redis()
         self._store()
+        self._check_templates()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         self.children = [Child("scheduler", self._scheduler_argv())]
@@ -119,6 +120,24 @@ class Up:
 
         # Opening it creates or migrates the database: once, here, before the children.
         Store(self.settings.database_url).dispose()
+
+    def _check_templates(self) -> None:
+        """Say now which triggers name a template the store lacks, or one that refuses their
+        overrides: every firing of theirs would be skipped. A warning, not a refusal: the
+        template may be registered once everything is up."""
+        from orchestrator.runtime import Runtime
+        from orchestrator.triggers.config import load_config
+        from orchestrator.triggers.templates import store_templates
+        from orchestrator.yamlfile import FileError
+
+        runtime = Runtime(self.settings)
+        try:
+            load_config(self.triggers, templates=store_templates(runtime.tasks))
+        except FileError as exc:
+            for problem in exc.problems:
+                sys.stderr.write(f"retrain up: warning: {problem}\n")
+        finally:
+            runtime.close()
 
     def _scheduler_argv(self) -> list[str]:
         argv = [*_retrain(), "scheduler", "--triggers", str(self.triggers)]

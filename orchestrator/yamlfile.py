@@ -98,25 +98,112 @@ class Document:
 
 
 def load(path: Path) -> Document:
-    """Read and parse `path`; a missing file or a syntax error is a `FileError` with its
-    position."""
+    """Read and parse `path`; a missing file, text that is not UTF-8 or a syntax error is a
+    `FileError` with its position."""
+    return loads(read(path), path)
+
+
+def read(path: Path) -> str:
+    """The text of `path`: a missing or unreadable file, or bytes that are not UTF-8 (a binary
+    file, say), is a one-line `FileError` naming where."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileError([f"{path}: no such file"]) from None
     except OSError as exc:
         raise FileError([f"{path}: cannot read: {exc.strerror}"]) from None
-    return loads(text, path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise FileError(
+            [f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x})"]
+        ) from None
 
 
 def loads(text: str, path: Path) -> Document:
+    """Parse `text` (read from `path`) whole. Aliases may not expand it past
+    `MAX_EXPANDED_NODES`: the check is linear in the text, so a "billion laughs" file is
+    refused at once instead of being expanded by validation or error reporting."""
+    loader = _Loader(text)
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.MarkedYAMLError as exc:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node, path)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise _syntax_error(exc, path, text) from None
+    finally:
+        loader.dispose()
+    return Document(path, data, text)
+
+
+def _syntax_error(exc: yaml.YAMLError, path: Path, text: str) -> FileError:
+    if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise FileError([f"{where}: invalid YAML: {exc.problem}"]) from None
-    return Document(path, data, text)
+        return FileError([f"{where}: invalid YAML: {exc.problem}"])
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        what = (
+            "the file contains a NUL character"
+            if exc.character in (0, "\0")
+            else f"invalid YAML: unacceptable character U+{_code(exc.character):04X}"
+        )
+        return FileError([f"{path}:{line}:{column}: {what} (is it a text file?)"])
+    return FileError([f"{path}: invalid YAML: {exc}"])
+
+
+def _code(character: int | str) -> int:
+    return character if isinstance(character, int) else ord(character)
+
+
+MAX_EXPANDED_NODES = 2_000_000
+"""Nodes a document may have once its aliases are expanded: well above a 10,000-trigger file
+(~200,000 nodes), far below what a few lines of nested aliases can make (10^9)."""
+
+
+def _check_expansion(root: yaml.Node, path: Path) -> None:
+    """Refuse documents whose aliases expand past `MAX_EXPANDED_NODES`, or refer to a node
+    that contains them (a recursive structure no validator or serializer can walk). Each
+    node's expanded size is computed once (aliased nodes are shared), so this is linear."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = _children(node)
+        if not children_done:
+            open_nodes.add(key)
+            stack.append((node, True))
+            for child in children:
+                if id(child) in open_nodes:
+                    raise _bomb(path, child, "an alias refers to a node that contains it")
+                if id(child) not in sizes:
+                    stack.append((child, False))
+            continue
+        open_nodes.discard(key)
+        sizes[key] = 1 + sum(sizes[id(child)] for child in children)
+        if sizes[key] > MAX_EXPANDED_NODES:
+            raise _bomb(path, node, f"aliases expand to more than {MAX_EXPANDED_NODES:,} nodes")
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _bomb(path: Path, node: yaml.Node, problem: str) -> FileError:
+    mark = node.start_mark
+    return FileError([f"{path}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}"])
 
 
 def load_items(path: Path, key: str) -> tuple[Document, Iterator[Any]]:
@@ -125,18 +212,11 @@ def load_items(path: Path, key: str) -> tuple[Document, Iterator[Any]]:
     tree of the whole file never sits in memory at once (it would cost ~100 MB, and the
     allocator keeps that resident after it is freed). The document's data holds the other
     top-level keys. Files using anchors or aliases are parsed whole instead."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise FileError([f"{path}: no such file"]) from None
-    except OSError as exc:
-        raise FileError([f"{path}: cannot read: {exc.strerror}"]) from None
+    text = read(path)
     try:
         spans = _top_spans(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise FileError([f"{where}: invalid YAML: {exc.problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise _syntax_error(exc, path, text) from None
     if spans is None or not isinstance(spans.get(key), list):
         document = loads(text, path)
         items = document.data.pop(key, None) if isinstance(document.data, dict) else None

@@ -28,10 +28,15 @@ TriggersOpt = Annotated[
 
 
 def _load(path: Path | None, *, check_templates: bool = False) -> Config:
+    """The triggers file; with `check_templates`, also checked against the store's templates
+    (that each exists, and accepts the trigger's overrides and inputs)."""
     from orchestrator.errors import RetrainError
     from orchestrator.triggers.config import load_config, triggers_path
+    from orchestrator.triggers.templates import store_templates
 
     tasks = runtime().tasks
+    if check_templates:
+        return load_config(triggers_path(path), templates=store_templates(tasks))
 
     def resolve(ref: str) -> tuple[str, str] | None:
         try:
@@ -40,9 +45,7 @@ def _load(path: Path | None, *, check_templates: bool = False) -> Config:
             return None
         return info.project, info.name
 
-    return load_config(
-        triggers_path(path), resolve_template=resolve, check_templates=check_templates
-    )
+    return load_config(triggers_path(path), resolve_template=resolve)
 
 
 def scheduler(

@@ -285,7 +285,9 @@ class TaskService:
             resolved_inputs={},
             metrics={},
         )
-        new_tags = sorted({*(template.tags), *(check_tag(t) for t in options.tags)})
+        # Tags are rendered like the other fields: a trigger's `from-${dataset.version}`.
+        rendered_tags = (templating.render(t, variables, where=f"--tag {t}") for t in options.tags)
+        new_tags = sorted({*(template.tags), *(check_tag(t) for t in rendered_tags)})
         row.tag_rows = [TaskTag(tag=t) for t in new_tags]
         session.add(row)
         return row

@@ -34,6 +34,22 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _METRIC_TEST = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
 
 
+MAX_DURATION_S = 365 * 86_400
+"""The longest cooldown or interval, a year: longer is a typo, and values past ~10^9 days
+overflow the date arithmetic of every poll."""
+
+
+def bounded_duration(value: Any) -> int:
+    """A duration (`90s`, `30m`, `12h`, `2d`) in seconds, at most `MAX_DURATION_S`."""
+    try:
+        seconds = parse_duration(value)
+    except OverflowError:  # so many digits that the float is infinite
+        seconds = MAX_DURATION_S + 1
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"{value!r} is too long (at most {MAX_DURATION_S // 86_400}d)")
+    return seconds
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -117,23 +133,59 @@ class ScheduleSource(_Strict):
     """An interval such as 30m or 6h, instead of cron."""
     timezone: str = "UTC"
 
+    # Each field is checked with the very parser the daemon schedules it with (APScheduler's),
+    # so a value `triggers check` passes can never fail at start-up or on a reload.
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if len(value.split()) != 5:
+            raise ValueError(f"cron {value!r} must have 5 fields (minute hour day month weekday)")
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"cron {value!r}: {exc}") from None
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        if value is not None:
+            bounded_duration(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except Exception:
+            raise ValueError(f"unknown timezone {value!r}") from None
+        return value
+
     @model_validator(mode="after")
     def _one(self) -> ScheduleSource:
         if bool(self.cron) == bool(self.every):
             raise ValueError("give exactly one of cron or every")
-        if self.every:
-            parse_duration(self.every)
-        if self.cron and len(self.cron.split()) != 5:
-            raise ValueError(
-                f"cron {self.cron!r} must have 5 fields (minute hour day month weekday)"
-            )
         try:
-            from zoneinfo import ZoneInfo
-
-            ZoneInfo(self.timezone)
-        except Exception:
-            raise ValueError(f"unknown timezone {self.timezone!r}") from None
+            self.build()
+        except (ValueError, OverflowError, LookupError) as exc:
+            raise ValueError(f"the scheduler cannot build this schedule: {exc}") from None
         return self
+
+    def build(self) -> Any:
+        """The APScheduler trigger the daemon runs this schedule on."""
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if self.cron:
+            return CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+        return IntervalTrigger(seconds=bounded_duration(self.every or "0"), timezone=self.timezone)
 
 
 class Source(_Strict):
@@ -192,7 +244,7 @@ class Policy(_Strict):
     def _cooldown(cls, value: Any) -> int:
         if value in (0, "0", "0s", None):
             return 0
-        return parse_duration(value)
+        return bounded_duration(value)
 
 
 class Trigger(_Strict):

@@ -1,0 +1,65 @@
+"""The templates a triggers file names, looked up in the store for load-time checks.
+
+`triggers check` of 10,000 triggers naming 1,000 templates must not cost 1,000 round trips:
+references written `project/name` (nearly all of them) are found in one query, by the same
+rule as `TaskService.resolve_template` (the newest draft or completed task of that name);
+ids and `project/name@tag` go through `resolve_template` itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, tuple_
+
+from orchestrator.errors import RetrainError
+from orchestrator.store.models import Project, Task
+from orchestrator.tasks.states import TEMPLATE_STATUSES
+from orchestrator.triggers.config import TemplateLookup, TemplateShape
+
+if TYPE_CHECKING:
+    from orchestrator.tasks.service import TaskService
+
+CHUNK = 500
+"""(project, name) pairs per query: far below every database's limit on parameters."""
+
+
+def store_templates(tasks: TaskService) -> TemplateLookup:
+    """A `TemplateLookup` over the store: references -> the shapes of those that exist."""
+
+    def lookup(refs: Collection[str]) -> dict[str, TemplateShape]:
+        found: dict[str, TemplateShape] = {}
+        by_name: dict[tuple[str, str], list[str]] = {}
+        with tasks.store.reader() as session:
+            for ref in refs:
+                project, _, name = ref.rpartition("/")
+                if "@" in ref or not project or not name:
+                    with contextlib.suppress(RetrainError):  # absent: not in `found`
+                        found[ref] = _shape(tasks.resolve_template(session, ref))
+                else:
+                    by_name.setdefault((project, name), []).append(ref)
+            pairs = list(by_name)
+            for start in range(0, len(pairs), CHUNK):
+                query = (
+                    select(Task)
+                    .join(Project)
+                    .where(
+                        tuple_(Project.path, Task.name).in_(pairs[start : start + CHUNK]),
+                        Task.status.in_(TEMPLATE_STATUSES),
+                    )
+                    .order_by(Task.created_at.desc())
+                )
+                for row in session.scalars(query):
+                    for ref in by_name.get((row.project.path, row.name), ()):
+                        found.setdefault(ref, _shape(row))  # the newest comes first
+        return found
+
+    return lookup
+
+
+def _shape(row: Task) -> TemplateShape:
+    return TemplateShape(
+        row.project.path, row.name, dict(row.parameters or {}), dict(row.inputs or {})
+    )
