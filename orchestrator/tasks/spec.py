@@ -39,7 +39,7 @@ _SECRET_VALUE = re.compile(
 
 MAX_TIMEOUT_S = 30 * 86400
 """A run's longest timeout: a run that needs longer should checkpoint and be re-run."""
-MAX_DURATION_S = 366 * 86400
+MAX_DURATION_S = 365 * 86400
 """The longest duration anything accepts (cooldowns, intervals): past it is a typo."""
 
 
@@ -57,7 +57,7 @@ def parse_duration(
     if seconds < minimum:
         raise ValueError(f"{value!r} is shorter than {minimum} second(s)")
     if seconds > maximum:
-        raise ValueError(f"{value!r} is longer than the maximum, {describe_seconds(maximum)}")
+        raise ValueError(f"{value!r} is too long (at most {describe_seconds(maximum)})")
     return int(seconds)
 
 

@@ -27,27 +27,22 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.tasks.spec import check_param_name, check_queue, parse_duration
+from orchestrator.tasks.spec import (
+    MAX_DURATION_S,
+    check_param_name,
+    check_queue,
+    parse_duration,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 _METRIC_TEST = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
 
 
-MAX_DURATION_S = 365 * 86_400
-"""The longest cooldown or interval, a year: longer is a typo, and values past ~10^9 days
-overflow the date arithmetic of every poll."""
-
-
 def bounded_duration(value: Any) -> int:
-    """A duration (`90s`, `30m`, `12h`, `2d`) in seconds, at most `MAX_DURATION_S`."""
-    try:
-        seconds = parse_duration(value)
-    except OverflowError:  # so many digits that the float is infinite
-        seconds = MAX_DURATION_S + 1
-    if seconds > MAX_DURATION_S:
-        raise ValueError(f"{value!r} is too long (at most {MAX_DURATION_S // 86_400}d)")
-    return seconds
+    """A duration (`90s`, `30m`, `12h`, `2d`) in seconds, at most `MAX_DURATION_S` (a year:
+    longer is a typo, and values past ~10^9 days overflow the date arithmetic of every poll)."""
+    return parse_duration(value, maximum=MAX_DURATION_S)
 
 
 class _Strict(BaseModel):
