@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestrator.errors import RetrainError
+from orchestrator.scheduler import schedules
 from orchestrator.scheduler.engine import STATE, Engine, PollResult
 from orchestrator.scheduler.lease import Lease
 from orchestrator.scheduler.steps import BACKOFF_CAP_S, StepFailed, Steps
@@ -109,7 +110,7 @@ class Scheduler:
         """What the loaded file refers to and the store cannot resolve (missing templates)."""
         self._templates_checked = 0.0
         self._missing: set[str] = set()
-        self._scheduled: dict[str, tuple[str | None, str | None, str]] = {}
+        self._scheduled: dict[str, schedules.Key] = {}
         self._leading = False
         self._last_reconcile = 0.0
         self._last_metrics = 0.0
@@ -140,7 +141,7 @@ class Scheduler:
             return False
         try:
             config = load_config(self.path, resolve_template=self._template_target)
-            plan = self._plan(config)
+            plan = schedules.plan(config)
         except (FileError, RetrainError) as exc:
             self._mtime = mtime
             self._config_failed(str(exc))
@@ -154,7 +155,8 @@ class Scheduler:
         self.config = config
         self._loaded_at = utcnow()
         _return_freed_memory()
-        self._apply(plan)
+        if self.schedules is not None:
+            schedules.apply(self.schedules, self._scheduled, plan, self._tick_schedule)
         self._check_templates(config, force=True)
         self._config_ok()
         log.info(
@@ -334,6 +336,9 @@ class Scheduler:
             report.pushed = self.steps.run("release", self.release) or 0
         self.reconcile()
         self.steps.run("heartbeat", self.heartbeat)
+        if self.metrics is not None:
+            for step in self.steps.snapshot():
+                self.metrics.step_failures.labels(step["name"]).set(step["failures"])
         return report
 
     def _hold_lease(self) -> bool:
@@ -351,68 +356,6 @@ class Scheduler:
         return leading
 
     # -- schedules -------------------------------------------------------------------------
-
-    def _plan(self, config: Config) -> dict[str, tuple[tuple[str | None, str | None, str], Any]]:
-        """Every enabled schedule trigger's APScheduler trigger, built before anything is
-        swapped: a cron APScheduler refuses fails the whole reload, naming its place."""
-        from apscheduler.triggers.cron import CronTrigger
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        from orchestrator.tasks.spec import parse_duration
-
-        plan: dict[str, tuple[tuple[str | None, str | None, str], Any]] = {}
-        problems: list[str] = []
-        for trigger in config.triggers:
-            spec = trigger.on.schedule
-            if spec is None or not trigger.enabled:
-                continue
-            try:
-                when = (
-                    CronTrigger.from_crontab(spec.cron, timezone=spec.timezone)
-                    if spec.cron
-                    else IntervalTrigger(
-                        seconds=parse_duration(spec.every or "0"), timezone=spec.timezone
-                    )
-                )
-            except (ValueError, TypeError, LookupError, RetrainError) as exc:
-                field = "cron" if spec.cron else "every"
-                value = spec.cron or spec.every
-                where = _Places(self.path)(trigger.name, str(value))
-                problems.append(
-                    f"{where}: trigger {trigger.name!r}: on.schedule.{field}: "
-                    f"{value!r} is refused by the scheduler: {exc}"
-                )
-                continue
-            plan[trigger.name] = ((spec.cron, spec.every, spec.timezone), when)
-        if problems:
-            raise FileError(problems)
-        return plan
-
-    def _apply(self, plan: dict[str, tuple[tuple[str | None, str | None, str], Any]]) -> None:
-        """Swap the schedule: drop jobs gone or changed, add the new ones. A job whose spec
-        did not change keeps its next run time."""
-        if self.schedules is None:
-            return
-        for name in list(self._scheduled):
-            if name not in plan or plan[name][0] != self._scheduled[name]:
-                if self.schedules.get_job(name) is not None:
-                    self.schedules.remove_job(name)
-                del self._scheduled[name]
-        for name, (key, when) in plan.items():
-            if name in self._scheduled:
-                continue
-            # coalesce: runs missed while down collapse into one, and the miss is logged.
-            self.schedules.add_job(
-                self._tick_schedule,
-                when,
-                args=[name],
-                id=name,
-                coalesce=True,
-                misfire_grace_time=None,
-                max_instances=1,
-                replace_existing=True,
-            )
-            self._scheduled[name] = key
 
     def _tick_schedule(self, name: str) -> None:
         self.steps.run("schedules", lambda: self._record_tick(name), backoff=False)
@@ -515,7 +458,7 @@ class Scheduler:
         if not force and missing == self._missing:
             return
         self._missing = missing
-        place = _Places(self.path)
+        place = schedules.Places(self.path)
         problems = [
             f"{place(t.name, t.run.template)}: trigger {t.name!r}: run.template: "
             f"no template {t.run.template!r}; every firing is skipped until it is registered"
@@ -580,35 +523,6 @@ class Scheduler:
         except Exception:
             log.exception("step crashed; will retry", step=getattr(step, "__name__", str(step)))
         return None
-
-
-class _Places:
-    """`file:line` of a value in a named trigger (the first line holding it after the line
-    naming the trigger), or `file` alone where it cannot be found: a daemon message names
-    the place. The file is read once however many places are asked for."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.lines = path.read_text().splitlines()
-        except (OSError, UnicodeDecodeError):
-            self.lines = []
-        self._names: dict[str, int] | None = None
-
-    def __call__(self, name: str, needle: str) -> str:
-        if self._names is None:
-            self._names = {}
-            for i, line in enumerate(self.lines):
-                key, _, value = line.strip().lstrip("- ").partition(":")
-                if key.strip() == "name":
-                    self._names.setdefault(value.strip().strip("'\""), i)
-        start = self._names.get(name)
-        if start is None:
-            return str(self.path)
-        for i in range(start, len(self.lines)):
-            if needle in self.lines[i]:
-                return f"{self.path}:{i + 1}"
-        return f"{self.path}:{start + 1}"
 
 
 def _return_freed_memory() -> None:
