@@ -109,7 +109,7 @@ def troubles_of(b: Beat, *, now: float) -> list[str]:
     step failing for longer than its budget."""
     out = []
     if b.detail.get("leader") and b.detail.get("firing") is False:
-        out.append(f"is not firing: {b.detail.get('not_firing') or 'no triggers loaded'}")
+        out.append(f"is not firing: {_line(b.detail.get('not_firing') or 'no triggers loaded')}")
     for step in b.detail.get("steps") or []:
         if not isinstance(step, dict) or not step.get("failing_since"):
             continue
@@ -121,9 +121,14 @@ def troubles_of(b: Beat, *, now: float) -> list[str]:
         if now - since > budget:
             out.append(
                 f"step {step.get('name')} failing for {now - since:.0f} s (budget "
-                f"{budget:.0f} s, {step.get('failures')} failures): {step.get('last_error')}"
+                f"{budget:.0f} s, {step.get('failures')} failures): {_line(step.get('last_error'))}"
             )
     return out
+
+
+def _line(text: object) -> str:
+    """The check prints one line: a multi-line error (every problem of a file) joined."""
+    return " / ".join(str(text).splitlines())
 
 
 def _safe(name: str) -> str:

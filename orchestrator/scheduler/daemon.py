@@ -157,8 +157,8 @@ class Scheduler:
         _return_freed_memory()
         if self.schedules is not None:
             schedules.apply(self.schedules, self._scheduled, plan, self._tick_schedule)
-        self._check_templates(config, force=True)
         self._config_ok()
+        self._check_templates(config, force=True)
         log.info(
             "triggers loaded",
             path=str(self.path),
@@ -166,6 +166,13 @@ class Scheduler:
             digest=config.digest,
         )
         return True
+
+    def _reload_step(self) -> None:
+        """The loop's reload: a file found invalid has failed the step without raising (and
+        without backing off: the next change of the file is read at once)."""
+        self.reload()
+        if self._config_error is None:
+            self.steps.ok("reload")
 
     def _config_failed(self, message: str) -> None:
         self._config_error = message
@@ -245,13 +252,13 @@ class Scheduler:
 
     def reconcile(self, now_s: float | None = None, *, force: bool = False) -> None:
         """Every `reconcile_every` seconds, two steps: `reconcile` (Redis against the store)
-        and `lost` (runs whose worker died)."""
+        and `lost_workers` (runs whose worker died)."""
         now_s = time.monotonic() if now_s is None else now_s
         if not force and now_s - self._last_reconcile < self.reconcile_every:
             return
         self._last_reconcile = now_s
         self.steps.run("reconcile", self._reconcile_queues)
-        lost = self.steps.run("lost", self._check_lost)
+        lost = self.steps.run("lost_workers", self._check_lost)
         if self.metrics is not None:
             self.metrics.reconcile.labels("lost").inc(len(lost or []))
         self._refresh_metrics(force=True)
@@ -324,7 +331,7 @@ class Scheduler:
         if not self._leading:
             log.info("leading", holder=self.lease.holder)
             self._leading = True
-        self.steps.run("reload", self.reload, settles=False)
+        self.steps.run("reload", self._reload_step, settles=False)
         applied = self.steps.run("ingest", self.ingest.step)
         if self.metrics is not None and applied:
             self.metrics.reports.inc(applied)

@@ -32,14 +32,14 @@ STEPS = (
     "poll",
     "release",
     "reconcile",
-    "lost",
+    "lost_workers",
     "schedules",
     "heartbeat",
 )
 """Every step of the loop, in the order one iteration runs them (schedules tick on their own
 thread)."""
 
-BUDGET_S = {"reload": 300.0, "reconcile": 120.0, "lost": 120.0}
+BUDGET_S = {"reload": 300.0, "reconcile": 120.0, "lost_workers": 120.0}
 """How long a step may keep failing before `retrain health scheduler` says unhealthy;
 `DEFAULT_BUDGET_S` for the others. Reload gets longer: the previous triggers stay in force
 while someone fixes the file."""

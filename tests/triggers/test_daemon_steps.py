@@ -100,7 +100,7 @@ def test_an_invalid_file_at_start_leads_without_firing_and_says_so(
         assert data["firing"] is False
         assert str(loop.triggers) in data["not_firing_reason"]
         assert data["config"]["loaded_at"] is None
-        for name in ("ingest", "reconcile", "lost", "heartbeat"):
+        for name in ("ingest", "reconcile", "lost_workers", "heartbeat"):
             assert step(loop, name)["last_ok_at"], name
         out = loop.cli("status").out
         assert "not firing" in out and "stay in force" not in out
@@ -317,7 +317,7 @@ FAULTS: dict[str, Injector] = {
     "poll": _fault_poll,
     "ingest": _fault_ingest,
     "reconcile": _fault_reconcile,
-    "lost": _fault_lost,
+    "lost_workers": _fault_lost,
     "release": _fault_release,
     "reload": _fault_reload,
 }
@@ -347,7 +347,7 @@ def test_a_failing_step_stops_nothing_else_and_is_named(
         failed = step(loop, failing)
         assert f"injected fault in {failing}" in failed["last_error"]
         assert failed["failing_since"] and failed["failures"] >= 1
-        others = [n for n in ("poll", "ingest", "reconcile", "lost", "heartbeat")
+        others = [n for n in ("poll", "ingest", "reconcile", "lost_workers", "heartbeat")
                   if n != failing]
         marks = {n: step(loop, n)["last_ok_at"] for n in others}
         wait_for(lambda: all(step(loop, n)["last_ok_at"] != marks[n] for n in others),
@@ -413,4 +413,37 @@ def test_a_cursor_conflict_never_spins(loop: Loop, monkeypatch: pytest.MonkeyPat
     assert failed is not None and "conflict" in (failed.last_error or "")
     scheduler.tick()  # backing off: no poll at all this time
     assert len(calls) <= 10
+    runtime.close()
+
+
+def test_a_failing_schedule_tick_is_named_and_ticks_resume(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop.triggers.write_text(loop.triggers.read_text() + """\
+  - name: every-second
+    on: {schedule: {every: 1s}}
+    run: {template: dataset_blogpost/training}
+""")
+    runtime = Runtime()
+    scheduler = fast(runtime, loop.triggers, step_budget_s=1.0)
+    broken = threading.Event()
+    broken.set()
+    real = scheduler.lease.leader
+
+    def leader() -> str | None:
+        if broken.is_set():
+            raise redis.ConnectionError("injected fault in schedules")
+        return real()
+
+    monkeypatch.setattr(scheduler.lease, "leader", leader)
+    with running(scheduler):
+        wait_for(lambda: step(loop, "schedules").get("last_error"), "the tick to fail visibly")
+        assert "injected fault in schedules" in step(loop, "schedules")["last_error"]
+        result = wait_for(lambda: health(loop, 1), "health to name the schedules step")
+        assert isinstance(result, Result) and "step schedules failing" in result.err
+        assert not tasks_of(runtime, "every-second")
+        wait_for(lambda: step(loop, "poll").get("last_ok_at"), "the other steps to go on")
+        broken.clear()
+        wait_for(lambda: tasks_of(runtime, "every-second"), "the schedule to tick again")
+        wait_for(lambda: step(loop, "schedules").get("last_error") is None, "recovery")
     runtime.close()
