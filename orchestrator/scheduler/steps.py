@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
+from redis import RedisError
+from sqlalchemy.exc import OperationalError
 
 from orchestrator.errors import RetrainError
 
@@ -49,6 +51,11 @@ DEFAULT_BUDGET_S = 60.0
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 """A failing step is retried after 0.5 s, 1 s, 2 s, ... at most this long."""
+
+
+TRANSIENT = (RetrainError, RedisError, OperationalError, OSError)
+"""Failures a step expects (an outage, a conflict put in words): a warning without a
+traceback. Anything else is a bug, logged with its traceback."""
 
 
 class StepFailed(RetrainError):
@@ -121,7 +128,7 @@ class Steps:
             return None
         try:
             result = work()
-        except RetrainError as exc:
+        except TRANSIENT as exc:
             self.failed(name, str(exc) or type(exc).__name__, backoff=backoff)
             log.warning("step failed; backing off", step=name, error=str(exc))
             return None
