@@ -177,7 +177,10 @@ def _overview(data: dict[str, Any], now: dt.datetime) -> RenderableType:
     if s["alive"] and not s["firing"]:
         state.append("; ")
         state.append("not firing", style="red")
-        state.append(f": {s['not_firing_reason']}")
+        no_file = s["config"]["error"] and s["config"]["loaded_at"] is None
+        # The file's error is on the triggers row below: say so instead of repeating it.
+        why = "no valid triggers file is loaded (see triggers)" if no_file else None
+        state.append(f": {why or s['not_firing_reason']}")
     grid.add_row("scheduler", state)
     failing = [step for step in s["steps"] if not step["ok"]]
     if failing:
