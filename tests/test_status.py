@@ -525,7 +525,13 @@ def test_after_a_real_scheduler_tick(loop: Loop, database_url: str) -> None:  # 
     assert behind["scheduler"]["oldest_unprocessed_age_s"] >= 0
     scheduler.tick()
     data: Any = loop.cli.json("status")
+    conforms(data, SCHEMA)  # with the steps a real scheduler recorded
     s = data["scheduler"]
+    assert s["firing"] and s["not_firing_reason"] is None
+    assert [step["name"] for step in s["steps"]] == [
+        "lease", "reload", "ingest", "poll", "release", "reconcile", "lost_workers",
+        "schedules", "heartbeat"]
+    assert all(step["ok"] for step in s["steps"])
     assert s["alive"] and s["leader"] == scheduler.lease.holder == s["recorded_leader"]
     assert s["events_behind"] == 0 and s["oldest_unprocessed_at"] is None
     assert s["config"]["path"] == str(loop.triggers) and s["config"]["error"] is None
