@@ -198,7 +198,7 @@ def _scheduler_row(conn: Any) -> Row | None:
     rows = fetch(
         conn,
         "SELECT cursor, leader, heartbeat_at, last_poll_at, config_path, config_error, "
-        "config_loaded_at FROM scheduler_state WHERE name = %s",
+        "config_loaded_at, config_problems, steps FROM scheduler_state WHERE name = %s",
         [SCHEDULER_STATE],
     )
     return rows[0] if rows else None
@@ -301,8 +301,14 @@ def collect(
       lease; null without Redis), `recorded_leader` (who last wrote the heartbeat),
       `heartbeat_at`, `heartbeat_age_s`, `last_poll_at` (the last poll that read events),
       `cursor` (null: the scheduler never ran), `newest_event`, `events_behind`,
-      `oldest_unprocessed_at`, `oldest_unprocessed_age_s`, and `config`: {`path`,
-      `loaded_at`, `error` (null when the file loaded)}.
+      `oldest_unprocessed_at`, `oldest_unprocessed_age_s`, `firing` (the leader is alive,
+      has a valid triggers file loaded and its poll step is not failing), `not_firing_reason`
+      (null while firing), `config`: {`path`, `loaded_at` (null: the leader has no valid
+      file loaded, nothing fires), `error` (null when the file loaded), `problems` (what the
+      loaded file refers to and cannot resolve, e.g. a missing template)}, and `steps`: per
+      loop step of the leader {`name`, `ok` (not failing), `last_ok_at`, `last_error`,
+      `last_error_at`, `failing_since`, `failing_for_s`, `failures` (in a row), `budget_s`,
+      `over_budget` (failing for longer than its budget)}, as of its last heartbeat.
     - `queues`: one per queue that has active tasks, recent failures, jobs in RQ or a worker:
       `name`, `queued` (held included), `held`, `running`, `failed_24h`, `oldest_queued_at`,
       `oldest_queued_age_s`, `redis` ({`high`, `normal`, `low`} jobs waiting in RQ) and
@@ -330,8 +336,11 @@ def collect(
 
     heartbeat = _utc(state["heartbeat_at"]) if state else None
     heartbeat_age = _age(heartbeat, now)
+    alive = heartbeat_age is not None and heartbeat_age < ALIVE_WITHIN_S
+    steps = _steps(state["steps"] if state else None, now)
+    reason = _not_firing(state, alive, heartbeat_age, steps)
     scheduler = {
-        "alive": heartbeat_age is not None and heartbeat_age < ALIVE_WITHIN_S,
+        "alive": alive,
         "leader": redis.leader,
         "lease_ttl_s": redis.lease_ttl_s,
         "recorded_leader": state["leader"] if state else None,
@@ -345,11 +354,17 @@ def collect(
         "oldest_unprocessed_age_s": _age(_utc(oldest_event["created_at"]), now)
         if oldest_event
         else None,
+        "firing": reason is None,
+        "not_firing_reason": reason,
         "config": {
             "path": state["config_path"] if state else None,
             "loaded_at": _iso(state["config_loaded_at"]) if state else None,
             "error": (state["config_error"] or None) if state else None,
+            "problems": [
+                str(p) for p in _json_list_of(state["config_problems"] if state else None)
+            ],
         },
+        "steps": steps,
     }
     since = now - dt.timedelta(seconds=FAILED_WINDOW_S)
     return {
@@ -363,6 +378,51 @@ def collect(
         "firings": _firings(conn, firings),
         "waiting": waiting_firings(conn),
     }
+
+
+def _steps(raw: Any, now: dt.datetime) -> list[Row]:
+    """The leader's steps as it recorded them, with how long each has been failing."""
+    out = []
+    for step in _json_list_of(raw):
+        if not isinstance(step, dict):
+            continue
+        since = _utc(step.get("failing_since"))
+        failing_for = _age(since, now)
+        budget = float(step.get("budget_s") or 0)
+        out.append(
+            {
+                "name": str(step.get("name")),
+                "ok": since is None,
+                "last_ok_at": _iso(step.get("last_ok_at")),
+                "last_error": step.get("last_error"),
+                "last_error_at": _iso(step.get("last_error_at")),
+                "failing_since": _iso(since),
+                "failing_for_s": failing_for,
+                "failures": int(step.get("failures") or 0),
+                "budget_s": budget,
+                "over_budget": failing_for is not None and failing_for > budget,
+            }
+        )
+    return out
+
+
+def _not_firing(
+    state: Row | None, alive: bool, heartbeat_age: float | None, steps: list[Row]
+) -> str | None:
+    """Why no trigger can fire now, in words; None while the leader fires."""
+    if state is None or heartbeat_age is None:
+        return "no scheduler has run yet"
+    if not alive:
+        return f"the scheduler is down (last heartbeat {heartbeat_age:.0f} s ago)"
+    if state["config_loaded_at"] is None:
+        error = state["config_error"]
+        if error:
+            return f"no valid triggers file is loaded: {error}"
+        return "no triggers file is loaded yet"
+    for step in steps:
+        if step["name"] == "poll" and not step["ok"]:
+            return f"the poll step is failing: {step['last_error']}"
+    return None
 
 
 def _queues(
@@ -525,6 +585,12 @@ def _json(value: Any) -> Any:
         except ValueError:
             return None
     return value
+
+
+def _json_list_of(value: Any) -> list[Any]:
+    """A JSON list column: a list from PostgreSQL, text from SQLite, or NULL."""
+    parsed = _json(value)
+    return parsed if isinstance(parsed, list) else []
 
 
 def _json_list(value: str | None) -> list[Any]:

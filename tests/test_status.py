@@ -232,7 +232,10 @@ def test_figures(cli: CLI, seeded: Seeded) -> None:
         "path": "/etc/retrain/triggers.yaml",
         "loaded_at": s["config"]["loaded_at"],
         "error": None,
+        "problems": [],
     }
+    assert s["firing"] is True and s["not_firing_reason"] is None
+    assert s["steps"] == []  # this seeded row has no steps recorded
 
     queues = {q["name"]: q for q in data["queues"]}
     assert sorted(queues) == ["cpu", "gpu"]
@@ -310,7 +313,28 @@ SCHEMA: dict[str, Any] = {
         "events_behind": (int, None),
         "oldest_unprocessed_at": (str, None),
         "oldest_unprocessed_age_s": (float, None),
-        "config": {"path": (str, None), "loaded_at": (str, None), "error": (str, None)},
+        "firing": bool,
+        "not_firing_reason": (str, None),
+        "config": {
+            "path": (str, None),
+            "loaded_at": (str, None),
+            "error": (str, None),
+            "problems": [str],
+        },
+        "steps": [
+            {
+                "name": str,
+                "ok": bool,
+                "last_ok_at": (str, None),
+                "last_error": (str, None),
+                "last_error_at": (str, None),
+                "failing_since": (str, None),
+                "failing_for_s": (float, None),
+                "failures": int,
+                "budget_s": float,
+                "over_budget": bool,
+            }
+        ],
     },
     "queues": [
         {
@@ -520,7 +544,13 @@ def test_after_a_real_scheduler_tick(loop: Loop, database_url: str) -> None:  # 
     assert behind["scheduler"]["oldest_unprocessed_age_s"] >= 0
     scheduler.tick()
     data: Any = loop.cli.json("status")
+    conforms(data, SCHEMA)  # with the steps a real scheduler recorded
     s = data["scheduler"]
+    assert s["firing"] and s["not_firing_reason"] is None
+    assert [step["name"] for step in s["steps"]] == [
+        "lease", "reload", "ingest", "poll", "release", "reconcile", "lost_workers",
+        "schedules", "heartbeat"]
+    assert all(step["ok"] for step in s["steps"])
     assert s["alive"] and s["leader"] == scheduler.lease.holder == s["recorded_leader"]
     assert s["events_behind"] == 0 and s["oldest_unprocessed_at"] is None
     assert s["config"]["path"] == str(loop.triggers) and s["config"]["error"] is None

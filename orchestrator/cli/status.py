@@ -41,8 +41,10 @@ def status(
 
     JSON: {time, database, redis: {url, reachable, error}, scheduler: {alive, leader,
     lease_ttl_s, recorded_leader, heartbeat_at, heartbeat_age_s, last_poll_at, cursor,
-    newest_event, events_behind, oldest_unprocessed_at, oldest_unprocessed_age_s, config:
-    {path, loaded_at, error}}, queues: [{name, queued, held, running, failed_24h,
+    newest_event, events_behind, oldest_unprocessed_at, oldest_unprocessed_age_s, firing,
+    not_firing_reason, config: {path, loaded_at, error, problems}, steps: [{name, ok,
+    last_ok_at, last_error, last_error_at, failing_since, failing_for_s, failures, budget_s,
+    over_budget}]}, queues: [{name, queued, held, running, failed_24h,
     oldest_queued_at, oldest_queued_age_s, redis: {high, normal, low}, redis_waiting,
     workers, no_slot: [{gpus, jobs, largest_slot}]}], workers: [{name, host, pid, queues,
     gpus: [{index, uuid, name, memory_mib}],
@@ -176,7 +178,29 @@ def _overview(data: dict[str, Any], now: dt.datetime) -> RenderableType:
         state.append("; no leader holds the lease", style="yellow")
     elif s["recorded_leader"]:
         state.append(f"; last leader {s['recorded_leader']}")
+    if s["alive"] and not s["firing"]:
+        state.append("; ")
+        state.append("not firing", style="red")
+        no_file = s["config"]["error"] and s["config"]["loaded_at"] is None
+        # The file's error is on the triggers row below: say so instead of repeating it.
+        why = "no valid triggers file is loaded (see triggers)" if no_file else None
+        state.append(f": {why or s['not_firing_reason']}")
     grid.add_row("scheduler", state)
+    failing = [step for step in s["steps"] if not step["ok"]]
+    if failing:
+        steps = _text()
+        for i, step in enumerate(failing):
+            steps.append("; " if i else "")
+            steps.append(
+                f"{step['name']} failing", style="red" if step["over_budget"] else "yellow"
+            )
+            steps.append(
+                f" for {_ago(step['failing_for_s'], suffix='')} ({step['failures']} in a row, "
+                f"budget {_ago(step['budget_s'], suffix='')}): {step['last_error']}"
+            )
+        grid.add_row("steps", steps)
+    elif s["steps"]:
+        grid.add_row("steps", _text((f"all {len(s['steps'])} OK", "green")))
 
     if s["cursor"] is None:
         events = _text(f"newest event {s['newest_event']}; no cursor yet")
@@ -202,11 +226,22 @@ def _overview(data: dict[str, Any], now: dt.datetime) -> RenderableType:
         if config["error"]:
             triggers.append(": ")
             triggers.append("error", style="red")
-            triggers.append(f" (the previous triggers stay in force): {config['error']}")
+            kept = config["loaded_at"] is not None
+            triggers.append(
+                " (the previous triggers stay in force): "
+                if kept
+                else " (no triggers are loaded: nothing fires until it is fixed): "
+            )
+            triggers.append(config["error"])
+        elif config["problems"]:
+            triggers.append(": ")
+            triggers.append(f"{len(config['problems'])} problem(s)", style="yellow")
         else:
             triggers.append(": ")
             triggers.append("OK", style="green")
     grid.add_row("triggers", triggers)
+    for problem in config["problems"]:
+        grid.add_row("", _text((problem, "yellow")))
 
     redis = data["redis"]
     if redis["reachable"]:

@@ -53,9 +53,12 @@ def split_rq_queue(rq_name: str) -> tuple[str, str, int]:
     return base, priority, 0
 
 
-EVENTS_CHANNEL = f"{PREFIX}:events"
-"""Pub/sub channel: the store publishes here after every commit that wrote events, and the
-scheduler polls at once instead of waiting for its timer."""
+def events_channel(db: int) -> str:
+    """Pub/sub channel: the store publishes here after every commit that wrote events, and
+    the scheduler polls at once instead of waiting for its timer. Redis pub/sub ignores the
+    database number, so it is in the name: deployments sharing one Redis server on different
+    databases must not wake each other."""
+    return f"{PREFIX}:events:{db}"
 
 SCHEDULER_LEASE = f"{PREFIX}:scheduler:leader"
 """`SET NX PX` lease held by the one scheduler that fires triggers; the others stand by."""

@@ -32,11 +32,16 @@ def publisher(settings: Settings) -> Callable[[], None]:
                 if url is None:
                     return
                 client.append(Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1))
-            client[0].publish(keys.EVENTS_CHANNEL, b"1")
+            client[0].publish(channel_of(client[0]), b"1")
         except (RedisError, OSError):
             return
 
     return publish
+
+
+def channel_of(redis: Redis) -> str:
+    """The wake-up channel of the database this client uses."""
+    return keys.events_channel(int(redis.connection_pool.connection_kwargs.get("db") or 0))
 
 
 class Listener:
@@ -61,7 +66,7 @@ class Listener:
         while not self._stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
-                pubsub.subscribe(keys.EVENTS_CHANNEL)
+                pubsub.subscribe(channel_of(self.redis))
                 while not self._stop.is_set():
                     if pubsub.get_message(timeout=0.5) is not None:
                         self.woken.set()

@@ -1,11 +1,18 @@
 """`retrain scheduler`: the daemon around the firing engine.
 
 One loop iteration (`tick`) is a list of named steps, each callable alone:
-lease -> reload triggers.yaml if it changed -> poll events until caught up -> push jobs ->
-release held runs -> reconcile (every 30 s) -> heartbeat. Between iterations the daemon
-sleeps until the store announces new events on Redis, or the poll interval passes.
-Cron and interval triggers run on APScheduler and enter the event log as `schedule.fired`
-events, so they go through the same ledger as everything else.
+lease -> reload triggers.yaml if it changed -> ingest worker reports -> poll events until
+caught up -> push jobs -> release held runs -> reconcile and the lost-worker check (every
+30 s) -> heartbeat. Each step is contained (`orchestrator.scheduler.steps`): one that fails
+is logged, backs off and is shown in `retrain status` and `retrain health scheduler`, and the
+others go on. Between iterations the daemon sleeps until the store announces new events on
+Redis, or the poll interval passes. Cron and interval triggers run on APScheduler and enter
+the event log as `schedule.fired` events, so they go through the same ledger as everything
+else.
+
+Without a valid triggers file the leader still leads and does everything that needs no
+triggers (ingest, reconcile, lost-worker check, heartbeat) but fires nothing, and says so: a
+standby would load the same file, and reports must keep being applied meanwhile.
 """
 
 from __future__ import annotations
@@ -22,14 +29,18 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestrator.errors import RetrainError
+from orchestrator.scheduler import schedules
 from orchestrator.scheduler.engine import STATE, Engine, PollResult
 from orchestrator.scheduler.lease import Lease
+from orchestrator.scheduler.steps import BACKOFF_CAP_S, StepFailed, Steps
 from orchestrator.store import events as ev
 from orchestrator.store.models import SchedulerState, utcnow
 from orchestrator.triggers.config import Config, load_config
 from orchestrator.yamlfile import FileError
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from orchestrator.runtime import Runtime
     from orchestrator.scheduler.metrics import Metrics
     from orchestrator.tasks.views import TaskInfo
@@ -40,6 +51,9 @@ POLL_INTERVAL_S = 5.0
 RECONCILE_EVERY_S = 30.0
 LEASE_TTL_S = 10.0
 BATCH = 1000
+CONFLICT_RETRIES = 5
+"""Cursor conflicts in a row that one poll step retries (after short, growing pauses) before
+it fails and backs off: two schedulers racing never make either one spin."""
 
 
 @dataclass
@@ -48,6 +62,7 @@ class TickReport:
     events: int = 0
     fired: int = 0
     pushed: int = 0
+    firing: bool = False
 
 
 class Scheduler:
@@ -61,6 +76,8 @@ class Scheduler:
         lease_ttl: float = LEASE_TTL_S,
         wakeup: bool = True,
         metrics: Metrics | None = None,
+        backoff_cap: float = BACKOFF_CAP_S,
+        step_budget_s: float | None = None,
     ) -> None:
         self.runtime = runtime
         self.path = triggers
@@ -82,8 +99,19 @@ class Scheduler:
         # consumer name for every scheduler: a restarted daemon re-applies what a crashed one
         # read but did not acknowledge (applying is idempotent).
         self.ingest = Ingest(self.redis, runtime.tasks, runtime.models, "scheduler")
+        self.steps = Steps(backoff_cap_s=backoff_cap, budget_s=step_budget_s)
+        """Each loop step's last success, last error and back-off."""
         self.config: Config | None = None
         self._mtime: float | None = None
+        self._config_error: str | None = None
+        """Why the file last failed to load (None: it loaded): this scheduler's own view."""
+        self._loaded_at: dt.datetime | None = None
+        self.problems: list[str] = []
+        """What the loaded file refers to and the store cannot resolve (missing templates)."""
+        self._templates_checked = 0.0
+        self._missing: set[str] = set()
+        self._scheduled: dict[str, schedules.Key] = {}
+        self._leading = False
         self._last_reconcile = 0.0
         self._last_metrics = 0.0
         self._stop = threading.Event()
@@ -95,31 +123,42 @@ class Scheduler:
     # -- steps -----------------------------------------------------------------------------
 
     def reload(self, *, force: bool = False) -> bool:
-        """Load triggers.yaml if it changed. An invalid file keeps the previous triggers
-        running; the error is logged and recorded for `retrain status`."""
+        """Load triggers.yaml if it changed; True when a new configuration took effect.
+
+        All or nothing: the file is parsed and every schedule built before anything is
+        swapped, so an invalid file (or a cron only APScheduler refuses) keeps the previous
+        triggers in force, or none when there were none. The error is logged and recorded for
+        `retrain status`; restoring the last good file clears it. An unexpected failure (the
+        database is down) raises, and the file is read again on the next try."""
         try:
             mtime = self.path.stat().st_mtime
         except OSError:
             mtime = None
-        if not force and self.config is not None and mtime == self._mtime:
+        settled = self.config is not None or self._config_error is not None
+        if not force and settled and mtime == self._mtime:
+            if self.config is not None:
+                self._check_templates(self.config)
             return False
-        self._mtime = mtime
         try:
             config = load_config(self.path, resolve_template=self._template_target)
+            plan = schedules.plan(config)
         except (FileError, RetrainError) as exc:
-            log.error(
-                "triggers file is invalid; keeping the previous triggers",
-                path=str(self.path),
-                error=str(exc),
-            )
-            self._record_config_error(str(exc))
+            self._mtime = mtime
+            self._config_failed(str(exc))
             return False
         if self.config is not None and config.digest == self.config.digest:
+            self._mtime = mtime
+            self._config_ok()
             return False
         self.engine.sync_triggers(config)
+        self._mtime = mtime
         self.config = config
+        self._loaded_at = utcnow()
         _return_freed_memory()
-        self._schedule(config)
+        if self.schedules is not None:
+            schedules.apply(self.schedules, self._scheduled, plan, self._tick_schedule)
+        self._config_ok()
+        self._check_templates(config, force=True)
         log.info(
             "triggers loaded",
             path=str(self.path),
@@ -128,16 +167,51 @@ class Scheduler:
         )
         return True
 
+    def _reload_step(self) -> None:
+        """The loop's reload: a file found invalid has failed the step without raising (and
+        without backing off: the next change of the file is read at once)."""
+        self.reload()
+        if self._config_error is None:
+            self.steps.ok("reload")
+
+    def _config_failed(self, message: str) -> None:
+        self._config_error = message
+        self.steps.failed("reload", message, backoff=False)
+        log.error(
+            "triggers file is invalid; keeping the previous triggers"
+            if self.config is not None
+            else "triggers file is invalid; nothing fires until it is fixed",
+            path=str(self.path),
+            error=message,
+        )
+        self._record_config()
+
+    def _config_ok(self) -> None:
+        cleared = self._config_error is not None
+        self._config_error = None
+        self.steps.ok("reload")
+        if cleared:
+            log.info("triggers file is valid again", path=str(self.path))
+            self._record_config()
+
     def poll(self, now: dt.datetime | None = None) -> tuple[int, int]:
         """Fire for every event past the cursor, batch after batch, pushing each batch's jobs
         once its transaction has committed. Returns (events read, tasks started)."""
         assert self.config is not None
-        events = fired = 0
+        events = fired = conflicts = 0
         while True:
             result = self.engine.poll(self.config, now=now, batch=BATCH)
             if result.conflict:
+                conflicts += 1
+                if conflicts > CONFLICT_RETRIES:
+                    raise StepFailed(
+                        f"cursor conflict: another scheduler moved the cursor {conflicts} times "
+                        f"in a row (at {result.cursor}); backing off"
+                    )
                 log.info("another scheduler advanced the cursor; retrying", cursor=result.cursor)
+                self._stop.wait(0.02 * 2**conflicts)
                 continue
+            conflicts = 0
             self._after_commit(result)
             events += result.events
             fired += len(result.jobs)
@@ -177,27 +251,36 @@ class Scheduler:
         return len(jobs)
 
     def reconcile(self, now_s: float | None = None, *, force: bool = False) -> None:
+        """Every `reconcile_every` seconds, two steps: `reconcile` (Redis against the store)
+        and `lost_workers` (runs whose worker died)."""
         now_s = time.monotonic() if now_s is None else now_s
         if not force and now_s - self._last_reconcile < self.reconcile_every:
             return
         self._last_reconcile = now_s
-        report = self._safely(self.runtime.tasks.reconcile)
-        if report is not None and (report.enqueued or report.removed):
+        self.steps.run("reconcile", self._reconcile_queues)
+        lost = self.steps.run("lost_workers", self._check_lost)
+        if self.metrics is not None:
+            self.metrics.reconcile.labels("lost").inc(len(lost or []))
+        self._refresh_metrics(force=True)
+
+    def _reconcile_queues(self) -> None:
+        report = self.runtime.tasks.reconcile()
+        if report.enqueued or report.removed:
             log.info(
                 "reconciled Redis with the store", enqueued=report.enqueued, removed=report.removed
             )
-        self._safely(self._clean_registries)
+        if self.metrics is not None:
+            self.metrics.reconcile.labels("enqueued").inc(len(report.enqueued))
+            self.metrics.reconcile.labels("removed").inc(len(report.removed))
+        self._clean_registries()
+
+    def _check_lost(self) -> list[str]:
         from orchestrator.scheduler.ingest import fail_lost
 
-        lost = self._safely(self._fail_lost, fail_lost)
+        lost = self._fail_lost(fail_lost)
         if lost:
             log.warning("worker lost: runs re-queued or failed", tasks=lost)
-        if self.metrics is not None:
-            if report is not None:
-                self.metrics.reconcile.labels("enqueued").inc(len(report.enqueued))
-                self.metrics.reconcile.labels("removed").inc(len(report.removed))
-            self.metrics.reconcile.labels("lost").inc(len(lost or []))
-        self._refresh_metrics(force=True)
+        return lost
 
     def _refresh_metrics(self, *, force: bool = False) -> None:
         """Queue depths and tasks by status from the store, on the leader's reconcile passes
@@ -228,75 +311,67 @@ class Scheduler:
         return list(fail_lost(self.redis, self.runtime.tasks, ttl_s=ttl))
 
     def heartbeat(self) -> None:
+        """Record that this scheduler leads, with its own view of the triggers file and of
+        its steps: after a failover the row shows the new leader, never the old one's error."""
         with self.runtime.store.session() as session:
-            state = session.get(SchedulerState, STATE)
-            if state is not None:
-                state.leader = self.lease.holder
-                state.heartbeat_at = utcnow()
+            state = self._state_row(session)
+            state.leader = self.lease.holder
+            state.heartbeat_at = utcnow()
+            self._write_config(state)
+            state.steps = self.steps.snapshot()
 
     def tick(self, now: dt.datetime | None = None) -> TickReport:
         """One iteration; a standby (not the lease holder) does nothing. Without Redis the
         lease cannot be checked: firing goes on (the ledger keeps it exactly-once) and the
-        jobs wait in the store until Redis is back."""
+        jobs wait in the store until Redis is back. Every step runs contained: one failing
+        does not stop the others (see `orchestrator.scheduler.steps`)."""
+        leading = self._hold_lease()
+        if self.metrics is not None:
+            self.metrics.leader.set(1 if leading else 0)
+        if not leading:
+            self._leading = False
+            self._refresh_metrics()
+            return TickReport(leader=False)
+        if not self._leading:
+            log.info("leading", holder=self.lease.holder)
+            self._leading = True
+        self.steps.run("reload", self._reload_step, settles=False)
+        applied = self.steps.run("ingest", self.ingest.step)
+        if self.metrics is not None and applied:
+            self.metrics.reports.inc(applied)
+        report = TickReport(leader=True, firing=self.config is not None)
+        if self.config is not None:
+            polled = self.steps.run("poll", lambda: self.poll(now))
+            if polled is not None:
+                report.events, report.fired = polled
+            report.pushed = self.steps.run("release", self.release) or 0
+        self.reconcile()
+        self.steps.run("heartbeat", self.heartbeat)
+        if self.metrics is not None:
+            for step in self.steps.snapshot():
+                self.metrics.step_failures.labels(step["name"]).set(step["failures"])
+        return report
+
+    def _hold_lease(self) -> bool:
         from redis import RedisError
 
         try:
             leading = self.lease.hold()
         except (RedisError, OSError) as exc:
-            log.warning("Redis unreachable; firing without the lease", error=str(exc))
-            leading = True
-        if self.metrics is not None:
-            self.metrics.leader.set(1 if leading else 0)
-        if not leading:
-            self._refresh_metrics()
-            return TickReport(leader=False)
-        self.reload()
-        if self.config is None:
-            return TickReport(leader=True)
-        applied = self._safely(self.ingest.step)
-        if self.metrics is not None and applied:
-            self.metrics.reports.inc(applied)
-        events, fired = self.poll(now)
-        pushed = self.release()
-        self.reconcile()
-        self.heartbeat()
-        return TickReport(leader=True, events=events, fired=fired, pushed=pushed)
+            state = self.steps.get("lease")
+            if state is not None and state.failures == 0:  # say it once per outage
+                log.warning("Redis unreachable; firing without the lease", error=str(exc))
+            self.steps.failed("lease", f"Redis unreachable: {exc}", backoff=False)
+            return True
+        self.steps.ok("lease")
+        return leading
 
     # -- schedules -------------------------------------------------------------------------
 
-    def _schedule(self, config: Config) -> None:
-        if self.schedules is None:
-            return
-        for job in self.schedules.get_jobs():
-            job.remove()
-        from apscheduler.triggers.cron import CronTrigger
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        from orchestrator.tasks.spec import parse_duration
-
-        for trigger in config.triggers:
-            spec = trigger.on.schedule
-            if spec is None or not trigger.enabled:
-                continue
-            when = (
-                CronTrigger.from_crontab(spec.cron, timezone=spec.timezone)
-                if spec.cron
-                else IntervalTrigger(
-                    seconds=parse_duration(spec.every or "0"), timezone=spec.timezone
-                )
-            )
-            # coalesce: runs missed while down collapse into one, and the miss is logged.
-            self.schedules.add_job(
-                self._tick_schedule,
-                when,
-                args=[trigger.name],
-                id=trigger.name,
-                coalesce=True,
-                misfire_grace_time=None,
-                max_instances=1,
-            )
-
     def _tick_schedule(self, name: str) -> None:
+        self.steps.run("schedules", lambda: self._record_tick(name), backoff=False)
+
+    def _record_tick(self, name: str) -> None:
         if self.lease.leader() != self.lease.holder:
             return
         now = utcnow().replace(microsecond=0)
@@ -326,7 +401,6 @@ class Scheduler:
         listener = Listener(self.redis, self.woken)
         if self.wakeup:
             listener.start()
-        self.reload(force=True)
         log.info(
             "scheduler started",
             holder=self.lease.holder,
@@ -341,10 +415,10 @@ class Scheduler:
         try:
             while not self._stop.is_set():
                 self.woken.clear()
-                if time.monotonic() - beaten >= 1.0:  # busy loops need not write each time
-                    health.beat(home, "scheduler", beat_name)
-                    beaten = time.monotonic()
                 report = self._safely(self.tick)
+                if time.monotonic() - beaten >= 1.0:  # busy loops need not write each time
+                    health.beat(home, "scheduler", beat_name, self._health_detail())
+                    beaten = time.monotonic()
                 if report is not None and report.leader and report.events:
                     continue  # more may have arrived while we worked
                 interval = (
@@ -376,17 +450,77 @@ class Scheduler:
             return None
         return info.project, info.name
 
-    def _record_config_error(self, message: str) -> None:
+    def _check_templates(self, config: Config, *, force: bool = False) -> None:
+        """Name each trigger whose template does not resolve, at load and then as often as
+        reconcile runs (registering the template clears it without touching the file). An
+        outage raises: it is not a missing template."""
+        from orchestrator.errors import UserError
+
+        now_s = time.monotonic()
+        if not force and now_s - self._templates_checked < self.reconcile_every:
+            return
+        self._templates_checked = now_s
+        missing: set[str] = set()
+        for ref in sorted({t.run.template for t in config.triggers if t.enabled}):
+            try:
+                self.runtime.tasks.template(ref)
+            except UserError:  # not found, ambiguous, malformed: it does not resolve
+                missing.add(ref)
+        if not force and missing == self._missing:
+            return
+        self._missing = missing
+        place = schedules.Places(self.path)
+        problems = [
+            f"{place(t.name, t.run.template)}: trigger {t.name!r}: run.template: "
+            f"no template {t.run.template!r}; every firing is skipped until it is registered"
+            for t in config.triggers
+            if t.enabled and t.run.template in missing
+        ]
+        if problems != self.problems:
+            for problem in problems:
+                log.warning("trigger refers to a missing template", problem=problem)
+            self.problems = problems
+            self._record_config()
+
+    def _state_row(self, session: Session) -> SchedulerState:
+        state = session.get(SchedulerState, STATE)
+        if state is None:
+            # The same starting point the engine gives a new row: the newest event.
+            state = SchedulerState(name=STATE, cursor=ev.last_sequence(session))
+            session.add(state)
+        return state
+
+    def _write_config(self, state: SchedulerState) -> None:
+        state.config_path = str(self.path)
+        state.config_error = self._config_error
+        state.config_loaded_at = self._loaded_at
+        state.config_problems = list(self.problems)
+
+    def _record_config(self) -> None:
+        """This scheduler's view of its file, now (the heartbeat repeats it), when leading."""
+        if not self._leading:
+            return
+
         def write() -> None:
             with self.runtime.store.session() as session:
-                state = session.get(SchedulerState, STATE)
-                if state is None:
-                    state = SchedulerState(name=STATE, cursor=0)
-                    session.add(state)
-                state.config_path = str(self.path)
-                state.config_error = message
+                self._write_config(self._state_row(session))
 
         self._safely(write)
+
+    def _health_detail(self) -> dict[str, Any]:
+        """What `retrain health scheduler` judges besides liveness."""
+        if self.config is not None:
+            why = None
+        elif self._config_error is not None:
+            why = f"no valid triggers file is loaded: {self._config_error}"
+        else:
+            why = f"no triggers file loaded yet ({self.path})"
+        return {
+            "leader": self._leading,
+            "firing": self.config is not None,
+            "not_firing": why,
+            "steps": self.steps.snapshot(),
+        }
 
     def _safely(self, step: Any, *args: Any) -> Any:
         """Error policy at the loop boundary: an outage is logged and retried next time; a

@@ -1,7 +1,8 @@
 """Prometheus metrics of the scheduler daemon (`retrain scheduler --metrics-port PORT`).
 
 Counters move as the daemon works (events read, trigger decisions, reports applied,
-reconcile actions); gauges (queue depths, tasks by status) are read from the store on each
+reconcile actions); the loop steps' failures in a row follow each iteration; gauges (queue
+depths, tasks by status) are read from the store on each
 reconcile pass, and as often on a standby, so every scheduler's endpoint shows them. A skip's
 reason is reduced to its first words (`duplicate of task abc...` -> `duplicate`) to keep
 label values few.
@@ -67,6 +68,12 @@ class Metrics:
         )
         self.leader = Gauge(
             "retrain_scheduler_leader", "1 while this scheduler holds the lease.", registry=r
+        )
+        self.step_failures = Gauge(
+            "retrain_scheduler_step_failures",
+            "Failures in a row of each loop step (0: its last run succeeded).",
+            ["step"],
+            registry=r,
         )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a scrape target

@@ -350,3 +350,9 @@ class SchedulerState(Base):
     config_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     config_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     config_loaded_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    steps: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, nullable=True)
+    """The leader's loop steps: last success, last error, failing since (see
+    `orchestrator.scheduler.steps`), written with each heartbeat."""
+    config_problems: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
+    """What the loaded triggers file refers to and cannot resolve (a template that does not
+    exist), re-checked as the store changes."""

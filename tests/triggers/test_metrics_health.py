@@ -59,6 +59,7 @@ def test_the_scheduler_serves_metrics_and_reports_healthy(loop: Loop) -> None:
         assert samples["retrain_detection_latency_seconds_count"] == 1
         assert 0 <= samples["retrain_detection_latency_seconds_sum"] < 60
         assert samples['retrain_reconcile_actions_total{action="enqueued"}'] == 0
+        assert samples['retrain_scheduler_step_failures{step="poll"}'] == 0
 
         healthy = cli("health", "scheduler")
         assert healthy.out.startswith("scheduler healthy: "), healthy.out

@@ -226,6 +226,12 @@ def test_redis_down_while_tagging_then_back(loop: Loop, tmp_path: Path,
                 runtime.datasets.tag(version, ["Production"])
             wait_for(lambda: len(tasks_of(runtime)) == 3, "the firings to be committed")
             assert all(t.status == "queued" for t in tasks_of(runtime))
+            # Contained and visible: the lease and ingest steps fail, firing goes on.
+            steps = wait_for(lambda: {s["name"]: s for s in loop.cli.json("status")["scheduler"]
+                                      ["steps"] if s["last_error"]}.keys() >= {"lease", "ingest"}
+                             and loop.cli.json("status")["scheduler"]["steps"], "failing steps")
+            assert isinstance(steps, list)
+            assert "Redis unreachable" in {s["name"]: s for s in steps}["lease"]["last_error"]
             server = start_redis()
             client = redis.Redis.from_url(url)
             wait_for(lambda: client.llen("rq:queue:gpu") == 3, "the jobs to reach Redis")
