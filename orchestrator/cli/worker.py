@@ -37,8 +37,11 @@ def worker(
 
     SIGTERM or Ctrl+C: warm shutdown (finish the current job, take no new one). A second one,
     or the first with --abort-on-stop: stop the job gracefully and re-queue its task."""
+    from orchestrator import lifeline
     from workers.agent import run
 
+    # Started by `retrain up`: stop as its Ctrl-C would if it dies (see orchestrator.lifeline).
+    lifeline.hold(lifeline.WORKER)
     raise typer.Exit(
         run(
             queue,
