@@ -63,10 +63,17 @@ def retrain_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
         with monkeypatch.context() as m:
             m.setenv("RETRAIN_HOME", str(home))
             stop_embedded(Settings.load())
-    leftovers.extend(_kill_left_behind(lambda pid: _tagged(pid, tag, tmp_path)))
+    leftovers.extend(_kill_left_behind(lambda pid: tagged(pid, tag, tmp_path)))
 
 
-def _processes() -> Iterator[int]:
+def started_here(folder: Path) -> list[int]:
+    """Live processes the running test started (see the module docstring), for tests that
+    check that something stopped everything it started."""
+    tag = os.environ[PROCESS_TAG_ENV]
+    return [pid for pid in processes() if tagged(pid, tag, folder)]
+
+
+def processes() -> Iterator[int]:
     """Every other live (not zombie) process we may look at."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -76,7 +83,7 @@ def _processes() -> Iterator[int]:
                 yield int(entry.name)
 
 
-def _tagged(pid: int, tag: str, folder: Path | None) -> bool:
+def tagged(pid: int, tag: str, folder: Path | None) -> bool:
     """Whether `pid` carries `tag` (a prefix of the tag value) in its environment, or runs
     in, or names in its command line, `folder`."""
     proc = Path(f"/proc/{pid}")
@@ -107,7 +114,7 @@ def _kill_left_behind(tagged: Callable[[int], bool]) -> list[str]:
     """Processes for which `tagged(pid)` holds that outlive the grace: killed, described."""
     deadline = time.monotonic() + LEFTOVER_GRACE_S
     while True:
-        found = [pid for pid in _processes() if tagged(pid)]
+        found = [pid for pid in processes() if tagged(pid)]
         if not found or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -127,8 +134,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if any process started by this session is still alive."""
     found = leftovers + _kill_left_behind(
-        lambda pid: _tagged(pid, SESSION, None)
-        or any(_tagged(pid, SESSION, folder) for folder in basetemps)
+        lambda pid: tagged(pid, SESSION, None)
+        or any(tagged(pid, SESSION, folder) for folder in basetemps)
     )
     if not found:
         return
