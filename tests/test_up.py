@@ -249,3 +249,60 @@ def test_a_new_up_stops_the_orphans_of_a_dead_one_first(
 
     with claim((0,), locks):
         pass
+
+
+WAITING = """\
+import pathlib, sys, time
+flag = pathlib.Path(sys.argv[1])
+print("waiting for", flag, flush=True)
+while not flag.exists():
+    time.sleep(0.1)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.timeout(400)
+def test_a_worker_whose_up_died_finishes_its_job_first(
+    cli: CLI, git_repo: Repo, tmp_path: Path, retrain_home: Path,
+) -> None:
+    """`up` is killed while a job runs: the scheduler stops at once, the worker finishes the
+    job (a first Ctrl-C) and then stops, the embedded Redis only after it; the next `up`
+    applies the job's report: the run is completed, not lost or re-run."""
+    flag = tmp_path / "finish"
+    (git_repo.path / "train.py").write_text(WAITING)
+    run_git(git_repo.path, "add", "train.py")
+    run_git(git_repo.path, "commit", "-qm", "wait")
+    cli("task", "create", "--project", "p", "--name", "waits", "--repo", str(git_repo.path),
+        "--script", "train.py", "--args", str(flag))
+    (tmp_path / "triggers.yaml").write_text(TRIGGERS)
+    proc = up_process(tmp_path, "--gpus", "none")
+    pids: dict[int, str] = {}
+    try:
+        pids = everything_of(wait_up(retrain_home, proc, tmp_path / "up.log"), retrain_home)
+        run = cli("task", "run", "p/waits").out.strip()
+        wait_for(lambda: "waiting for" in cli("logs", run).out, "the job to start", 120)
+        proc.kill()
+        proc.wait(60)
+        [scheduler] = [p for p, role in pids.items() if role == "scheduler"]
+        [worker] = [p for p, role in pids.items() if role == "worker"]
+        wait_for(lambda: not alive(scheduler), "the scheduler of a killed up to stop", 60)
+        assert alive(worker)  # finishing its job, with Redis still there for its reports
+        flag.touch()
+        wait_for(lambda: not [p for p in pids if alive(p)], "the worker, then Redis, to stop",
+                 120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    again = up_process(tmp_path, "--gpus", "none", log="again.log")
+    try:
+        wait_up(retrain_home, again, tmp_path / "again.log")
+        wait_for(lambda: cli.json("task", "show", run)["status"] == "completed",  # type: ignore[index]
+                 "the finished job's report to be applied", 120)
+        log = cli("logs", run).out
+        assert log.count("waiting for") == 1 and log.endswith("done\n"), log  # not run again
+    finally:
+        stop(again, tmp_path, "again.log")
