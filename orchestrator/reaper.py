@@ -54,12 +54,15 @@ class Recorded:
         return same(self.pid, self.start)
 
     def signal(self, signum: int) -> None:
-        """`signum` to the process's whole group: children of `up` lead a session of their
-        own, so their group holds their slots too (a supervised worker's)."""
+        """`signum` to the process. SIGKILL and SIGCONT go to its whole group: a child of
+        `up` leads a session of its own, whose group holds its work horse and, for a
+        supervised worker, its slots. SIGTERM goes to the process alone, which decides what
+        its group does (a work horse dies at once on a SIGTERM of its own)."""
         if not self.running():
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            if self.role != "redis" and os.getpgid(self.pid) == self.pid:
+            whole = signum in (signal.SIGKILL, signal.SIGCONT) and self.role != "redis"
+            if whole and os.getpgid(self.pid) == self.pid:
                 os.killpg(self.pid, signum)
             else:
                 os.kill(self.pid, signum)
@@ -158,10 +161,9 @@ def guard(home: Path, up_pid: int) -> int:
         return 0  # a newer `up` owns this home now
     processes = recorded(state)
     children = [p for p in processes if p.role not in ("guard", "redis")]
-    # The children stop by themselves (their lifelines); the scheduler is given its own
-    # patience, a worker that of its running job.
-    _wait(children, GUARD_PATIENCE_S if any(p.role == "worker" for p in children) else
-          SCHEDULER_STOP_S + 5)
+    # The children stop by themselves (their lifelines): a worker may finish its job first.
+    workers = any(p.role == "worker" for p in children)
+    _wait(children, GUARD_PATIENCE_S if workers else SCHEDULER_STOP_S + 5.0)
     state = read_state(home)
     if state is None or state.get("pid") != up_pid:
         return 0  # a newer `up` took over (and stopped what was left)
