@@ -61,6 +61,9 @@ def retrain_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
         from orchestrator.settings import Settings
 
         with monkeypatch.context() as m:
+            for name in list(os.environ):  # whatever settings the test tried, this home's
+                if name.startswith("RETRAIN_") and not name.startswith("RETRAIN_TEST_"):
+                    m.delenv(name)
             m.setenv("RETRAIN_HOME", str(home))
             stop_embedded(Settings.load())
     leftovers.extend(_kill_left_behind(lambda pid: tagged(pid, tag, tmp_path)))
