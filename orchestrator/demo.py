@@ -22,6 +22,7 @@ is given (other `RETRAIN_*` settings are then ignored, so nothing real is touche
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -126,6 +127,15 @@ def start_up(demo: Demo) -> subprocess.Popen[bytes]:
     print(f"$ {shlex.join(['retrain', *argv[len(demo.command) :]])} &   # log: {log.name}")
     proc = subprocess.Popen(argv, cwd=demo.cwd, env=demo.env, stdout=log, stderr=log)
     log.close()
+    try:
+        _wait_healthy(demo, proc, log.name)
+    except BaseException:
+        stop_up(demo, proc)  # given up on, or interrupted: `up` must not outlive the demo
+        raise
+    return proc
+
+
+def _wait_healthy(demo: Demo, proc: subprocess.Popen[bytes], log: str) -> None:
     deadline = time.monotonic() + 60
     for role in ("scheduler", "worker"):
         while True:
@@ -138,18 +148,18 @@ def start_up(demo: Demo) -> subprocess.Popen[bytes]:
             if probe.returncode == 0:
                 break
             if time.monotonic() > deadline:
-                raise StepFailed(f"retrain up: no healthy {role} after 60 s; see {log.name}")
+                raise StepFailed(f"retrain up: no healthy {role} after 60 s; see {log}")
             time.sleep(0.2)
-    return proc
 
 
 def stop_up(demo: Demo, proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)  # a second Ctrl-C: hand running jobs back
+    """Ctrl-C, a second one (running jobs go back to their queue), then SIGKILL: `up`'s
+    children end with it (their lifeline), so the demo never leaves anything running."""
+    for signum in (signal.SIGINT, signal.SIGINT, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(signum)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(60)
 
 
@@ -314,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# RETRAIN_HOME={env['RETRAIN_HOME']}" + ("" if user_home else " (temporary)"))
     demo = Demo(root, env)
     code = 0
+    # SIGTERM (a CI runner, `timeout`) ends the demo through its `finally`s, like Ctrl-C:
+    # `retrain up` is stopped and the temporary folder removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         run(demo)
         demo.say("done")

@@ -1,5 +1,5 @@
-"""Whether a process lives, for the pid files retrain keeps (embedded Redis, health beats).
-No imports beyond the standard library: the health probe and fast commands use it."""
+"""Whether a process lives, for the pid files retrain keeps (embedded Redis, health beats,
+up.json). No imports beyond the standard library: the health probe and fast commands use it."""
 
 from __future__ import annotations
 
@@ -25,3 +25,21 @@ def alive(pid: int) -> bool:
         if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
             return False
     return True
+
+
+def started_at(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (Linux's /proc), or None where unknown.
+    Recorded next to a pid, it tells the process apart from a later one given the same pid."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        # Field 22 of stat; the command name (field 2, in parentheses) may hold spaces.
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return None
+
+
+def same(pid: int, start: int | None) -> bool:
+    """True while the process recorded as (`pid`, `start`) runs: alive, and not a newer
+    process that reuses the pid (where start times are known)."""
+    if not pid or not alive(pid):
+        return False
+    now = started_at(pid)
+    return start is None or now is None or now == start

@@ -9,9 +9,14 @@ session, so a Ctrl-C in the terminal reaches `up` alone and `up` stops them in o
 3. then the scheduler (after the workers, so it applies their last reports), then the
    embedded Redis if this `up` started it.
 
+However `up` ends, its children end too, SIGKILL included: each holds a lifeline to it
+(`orchestrator.lifeline`) and stops itself as a first Ctrl-C would when `up` is gone; a guard
+process (`orchestrator.reaper`) kills what is left after a bound and stops the embedded Redis.
+
 One `up` per RETRAIN_HOME (a file lock); its state, children included, is in
-`RETRAIN_HOME/up.json`. Every other `retrain` command with the same home finds the embedded
-Redis by itself (`RETRAIN_HOME/redis.json`).
+`RETRAIN_HOME/up.json`, through which the next `up` finds and stops whatever a dead one left
+running. Every other `retrain` command with the same home finds the embedded Redis by itself
+(`RETRAIN_HOME/redis.json`).
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from orchestrator import lifeline, reaper
 from orchestrator.errors import RetrainError, UserError
+from orchestrator.processes import started_at
 from orchestrator.redact import redact_url
 from orchestrator.settings import Settings
 
-STATE_FILE = "up.json"
-STOP_SCHEDULER_S = 15.0
+STATE_FILE = reaper.STATE_FILE
+STOP_SCHEDULER_S = lifeline.SCHEDULER_STOP_S
 
 
 class AlreadyUp(RetrainError):
@@ -68,6 +75,9 @@ class Up:
     children: list[Child] = field(default_factory=list)
     stops: int = 0
     started_redis: bool = False
+    redis_pid: int = 0
+    guard: subprocess.Popen[bytes] | None = None
+    line: int = -1  # the lifeline's write end, held by this process alone
 
     def run(self) -> int:
         home = self.settings.home
@@ -78,13 +88,35 @@ class Up:
         except Timeout:
             raise AlreadyUp(_already(home)) from None
         try:
+            # The lock is ours, so the `up` of a leftover up.json is dead: stop what it left.
+            reaper.stop_orphans(home, _say)
             return self._run()
         finally:
             (home / STATE_FILE).unlink(missing_ok=True)
             lock.release()
 
     def _run(self) -> int:
+        read, self.line = lifeline.make()
+        try:
+            return self._run_lined(read)
+        finally:
+            os.close(read)
+            self._dismiss_guard()
+            os.close(self.line)
+
+    def _run_lined(self, read: int) -> int:
+        # The guard first: from now on, however this process dies, what it started is
+        # stopped (the guard reads up.json, rewritten after each start).
+        self.guard = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.reaper", str(self.settings.home),
+             str(os.getpid())],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            pass_fds=(read,),
+            env=lifeline.child_env(read),
+        )
         redis_url = self._redis()
+        self._write_state(redis_url)
         self._store()
         self._check_templates()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -93,8 +125,13 @@ class Up:
         self.children += [Child("worker", argv) for argv in self._worker_argvs()]
         try:
             for child in self.children:
-                child.proc = subprocess.Popen(child.argv, start_new_session=True)
-            self._write_state(redis_url)
+                child.proc = subprocess.Popen(
+                    child.argv,
+                    start_new_session=True,
+                    pass_fds=(read,),
+                    env=lifeline.child_env(read),
+                )
+                self._write_state(redis_url)
             self._banner(redis_url)
             code = self._watch()
         finally:
@@ -112,6 +149,10 @@ class Up:
         running = embedded_url(self.settings, start=False)
         url = running or embedded_url(self.settings, start=True)
         self.started_redis = running is None
+        if self.started_redis:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                state = json.loads((self.settings.home / "redis.json").read_text())
+                self.redis_pid = int(state["pid"])
         assert url is not None
         return url
 
@@ -168,11 +209,17 @@ class Up:
         return argvs
 
     def _write_state(self, redis_url: str) -> None:
+        """up.json: what runs for this `up`, with start times (see `orchestrator.reaper`)."""
+        redis_process = None
+        if self.redis_pid:
+            redis_process = _recorded("redis", self.redis_pid)
         state = {
             "pid": os.getpid(),
             "redis": redact_url(redis_url),
             "embedded_redis": not self.settings.redis_url,
-            "children": [{"role": c.role, "pid": c.pid} for c in self.children],
+            "children": [_recorded(c.role, c.pid) for c in self.children if c.pid],
+            "guard": _recorded("guard", self.guard.pid) if self.guard else None,
+            "redis_process": redis_process,  # only when this `up` started it
         }
         path = self.settings.home / STATE_FILE
         path.with_suffix(".tmp").write_text(json.dumps(state, indent=2))
@@ -257,6 +304,18 @@ class Up:
             stop_embedded(self.settings)
         sys.stderr.write("retrain up: stopped\n")
 
+    def _dismiss_guard(self) -> None:
+        """This process stopped what it started: tell the guard, which then exits."""
+        if self.guard is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.line, reaper.DONE)
+        try:
+            self.guard.wait(10)
+        except subprocess.TimeoutExpired:
+            self.guard.kill()
+            self.guard.wait()
+
 
 def queues_of(triggers: Path) -> list[str]:
     """The queues the triggers file sends runs to, plus `default` (templates' own queue)."""
@@ -271,6 +330,15 @@ def _retrain() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "from orchestrator.cli import main; main()"]
+
+
+def _recorded(role: str, pid: int) -> dict[str, object]:
+    return {"role": role, "pid": pid, "start": started_at(pid)}
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def _signal(child: Child, signum: int) -> None:

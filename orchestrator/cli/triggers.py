@@ -118,6 +118,10 @@ def scheduler(
         return
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
+    from orchestrator import lifeline
+
+    # Started by `retrain up`: stop if it dies (see orchestrator.lifeline).
+    lifeline.hold(lifeline.SCHEDULER)
     daemon.run()
 
 

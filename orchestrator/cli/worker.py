@@ -50,6 +50,7 @@ def worker(
     or the first with --abort-on-stop: stop the job gracefully and re-queue its task."""
     import os
 
+    from orchestrator import lifeline
     from orchestrator.logs import configure
     from workers.agent import run
     from workers.jobenv import PASS_ENV
@@ -59,6 +60,8 @@ def worker(
         os.environ[PASS_ENV] = ",".join(pass_env)
 
     configure()
+    # Started by `retrain up`: stop as its Ctrl-C would if it dies (see orchestrator.lifeline).
+    lifeline.hold(lifeline.WORKER)
     raise typer.Exit(
         run(
             queue,

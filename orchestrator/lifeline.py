@@ -1,0 +1,132 @@
+"""The lifeline: children of `retrain up` end when `up` ends, however it ends.
+
+`up` makes a pipe and keeps its only write end; every child gets the read end, its number in
+`RETRAIN_LIFELINE`. Nothing is ever written on it for the children. When `up` exits for any
+reason (Ctrl-C, a crash, SIGKILL, the OOM killer) the kernel closes the write end, and a read
+on the child's end returns EOF: the parent is gone. This works on every POSIX system. On Linux
+the child also asks the kernel for a parent-death signal (prctl PR_SET_PDEATHSIG), which
+arrives even if the watching thread cannot run.
+
+Either notice runs the child's *stages* once: signals the child sends itself, each after a
+delay from the notice, the same ones `up` would have sent. A worker's stages are a first
+SIGTERM (finish the running job, take no new one, like a first Ctrl-C) and, if the job
+outlives `ORPHAN_JOB_S`, a second (hand the job back to its queue). The scheduler's are SIGTERM
+and, if it has not stopped `up`'s patience later, SIGKILL.
+
+The embedded redis-server daemonizes itself, so it can hold no lifeline; `up`'s guard (see
+`orchestrator.reaper`) stops it once the children are gone, so they can report until the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+ENV = "RETRAIN_LIFELINE"
+NOTICE = signal.SIGUSR2
+"""The parent-death signal: one that neither RQ nor the scheduler uses, so that its handler
+can run the stages once instead of counting as a second Ctrl-C."""
+
+ORPHAN_JOB_S = 120.0
+"""How long a worker whose `up` vanished lets its running job go on before handing it back."""
+
+SCHEDULER_STOP_S = 15.0
+"""How long the scheduler may take to stop before it is killed (as `up` itself waits)."""
+
+_PR_SET_PDEATHSIG = 1
+
+Stages = Sequence[tuple[float, int]]
+
+WORKER: Stages = ((0.0, signal.SIGTERM), (ORPHAN_JOB_S, signal.SIGTERM))
+SCHEDULER: Stages = ((0.0, signal.SIGTERM), (SCHEDULER_STOP_S, signal.SIGKILL))
+
+
+def make() -> tuple[int, int]:
+    """(read end, write end) for `up`: pass the read end to children (`child_env`), keep the
+    write end, which is close-on-exec and so reaches no child."""
+    read, write = os.pipe()
+    return read, write
+
+
+def child_env(read: int) -> dict[str, str]:
+    """The environment of a child holding the lifeline `read` (give it `pass_fds=(read,)`)."""
+    return {**os.environ, ENV: str(read)}
+
+
+def take() -> int | None:
+    """The lifeline this process was given, if any. The variable is removed, so processes it
+    starts (a supervisor's slots, jobs) do not hold it; their own parent stops them."""
+    value = os.environ.pop(ENV, None)
+    if not value:
+        return None
+    try:
+        fd = int(value)
+        os.set_inheritable(fd, False)
+    except (ValueError, OSError):
+        return None  # a stale variable from an outer environment: there is no line
+    return fd
+
+
+def wait_closed(fd: int) -> None:
+    """Block until every write end of `fd` is closed: the parent is gone. Data, if any, is
+    read and ignored."""
+    while True:
+        try:
+            if not os.read(fd, 4096):
+                return
+        except InterruptedError:  # pragma: no cover - retried by Python itself
+            continue
+        except OSError:
+            return
+
+
+def hold(stages: Stages) -> bool:
+    """In a child of `up`: run `stages` once when `up` is gone. Returns False (and does
+    nothing) when this process was not given a lifeline."""
+    fd = take()
+    if fd is None:
+        return False
+    fired = threading.Lock()
+
+    def lost() -> None:
+        if not fired.acquire(blocking=False):
+            return
+        threading.Thread(target=_run, args=(stages,), name="lifeline-stages", daemon=True).start()
+
+    # The handler first, then the request: the default action of NOTICE would kill us.
+    signal.signal(NOTICE, lambda _signum, _frame: lost())
+    parent_death_signal(NOTICE)
+
+    def watch() -> None:
+        wait_closed(fd)
+        lost()
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+    return True
+
+
+def parent_death_signal(signum: int) -> bool:
+    """Ask Linux to send `signum` when our parent exits; False where there is no prctl."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return bool(libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _run(stages: Stages) -> None:
+    start = time.monotonic()
+    for delay, signum in stages:
+        time.sleep(max(0.0, start + delay - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(os.getpid(), signum)
