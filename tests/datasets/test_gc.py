@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from orchestrator.queue.reports import Ingest
 from orchestrator.runtime import Runtime
+from orchestrator.scheduler.ingest import Ingest
 from orchestrator.settings import Settings
 from orchestrator.storage import (
     BlobStore,

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from orchestrator.queue import keys
-from orchestrator.queue.reports import Ingest
 from orchestrator.runtime import Runtime
+from orchestrator.scheduler.ingest import Ingest
 from tests.conftest import CLI
 from tests.tasks import conftest as task_fixtures
 from tests.tasks.conftest import Repo, machine_redis_url, run_git
