@@ -412,7 +412,13 @@ class Scheduler:
             holder=self.lease.holder,
             triggers=str(self.path),
             poll_interval=self.poll_interval,
+            signed=bool(self.runtime.settings.worker_secret),
         )
+        if not self.runtime.settings.worker_secret:
+            log.warning(
+                "no worker secret: payloads and reports are not signed, so anyone with Redis "
+                "access can forge them; set RETRAIN_WORKER_SECRET on schedulers and workers"
+            )
         from orchestrator import health
 
         home = self.runtime.settings.home
