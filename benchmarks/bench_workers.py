@@ -161,6 +161,8 @@ def start_latency(work: Path) -> tuple[list[float], list[float], list[float]]:
             "bench",
             "--gpus",
             "none",
+            "--pass-env",
+            "STAMPS",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
