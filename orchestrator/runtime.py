@@ -65,7 +65,7 @@ class Runtime:
     def queues(self) -> QueueAdapter:
         from orchestrator.queue.adapter import QueueAdapter
 
-        return QueueAdapter(self.redis)
+        return QueueAdapter(self.redis, secret=self.settings.worker_secret)
 
     @cached_property
     def tasks(self) -> TaskService:

@@ -7,6 +7,7 @@ Many machines share a PostgreSQL URL, an `s3://` storage URL and a Redis URL ins
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
     """A running task whose worker sent no heartbeat for this long is failed (worker lost).
     A running job beats every third of it (at most every 20 s); the scheduler and the
     workers must agree on it."""
+    worker_secret: str | None = Field(default=None, repr=False, min_length=16)
+    """Signs job payloads and worker reports (HMAC), so Redis access alone cannot forge either.
+    The scheduler, the workers and whoever enqueues runs (the CLI) need the same value; jobs
+    never see it. Default: the file `<home>/worker.secret` when it exists (`retrain up` makes
+    one); unset and no file: nothing is signed, and `retrain status` says so."""
     gc_grace_minutes: float = Field(default=360.0, ge=0)
     """`storage gc` keeps a blob no row refers to yet while it is younger than this: a
     finalize or a worker's upload stores blobs before the row that names them is committed."""
@@ -71,6 +77,8 @@ class Settings(BaseSettings):
             self.storage_url = (self.home / "storage").as_uri()
         if self.cache_dir is None:
             self.cache_dir = self.home / "cache"
+        if self.worker_secret is None:
+            self.worker_secret = read_secret_file(self.home / WORKER_SECRET_FILE)
         checks = [
             ("database_url", self.database_url, _check_database_url),
             ("storage_url", self.storage_url, _check_storage_url),
@@ -112,6 +120,40 @@ class Settings(BaseSettings):
         values = {f"{ENV_PREFIX}{k.upper()}": v for k, v in self.model_dump().items()}
         values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
         return redact_mapping(values)
+
+
+WORKER_SECRET_FILE = "worker.secret"  # noqa: S105 (a file's name)
+
+
+def read_secret_file(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def ensure_worker_secret(home: Path) -> str:
+    """The home's worker secret, made (random, readable by its owner only) when missing."""
+    import secrets
+
+    path = home / WORKER_SECRET_FILE
+    existing = read_secret_file(path)
+    if existing:
+        return existing
+    home.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    try:
+        os.link(tmp, path)  # never replaces a secret another process made meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return read_secret_file(path) or value
 
 
 def _check_scheme(url: str, schemes: tuple[str, ...]) -> None:

@@ -89,6 +89,9 @@ class RedisView:
     """Jobs waiting per RQ queue name (`gpu`, `gpu:high`, ...)."""
     workers: list[Row] = field(default_factory=list)
     lost_hidden: int = 0
+    refused: int = 0
+    """Reports the scheduler refused (dead-lettered) and still keeps."""
+    last_refused: Row | None = None
 
     @property
     def reachable(self) -> bool:
@@ -123,7 +126,9 @@ def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
     pipe.pttl(keys.SCHEDULER_LEASE)
     pipe.smembers(RQ_QUEUES)
     pipe.zrange(keys.WORKERS, 0, -1, withscores=True)
-    leader, pttl, queue_keys, members = pipe.execute()
+    pipe.xlen(keys.REPORTS_DEAD)
+    pipe.xrevrange(keys.REPORTS_DEAD, count=1)
+    leader, pttl, queue_keys, members, refused, last_refused = pipe.execute()
 
     rq_keys = sorted(k for k in (_text(q) for q in queue_keys) if k.startswith(RQ_QUEUE_PREFIX))
     names = [(_text(m), float(score)) for m, score in members]
@@ -140,8 +145,16 @@ def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
         key.removeprefix(RQ_QUEUE_PREFIX): int(n)
         for key, n in zip(rq_keys, replies[: len(rq_keys)], strict=True)
     }
+    view.refused = int(refused or 0)
+    if last_refused:
+        entry_id, entry = last_refused[0]
+        fields_ = {_text(k): _text(v) for k, v in entry.items()}
+        at = _entry_time(_text(entry_id))
+        view.last_refused = {"at": _iso(at), "reason": fields_.get("reason", "")[:500]}
     for (name, score), fields in zip(names, replies[len(rq_keys) :], strict=True):
-        seen = dt.datetime.fromtimestamp(score, dt.timezone.utc)
+        # Anyone with Redis access writes these: a score or field that makes no sense is
+        # shown as it is, never a traceback.
+        seen = _epoch(score) or now
         if fields:
             view.workers.append(_worker(name, {_text(k): _text(v) for k, v in fields.items()}))
         elif (now - seen).total_seconds() <= LOST_SHOWN_S:
@@ -150,6 +163,21 @@ def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
             view.lost_hidden += 1
     view.workers.sort(key=lambda w: str(w["name"]))
     return view
+
+
+def _epoch(seconds: float) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _entry_time(entry_id: str) -> dt.datetime | None:
+    """A stream entry's time, from its id (`<milliseconds>-<seq>`)."""
+    try:
+        return _epoch(int(entry_id.split("-", 1)[0]) / 1000)
+    except ValueError:
+        return None
 
 
 def _worker(name: str, fields: dict[str, str]) -> Row:
@@ -323,6 +351,10 @@ def collect(
     - `firings`: the newest trigger decisions: `time`, `trigger`, `decision` (fired, skipped,
       coalesced, superseded), `reason`, `event` ({`seq`, `kind`, `project`, `name`,
       `version`, `tags`}), `task`, `task_status`.
+    - `reports`: `refused` (worker reports the scheduler refused: malformed, oversized,
+      unsigned, or not from the worker bound to the run's attempt; kept in
+      `retrain:reports:dead` for inspection; null without Redis) and `last_refused`
+      ({`at`, `reason`}, or null).
     - `waiting`: triggers whose firings could not start and wait (see
       `orchestrator.scheduler.waiting.waiting_firings`): `trigger`, `reason`, `since`,
       `count`, `events` ([{`seq`, `kind`, `entity`, `project`, `name`, `version`}]).
@@ -377,6 +409,10 @@ def collect(
         "workers_lost_hidden": redis.lost_hidden,
         "firings": _firings(conn, firings),
         "waiting": waiting_firings(conn),
+        "reports": {
+            "refused": redis.refused if redis.reachable else None,
+            "last_refused": redis.last_refused,
+        },
     }
 
 

@@ -39,7 +39,7 @@ from orchestrator import lifeline, reaper
 from orchestrator.errors import RetrainError, UserError
 from orchestrator.processes import started_at
 from orchestrator.redact import redact_url
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, ensure_worker_secret
 
 STATE_FILE = reaper.STATE_FILE
 STOP_SCHEDULER_S = lifeline.SCHEDULER_STOP_S
@@ -90,6 +90,10 @@ class Up:
         try:
             # The lock is ours, so the `up` of a leftover up.json is dead: stop what it left.
             reaper.stop_orphans(home, _say)
+            if self.settings.worker_secret is None:
+                # Payloads and reports are signed: the scheduler, the workers and every CLI of
+                # this home read the secret from the home (jobs never see it).
+                self.settings.worker_secret = ensure_worker_secret(home)
             return self._run()
         finally:
             (home / STATE_FILE).unlink(missing_ok=True)

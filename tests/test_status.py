@@ -397,6 +397,7 @@ SCHEMA: dict[str, Any] = {
             "task_status": (str, None),
         }
     ],
+    "reports": {"refused": (int, None), "last_refused": (dict, None)},
     "waiting": [
         {
             "trigger": str,

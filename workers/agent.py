@@ -137,6 +137,7 @@ def run_slot(
         }
         worker.abort_on_stop = abort_on_stop
         worker.home = settings.home
+        worker.worker_secret = settings.worker_secret
         announce(worker, queues, slot, detected, settings, burst=burst, max_jobs=max_jobs)
         worked = worker.work(
             burst=burst, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING"
@@ -168,6 +169,7 @@ def agent_class() -> type[Any]:
         advertised: dict[str, str]
         home: Path
         abort_on_stop: bool = False
+        worker_secret: str | None = None
         _releasing = False
 
         def _advert(self, pipe: Any, **fields: str) -> None:
@@ -250,7 +252,10 @@ def agent_class() -> type[Any]:
             SIGKILL) and returns; then a `released` report, which the scheduler applies."""
             from orchestrator.queue import reports
 
-            task_id = self.get_current_job_id()
+            job = self.get_current_job()
+            task_id = job.id if job is not None else None
+            payload = job.args[0] if job is not None and job.args else {}
+            attempt = int(payload.get("attempt") or 0) if isinstance(payload, dict) else 0
             self._releasing = True
             with contextlib.suppress(Exception):
                 self.connection.hset(keys.worker_key(self.name), "state", "stopping")
@@ -261,7 +266,10 @@ def agent_class() -> type[Any]:
             if task_id:
                 reports.send(
                     self.connection,
-                    reports.released(task_id, self.name, f"worker {self.name} was stopped"),
+                    reports.released(
+                        task_id, self.name, f"worker {self.name} was stopped", attempt
+                    ),
+                    secret=self.worker_secret,
                 )
             raise SystemExit(0)
 

@@ -56,12 +56,18 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     reported (and returned), so RQ's own failure handling is not needed for tasks."""
     from rq import get_current_job
 
+    from orchestrator.queue import signing
+    from orchestrator.queue.rqjobs import RefusedJob
     from orchestrator.settings import Settings
 
+    settings = Settings.load()
+    refusal = signing.check_payload(settings.worker_secret, payload)
+    if refusal:  # nothing of it runs: the job fails in RQ with the reason
+        raise RefusedJob(f"refused task {str(payload.get('task_id'))[:64]!r}: {refusal}")
     job = get_current_job()
-    redis: Redis = job.connection if job is not None else _redis(Settings.load())
+    redis: Redis = job.connection if job is not None else _redis(settings)
     worker = (job.worker_name if job is not None else None) or socket.gethostname()
-    runner = Job(payload, Settings.load(), redis, worker)
+    runner = Job(payload, settings, redis, worker)
     if threading.current_thread() is threading.main_thread():
         # The worker stopping for good (a second SIGTERM, or --abort-on-stop) signals the
         # work horse: stop the user's processes gracefully and let the task go back.
@@ -84,13 +90,19 @@ class Job:
         self.redis = redis
         self.worker = worker
         self.task_id = str(payload["task_id"])
+        self.attempt = int(payload.get("attempt") or 0)
         self.spec: dict[str, Any] = dict(payload["spec"])
         self.cache = settings.resolved_cache_dir
-        self.workdir = self.cache / "work" / self.task_id
+        # One folder per attempt: a worker back from the dead never shares (or deletes) the
+        # folder of the attempt that replaced it.
+        self.workdir = self.cache / "work" / f"{self.task_id}.{self.attempt}"
         self.abort = threading.Event()
         self.released = threading.Event()
         """Set when the worker stops before the task ended: no final report; the worker
         sends `released` and the task goes back to its queue."""
+        self.superseded = threading.Event()
+        """Set when the scheduler gave the task to a newer attempt (see `keys.fence_key`):
+        the job stops and reports nothing more."""
         self._stop = threading.Event()
         self._log_file: Any = None
         self._streamed = 0
@@ -109,7 +121,9 @@ class Job:
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
-        self._send(reports.started(self.task_id, self.worker))
+        if self._fenced():
+            return {"status": "superseded", "attempt": self.attempt}
+        self._send(reports.started(self.task_id, self.worker, self.attempt))
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
         result: dict[str, Any]
@@ -131,6 +145,9 @@ class Job:
             # The worker reports `released` once this work horse has exited.
             shutil.rmtree(self.workdir, ignore_errors=True)
             return {**result, "status": "released"}
+        if self.superseded.is_set():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            return {**result, "status": "superseded"}
         self._send(
             reports.finished(
                 self.task_id,
@@ -144,6 +161,7 @@ class Job:
                 artifacts=result.get("artifacts") or (),
                 environment=self.environment,
                 reason=result.get("reason"),
+                attempt=self.attempt,
             )
         )
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -319,6 +337,7 @@ class Job:
             "PATH": venv_bin + os.pathsep + os.environ.get("PATH", os.defpath),
             "VIRTUAL_ENV": str(Path(venv_bin).parent),
             "RETRAIN_TASK_ID": self.task_id,
+            "RETRAIN_ATTEMPT": str(self.attempt),
             "RETRAIN_PARAMS_FILE": str(params_file),
             "RETRAIN_OUTPUT_DIR": str(outputs),
             "PYTHONUNBUFFERED": "1",
@@ -383,15 +402,32 @@ class Job:
             try:
                 if self.redis.exists(keys.abort_key(self.task_id)):
                     self.abort.set()
+                if self._fenced():
+                    self.superseded.set()
+                    self.abort.set()
+                    return
                 if time.monotonic() - last >= self._beat_every:
-                    self._send(reports.heartbeat(self.task_id, self.worker))
+                    self._send(reports.heartbeat(self.task_id, self.worker, self.attempt))
                     last = time.monotonic()
             except Exception:  # noqa: S112 - Redis blips: the next beat retries
                 continue
 
     def _send(self, report: Mapping[str, Any]) -> None:
-        """Every report goes through the protocol's builders and `send` (never by hand)."""
-        reports.send(self.redis, report, heartbeat_ttl_s=self.settings.heartbeat_ttl_s)
+        """Every report goes through the protocol's builders and `send` (never by hand),
+        signed with the worker secret."""
+        reports.send(
+            self.redis,
+            report,
+            secret=self.settings.worker_secret,
+            heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
+        )
+
+    def _fenced(self) -> bool:
+        """Whether the scheduler has given this task to another attempt (or ended it)."""
+        fence: Any = self.redis.get(keys.fence_key(self.task_id))
+        if isinstance(fence, bytes):
+            fence = fence.decode(errors="replace")
+        return fence is not None and fence != str(self.attempt)
 
     def _blobs(self) -> BlobStore:
         if not hasattr(self, "_blob_store"):

@@ -25,6 +25,18 @@ def safe(text: str) -> str:
     return _UNSAFE.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
+def safe_tree(value: Any) -> Any:
+    """`value` (JSON-like data) with every string in it made `safe`, keys included: for
+    renderables built from it (rich `Text`, tables), which `_SafeConsole` cannot see into."""
+    if isinstance(value, str):
+        return safe(value)
+    if isinstance(value, dict):
+        return {safe_tree(k): safe_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [safe_tree(v) for v in value]
+    return value
+
+
 class _SafeConsole(Console):
     """rich passes control sequences through; every string printed here is made `safe`."""
 

@@ -52,7 +52,7 @@ def status(
     heartbeat_age_s}], workers_lost_hidden, firings: [{time, trigger, decision, reason,
     event: {seq, kind, project, name, version, tags}, task, task_status}], waiting:
     [{trigger, reason, since, count, events: [{seq, kind, entity, project, name,
-    version}]}]}. Times are ISO
+    version}]}], reports: {refused, last_refused: {at, reason}}}. Times are ISO
     8601 UTC, ages in seconds; Redis-only figures are null when Redis is unreachable.
     """
     if watch:
@@ -146,13 +146,36 @@ def render(data: dict[str, Any]) -> RenderableType:
     from rich.console import Group
     from rich.text import Text
 
+    # Worker advertisements, report errors and reasons come from Redis: anything in them that
+    # a terminal would act on is shown escaped instead.
+    data = output.safe_tree(data)
     now = dt.datetime.fromisoformat(data["time"])
     stamp = output.when(now)
     parts: list[RenderableType] = [Text(f"retrain status at {stamp} UTC", style="bold")]
     parts += [_overview(data, now), Text(), *_queues(data), Text(), *_workers(data), Text()]
     parts += _firings(data, now)
     parts += _waiting(data)
+    parts += _refused(data, now)
     return Group(*parts)
+
+
+def _refused(data: dict[str, Any], now: dt.datetime) -> list[RenderableType]:
+    """Worker reports the scheduler refused (nothing at all when none were)."""
+    from rich.text import Text
+
+    reports = data.get("reports") or {}
+    if not reports.get("refused"):
+        return []
+    last = reports.get("last_refused") or {}
+    when = output.when(dt.datetime.fromisoformat(last["at"])) if last.get("at") else "-"
+    return [
+        Text(),
+        Text(
+            f"reports refused: {reports['refused']} (kept in retrain:reports:dead); "
+            f"last at {when}: {last.get('reason', '')}",
+            style="yellow",
+        ),
+    ]
 
 
 def _overview(data: dict[str, Any], now: dt.datetime) -> RenderableType:

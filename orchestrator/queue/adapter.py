@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ServiceUnavailable
-from orchestrator.queue import keys, rqjobs
+from orchestrator.queue import keys, rqjobs, signing
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -28,8 +28,10 @@ FAILURE_TTL_S = 30 * 86400
 class QueueAdapter:
     """RQ queues on one Redis connection."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, secret: str | None = None) -> None:
         self.redis = redis
+        self.secret = secret
+        """The worker secret: every payload enqueued is signed with it (see `signing`)."""
 
     def queue(self, name: str, priority: str = "normal", gpus: int = 0) -> Queue:
         return rqjobs.queue_class()(keys.rq_queue(name, priority, gpus), connection=self.redis)
@@ -47,6 +49,7 @@ class QueueAdapter:
         # report); RQ's timeout, which SIGKILLs the work horse, is only the backstop.
         # Routed by size: only a slot with at least this many GPUs listens to this RQ queue.
         gpus = int((payload.get("spec") or {}).get("gpus") or 0)
+        payload = signing.sign_payload(self.secret, payload)
         try:
             self.queue(queue, priority, gpus).enqueue_call(
                 keys.JOB_FUNCTION,

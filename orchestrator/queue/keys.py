@@ -100,6 +100,17 @@ def abort_key(task_id: str) -> str:
 ABORT_TTL_S = 7 * 86400
 
 
+def fence_key(task_id: str) -> str:
+    """The attempt of the task that may run now, set by the scheduler when it gives a lost
+    run to a new attempt (its number) or fails it (`-`). A worker back from the dead (a paused
+    VM, a network split) sees another value and stops its job: its reports would be refused
+    as stale anyway, and its processes must not run on."""
+    return f"{PREFIX}:fence:{task_id}"
+
+
+FENCE_TTL_S = 7 * 86400
+
+
 WORKERS = f"{PREFIX}:workers"
 """Sorted set: every worker that announced itself, scored by its last heartbeat (epoch
 seconds). A member whose `worker_key` hash has expired is a lost worker (killed, host down);

@@ -33,6 +33,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.queue import signing
 from orchestrator.queue.keys import HEARTBEAT_TTL_S, REPORTS_STREAM, heartbeat_key
 from orchestrator.tasks.states import FINISHED as FINAL_STATUSES
 
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 KINDS = ("started", "heartbeat", "finished", "released")
 FIELD = "data"
+SIG_FIELD = "sig"
+"""The entry's HMAC of `data` under the worker secret (`signing`)."""
 
 # Limits: what a report may carry. A real worker never exceeds them (the builders cut what
 # would); a report past them was not made by one, and is refused (dead-lettered).
@@ -68,21 +71,35 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
-def started(task_id: str, worker: str) -> dict[str, Any]:
-    """The worker began the task."""
-    return {"kind": "started", "task_id": task_id, "worker": worker, "time": now_iso()}
+def started(task_id: str, worker: str, attempt: int = 0) -> dict[str, Any]:
+    """The worker began the task's attempt `attempt` (the payload's): this binds the attempt
+    to the worker."""
+    return {
+        "kind": "started",
+        "task_id": task_id,
+        "attempt": attempt,
+        "worker": worker,
+        "time": now_iso(),
+    }
 
 
-def heartbeat(task_id: str, worker: str) -> dict[str, Any]:
+def heartbeat(task_id: str, worker: str, attempt: int = 0) -> dict[str, Any]:
     """The task's worker is alive (refreshes the heartbeat key when sent)."""
-    return {"kind": "heartbeat", "task_id": task_id, "worker": worker, "time": now_iso()}
+    return {
+        "kind": "heartbeat",
+        "task_id": task_id,
+        "attempt": attempt,
+        "worker": worker,
+        "time": now_iso(),
+    }
 
 
-def released(task_id: str, worker: str, reason: str) -> dict[str, Any]:
+def released(task_id: str, worker: str, reason: str, attempt: int = 0) -> dict[str, Any]:
     """The worker stopped the task before it ended; it goes back to its queue."""
     return {
         "kind": "released",
         "task_id": task_id,
+        "attempt": attempt,
         "worker": worker,
         "time": now_iso(),
         "reason": reason,
@@ -102,6 +119,7 @@ def finished(
     artifacts: Sequence[Mapping[str, Any]] = (),
     environment: Mapping[str, Any] | None = None,
     reason: str | None = None,
+    attempt: int = 0,
 ) -> dict[str, Any]:
     """The task ended on its worker, with everything the run produced (cut to the limits,
     with a note in `error` saying what was left out)."""
@@ -124,6 +142,7 @@ def finished(
     report: dict[str, Any] = {
         "kind": "finished",
         "task_id": task_id,
+        "attempt": attempt,
         "worker": worker,
         "time": now_iso(),
         "status": status,
@@ -142,7 +161,11 @@ def finished(
 
 
 def send(
-    redis: Redis, report: Mapping[str, Any], *, heartbeat_ttl_s: int = HEARTBEAT_TTL_S
+    redis: Redis,
+    report: Mapping[str, Any],
+    *,
+    secret: str | None = None,
+    heartbeat_ttl_s: int = HEARTBEAT_TTL_S,
 ) -> None:
     """Add a report to the stream; `started` and `heartbeat` also refresh the task's
     heartbeat key (the liveness signal), in the same round trip. A heartbeat is that key
@@ -160,15 +183,19 @@ def send(
     if kind in ("started", "heartbeat"):
         pipe.set(heartbeat_key(task_id), str(body.get("worker") or ""), ex=heartbeat_ttl_s)
     if kind != "heartbeat":
-        pipe.xadd(REPORTS_STREAM, {FIELD: data})
+        fields = {FIELD: data}
+        if secret:
+            fields[SIG_FIELD] = signing.sign(secret, data.encode())
+        pipe.xadd(REPORTS_STREAM, fields)  # type: ignore[arg-type]
     pipe.execute()
 
 
 # -- parsing and validating (the scheduler) ------------------------------------------------
 
 
-def parse(fields: Mapping[Any, Any] | None) -> dict[str, Any]:
-    """The report in a stream entry's fields; `BadReport` when it is not a valid one."""
+def parse(fields: Mapping[Any, Any] | None, secret: str | None = None) -> dict[str, Any]:
+    """The report in a stream entry's fields; `BadReport` when it is not a valid one. With a
+    `secret` (the worker secret), only a report signed with it is valid."""
     if not fields:
         raise BadReport("empty entry (trimmed from the stream?)")
     raw = fields.get(FIELD, fields.get(FIELD.encode()))
@@ -176,6 +203,14 @@ def parse(fields: Mapping[Any, Any] | None) -> dict[str, Any]:
         raise BadReport(f"no {FIELD!r} field")
     if len(raw) > MAX_REPORT_BYTES:
         raise BadReport(f"{len(raw)} bytes, more than the {MAX_REPORT_BYTES} a report may have")
+    if secret:
+        sig = fields.get(SIG_FIELD, fields.get(SIG_FIELD.encode()))
+        sig = sig.decode(errors="replace") if isinstance(sig, bytes) else sig
+        data = raw if isinstance(raw, bytes) else str(raw).encode()
+        if sig is None:
+            raise BadReport("not signed (made without the worker secret)")
+        if not signing.verify(secret, data, sig):
+            raise BadReport("bad signature (made without the worker secret)")
     try:
         report = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -212,6 +247,9 @@ def _check_limits(report: Mapping[str, Any]) -> None:
     error = report.get("error")
     if error is not None and len(str(error)) > MAX_ERROR_CHARS:
         raise refuse(f"error is longer than {MAX_ERROR_CHARS} characters")
+    attempt = report.get("attempt", 0)
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt < 1000:
+        raise refuse("attempt is not a small non-negative integer")
     exit_code = report.get("exit_code")
     if isinstance(exit_code, int) and not isinstance(exit_code, bool) and (
         exit_code not in EXIT_CODES

@@ -98,7 +98,13 @@ class Scheduler:
         # Workers report on a Redis stream; the scheduler is the one writer of run state. One
         # consumer name for every scheduler: a restarted daemon re-applies what a crashed one
         # read but did not acknowledge (applying is idempotent).
-        self.ingest = Ingest(self.redis, runtime.tasks, runtime.models, "scheduler")
+        self.ingest = Ingest(
+            self.redis,
+            runtime.tasks,
+            runtime.models,
+            "scheduler",
+            secret=runtime.settings.worker_secret,
+        )
         self.steps = Steps(backoff_cap_s=backoff_cap, budget_s=step_budget_s)
         """Each loop step's last success, last error and back-off."""
         self.config: Config | None = None
@@ -406,7 +412,13 @@ class Scheduler:
             holder=self.lease.holder,
             triggers=str(self.path),
             poll_interval=self.poll_interval,
+            signed=bool(self.runtime.settings.worker_secret),
         )
+        if not self.runtime.settings.worker_secret:
+            log.warning(
+                "no worker secret: payloads and reports are not signed, so anyone with Redis "
+                "access can forge them; set RETRAIN_WORKER_SECRET on schedulers and workers"
+            )
         from orchestrator import health
 
         home = self.runtime.settings.home

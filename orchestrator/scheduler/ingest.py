@@ -24,11 +24,13 @@ from orchestrator.errors import Conflict, NotFound, ServiceUnavailable, UserErro
 from orchestrator.models.service import check_uri
 from orchestrator.queue import reports
 from orchestrator.queue.keys import (
+    FENCE_TTL_S,
     HEARTBEAT_TTL_S,
     REPORTS_DEAD,
     REPORTS_DEAD_MAXLEN,
     REPORTS_GROUP,
     REPORTS_STREAM,
+    fence_key,
     heartbeat_key,
 )
 from orchestrator.store.models import Model, Task, utcnow
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from orchestrator.models.service import ModelService
     from orchestrator.store import Store
     from orchestrator.tasks.service import TaskService
+    from orchestrator.tasks.views import TaskInfo
 
 log = structlog.get_logger("retrain.ingest")
 
@@ -54,12 +57,20 @@ class Ingest:
     `scheduler` group. Several ingesters with different consumer names share the work."""
 
     def __init__(
-        self, redis: Redis, tasks: TaskService, models: ModelService, consumer: str
+        self,
+        redis: Redis,
+        tasks: TaskService,
+        models: ModelService,
+        consumer: str,
+        *,
+        secret: str | None = None,
     ) -> None:
         self.redis = redis
         self.tasks = tasks
         self.models = models
         self.consumer = consumer
+        self.secret = secret
+        """The worker secret: with it, only reports signed with it are applied."""
         self._group_ready = False
 
     def step(
@@ -155,7 +166,7 @@ class Ingest:
         range, or crashing a rule) is dead-lettered and returns normally; an outage raises."""
         ident = _text(entry_id)
         try:
-            report = reports.parse(fields)
+            report = reports.parse(fields, self.secret)
             self.apply(report)
         except (reports.BadReport, UserError) as exc:
             self._dead_letter(ident, fields, str(exc))
@@ -177,17 +188,41 @@ class Ingest:
         )
 
     def apply(self, report: Mapping[str, Any]) -> None:
-        """Apply one parsed report to the store (idempotent)."""
+        """Apply one parsed report to the store (idempotent). A report is bound: it names its
+        task's attempt, and the first `started` of an attempt binds it to its worker; a report
+        from another worker, for another attempt, or that does not fit the task's state
+        (finishing a task nobody started) is refused (`BadReport`, dead-lettered)."""
         kind = report["kind"]
         task_id = report["task_id"]
         if kind == "heartbeat":
             return
-        status = self._status(task_id)
+        info = self._info(task_id)
+        status = info.status
         worker = str(report.get("worker") or "unknown")
+        attempt = int(report.get("attempt") or 0)
+        if attempt != info.attempt:
+            raise reports.BadReport(
+                f"{kind} report for {task_id}: attempt {attempt}, but the task is on attempt "
+                f"{info.attempt} (a stale or forged report)"
+            )
         if kind == "started":
             if status == "queued":
                 self._start(task_id, worker)
+            elif info.worker not in (None, worker):
+                raise reports.BadReport(
+                    f"started report for {task_id}: attempt {attempt} is bound to worker "
+                    f"{info.worker}, not {worker}"
+                )
             return
+        # A run that ended before its `started` arrived (aborted while queued) has no worker
+        # bound; its own worker's final facts still belong on its record.
+        unbound_ok = status in FINISHED and info.worker is None
+        if info.worker != worker and not unbound_ok:
+            holder = info.worker or "none (nobody started it)"
+            raise reports.BadReport(
+                f"{kind} report for {task_id} from worker {worker}: attempt {attempt} is "
+                f"bound to {holder}"
+            )
         if kind == "released":
             if status == "running":
                 with contextlib.suppress(Conflict):
@@ -196,9 +231,6 @@ class Ingest:
             return
         # finished
         final = str(report["status"])
-        if status == "queued":
-            self._start(task_id, worker)
-            status = self._status(task_id)
         environment = reports.clean_environment(report.get("environment"))
         artifacts = reports.clean_artifacts(report.get("artifacts"))
         duration_s = reports.clean_duration(report.get("duration_s"))
@@ -229,9 +261,9 @@ class Ingest:
             )
         self._register_models(task_id, report.get("models"))
 
-    def _status(self, task_id: str) -> str:
+    def _info(self, task_id: str) -> TaskInfo:
         try:
-            return self.tasks.get(task_id).status
+            return self.tasks.get(task_id)
         except NotFound:
             raise reports.BadReport(f"no task {task_id!r}") from None
 
@@ -344,7 +376,7 @@ def fail_lost(
         if redis.exists(heartbeat_key(task_id)):
             continue  # it beat just now
         try:
-            if _settle_lost(tasks, task_id, ttl_s):
+            if _settle_lost(redis, tasks, task_id, ttl_s):
                 settled.append(task_id)
         except ServiceUnavailable:
             raise
@@ -359,17 +391,21 @@ def fail_lost(
     return settled
 
 
-def _settle_lost(tasks: TaskService, task_id: str, ttl_s: int) -> bool:
-    """Re-queue or fail one lost task; False when it finished meanwhile."""
+def _settle_lost(redis: Redis, tasks: TaskService, task_id: str, ttl_s: int) -> bool:
+    """Re-queue or fail one lost task; False when it finished meanwhile. Either way the fence
+    (`keys.fence_key`) then names the attempt that may run (`-`: none), so a worker that was
+    only paused stops its job when it wakes."""
     why = f"worker lost: no heartbeat for {ttl_s} s"
     try:
         info = tasks.get(task_id)
         allowed = int(info.spec.get("retries") or 0)
         if info.attempt < allowed:
+            redis.set(fence_key(task_id), str(info.attempt + 1), ex=FENCE_TTL_S)
             tasks.requeue(task_id, f"{why}; retry {info.attempt + 1} of {allowed}", attempt=True)
             log.warning("worker lost; task re-queued", task=task_id, retry=info.attempt + 1)
         else:
             tasks.finish(task_id, "failed", error=why)
+            redis.set(fence_key(task_id), "-", ex=FENCE_TTL_S)
             log.warning("worker lost", task=task_id)
     except (Conflict, NotFound):
         return False  # finished meanwhile

@@ -158,6 +158,8 @@ NOT_BLOB_REFERENCES: dict[str, str] = {
     "scheduler_state.leader": "a scheduler name",
     "scheduler_state.config_path": "a local path",
     "scheduler_state.config_error": "an error message",
+    "scheduler_state.config_problems": "messages about the loaded triggers file",
+    "scheduler_state.steps": "the daemon's loop steps: names, times, errors",
 }
 """Columns that could hold a blob reference by their type but hold none, and why."""
 

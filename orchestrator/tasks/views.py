@@ -88,6 +88,7 @@ def payload(row: Task) -> dict[str, Any]:
     return {
         "version": PAYLOAD_VERSION,
         "task_id": row.id,
+        "attempt": row.attempt or 0,
         "project": row.project.path,
         "name": row.name,
         "type": row.type,

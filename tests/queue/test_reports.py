@@ -171,6 +171,8 @@ def test_a_released_run_goes_back_to_its_queue_once(
 
 
 def test_finished_without_started(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # noqa: F811
+    """Finishing a task nobody started is refused (dead-lettered): no worker is bound to its
+    attempt, so the report cannot be the run's."""
     rt = runtime
     run = queued_run(cli, git_repo)
     reports.send(rt.redis, reports.finished(
@@ -178,10 +180,11 @@ def test_finished_without_started(runtime: Runtime, cli: CLI, git_repo: Repo) ->
         reason="timeout"))
     assert ingest(rt).step() == 1
     info = rt.tasks.get(run)
-    assert info.status == "failed" and info.exit_code == 3 and info.worker == WORKER
-    assert info.error == "timeout: Traceback ...\nValueError: bad"
+    assert info.status == "queued" and info.exit_code is None and info.worker is None
+    [dead] = rt.redis.xrange("retrain:reports:dead")
+    assert b"nobody started it" in dead[1][b"reason"]
     kinds = [k for k, e, _ in events(rt) if e == run]
-    assert kinds == ["task.created", "task.queued", "task.started", "task.failed"]
+    assert kinds == ["task.created", "task.queued"]
     assert rt.models.list() == []
 
 

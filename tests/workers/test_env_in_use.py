@@ -124,7 +124,7 @@ def test_a_running_jobs_environment_survives_another_jobs_build(
     first = subprocess.Popen(worker_argv("a"), env=os.environ.copy(), text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: ("stdout", "waiting") in log_lines(client, a), "job a to start")
+        wait_for(lambda: ("output", "waiting") in log_lines(client, a), "job a to start")
         [env_a] = [p.name for p in envs.iterdir() if p.is_dir() and not p.name.startswith(".")]
         stand_ins(envs, 19)  # with env_a: the default limit of 20 is reached
 
@@ -142,7 +142,7 @@ def test_a_running_jobs_environment_survives_another_jobs_build(
     assert first.returncode == 0, err
     report = finished(client, a)
     assert report["status"] == "completed", report.get("error")
-    assert ("stdout", "still here 42") in log_lines(client, a)
+    assert ("output", "still here 42") in log_lines(client, a)
     assert report["environment"]["key"] == env_a and report["environment"]["waited_s"] == 0
 
     # Once job a has ended its environment may go, by last use, under the configured limit.

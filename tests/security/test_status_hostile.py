@@ -1,0 +1,50 @@
+"""Promise 7: `retrain status` survives whatever anyone with Redis access writes into worker
+advertisements, and shows it escaped; refused reports are counted where people look."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from orchestrator.queue import keys, reports
+from orchestrator.runtime import Runtime
+from orchestrator.scheduler.ingest import Ingest
+from tests.conftest import CLI
+from tests.tasks.conftest import machine_redis_url
+
+
+@pytest.fixture
+def attacker(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    url = machine_redis_url()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def test_status_survives_hostile_advertisements_and_counts_refused_reports(
+    cli: CLI, attacker: redis.Redis
+) -> None:
+    attacker.zadd(keys.WORKERS, {"far-future": 1e300, "nan": float("-inf"), "evil": 1.0})
+    attacker.hset(keys.worker_key("far-future"), mapping={"name": "x", "heartbeat": "no"})
+    attacker.hset(keys.worker_key("evil"), mapping={
+        "name": "evil\x1b]0;owned\x07", "host": "h\x1b[2J", "queues": "not json",
+        "gpus": json.dumps([{"index": "zero", "name": "\u202eevil"}]), "state": "busy",
+        "task": "\x1b[31m", "task_started": "yesterday", "started": "1e300",
+        "heartbeat": "2026-13-45T99:99:99", "pid": "-1"})
+    attacker.xadd(keys.REPORTS_STREAM, {reports.FIELD: "{not json"})
+    runtime = Runtime()
+    Ingest(runtime.redis, runtime.tasks, runtime.models, "scheduler").step()
+    runtime.close()
+
+    shown = cli("status").out
+    assert "\x1b" not in shown and "\u202e" not in shown, repr(shown)
+    assert "evil\\x1b]0;owned\\x07" in shown
+    assert "reports refused: 1" in shown and "not JSON" in shown, shown
+    data = cli.json("status")
+    assert data["reports"]["refused"] == 1  # type: ignore[index]
