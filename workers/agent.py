@@ -179,6 +179,11 @@ def agent_class() -> type[Any]:
             pipe.expire(key, self.worker_ttl + 15)
             pipe.zadd(keys.WORKERS, {self.name: now.timestamp()})
 
+        def subscribe(self) -> None:
+            """No RQ command channel: RQ's `kill-horse`, `stop-job` and `shutdown` arrive on a
+            pub/sub channel anyone with Redis access can publish to, and kill-horse orphans the
+            user's processes. retrain stops jobs through its own abort flag and signals."""
+
         def register_birth(self) -> None:
             super().register_birth()  # type: ignore[no-untyped-call]
             health.beat(self.home, "worker", self.name)

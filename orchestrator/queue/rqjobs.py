@@ -52,14 +52,20 @@ def _classes() -> tuple[type[Any], type[Any]]:
     if _CLASSES is not None:
         return _CLASSES
     from rq import Queue
-    from rq.job import Job
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job, JobStatus
     from rq.utils import import_attribute
 
     class SafeJob(Job):
         """An RQ job that can only ever run retrain's job function."""
 
+        _unreadable: str | None = None
+        """Why the job's hash could not be read (set by `restore`); such a job is refused."""
+
         @property
         def func(self) -> Any:
+            if self._unreadable is not None:
+                raise RefusedJob(f"refused job {self.id}: {self._unreadable} (nothing was run)")
             name = self.func_name
             if name != keys.JOB_FUNCTION or self.instance is not None:
                 raise RefusedJob(
@@ -82,7 +88,17 @@ def _classes() -> tuple[type[Any], type[Any]]:
             return None
 
         def restore(self, raw_data: dict[bytes, Any]) -> None:
-            super().restore(raw_data)
+            # A hash anyone with Redis access wrote: a field RQ cannot parse (`timeout=abc`, a
+            # bad date or status) must fail this job alone, not the worker slot or the
+            # scheduler's registry clean-up that came across it.
+            try:
+                super().restore(raw_data)
+            except NoSuchJobError:
+                raise
+            except Exception as exc:
+                self._unreadable = f"unreadable job hash ({type(exc).__name__}: {str(exc)[:200]})"
+                self.timeout = None
+                self._status = JobStatus.QUEUED
             self.webhooks = []
 
     class SafeQueue(Queue):

@@ -310,7 +310,10 @@ class Scheduler:
             connection=self.redis, job_class=rqjobs.job_class(), serializer=rqjobs.serializer()
         )
         for queue in queues:
-            queue.started_job_registry.cleanup()
+            try:
+                queue.started_job_registry.cleanup()
+            except Exception:  # one queue's odd entries must not stop the others' clean-up
+                log.exception("started registry clean-up failed", queue=queue.name)
 
     def _fail_lost(self, fail_lost: Any) -> list[str]:
         ttl = self.runtime.settings.heartbeat_ttl_s

@@ -125,3 +125,50 @@ def test_a_worker_refuses_any_function_but_retrains_job(
     result = QueueAdapter(attacker).job("planted").latest_result()
     assert result is not None and "refused" in result.exc_string, result
     assert "evil.run" in result.exc_string
+
+
+def test_an_unreadable_job_hash_fails_that_job_alone(
+    attacker: redis.Redis, tmp_path: Path
+) -> None:
+    # RQ itself cannot parse these fields; before, one such hash ended the worker slot that
+    # dequeued it and failed the scheduler's reconcile step on every pass.
+    plant_job(attacker, "bad-timeout", "gpu", func="workers.job.run_task", started=False,
+              timeout="abc")
+    plant_job(attacker, "bad-date", "gpu", func="workers.job.run_task", started=False,
+              enqueued_at="yesterday")
+    plant_job(attacker, "wip", "gpu", func="workers.job.run_task", started=True, timeout="abc")
+    triggers = tmp_path / "triggers.yaml"
+    triggers.write_text("version: 1\ntriggers: []\n")
+    scheduler = Scheduler(Runtime(), triggers, wakeup=False)
+    scheduler._clean_registries()  # raised ValueError/AssertionError before
+    done = worker("--queue", "gpu", "--gpus", "none", "--burst")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "unhandled exception" not in done.stderr, done.stderr[-2000:]
+    assert attacker.llen("rq:queue:gpu") == 0  # both were taken, and failed, one by one
+    for job_id in ("bad-timeout", "bad-date"):
+        assert attacker.hget(f"rq:job:{job_id}", "status") == b"failed", job_id
+    scheduler.runtime.close()
+
+
+def test_nobody_can_command_a_worker_over_rqs_pubsub_channel(
+    attacker: redis.Redis, tmp_path: Path
+) -> None:
+    """RQ's kill-horse/stop-job/shutdown commands come over pub/sub, which anyone with Redis
+    access (even the worker ACL user) can publish to: a retrain worker does not listen."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from orchestrator.cli import main; main()", "worker",
+         "--queue", "gpu", "--gpus", "none", "--name", "victim"],
+        env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while not attacker.exists("retrain:worker:victim"):
+            assert proc.poll() is None and time.monotonic() < deadline, "the worker never started"
+            time.sleep(0.1)
+        [(_channel, listeners)] = attacker.pubsub_numsub("rq:pubsub:victim")
+        assert listeners == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
