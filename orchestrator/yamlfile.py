@@ -44,6 +44,21 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """Integers as YAML reads them, but one too long for Python to convert (over 4,300
+    digits) is an error at its place, not a traceback."""
+    try:
+        return int(yaml.SafeLoader.construct_yaml_int(loader, node))
+    except ValueError:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a number of {len(str(node.value))} characters is too large",
+            node.start_mark,
+        ) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
 class FileError(UserError):
     """A problem at a place in a file: `file:line:col: field: message`."""
 
@@ -221,9 +236,9 @@ def load_items(path: Path, key: str) -> tuple[Document, Iterator[Any]]:
         document = loads(text, path)
         items = document.data.pop(key, None) if isinstance(document.data, dict) else None
         return document, iter(items or [])
-    data = {name: _load_span(text, span) for name, span in spans.items() if name != key}
+    data = {name: _load_span(text, span, path) for name, span in spans.items() if name != key}
     item_spans = spans[key]
-    return Document(path, data, text), (_load_span(text, span) for span in item_spans)
+    return Document(path, data, text), (_load_span(text, span, path) for span in item_spans)
 
 
 Span = tuple[int, int, int]
@@ -282,10 +297,16 @@ def _span(start: yaml.Event, end: yaml.Event) -> Span:
     return start.start_mark.index, end.end_mark.index, start.start_mark.column
 
 
-def _load_span(text: str, span: Span) -> Any:
+def _load_span(text: str, span: Span, path: Path | None = None) -> Any:
     start, end, column = span
     # Indent the first line like the rest so that a block node parses on its own.
-    return yaml.load(" " * column + text[start:end], Loader=_Loader)  # noqa: S506
+    try:
+        return yaml.load(" " * column + text[start:end], Loader=_Loader)  # noqa: S506
+    except yaml.MarkedYAMLError as exc:  # what only constructing finds (a number too large)
+        mark = exc.problem_mark
+        line = text.count("\n", 0, start) + (mark.line if mark else 0) + 1
+        col = (mark.column + 1) if mark else 1
+        raise FileError([f"{path}:{line}:{col}: invalid YAML: {exc.problem}"]) from None
 
 
 def dotted(key: PathKey) -> str:

@@ -43,6 +43,9 @@ in storage stays."""
 ERROR_TAIL_LINES = 20
 
 
+_TASK_ID = re.compile(r"[0-9a-f]{32}")
+
+
 class StepFailed(Exception):
     """A step before the user's code failed; the task fails with the step named."""
 
@@ -64,6 +67,8 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     refusal = signing.check_payload(settings.worker_secret, payload)
     if refusal:  # nothing of it runs: the job fails in RQ with the reason
         raise RefusedJob(f"refused task {str(payload.get('task_id'))[:64]!r}: {refusal}")
+    if not _TASK_ID.fullmatch(str(payload.get("task_id"))):  # it names folders below
+        raise RefusedJob(f"refused task id {str(payload.get('task_id'))[:64]!r}: not a task id")
     job = get_current_job()
     redis: Redis = job.connection if job is not None else _redis(settings)
     worker = (job.worker_name if job is not None else None) or socket.gethostname()

@@ -219,6 +219,7 @@ def parse(fields: Mapping[Any, Any] | None, secret: str | None = None) -> dict[s
         raise BadReport("JSON nested too deeply") from None
     if not isinstance(report, dict):
         raise BadReport("not a JSON object")
+    report = dict(_without_nul(report))
     if report.get("kind") not in KINDS:
         raise BadReport(f"kind {report.get('kind')!r} is not one of {', '.join(KINDS)}")
     if not isinstance(report.get("task_id"), str) or not report["task_id"]:
@@ -230,6 +231,18 @@ def parse(fields: Mapping[Any, Any] | None, secret: str | None = None) -> dict[s
         )
     _check_limits(report)
     return report
+
+
+def _without_nul(value: Any) -> Any:
+    """`value` with every NUL character shown as U+FFFD: PostgreSQL refuses NUL in text and
+    JSON, and a job that printed one (its error tail, a metric's name) must not lose its run."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _check_limits(report: Mapping[str, Any]) -> None:

@@ -123,7 +123,7 @@ class Ingest:
                 None,
             )
         if oldest is not None:
-            self.redis.xtrim(REPORTS_STREAM, minid=oldest)
+            self.redis.xtrim(REPORTS_STREAM, minid=oldest, approximate=False)
 
     def _read(self, start: str, count: int, block: int | None) -> list[tuple[Any, Any]]:
         import redis as redis_lib

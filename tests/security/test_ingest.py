@@ -95,6 +95,7 @@ def test_a_flood_cannot_delay_a_finished_past_one_step(
     reports.send(runtime.redis, reports.finished(run, "w1", "completed", exit_code=0))
     Ingest(runtime.redis, runtime.tasks, runtime.models, "scheduler").step()
     assert cli.json("task", "show", run)["status"] == "completed"
+    assert runtime.redis.xlen(keys.REPORTS_STREAM) <= 1  # the flood is gone once acknowledged
 
 
 def test_reports_are_trimmed_only_once_acknowledged(
@@ -114,3 +115,20 @@ def test_reports_are_trimmed_only_once_acknowledged(
     # Heartbeats are liveness (a key with a TTL), not stream entries.
     assert runtime.redis.xlen(keys.REPORTS_STREAM) <= 3
     assert runtime.redis.ttl(keys.heartbeat_key(run)) > 0
+
+
+def test_a_nul_in_a_real_report_does_not_lose_the_run(
+    cli: CLI, git_repo: Repo, runtime: Runtime
+) -> None:
+    """PostgreSQL refuses NUL in text and JSON: a job that printed one (in its error tail, a
+    metric's name, its environment) must still end in the state it reached."""
+    run = running(cli, git_repo, runtime)
+    reports.send(runtime.redis, reports.finished(
+        run, "w1", "failed", exit_code=3, error="boom\x00bang",
+        metrics={"acc\x00": 0.9}, environment={"key": "k\x00"},
+        artifacts=[{"path": "a\x00.txt", "uri": "s3://b/x"}]))
+    Ingest(runtime.redis, runtime.tasks, runtime.models, "scheduler").step()
+    shown = cli.json("task", "show", run)
+    assert shown["status"] == "failed" and shown["exit_code"] == 3, shown
+    assert "\x00" not in json.dumps(shown) and shown["error"].startswith("boom")
+    assert dead_letters(runtime) == []

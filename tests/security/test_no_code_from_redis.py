@@ -172,3 +172,25 @@ def test_nobody_can_command_a_worker_over_rqs_pubsub_channel(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_a_payload_task_id_never_names_a_folder_outside_the_cache(
+    attacker: redis.Redis, tmp_path: Path
+) -> None:
+    """Without a worker secret nothing is signed; the task id still names folders, so a
+    planted `../../victim` must be refused before any folder is made or removed."""
+    from orchestrator.queue.adapter import QueueAdapter
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    depth = len((tmp_path / "home" / "cache" / "work").parts) - len(tmp_path.parts)
+    payload = {"task_id": "../" * depth + "victim", "attempt": 0,
+               "spec": {"repo": str(tmp_path), "entry": {"script": "x.py"}, "timeout_s": 60}}
+    QueueAdapter(attacker).enqueue("planted", payload, queue="gpu", priority="normal",
+                                   timeout_s=60)
+    done = worker("--queue", "gpu", "--gpus", "none", "--burst")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (victim / "keep.txt").read_text() == "mine" and not (victim / "src").exists()
+    result = QueueAdapter(attacker).job("planted").latest_result()
+    assert result is not None and "not a task id" in result.exc_string

@@ -5,6 +5,8 @@ and leave the store empty."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import CLI
@@ -67,4 +69,20 @@ def test_values_that_embed_url_credentials_are_refused_even_when_declared(
 def test_durations_have_sane_maximums(cli: CLI, git_repo: Repo, flag: str, value: str) -> None:
     said = create(cli, git_repo, flag, value, expect=2)
     assert said.startswith(flag) or f"{flag}:" in said, said
+    assert cli.json("task", "list") == []
+
+
+def test_a_number_too_long_to_read_is_an_error_at_its_place(
+    cli: CLI, git_repo: Repo, tmp_path: Path
+) -> None:
+    task = tmp_path / "task.yaml"
+    task.write_text(f"project: p\nname: t\nrepo: {git_repo.path}\nscript: train.py\n"
+                    f"retries: {'9' * 5000}\n")
+    said = cli("task", "create", "-f", str(task), expect=2).err
+    assert f"{task}:5:" in said and "too large" in said, said
+    triggers = tmp_path / "triggers.yaml"
+    triggers.write_text("version: 1\ntriggers:\n  - name: t\n    on: {dataset: {project: p}}\n"
+                        f"    run: {{template: p/t, overrides: {{General/x: {'1' * 5000}}}}}\n")
+    said = cli("triggers", "check", str(triggers), expect=2).err
+    assert f"{triggers}:5:" in said and "too large" in said, said
     assert cli.json("task", "list") == []
