@@ -119,6 +119,8 @@ class Up:
             pass_fds=(read,),
             env=lifeline.child_env(read),
         )
+        # Arguments first: a mistake (too few GPUs for --workers) must start nothing at all.
+        worker_argvs = self._worker_argvs()
         redis_url = self._redis()
         self._write_state(redis_url)
         self._store()
@@ -126,7 +128,7 @@ class Up:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         self.children = [Child("scheduler", self._scheduler_argv())]
-        self.children += [Child("worker", argv) for argv in self._worker_argvs()]
+        self.children += [Child("worker", argv) for argv in worker_argvs]
         try:
             for child in self.children:
                 child.proc = subprocess.Popen(

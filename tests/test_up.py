@@ -306,3 +306,21 @@ def test_a_worker_whose_up_died_finishes_its_job_first(
         assert log.count("waiting for") == 1 and log.endswith("done\n"), log  # not run again
     finally:
         stop(again, tmp_path, "again.log")
+
+
+def test_a_refused_up_starts_nothing(
+    cli: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retrain_home: Path
+) -> None:
+    """Too few GPUs for --workers is a mistake: one line, exit 2, and no embedded Redis (or
+    anything else) left running."""
+    from tests.conftest import started_here
+
+    fake_gpus(tmp_path, monkeypatch, 2)
+    monkeypatch.delenv("RETRAIN_REDIS_URL", raising=False)
+    triggers = tmp_path / "triggers.yaml"
+    triggers.write_text("version: 1\ntriggers: []\n")
+    said = cli("up", "--triggers", str(triggers), "--gpus", "0,1", "--workers", "3",
+               expect=2).err
+    assert "--workers 3" in said, said
+    assert not (retrain_home / "redis.json").exists()
+    assert started_here(tmp_path) == []

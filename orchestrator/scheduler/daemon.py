@@ -446,6 +446,9 @@ class Scheduler:
                     if self.woken.wait(min(0.25, max(0.0, deadline - time.monotonic()))):
                         break
         finally:
+            # Reports that arrived while stopping (workers stop first under `retrain up`, and
+            # send their last `finished` or `released`) are applied now, not at the next start.
+            self._safely(self._last_ingest)
             health.forget(home, "scheduler", beat_name)
             if self.wakeup:
                 listener.stop()
@@ -455,6 +458,10 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _last_ingest(self) -> None:
+        if self.lease.leader() == self.lease.holder:
+            self.ingest.step(max_entries=10_000)
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -259,7 +259,8 @@ class Ingest:
                 artifacts=artifacts,
                 duration_s=duration_s,
             )
-        self._register_models(task_id, report.get("models"))
+        if final == "completed":  # a failed or aborted run's files are not models
+            self._register_models(task_id, report.get("models"))
 
     def _info(self, task_id: str) -> TaskInfo:
         try:

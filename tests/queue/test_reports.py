@@ -312,3 +312,53 @@ def test_an_aborted_run_keeps_what_its_worker_reported(
     assert state(rt, run) == before
     kinds = [k for k, e, _ in events(rt) if e == run]
     assert kinds == ["task.created", "task.queued", "task.started", "task.aborted"]
+
+
+def test_only_a_completed_run_registers_its_models(
+    runtime: Runtime, cli: CLI, git_repo: Repo  # noqa: F811
+) -> None:
+    """A failed (or aborted) run's files under models/ are not models: registering them would
+    fire model triggers on the output of a failed training."""
+    rt = runtime
+    failed, completed = queued_run(cli, git_repo), queued_run(cli, git_repo)
+    model = [{"name": "m", "uri": "s3://bucket/models/m.bin", "metadata": {}}]
+    for run, status, code in ((failed, "failed", 4), (completed, "completed", 0)):
+        reports.send(rt.redis, reports.started(run, WORKER))
+        reports.send(rt.redis, reports.finished(run, WORKER, status, exit_code=code,
+                                                models=model))
+    ingest(rt).step()
+    assert rt.tasks.get(failed).status == "failed"
+    assert [m.task_id for m in rt.models.list()] == [completed]
+
+
+def test_a_stopping_scheduler_applies_the_reports_that_arrived(
+    runtime: Runtime, cli: CLI, git_repo: Repo, tmp_path: Any  # noqa: F811
+) -> None:
+    """Under `retrain up` the workers stop first and send their last reports; the scheduler
+    stopping after them applies those before it exits, so the store does not say `running`
+    after `up` has ended."""
+    import threading
+    import time
+
+    from orchestrator.scheduler.daemon import Scheduler
+
+    rt = runtime
+    run = queued_run(cli, git_repo)
+    triggers = tmp_path / "triggers.yaml"
+    triggers.write_text("version: 1\ntriggers: []\n")
+    scheduler = Scheduler(Runtime(), triggers, poll_interval=3600, wakeup=False)
+    thread = threading.Thread(target=scheduler.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while scheduler.lease.leader() != scheduler.lease.holder:
+            assert time.monotonic() < deadline, "the scheduler never led"
+            time.sleep(0.05)
+        time.sleep(0.5)  # past its first tick: now it waits out its hour-long interval
+        reports.send(rt.redis, reports.started(run, WORKER))
+        reports.send(rt.redis, reports.finished(run, WORKER, "completed", exit_code=0))
+    finally:
+        scheduler.stop()
+        thread.join(timeout=60)
+        scheduler.runtime.close()
+    assert rt.tasks.get(run).status == "completed"
