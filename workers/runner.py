@@ -23,6 +23,7 @@ import codecs
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -92,6 +93,35 @@ def kill_group(pid: int, grace_s: float) -> None:
     _signal_group(pid, signal.SIGKILL)
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """What the command's process runs between fork and exec: on Linux, ask the kernel to
+    SIGKILL it when the work horse that started it dies (a `kill -9` of the worker, an OOM
+    kill), so a lost run's training does not go on holding a GPU that its worker's lock no
+    longer guards. The foreign function is looked up here, before the fork, so the child only
+    makes the one system call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                      ctypes.c_ulong]
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # it died before the request took effect
+            os._exit(1)
+
+    return preexec
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def run_process(
     argv: Sequence[str],
     *,
@@ -139,6 +169,7 @@ def run_process(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_die_with_parent(),
     )
     assert proc.stdout is not None
     readers = [_start_reader(proc.stdout, OUTPUT, output)]

@@ -1,0 +1,80 @@
+"""A worker killed outright (kill -9 of the worker and its work horse, an OOM kill) takes its
+job's process with it: a lost run's training must not go on holding a GPU whose lock died
+with the worker, while the retry runs somewhere else."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import CLI
+from tests.security.test_report_binding import alive, children
+from tests.tasks import conftest as task_fixtures
+from tests.tasks.conftest import Repo, machine_redis_url, run_git
+
+git_repo = task_fixtures.git_repo
+
+SLEEPER = """\
+import os, pathlib, sys, time
+pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))
+time.sleep(300)
+"""
+
+
+@pytest.fixture
+def url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    url = machine_redis_url()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
+    yield url
+    client.flushdb()
+    client.close()
+
+
+def test_killing_a_worker_outright_ends_its_jobs_process(
+    cli: CLI, git_repo: Repo, url: str, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "job.pid"
+    (git_repo.path / "train.py").write_text(SLEEPER)
+    (git_repo.path / "requirements.txt").write_text("")
+    run_git(git_repo.path, "commit", "-qam", "sleeper")
+    task = cli("task", "create", "--project", "p", "--name", "sleep", "--repo",
+               str(git_repo.path), "--script", "train.py", "--queue", "gpu",
+               "--args", str(pidfile)).out.strip()
+    cli("task", "run", task)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "from orchestrator.cli import main; main()", "worker",
+         "--queue", "gpu", "--gpus", "none"],
+        env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    job = 0
+    try:
+        deadline = time.monotonic() + 100
+        while not (pidfile.exists() and pidfile.read_text()):
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.1)
+        job = int(pidfile.read_text())
+        for pid in [*children(worker.pid), worker.pid]:  # the work horse, then the worker
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while alive(job) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(job), "the job's process outlived its worker"
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+        if job and alive(job):
+            os.killpg(job, signal.SIGKILL)
