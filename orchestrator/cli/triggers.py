@@ -36,7 +36,7 @@ def _load(path: Path | None, *, check_templates: bool = False) -> Config:
 
     tasks = runtime().tasks
     if check_templates:
-        return load_config(triggers_path(path), templates=store_templates(tasks))
+        return load_config(triggers_path(path), templates=store_templates(tasks), stream=False)
 
     def resolve(ref: str) -> tuple[str, str] | None:
         try:

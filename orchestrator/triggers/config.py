@@ -4,6 +4,7 @@ reported as `file:line:col: field: message` (all of them at once, not just the f
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -20,7 +21,15 @@ from orchestrator.errors import UserError
 from orchestrator.tasks.params import coerce
 from orchestrator.triggers.match import glob_match
 from orchestrator.triggers.schema import Trigger, TriggersFile
-from orchestrator.yamlfile import Document, FileError, PathKey, load_items, loads, message
+from orchestrator.yamlfile import (
+    Document,
+    FileError,
+    PathKey,
+    load_items,
+    loads,
+    message,
+    read,
+)
 
 TRIGGERS_ENV = "RETRAIN_TRIGGERS_FILE"
 
@@ -109,13 +118,41 @@ def load_config(
     resolve_template: TemplateResolver | None = None,
     templates: TemplateLookup | None = None,
     text: str | None = None,
+    stream: bool = True,
+) -> Config:
+    """See `_load_config`; the cyclic garbage collector waits meanwhile (it would walk the
+    tens of thousands of objects a big file makes again and again; none form cycles)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_config(
+            path, resolve_template=resolve_template, templates=templates, text=text,
+            stream=stream,
+        )
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _load_config(
+    path: Path,
+    *,
+    resolve_template: TemplateResolver | None,
+    templates: TemplateLookup | None,
+    text: str | None,
+    stream: bool,
 ) -> Config:
     """Parse and check a triggers file. `resolve_template` (backed by the store) lets cycle
     detection follow templates named by id. `templates` (also backed by the store) does that
     and more: a reference to a template that does not exist is an error, and every override
     and input is checked against the template's parameters, their types and its inputs.
     The daemon passes only `resolve_template`: templates change without the file changing,
-    so it records a run that cannot start when it fires instead of refusing the file."""
+    so it records a run that cannot start when it fires instead of refusing the file.
+    `stream` parses the triggers one at a time, so a long-running daemon never holds the
+    whole file's tree (its resident size stays low); a one-shot command passes False and
+    parses the file whole, which is faster."""
+    if text is None and not stream:
+        text = read(path)
     if text is None:
         document, raw = load_items(path, "triggers")
     else:
@@ -151,10 +188,12 @@ def load_config(
     problems = list(_problems(document, triggers, resolve_template, shapes))
     if problems:
         raise FileError(problems)
-    digest = hashlib.sha256(
-        json.dumps([t.model_dump(mode="json") for t in triggers], sort_keys=True).encode()
-    ).hexdigest()
-    return Config(path, triggers, {t.name: revision(t) for t in triggers}, digest[:16])
+    revisions = [revision(t) for t in triggers]
+    # Each revision hashes everything a trigger does; in file order they hash the file's.
+    digest = hashlib.sha256(" ".join(revisions).encode()).hexdigest()
+    return Config(
+        path, triggers, {t.name: r for t, r in zip(triggers, revisions, strict=True)}, digest[:16]
+    )
 
 
 def _with_defaults(trigger: Trigger, parsed: TriggersFile) -> Trigger:
