@@ -223,3 +223,22 @@ class CLI:
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> CLI:
     return CLI(capsys)
+
+
+@pytest.fixture
+def machine_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The machine's Redis (`RETRAIN_TEST_REDIS_URL`, a database the tests may flush), flushed
+    before and after the test and set as `RETRAIN_REDIS_URL`; yields its URL."""
+    import redis
+
+    from tests.tasks.conftest import machine_redis_url
+
+    url = machine_redis_url()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()

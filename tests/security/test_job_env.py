@@ -11,16 +11,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from orchestrator.queue import keys
 from tests.conftest import CLI
 from tests.tasks import conftest as task_fixtures
-from tests.tasks.conftest import Repo, machine_redis_url, run_git
+from tests.tasks.conftest import Repo, run_git
 
 git_repo = task_fixtures.git_repo
 
@@ -29,16 +27,6 @@ import json, os
 print("ENV " + json.dumps(dict(os.environ)))
 """
 
-
-@pytest.fixture
-def url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = machine_redis_url()
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
-    yield url
-    client.flushdb()
-    client.close()
 
 
 def job_environment(cli: CLI, repo: Repo, url: str, *worker_args: str,
@@ -69,20 +57,22 @@ def job_environment(cli: CLI, repo: Repo, url: str, *worker_args: str,
 
 
 def test_a_job_gets_an_allow_list_not_the_workers_environment(
-    cli: CLI, git_repo: Repo, url: str, tmp_path: Path
+    cli: CLI, git_repo: Repo, machine_redis: str, tmp_path: Path
 ) -> None:
-    env = job_environment(cli, git_repo, url, task_env=("MODE=fast",))
+    env = job_environment(cli, git_repo, machine_redis, task_env=("MODE=fast",))
     for name in ("AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "RETRAIN_REDIS_URL",
                  "RETRAIN_DATABASE_URL", "RETRAIN_HOME", "HTTPS_PROXY"):
         assert name not in env, (name, sorted(env))
-    assert "hunter2" not in json.dumps(env) and url not in json.dumps(env)
+    assert "hunter2" not in json.dumps(env) and machine_redis not in json.dumps(env)
     assert env["MODE"] == "fast" and env["LANG"] == "C.UTF-8"
     assert env["HTTP_PROXY"] == "http://proxy:3128"  # no credentials in it: it passes
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["RETRAIN_TASK_ID"]
     assert env["PATH"].split(os.pathsep)[0].endswith("/bin") and "HOME" in env
 
 
-def test_the_operator_names_what_else_passes(cli: CLI, git_repo: Repo, url: str) -> None:
-    env = job_environment(cli, git_repo, url, "--pass-env", "AWS_PROFILE")
+def test_the_operator_names_what_else_passes(
+    cli: CLI, git_repo: Repo, machine_redis: str
+) -> None:
+    env = job_environment(cli, git_repo, machine_redis, "--pass-env", "AWS_PROFILE")
     assert env["AWS_PROFILE"] == "ml"
     assert "AWS_SECRET_ACCESS_KEY" not in env

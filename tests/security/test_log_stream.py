@@ -10,16 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from orchestrator.queue import keys
 from tests.conftest import CLI
 from tests.tasks import conftest as task_fixtures
-from tests.tasks.conftest import Repo, machine_redis_url, run_git
+from tests.tasks.conftest import Repo, run_git
 from workers.job import LOG_LINE_MAX_BYTES, LOG_STREAM_MAX_BYTES
 
 git_repo = task_fixtures.git_repo
@@ -36,16 +34,6 @@ if len(sys.argv) > 1:
     time.sleep(float(sys.argv[1]))
 """
 
-
-@pytest.fixture
-def url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = machine_redis_url()
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
-    yield url
-    client.flushdb()
-    client.close()
 
 
 def start(cli: CLI, repo: Repo, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
@@ -64,10 +52,12 @@ def start(cli: CLI, repo: Repo, *args: str) -> tuple[str, subprocess.Popen[bytes
     return run, worker
 
 
-def test_the_live_log_is_capped_in_bytes(cli: CLI, git_repo: Repo, url: str) -> None:
+def test_the_live_log_is_capped_in_bytes(
+    cli: CLI, git_repo: Repo, machine_redis: str
+) -> None:
     run, worker = start(cli, git_repo)
     assert worker.wait(timeout=110) == 0
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(machine_redis)
     entries = client.xrange(keys.logs_stream(run))
     stored = sum(len(e[b"line"]) for _id, e in entries)
     assert stored <= LOG_STREAM_MAX_BYTES + LOG_LINE_MAX_BYTES, stored
@@ -79,11 +69,11 @@ def test_the_live_log_is_capped_in_bytes(cli: CLI, git_repo: Repo, url: str) -> 
 
 
 def test_the_stream_expires_from_its_first_line(
-    cli: CLI, git_repo: Repo, url: str, tmp_path: Path
+    cli: CLI, git_repo: Repo, machine_redis: str, tmp_path: Path
 ) -> None:
     pid_file = tmp_path / "job.pid"
     run, worker = start(cli, git_repo, "600", str(pid_file))
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(machine_redis)
     try:
         deadline = time.monotonic() + 100
         while not client.exists(keys.logs_stream(run)):

@@ -14,6 +14,7 @@ import os
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,6 @@ import redis
 
 from orchestrator.runtime import Runtime
 from orchestrator.scheduler.daemon import Scheduler
-from tests.tasks.conftest import machine_redis_url
 
 EVIL = """\
 import pathlib
@@ -47,15 +47,13 @@ class Pickled:
 
 
 @pytest.fixture
-def attacker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> redis.Redis:
-    url = machine_redis_url()
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
+def attacker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, machine_redis: str
+) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(machine_redis)
     (tmp_path / "evil.py").write_text(EVIL)
     monkeypatch.syspath_prepend(str(tmp_path))  # importable here as on the worker's host
     yield client
-    client.flushdb()
     client.close()
 
 

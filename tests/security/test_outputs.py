@@ -8,17 +8,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-import redis
 
 from orchestrator.runtime import Runtime
 from orchestrator.scheduler.daemon import Scheduler
 from tests.conftest import CLI
 from tests.tasks import conftest as task_fixtures
-from tests.tasks.conftest import Repo, machine_redis_url, run_git
+from tests.tasks.conftest import Repo, run_git
 
 git_repo = task_fixtures.git_repo
 
@@ -35,19 +31,9 @@ os.symlink(SECRET, out / "metrics.json")                  # metrics read from th
 """
 
 
-@pytest.fixture
-def url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = machine_redis_url()
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
-    yield url
-    client.flushdb()
-    client.close()
-
 
 def test_links_out_of_the_output_folder_are_not_uploaded(
-    cli: CLI, git_repo: Repo, url: str, tmp_path: Path
+    cli: CLI, git_repo: Repo, machine_redis: str, tmp_path: Path
 ) -> None:
     secret = tmp_path / "host" / "shadow"
     secret.parent.mkdir()

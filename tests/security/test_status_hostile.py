@@ -13,17 +13,12 @@ from orchestrator.queue import keys, reports
 from orchestrator.runtime import Runtime
 from orchestrator.scheduler.ingest import Ingest
 from tests.conftest import CLI
-from tests.tasks.conftest import machine_redis_url
 
 
 @pytest.fixture
-def attacker(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    url = machine_redis_url()
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
+def attacker(machine_redis: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(machine_redis)
     yield client
-    client.flushdb()
     client.close()
 
 

@@ -10,16 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
-import redis
 
 from tests.conftest import CLI
 from tests.security.test_report_binding import alive, children
 from tests.tasks import conftest as task_fixtures
-from tests.tasks.conftest import Repo, machine_redis_url, run_git
+from tests.tasks.conftest import Repo, run_git
 
 git_repo = task_fixtures.git_repo
 
@@ -30,19 +26,9 @@ time.sleep(300)
 """
 
 
-@pytest.fixture
-def url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = machine_redis_url()
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
-    yield url
-    client.flushdb()
-    client.close()
-
 
 def test_killing_a_worker_outright_ends_its_jobs_process(
-    cli: CLI, git_repo: Repo, url: str, tmp_path: Path
+    cli: CLI, git_repo: Repo, machine_redis: str, tmp_path: Path
 ) -> None:
     pidfile = tmp_path / "job.pid"
     (git_repo.path / "train.py").write_text(SLEEPER)
