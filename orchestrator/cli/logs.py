@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import typer
 
@@ -40,10 +42,7 @@ def logs(
     info = rt.tasks.get(task)
     if info.status == "draft":
         raise UserError(f"task {task} is a draft: it has not run (queue it: retrain task enqueue)")
-    stored = _stored_log(info)
-    if stored is not None and not (follow and info.status in ("queued", "running")):
-        lines = stored.decode("utf-8", "replace").splitlines()
-        _write(lines[-tail:] if tail else lines)
+    if not (follow and info.status in ("queued", "running")) and _print_stored(info, tail):
         if follow:
             _ended(info.id, info.status)  # the end a live follow would have printed
         return
@@ -51,9 +50,12 @@ def logs(
     from orchestrator.queue import keys
 
     stream = keys.logs_stream(info.id)
-    entries = _read(redis, stream, "-", None)
     if tail:
+        # The newest entries only (the end entry counts among them), not the whole stream.
+        entries = list(reversed(_read(redis, stream, "+", tail + 1, reverse=True)))
         entries = _last_lines(entries, tail)
+    else:
+        entries = _read(redis, stream, "-", None)
     _print_entries(entries)
     ended = _end(entries)
     if not follow:
@@ -94,26 +96,67 @@ def _end(entries: list[tuple[str, dict[Any, Any]]]) -> str | None:
     return ends[-1] if ends else None
 
 
-def _stored_log(info: TaskInfo) -> bytes | None:
+def _print_stored(info: TaskInfo, tail: int | None) -> bool:
+    """Print the run's stored `output.log`, or its last `tail` lines; False when it has none.
+    The log can be gigabytes: it is fetched to a temporary file (verified against its hash)
+    and read from there a block at a time, never held in memory whole."""
+    import shutil
+    import tempfile
+
     from orchestrator.storage.base import is_sha256
 
     for artifact in info.artifacts:
         if artifact.get("path") != "output.log":
             continue
         name = str(artifact.get("uri", "")).rstrip("/").rsplit("/", 1)[-1]
-        if is_sha256(name):
-            return runtime().blobs.get_bytes(name)
-    return None
+        if not is_sha256(name):
+            continue
+        folder = Path(tempfile.mkdtemp(prefix="retrain-log-"))
+        try:
+            path = folder / "output.log"
+            runtime().blobs.get_file(name, path)
+            with path.open("rb") as log:
+                if tail:
+                    _write([line.decode("utf-8", "replace") for line in _tail(log, tail)])
+                else:
+                    for line in log:
+                        _write([line.decode("utf-8", "replace").rstrip("\r\n")])
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return True
+    return False
+
+
+def _tail(log: BinaryIO, count: int, block: int = 64 * 1024) -> list[bytes]:
+    """The last `count` lines of `log`, read backwards a block at a time."""
+    log.seek(0, os.SEEK_END)
+    end = position = log.tell()
+    data = b""
+    while position > 0 and data.count(b"\n") <= count:
+        step = min(block, position)
+        position -= step
+        log.seek(position)
+        data = log.read(step) + data
+    lines = data[: end - position].splitlines()
+    return lines[-count:]
 
 
 def _read(
-    redis: Redis, stream: str, after: str, count: int | None, block_ms: int | None = None
+    redis: Redis,
+    stream: str,
+    after: str,
+    count: int | None,
+    block_ms: int | None = None,
+    *,
+    reverse: bool = False,
 ) -> list[tuple[str, dict[Any, Any]]]:
     from orchestrator.errors import ServiceUnavailable
 
     try:
         raw: Any
-        if after == "-":
+        if reverse:
+            raw = redis.xrevrange(stream, "+", "-", count=count)
+        elif after == "-":
             raw = redis.xrange(stream, "-", "+")
         else:
             reply: Any = redis.xread({stream: after}, count=count, block=block_ms)

@@ -93,3 +93,51 @@ def test_the_stream_expires_from_its_first_line(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
         client.close()
+
+
+def test_logs_tail_of_a_huge_stored_log_reads_in_bounded_memory(
+    cli: CLI, git_repo: Repo, machine_redis: str, tmp_path: Path
+) -> None:
+    """`retrain logs --tail 2` of a 200 MB stored log took about five times the log in RSS:
+    the whole blob, its text and its lines at once. It reads the end of the file now."""
+    import hashlib
+
+    from orchestrator.runtime import Runtime
+    from orchestrator.storage.base import blob_key
+
+    run = start_run_without_worker(cli, git_repo)
+    log = tmp_path / "output.log"
+    line = b"x" * 99 + b"\n"
+    digest = hashlib.sha256()
+    with log.open("wb") as out:
+        for _ in range(20):
+            chunk = line * 100_000  # 10 MB
+            out.write(chunk)
+            digest.update(chunk)
+        out.write(b"second to last\nthe end\n")
+        digest.update(b"second to last\nthe end\n")
+    sha = digest.hexdigest()
+    runtime = Runtime()
+    runtime.blobs.put_file(sha, log)
+    uri = f"{runtime.settings.storage_url.rstrip('/')}/{blob_key(sha)}"
+    runtime.tasks.start(run, "w1")
+    runtime.tasks.finish(run, "completed", exit_code=0,
+                         artifacts=[{"path": "output.log", "uri": uri}])
+    runtime.close()
+    probe = ("import resource, sys\nfrom orchestrator.cli import main\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", probe, "logs", run, "--tail", "2"],
+                          env=os.environ.copy(), capture_output=True, text=True, timeout=110,
+                          check=False)
+    assert done.stdout.splitlines() == ["second to last", "the end"], done.stderr[-2000:]
+    peak_mb = int(done.stderr.strip().splitlines()[-1]) / 1024
+    assert peak_mb < 180, f"{peak_mb:.0f} MB resident for the last two lines of a 200 MB log"
+
+
+def start_run_without_worker(cli: CLI, repo: Repo) -> str:
+    (repo.path / "requirements.txt").write_text("")
+    run_git(repo.path, "commit", "-qam", "no requirements")
+    task = cli("task", "create", "--project", "p", "--name", "big-log", "--repo",
+               str(repo.path), "--script", "train.py").out.strip()
+    return cli("task", "run", task).out.strip()
