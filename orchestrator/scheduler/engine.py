@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -198,6 +198,27 @@ class Engine:
             state.config_path = str(config.path)
             state.config_error = None
             state.config_loaded_at = utcnow()
+            # Waiting firings of a trigger the file no longer has are decided: nothing could
+            # ever fire them, and `status` would list them forever.
+            names = {t.name for t in config.triggers}
+            waiting = set(
+                session.scalars(
+                    select(TriggerFiring.trigger_name)
+                    .where(TriggerFiring.decision == ERROR)
+                    .distinct()
+                )
+            )
+            gone = sorted(waiting - names)
+            if gone:
+                session.execute(
+                    update(TriggerFiring)
+                    .where(TriggerFiring.decision == ERROR, TriggerFiring.trigger_name.in_(gone))
+                    .values(
+                        decision="skipped",
+                        reason="the trigger was removed from the triggers file while this "
+                        "firing waited",
+                    )
+                )
         self._starts = None
         self._retry_due = True
 

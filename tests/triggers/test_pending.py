@@ -233,3 +233,29 @@ def test_a_waiting_firing_fires_by_replay_and_then_never_again(
     assert list(fired_for(runtime).values()) == [task_id]
     assert [h["decision"] for h in loop.cli.json("history", "--trigger", NAME)] == ["fired"]
     runtime.close()
+
+
+def test_a_waiting_firing_of_a_trigger_removed_from_the_file_is_decided_and_shown_no_more(
+    loop: Loop, database_url: str
+) -> None:
+    """Removing a trigger whose firings wait decides them (skipped, saying why) instead of
+    listing them in `retrain status` forever with a replay hint that cannot work."""
+    good = loop.triggers.read_text()
+    loop.triggers.write_text(good.replace("template: dataset_blogpost/training",
+                                          "template: dataset_blogpost/typo"))
+    runtime = Runtime()
+    scheduler = Scheduler(runtime, loop.triggers, reconcile_every=0)
+    scheduler.reload(force=True)
+    scheduler.tick()
+    runtime.datasets.tag(loop.version(runtime), ["Production"])
+    scheduler.tick()
+    assert [w["trigger"] for w in loop.cli.json("status")["waiting"]] == [NAME]  # type: ignore[index]
+    loop.triggers.write_text("version: 1\ntriggers: []\n")
+    assert scheduler.reload(force=True)
+    scheduler.tick()
+    assert loop.cli.json("status")["waiting"] == []  # type: ignore[index]
+    with runtime.store.reader() as session:
+        [firing] = session.scalars(select(TriggerFiring).where(
+            TriggerFiring.trigger_name == NAME))
+        assert firing.decision == "skipped" and "removed from the triggers file" in firing.reason
+    runtime.close()
