@@ -97,6 +97,12 @@ def test_a_worker_with_the_worker_user_runs_a_job_and_nothing_more(
         lambda: worker.config_set("dir", "/tmp"),
         lambda: worker.keys("*"),
         lambda: worker.get("retrain:anything-else"),
+        # The report stream and logs take appends only: no trimming, deleting or regrouping.
+        lambda: worker.xtrim(keys.REPORTS_STREAM, maxlen=0),
+        lambda: worker.delete(keys.REPORTS_STREAM),
+        lambda: worker.xgroup_setid(keys.REPORTS_STREAM, keys.REPORTS_GROUP, "$"),
+        lambda: worker.delete(keys.logs_stream(run)),
+        lambda: worker.delete(keys.heartbeat_key(run)),
     ]
     for attempt in forbidden:
         with pytest.raises(redis.exceptions.NoPermissionError):
