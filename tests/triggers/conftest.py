@@ -107,12 +107,20 @@ def daemon(*extra: str, env: dict[str, str] | None = None) -> Iterator[subproces
                     proc.wait()
 
 
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60) -> object:
-    """Poll `predicate` until it is truthy; fail naming `what` after `timeout` seconds."""
+def wait_for(
+    predicate: Callable[[], object],
+    what: str,
+    timeout: float = 60,
+    describe: Callable[[], object] | None = None,
+) -> object:
+    """Poll `predicate` until it is truthy; fail naming `what` (and what `describe` returns
+    then) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() >= deadline:
+            detail = f": {describe()}" if describe is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{detail}")
         time.sleep(0.05)
