@@ -137,7 +137,12 @@ def test_a_demo_killed_mid_run_leaves_nothing_behind(
     assert run_demo(tmp_path / "demo.log", 300, until=running(retrain_home)) is None
     state = json.loads((retrain_home / "up.json").read_text())
     pids = [state["pid"], *(c["pid"] for c in state["children"])]
-    wait_for(lambda: not [p for p in pids if alive(p)], "the killed demo's up to end", 60)
+    # A worker whose `up` died finishes its running job first (the demo's training, maybe
+    # still building its environment), for up to ORPHAN_JOB_S; then hands it back.
+    from orchestrator.lifeline import ORPHAN_JOB_S
+
+    wait_for(lambda: not [p for p in pids if alive(p)], "the killed demo's up to end",
+             ORPHAN_JOB_S + 60)
     wait_for(lambda: not started_here(tmp_path), "every process of the demo to end", 120)
 
 
