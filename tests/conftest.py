@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -242,3 +243,18 @@ def machine_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     finally:
         client.flushdb()
         client.close()
+
+
+@pytest.fixture
+def runtime(
+    database_url: str, machine_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """A `Runtime` on the test's store (SQLite and PostgreSQL) and the machine's Redis."""
+    from orchestrator.runtime import Runtime
+
+    monkeypatch.setenv("RETRAIN_DATABASE_URL", database_url)
+    rt = Runtime()
+    try:
+        yield rt
+    finally:
+        rt.close()

@@ -20,12 +20,10 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import structlog
 
 from orchestrator.queue import keys
@@ -39,21 +37,6 @@ from tests.tasks.conftest import Repo, git_repo, machine_redis_url  # noqa: F401
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = "gpu-host-1/0"
 
-
-@pytest.fixture
-def runtime(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    url = machine_redis_url()
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    monkeypatch.setenv("RETRAIN_DATABASE_URL", database_url)
-    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
-    rt = Runtime()
-    try:
-        yield rt
-    finally:
-        rt.redis.flushdb()
-        rt.close()
 
 
 def queued_run(cli: CLI, repo: Repo, *options: str) -> str:

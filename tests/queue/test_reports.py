@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from orchestrator.queue import reports
 from orchestrator.queue.keys import (
@@ -27,23 +25,6 @@ from tests.tasks.conftest import Repo, git_repo, machine_redis_url  # noqa: F401
 
 WORKER = "gpu-host-1/0"
 
-
-@pytest.fixture
-def runtime(
-    database_url: str, cli: CLI, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Runtime]:
-    url = machine_redis_url()
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    monkeypatch.setenv("RETRAIN_DATABASE_URL", database_url)
-    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
-    rt = Runtime()
-    try:
-        yield rt
-    finally:
-        rt.redis.flushdb()
-        rt.close()
 
 
 def queued_run(cli: CLI, repo: Repo) -> str:

@@ -9,33 +9,16 @@ delay a `finished` past one step; entries are trimmed only once acknowledged."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-
-import pytest
-import redis
 
 from orchestrator.queue import keys, reports
 from orchestrator.runtime import Runtime
 from orchestrator.scheduler.ingest import Ingest
 from tests.conftest import CLI
 from tests.tasks import conftest as task_fixtures
-from tests.tasks.conftest import Repo, machine_redis_url
+from tests.tasks.conftest import Repo
 
 git_repo = task_fixtures.git_repo
 
-
-@pytest.fixture
-def runtime(database_url: str, cli: CLI, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    url = machine_redis_url()
-    redis.Redis.from_url(url).flushdb()
-    monkeypatch.setenv("RETRAIN_DATABASE_URL", database_url)
-    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
-    rt = Runtime()
-    try:
-        yield rt
-    finally:
-        rt.redis.flushdb()
-        rt.close()
 
 
 def running(cli: CLI, repo: Repo, rt: Runtime) -> str:

@@ -15,11 +15,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from orchestrator.queue import keys, reports
 from orchestrator.queue.adapter import QueueAdapter
@@ -28,25 +26,18 @@ from orchestrator.scheduler.daemon import Scheduler
 from orchestrator.scheduler.ingest import Ingest
 from tests.conftest import CLI
 from tests.tasks import conftest as task_fixtures
-from tests.tasks.conftest import Repo, machine_redis_url, run_git
+from tests.tasks.conftest import Repo, run_git
 
 git_repo = task_fixtures.git_repo
 SECRET = "s3cret-shared-by-scheduler-and-workers"
 
 
-@pytest.fixture
-def runtime(database_url: str, cli: CLI, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    url = machine_redis_url()
-    redis.Redis.from_url(url).flushdb()
-    monkeypatch.setenv("RETRAIN_DATABASE_URL", database_url)
-    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
+@pytest.fixture(autouse=True)
+def worker_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler, the CLI and the workers of these tests share it (set before any
+    `Runtime` or process reads its settings)."""
     monkeypatch.setenv("RETRAIN_WORKER_SECRET", SECRET)
-    rt = Runtime()
-    try:
-        yield rt
-    finally:
-        rt.redis.flushdb()
-        rt.close()
+
 
 
 def queued(cli: CLI, repo: Repo, *extra: str) -> str:

@@ -68,15 +68,7 @@ def redis_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
               retrain_home: Path) -> Iterator[str]:
     """Queues on the machine's Redis (a flushed database) and on the embedded server."""
     if request.param == "machine":
-        url = machine_redis_url()
-        client = redis.Redis.from_url(url)
-        client.flushdb()
-        monkeypatch.setenv("RETRAIN_REDIS_URL", url)
-        try:
-            yield url
-        finally:
-            client.flushdb()
-            client.close()
+        yield request.getfixturevalue("machine_redis")
         return
     from orchestrator.queue.connection import embedded_url, stop_embedded
     from orchestrator.settings import Settings
