@@ -103,6 +103,7 @@ def hold(stages: Stages) -> bool:
     parent_death_signal(NOTICE)
 
     def watch() -> None:
+        _leave_signals_to_the_main_thread()
         wait_closed(fd)
         lost()
 
@@ -124,9 +125,30 @@ def parent_death_signal(signum: int) -> bool:
         return False
 
 
+def _leave_signals_to_the_main_thread() -> None:
+    """Block, in the calling (helper) thread, the signals whose Python handlers must run.
+
+    Python runs signal handlers in the main thread only, and a main thread blocked in a
+    system call (RQ's BLPOP while a worker is idle: a socket read with no timeout that nothing
+    answers) notices a signal only if the kernel delivers it to that very thread. A signal sent
+    to the process goes to any thread that does not block it, and when the parent-death signal
+    and a stage's SIGTERM arrive together the kernel picks a helper thread now and then: the
+    handler then waits until the read returns (75 s for an idle worker). Blocked here, such a
+    signal can only be taken by the main thread."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {NOTICE, signal.SIGTERM, signal.SIGINT})
+
+
 def _run(stages: Stages) -> None:
+    _leave_signals_to_the_main_thread()
+    main = threading.main_thread().ident
     start = time.monotonic()
     for delay, signum in stages:
         time.sleep(max(0.0, start + delay - time.monotonic()))
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(os.getpid(), signum)
+        with contextlib.suppress(ProcessLookupError, OSError):
+            if signum == signal.SIGKILL or main is None:
+                os.kill(os.getpid(), signum)
+            else:
+                # To the main thread itself, so that a system call it is blocked in returns
+                # (EINTR) and the handler runs now (see _leave_signals_to_the_main_thread).
+                signal.pthread_kill(main, signum)

@@ -90,3 +90,56 @@ def test_without_a_line_nothing_is_watched(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv(lifeline.ENV, "not-a-number")  # a stale variable: ignored, and removed
     assert lifeline.hold(lifeline.WORKER) is False
     assert lifeline.ENV not in os.environ
+
+
+# A worker idle in RQ's BLPOP: the main thread blocks in a socket read that nothing will
+# answer, and only a signal handled *in that thread* interrupts it (RQ's SIGTERM handler
+# raises there). Seen in `retrain up`: the parent-death signal and the stage's SIGTERM arrive
+# together, the kernel hands the SIGTERM to another thread, and the worker stays in its read
+# until BLPOP's timeout (75 s) — or here, forever.
+BLOCKED = """\
+import pathlib, signal, socket, sys
+from orchestrator import lifeline
+def term(_signum, _frame):
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+lifeline.hold(lifeline.WORKER)
+ours, theirs = socket.socketpair()
+pathlib.Path(sys.argv[1]).write_text("ready")
+ours.recv(1)
+"""
+
+MANY = """\
+import os, subprocess, sys, time
+from orchestrator import lifeline
+read, write = lifeline.make()
+for ready in sys.argv[2:]:
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1], ready], start_new_session=True,
+                             pass_fds=(read,), env=lifeline.child_env(read))
+    print(child.pid, flush=True)
+os.close(read)
+time.sleep(600)
+"""
+
+
+def test_children_blocked_in_a_read_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """Twelve idle 'workers' at once, so that the race between the two notices is met: each
+    must leave its blocking read at the first stage, not at the second (120 s later)."""
+    readies = [tmp_path / f"ready.{n}" for n in range(12)]
+    parent = subprocess.Popen([sys.executable, "-c", MANY, BLOCKED, *map(str, readies)],
+                              stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    children = [int(parent.stdout.readline()) for _ in readies]
+    try:
+        wait_for(lambda: all(r.exists() for r in readies), "the children to block", 120)
+        parent.kill()
+        parent.wait(60)
+        parent.stdout.close()
+        # Far below the second stage (ORPHAN_JOB_S, 120 s): only the first can have ended them.
+        wait_for(lambda: not [c for c in children if alive(c)],
+                 "every blocked child to stop at the first stage", 60,
+                 describe=lambda: [c for c in children if alive(c)])
+    finally:
+        for pid in children:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -83,10 +83,15 @@ def scheduler(
     """Run the scheduler daemon: fire triggers on new events, exactly once."""
     import signal
 
+    from orchestrator import lifeline
     from orchestrator.logs import configure
     from orchestrator.scheduler.daemon import Scheduler
     from orchestrator.triggers.config import triggers_path
 
+    if not once:
+        # Started by `retrain up`: stop if it dies, also while starting (see
+        # orchestrator.lifeline); until the daemon's handlers are set, SIGTERM just ends us.
+        lifeline.hold(lifeline.SCHEDULER)
     configure()
     path = triggers_path(triggers)
     if not path.exists():
@@ -118,10 +123,6 @@ def scheduler(
         return
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: daemon.stop())
-    from orchestrator import lifeline
-
-    # Started by `retrain up`: stop if it dies (see orchestrator.lifeline).
-    lifeline.hold(lifeline.SCHEDULER)
     daemon.run()
 
 
