@@ -51,6 +51,10 @@ class Recorded:
     start: int | None
 
     def running(self) -> bool:
+        """Alive, and provably the process `up.json` recorded: with no start time (or pid 1,
+        or this process) the pid may belong to anyone by now, so it counts as gone."""
+        if self.start is None or self.pid <= 1 or self.pid == os.getpid():
+            return False
         return same(self.pid, self.start)
 
     def signal(self, signum: int) -> None:
@@ -104,6 +108,16 @@ def stop_orphans(home: Path, say: Callable[[str], None]) -> None:
     that `up` left running, saying so, and remove its `up.json`."""
     state = read_state(home)
     if state is None:
+        path = home / STATE_FILE
+        if path.exists():
+            kept = path.with_name(STATE_FILE + ".unreadable")
+            with contextlib.suppress(OSError):
+                path.replace(kept)
+            say(
+                f"retrain up: warning: {path} cannot be read, so what the previous retrain up "
+                f"of this home left running (if anything) is not known; kept as {kept.name}. "
+                "Check with: ps -ef | grep retrain"
+            )
         return
     living = [p for p in recorded(state) if p.running()]
     if living:

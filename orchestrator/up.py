@@ -56,6 +56,8 @@ class Child:
     role: str
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None
+    terms: int = 0  # SIGTERMs sent (a worker's first: finish the job; second: hand it back)
+    last_term: float = 0.0
 
     @property
     def pid(self) -> int:
@@ -121,28 +123,33 @@ class Up:
         )
         # Arguments first: a mistake (too few GPUs for --workers) must start nothing at all.
         worker_argvs = self._worker_argvs()
-        redis_url = self._redis()
-        self._write_state(redis_url)
-        self._store()
-        self._check_templates()
+        # From here on whatever was started (the embedded Redis first) is stopped again on
+        # the way out, also when a later step fails or Ctrl-C comes while starting.
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
-        self.children = [Child("scheduler", self._scheduler_argv())]
-        self.children += [Child("worker", argv) for argv in worker_argvs]
         try:
+            redis_url = self._redis()
+            self._write_state(redis_url)
+            self._store()
+            self._check_templates()
+            self.children = [Child("scheduler", self._scheduler_argv())]
+            self.children += [Child("worker", argv) for argv in worker_argvs]
             for child in self.children:
+                if self.stops:
+                    break  # Ctrl-C while starting: start no more
                 child.proc = subprocess.Popen(
-                    child.argv,
+                    _held(child.role, child.argv),
                     start_new_session=True,
                     pass_fds=(read,),
                     env=lifeline.child_env(read),
                 )
                 self._write_state(redis_url)
+            if self.stops:
+                return 0
             self._banner(redis_url)
-            code = self._watch()
+            return self._watch()
         finally:
             self._shutdown()
-        return code
 
     # -- starting --------------------------------------------------------------------------
 
@@ -163,10 +170,19 @@ class Up:
         return url
 
     def _store(self) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
         from orchestrator.store import Store
 
         # Opening it creates or migrates the database: once, here, before the children.
-        Store(self.settings.database_url).dispose()
+        try:
+            Store(self.settings.database_url).dispose()
+        except (OSError, SQLAlchemyError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(
+                f"RETRAIN_DATABASE_URL: cannot open {redact_url(self.settings.database_url)}: "
+                f"{reason}"
+            ) from None
 
     def _check_templates(self) -> None:
         """Say now which triggers name a template the store lacks, or one that refuses their
@@ -266,7 +282,7 @@ class Up:
             )
         if self.stops <= 2:
             for child in workers:
-                _signal(child, signal.SIGTERM)
+                _term(child)
 
     def _watch(self) -> int:
         """Until stopped, or until a child dies by itself (then everything stops, code 1)."""
@@ -285,9 +301,12 @@ class Up:
 
     def _shutdown(self) -> None:
         workers = [c for c in self.children if c.role == "worker" and c.proc is not None]
-        if self.stops == 0:  # a child died: stop the rest as a first Ctrl-C would
-            for child in workers:
-                _signal(child, signal.SIGTERM)
+        # A child died (no Ctrl-C): stop the rest as a first Ctrl-C would. And a worker started
+        # just as a Ctrl-C came gets the SIGTERMs the others got.
+        wanted = min(self.stops, 2) or 1
+        for child in workers:
+            while child.terms < wanted and _term(child):
+                pass
         for child in workers:
             assert child.proc is not None
             while child.proc.poll() is None:
@@ -347,10 +366,40 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
-def _signal(child: Child, signum: int) -> None:
+def _term(child: Child) -> bool:
+    """One more SIGTERM to a worker (a first: finish the job; a second: hand it back), more
+    than RQ's one second after the previous one, which would count as the same request."""
+    if child.terms and time.monotonic() - child.last_term < 1.2:
+        time.sleep(1.2 - (time.monotonic() - child.last_term))
+    if not _signal(child, signal.SIGTERM):
+        return False  # not started yet, or gone
+    child.terms += 1
+    child.last_term = time.monotonic()
+    return True
+
+
+def _held(role: str, argv: list[str]) -> list[str]:
+    """`argv` of a child, holding its lifeline before anything is imported: importing the CLI
+    takes seconds on a loaded machine, and an `up` that dies meanwhile must take the child
+    with it (until the child's own handlers are set, a stage's SIGTERM simply ends it)."""
+    stages = {"worker": "WORKER", "scheduler": "SCHEDULER"}[role]
+    command = argv[1:] if Path(argv[0]).name == "retrain" else argv[3:]
+    return [
+        sys.executable,
+        "-c",
+        f"from orchestrator import lifeline; lifeline.hold(lifeline.{stages}); "
+        "from orchestrator.cli import main; main()",
+        *command,
+    ]
+
+
+def _signal(child: Child, signum: int) -> bool:
+    """`signum` to a started, running child; False if there was none to send it to."""
     if child.proc is not None and child.proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             child.proc.send_signal(signum)
+            return True
+    return False
 
 
 def _already(home: Path) -> str:
