@@ -1,4 +1,9 @@
-"""Cloning a template into a run: typed overrides, `${...}` rendering, inputs and tags."""
+"""Cloning into a run: typed overrides, `${...}` rendering, inputs and tags.
+
+The source is a template revision (the run records it as its template and parent) or another
+run (`task run RUN_ID`: the run records that run as its parent and inherits its template; its
+frozen commit and parameters make it an exact re-run). A run takes no tags from its source:
+only the ones given (`--tags`, a trigger's `run.tags`), so `@tag` keeps naming templates."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from orchestrator.errors import UserError
 from orchestrator.store.models import Task, TaskTag, new_id, utcnow
 from orchestrator.tasks.inputs import check_input_refs, check_placeholders
 from orchestrator.tasks.params import apply_overrides
+from orchestrator.tasks.resolution import RUN, TEMPLATE
 from orchestrator.tasks.spec import ExecutionSpec, check_queue
 
 
@@ -36,7 +42,8 @@ class CloneOptions:
 
 
 def new_row(session: Session, template: Task, options: CloneOptions) -> Task:
-    """The clone of `template` as a draft row, added to the session but not flushed."""
+    """The run cloned from `template` (a template revision or a run) as a draft row, added
+    to the session but not flushed."""
     # Overrides without placeholders apply first, so `${params.X}` in another override
     # sees the value X has in this run, not the template's.
     overrides = dict(options.params)
@@ -70,6 +77,8 @@ def new_row(session: Session, template: Task, options: CloneOptions) -> Task:
         type=template.type,
         status="draft",
         comment=template.comment,
+        kind=RUN,
+        template_id=template.id if template.kind == TEMPLATE else template.template_id,
         parent_id=template.id,
         trigger_name=trigger[0] if trigger else None,
         trigger_event_seq=trigger[1] if trigger else None,
@@ -84,7 +93,7 @@ def new_row(session: Session, template: Task, options: CloneOptions) -> Task:
     )
     # Tags are rendered like the other fields: a trigger's `from-${dataset.version}`.
     rendered_tags = (templating.render(t, variables, where=f"--tag {t}") for t in options.tags)
-    new_tags = sorted({*(template.tags), *(check_tag(t) for t in rendered_tags)})
+    new_tags = sorted({check_tag(t) for t in rendered_tags})
     row.tag_rows = [TaskTag(tag=t) for t in new_tags]
     session.add(row)
     return row

@@ -62,9 +62,7 @@ def requeue(
     return info
 
 
-def abort(
-    store: Store, queues: Callable[[], QueueAdapter], task_id: str, reason: str
-) -> TaskInfo:
+def abort(store: Store, queues: Callable[[], QueueAdapter], task_id: str, reason: str) -> TaskInfo:
     """Mark a task aborted, then stop its job in Redis if it had one (`queues` connects only
     then: an abort commits whether or not Redis answers)."""
     with store.session() as session:

@@ -37,6 +37,12 @@ def load(session: Session, task_id: str, *, for_update: bool = False) -> Task:
 
 
 def check_transition(row: Task, new: str) -> None:
+    if row.kind == "template":
+        raise Conflict(
+            f"task {row.id} is a template ({row.project.path}/{row.name} revision "
+            f"{row.revision}); templates are not queued or aborted themselves: "
+            f"run it with: retrain task run {row.id}"
+        )
     if new not in TRANSITIONS[row.status]:
         raise Conflict(
             f"task {row.id} is {row.status}; it cannot become {new}"
@@ -73,6 +79,7 @@ def record_event(session: Session, kind: str, info: TaskInfo, *, flush: bool = T
             "type": info.type,
             "queue": info.queue,
             "parent": info.parent,
+            "template": info.template,
             "trigger": info.trigger,
             "metrics": info.metrics,
         },

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import select
+
 from orchestrator.datasets.validate import check_name, check_project, check_tag
 from orchestrator.errors import UserError
 from orchestrator.git import Mirror, capture, normalize_repo
 from orchestrator.store import Store, rows
 from orchestrator.store import events as ev
-from orchestrator.store.models import Task, TaskTag, utcnow
+from orchestrator.store.models import Project, Task, TaskTag, utcnow
 from orchestrator.tasks import requirements as reqs
 from orchestrator.tasks.inputs import check_input_refs, check_placeholders
 from orchestrator.tasks.lifecycle import record_event
+from orchestrator.tasks.resolution import TEMPLATE, next_revision
 from orchestrator.tasks.spec import EntryPoint, ExecutionSpec, TaskDefinition
 from orchestrator.tasks.views import TaskInfo
 
@@ -27,7 +30,8 @@ def register(
     base_dir: Path | None = None,
     diff: str | None = None,
 ) -> TaskInfo:
-    """Register a task (a template, normally) after checking its code exists."""
+    """Register a template after checking its code exists: a new revision of project/name
+    (the first, or the one after the newest; older revisions stay, by id)."""
     base = base_dir or Path.cwd()
     project = check_project(definition.project)
     name = check_name(definition.name)
@@ -56,9 +60,14 @@ def register(
     check_placeholders(spec, definition.params, definition.inputs)
     with store.session() as session:
         check_input_refs(session, definition.inputs, definition.params)
+        owner = rows.project(session, project)
+        if owner.id is not None:  # one registration of a project's templates at a time
+            session.scalars(rows.for_update(session, select(Project).where(Project.id == owner.id)))
         row = Task(
-            project=rows.project(session, project),
+            project=owner,
             name=name,
+            kind=TEMPLATE,
+            revision=next_revision(session, owner.id, name),
             type=definition.type,
             status="draft",
             comment=definition.comment,

@@ -6,7 +6,7 @@ store, the git mirror and the queues.
 | concept | module |
 |---|---|
 | registering a template (git and entry-point checks, pins) | `registration` |
-| what `project/name`, `@tag` and ids resolve to | `resolution` |
+| what `project/name`, `@tag` and ids resolve to (templates vs runs) | `resolution` |
 | cloning with overrides, rendering `${...}` | `cloning` |
 | inputs and placeholders: checked, resolved to versions | `inputs` |
 | statuses, transitions and their events | `lifecycle` (rules in `states`) |
@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from orchestrator.errors import ServiceUnavailable, UserError
+from orchestrator.errors import NotFound, ServiceUnavailable, UserError
 from orchestrator.git import Mirror
 from orchestrator.queue.adapter import QueueAdapter
 from orchestrator.store import Store
@@ -36,8 +36,9 @@ from orchestrator.store import events as ev
 from orchestrator.store.models import Task
 from orchestrator.tasks import dispatch, lifecycle, listing, queueing, registration
 from orchestrator.tasks.cloning import CloneOptions, new_row
+from orchestrator.tasks.inputs import ID
 from orchestrator.tasks.lifecycle import EVENT_OF_STATUS, load, record_event
-from orchestrator.tasks.resolution import resolve_template
+from orchestrator.tasks.resolution import resolve_source, resolve_template, split_ref
 from orchestrator.tasks.spec import Priority, TaskDefinition
 from orchestrator.tasks.states import TRANSITIONS
 from orchestrator.tasks.views import ReconcileReport, TaskInfo
@@ -90,7 +91,7 @@ class TaskService:
         if session is None:
             with self.store.session() as own:
                 return self.clone(ref, session=own, **options)
-        row = new_row(session, resolve_template(session, ref), CloneOptions(**options))
+        row = new_row(session, resolve_source(session, ref), CloneOptions(**options))
         session.flush()
         info = TaskInfo.of(row)
         record_event(session, ev.TASK_CREATED, info)
@@ -140,9 +141,10 @@ class TaskService:
     def run(
         self, ref: str, *, priority: Priority | None = None, **options: Any
     ) -> tuple[TaskInfo, bool]:
-        """Clone a template with overrides and queue the clone: `retrain task run`."""
+        """Clone a template revision (or re-run a run, by id) with overrides and queue the
+        clone: `retrain task run`."""
         with self.store.session() as session:
-            template = resolve_template(session, ref)
+            template = resolve_source(session, ref)
             commit = template.spec.get("commit") or self.mirror.cached_head(
                 template.spec["repo"], template.spec.get("branch") or "HEAD"
             )
@@ -155,7 +157,10 @@ class TaskService:
             # (it may take a network round trip), then run with the answer.
             commit = self.commit_for(template.spec)
             with self.store.session() as session:
-                info, job = self.run_in(session, ref, commit=commit, priority=priority, **options)
+                template = resolve_source(session, ref)
+                info, job = self.run_in(
+                    session, ref, commit=commit, priority=priority, template=template, **options
+                )
         return info, self.push(info, job)
 
     def run_in(
@@ -169,7 +174,8 @@ class TaskService:
         held: bool = False,
         **options: Any,
     ) -> tuple[TaskInfo, dict[str, Any]]:
-        """Clone and queue inside the caller's transaction; see `queueing.run_in`."""
+        """Clone and queue inside the caller's transaction; see `queueing.run_in`. `ref` must
+        name a template (a trigger's `template:`) unless the caller resolved `template`."""
         template = template or resolve_template(session, ref)
         return queueing.run_in(
             session, template, CloneOptions(**options), commit=commit, priority=priority, held=held
@@ -185,10 +191,10 @@ class TaskService:
         """Many runs of one template in one transaction, then their jobs: what a burst of
         firings costs. Each item of `overrides` is one run's `params`."""
         with self.store.reader() as session:
-            spec = resolve_template(session, ref).spec
+            spec = resolve_source(session, ref).spec
         commit = self.commit_for(spec)
         with self.store.session() as session:
-            template = resolve_template(session, ref)
+            template = resolve_source(session, ref)
             made = [
                 self.run_in(
                     session, ref, commit=commit, priority=priority, template=template, params=params
@@ -238,8 +244,27 @@ class TaskService:
             return TaskInfo.of(load(session, task_id))
 
     def template(self, ref: str) -> TaskInfo:
+        """The template revision `ref` names (a run's id is refused, saying so)."""
         with self.store.reader() as session:
             return TaskInfo.of(resolve_template(session, ref))
+
+    def lookup(self, ref: str) -> TaskInfo:
+        """Any task by id, or a template by reference: what `task show` shows."""
+        with self.store.reader() as session:
+            if not ID.match(ref):
+                try:
+                    split_ref(ref)
+                except UserError:
+                    raise NotFound(
+                        "task", ref, "name a task by its id, project/name or project/name@tag"
+                    ) from None
+            return TaskInfo.of(resolve_source(session, ref))
+
+    def overview(self, template: TaskInfo, *, runs: int = 10) -> dict[str, Any]:
+        """A template's revisions (newest first) and the latest runs of any of them."""
+        with self.store.reader() as session:
+            conn = session.connection().connection.driver_connection
+            return listing.template_overview(conn, template.project, template.name, runs=runs)
 
     def list(
         self,
@@ -247,11 +272,15 @@ class TaskService:
         project: str | None = None,
         status: str | None = None,
         tag: str | None = None,
+        kind: str = "run",
         limit: int = 50,
     ) -> list[dict[str, Any]]:
-        """Task summaries, newest first (the same query `task list` runs without SQLAlchemy)."""
+        """Task summaries, newest first (the same query `task list` runs without SQLAlchemy):
+        runs, or templates with `kind="template"`."""
         if status and status not in TRANSITIONS:
             raise UserError(f"--status: {status!r} is not one of {', '.join(TRANSITIONS)}")
         with self.store.reader() as session:
             conn = session.connection().connection.driver_connection
-            return listing.list_tasks(conn, project=project, status=status, tag=tag, limit=limit)
+            return listing.list_tasks(
+                conn, project=project, status=status, tag=tag, kind=kind, limit=limit
+            )
