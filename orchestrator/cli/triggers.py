@@ -132,11 +132,18 @@ def scheduler(
 
 @app.command()
 def check(
-    file: Annotated[Path | None, typer.Argument(help="Default: ./triggers.yaml")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="The file, as --triggers FILE also takes it.")
+    ] = None,
+    triggers: TriggersOpt = None,
 ) -> None:
     """Validate triggers.yaml: schema, variables, template references, cycles."""
     from orchestrator.triggers.config import triggers_path
     from orchestrator.yamlfile import FileError
+
+    if file is not None and triggers is not None and file != triggers:
+        raise UserError("triggers check: give the file once, as FILE or as --triggers FILE")
+    file = file or triggers
 
     try:
         config = _load(file, check_templates=True)

@@ -130,7 +130,12 @@ def check_code(mirror: Mirror, spec: ExecutionSpec) -> ExecutionSpec:
         what = "--commit" if spec.commit else "--branch" if spec.branch else "HEAD"
         raise UserError(f"{what}: {ref!r} does not exist in {spec.repo}") from None
     entry = entry_paths(spec)
-    if not any(mirror.has_path(path, commit, p) for p in entry):
+    written, deleted = diff_paths(spec.diff or "")
+    # An entry point the captured diff writes (an untracked script, say) is there when the
+    # worker applies the diff; one the diff deletes is not.
+    if not any(
+        p in written or (p not in deleted and mirror.has_path(path, commit, p)) for p in entry
+    ):
         raise UserError(
             f"{spec.entry.describe()} is not in {spec.repo} at {commit[:12]} "
             f"(looked for {' or '.join(entry)})"
@@ -138,6 +143,22 @@ def check_code(mirror: Mirror, spec: ExecutionSpec) -> ExecutionSpec:
     if spec.commit:
         return spec.model_copy(update={"commit": commit})
     return spec
+
+
+def diff_paths(diff: str) -> tuple[set[str], set[str]]:
+    """The files a `git diff` patch leaves with content (`+++ b/PATH`) and those it deletes
+    (`--- a/PATH` then `+++ /dev/null`)."""
+    written: set[str] = set()
+    deleted: set[str] = set()
+    source = ""
+    for line in diff.splitlines():
+        if line.startswith("--- "):
+            source = line[4:]
+        elif line.startswith("+++ b/"):
+            written.add(line[6:])
+        elif line == "+++ /dev/null" and source.startswith("a/"):
+            deleted.add(source[2:])
+    return written, deleted
 
 
 def entry_paths(spec: ExecutionSpec) -> list[str]:

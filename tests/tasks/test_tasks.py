@@ -187,6 +187,10 @@ def task_state(url: str | None = None) -> tuple[object, ...]:
           "--script", "train.py", "--retries", "11"], "--retries"),
         (["task", "create", "-f", "YAML"], "task.yaml:5:1: gpus: Input should be a valid integer"),
         (["task", "enqueue", "0123456789abcdef0123456789abcdef"], "no task"),
+        (["task", "show", "nonexistent"], "no task 'nonexistent'"),
+        (["task", "show", "p/none"], "no template 'p/none'"),
+        (["task", "capture", "REPO", "--project", "p", "--name", "c", "--script", "absent.py"],
+         "script absent.py is not in"),
     ],
 )
 def test_bad_input_changes_nothing(
@@ -309,3 +313,14 @@ def test_run_many_queues_a_burst_in_one_transaction(
     store.dispose()
     assert log == [(kind, i) for i in ids for kind in ("task.created", "task.queued")]
 
+
+def test_capture_accepts_an_untracked_entry_script(
+    cli: CLI, machine_redis: str, git_repo: Repo
+) -> None:
+    """The untracked files are captured into the diff, so an entry script among them runs."""
+    (git_repo.path / "experiment.py").write_text("print('new idea')\n")
+    template = cli("task", "capture", str(git_repo.path), "--project", "p", "--name", "exp",
+                   "--script", "experiment.py").out.strip()
+    assert "+++ b/experiment.py" in cli.json("task", "show", template)["spec"]["diff"]
+    run = cli.json("task", "run", template)
+    assert run["status"] == "queued" and run["in_redis"]
