@@ -190,12 +190,16 @@ class Up:
         template may be registered once everything is up."""
         from orchestrator.runtime import Runtime
         from orchestrator.triggers.config import load_config
-        from orchestrator.triggers.templates import store_templates
+        from orchestrator.triggers.templates import store_runs, store_templates
         from orchestrator.yamlfile import FileError
 
         runtime = Runtime(self.settings)
         try:
-            load_config(self.triggers, templates=store_templates(runtime.tasks))
+            load_config(
+                self.triggers,
+                templates=store_templates(runtime.tasks),
+                runs=store_runs(runtime.tasks),
+            )
         except FileError as exc:
             for problem in exc.problems:
                 sys.stderr.write(f"retrain up: warning: {problem}\n")

@@ -327,6 +327,7 @@ def _print_change(summary: ChangeSummary, as_json: bool) -> None:
     if as_json:
         output.print_json(summary)
         return
+    print(summary.version_id)
     output.note(
         f"draft {summary.version_id}: {len(summary.added)} added, {len(summary.modified)} "
         f"modified, {len(summary.removed)} removed, {summary.unchanged} unchanged; now "

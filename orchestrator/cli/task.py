@@ -219,7 +219,10 @@ def capture(
 
 @app.command()
 def clone(
-    ref: Annotated[str, typer.Argument(help="Template: id, project/name or project/name@tag.")],
+    ref: Annotated[
+        str,
+        typer.Argument(help="Template: project/name, project/name@tag or an id (a run's too)."),
+    ],
     name: Annotated[str | None, typer.Option("--name")] = None,
     params: Params = [],  # noqa: B006
     inputs: Inputs = [],  # noqa: B006
@@ -228,7 +231,7 @@ def clone(
     allow_new_params: AllowNew = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Copy a template into a new draft with overrides; prints its id."""
+    """Copy a template (or a run, by id) into a new draft run with overrides; prints its id."""
     info = runtime().tasks.clone(
         ref, **_clone_options(name, params, inputs, tags, allow_new_params), queue=queue
     )
@@ -249,7 +252,10 @@ def enqueue(
 
 @app.command()
 def run(
-    ref: Annotated[str, typer.Argument(help="Template: id, project/name or project/name@tag.")],
+    ref: Annotated[
+        str,
+        typer.Argument(help="Template: project/name, project/name@tag or an id (a run's too)."),
+    ],
     name: Annotated[str | None, typer.Option("--name")] = None,
     params: Params = [],  # noqa: B006
     inputs: Inputs = [],  # noqa: B006
@@ -259,7 +265,8 @@ def run(
     allow_new_params: AllowNew = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Clone a template with overrides and queue the clone; prints the new id."""
+    """Clone a template with overrides and queue the clone (a run's id: re-run it exactly);
+    prints the new id."""
     info, sent = runtime().tasks.run(
         ref,
         queue=queue,
@@ -284,37 +291,69 @@ def list_tasks(
     project: Annotated[str | None, typer.Option("--project", help="Project glob.")] = None,
     status: Annotated[str | None, typer.Option("--status")] = None,
     tag: Annotated[str | None, typer.Option("--tag")] = None,
+    templates: Annotated[
+        bool, typer.Option("--templates", help="List template revisions instead of runs.")
+    ] = False,
+    runs: Annotated[bool, typer.Option("--runs", help="List runs (the default).")] = False,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
     as_json: JsonFlag = False,
 ) -> None:
-    """Tasks, newest first."""
-    options: dict[str, Any] = {"project": project, "status": status, "tag": tag, "limit": limit}
+    """Runs (or, with --templates, template revisions), newest first."""
+    if templates and runs:
+        raise UserError("--templates, --runs: give one of them")
+    kind = "template" if templates else "run"
+    options: dict[str, Any] = {
+        "project": project,
+        "status": status,
+        "tag": tag,
+        "kind": kind,
+        "limit": limit,
+    }
     found = _lean_list(options)
     if found is None:
         found = runtime().tasks.list(**options)
     if as_json:
         output.print_json(found)
         return
-    output.table(
-        None,
-        ["id", "project", "name", "type", "status", "queue", "tags", "parent", "created"],
-        [
-            (
-                t["id"],
-                t["project"],
-                t["name"],
-                t["type"],
-                t["status"],
-                t["queue"],
-                t["tags"],
-                t["parent"][:8] if t["parent"] else None,
-                t["created_at"],
-            )
-            for t in found
-        ],
-    )
+    if templates:
+        output.table(
+            None,
+            ["id", "project", "name", "revision", "type", "queue", "tags", "created"],
+            [
+                (
+                    t["id"],
+                    t["project"],
+                    t["name"],
+                    t["revision"],
+                    t["type"],
+                    t["queue"],
+                    t["tags"],
+                    t["created_at"],
+                )
+                for t in found
+            ],
+        )
+    else:
+        output.table(
+            None,
+            ["id", "project", "name", "type", "status", "queue", "tags", "template", "created"],
+            [
+                (
+                    t["id"],
+                    t["project"],
+                    t["name"],
+                    t["type"],
+                    t["status"],
+                    t["queue"],
+                    t["tags"],
+                    t["template"][:8] if t["template"] else None,
+                    t["created_at"],
+                )
+                for t in found
+            ],
+        )
     if not found:
-        output.note("no task matches")
+        output.note(f"no {kind} matches")
 
 
 def _lean_list(options: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -339,10 +378,16 @@ def show(
     ref: Annotated[str, typer.Argument(help="Task id, or a template reference.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """A task's spec, resolved parameters, inputs and lineage (parent, trigger, event)."""
-    info = runtime().tasks.template(ref)
+    """A task's spec, resolved parameters, inputs and lineage (template, parent, trigger,
+    event); for a template, also its revisions and latest runs."""
+    tasks = runtime().tasks
+    info = tasks.lookup(ref)
+    overview = tasks.overview(info) if info.kind == "template" else None
     if as_json:
-        output.print_json(info)
+        shown = info.model_dump(mode="json")
+        if overview is not None:
+            shown.update(overview)
+        output.print_json(shown)
         return
     spec = info.spec
     entry = spec["entry"].get("script") or f"-m {spec['entry'].get('module')}"
@@ -352,7 +397,9 @@ def show(
         ("type", info.type),
         ("status", info.status),
         ("tags", info.tags),
-        ("parent", info.parent),
+        ("kind", f"template, revision {info.revision}" if info.kind == "template" else "run"),
+        ("template", info.template),
+        ("parent", info.parent if info.parent != info.template else None),
         ("trigger", f"{info.trigger} (event {info.trigger_event})" if info.trigger else None),
         ("queue", f"{info.queue} ({info.priority})"),
         ("repo", spec["repo"]),
@@ -399,6 +446,28 @@ def show(
         output.out.print("\nrequirements:")
         for line in spec["requirements"]:
             output.out.print(f"  {line}", markup=False)
+    if overview is not None:
+        _print_overview(overview)
+
+
+def _print_overview(overview: dict[str, Any]) -> None:
+    """A template's revisions and its latest runs, under `task show TEMPLATE`."""
+    output.out.print("")
+    output.table(
+        "revisions",
+        ["revision", "id", "tags", "created"],
+        [(r["revision"], r["id"], r["tags"], r["created_at"]) for r in overview["revisions"]],
+    )
+    if not overview["runs"]:
+        output.note("no run yet")
+        return
+    output.out.print("")
+    columns = ("id", "template_revision", "status", "queue", "trigger", "created_at")
+    output.table(
+        "latest runs",
+        ["id", "revision", "status", "queue", "trigger", "created"],
+        [tuple(r[c] for c in columns) for r in overview["runs"]],
+    )
 
 
 def _environment_line(environment: dict[str, Any]) -> str | None:

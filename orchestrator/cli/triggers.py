@@ -32,11 +32,16 @@ def _load(path: Path | None, *, check_templates: bool = False) -> Config:
     (that each exists, and accepts the trigger's overrides and inputs)."""
     from orchestrator.errors import RetrainError
     from orchestrator.triggers.config import load_config, triggers_path
-    from orchestrator.triggers.templates import store_templates
+    from orchestrator.triggers.templates import store_runs, store_templates
 
     tasks = runtime().tasks
     if check_templates:
-        return load_config(triggers_path(path), templates=store_templates(tasks), stream=False)
+        return load_config(
+            triggers_path(path),
+            templates=store_templates(tasks),
+            runs=store_runs(tasks),
+            stream=False,
+        )
 
     def resolve(ref: str) -> tuple[str, str] | None:
         try:
@@ -45,7 +50,7 @@ def _load(path: Path | None, *, check_templates: bool = False) -> Config:
             return None
         return info.project, info.name
 
-    return load_config(triggers_path(path), resolve_template=resolve)
+    return load_config(triggers_path(path), resolve_template=resolve, runs=store_runs(tasks))
 
 
 def scheduler(
@@ -128,11 +133,18 @@ def scheduler(
 
 @app.command()
 def check(
-    file: Annotated[Path | None, typer.Argument(help="Default: ./triggers.yaml")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="The file, as --triggers FILE also takes it.")
+    ] = None,
+    triggers: TriggersOpt = None,
 ) -> None:
     """Validate triggers.yaml: schema, variables, template references, cycles."""
     from orchestrator.triggers.config import triggers_path
     from orchestrator.yamlfile import FileError
+
+    if file is not None and triggers is not None and file != triggers:
+        raise UserError("triggers check: give the file once, as FILE or as --triggers FILE")
+    file = file or triggers
 
     try:
         config = _load(file, check_templates=True)

@@ -36,6 +36,7 @@ from orchestrator.scheduler.steps import BACKOFF_CAP_S, StepFailed, Steps
 from orchestrator.store import events as ev
 from orchestrator.store.models import SchedulerState, utcnow
 from orchestrator.triggers.config import Config, load_config
+from orchestrator.triggers.templates import store_runs
 from orchestrator.yamlfile import FileError
 
 if TYPE_CHECKING:
@@ -146,7 +147,11 @@ class Scheduler:
                 self._check_templates(self.config)
             return False
         try:
-            config = load_config(self.path, resolve_template=self._template_target)
+            config = load_config(
+                self.path,
+                resolve_template=self._template_target,
+                runs=store_runs(self.runtime.tasks),
+            )
             plan = schedules.plan(config)
         except (FileError, RetrainError) as exc:
             self._mtime = mtime

@@ -195,7 +195,10 @@ class Event(Base):
 
 
 class Task(Base):
-    """A unit of work: a template (draft or completed) or a run cloned from one.
+    """A unit of work: a template revision (`kind` "template", what `task create` / `task
+    capture` registered) or a run (`kind` "run", a clone of a template revision or of
+    another run, with overrides). Templates stay drafts for ever: they are cloned, never
+    queued. `project/name` and `project/name@tag` resolve to template revisions only.
 
     `spec` is the execution spec (repository, commit, entry point, requirements, ...),
     `parameters` the sectioned parameters, `inputs` the declared dataset inputs and
@@ -207,6 +210,9 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_project_name", "project_id", "name", "created_at"),
         Index("ix_tasks_status", "status", "queued_at"),
+        Index("ix_tasks_template_id", "template_id", "created_at"),
+        Index("ix_tasks_kind_name", "kind", "project_id", "name", "created_at"),
+        Index("ux_tasks_template_revision", "project_id", "name", "revision", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
@@ -215,7 +221,15 @@ class Task(Base):
     type: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16))
     comment: Mapped[str] = mapped_column(Text, default="")
+    kind: Mapped[str] = mapped_column(String(8), default="run", server_default="run")
+    """"template" or "run" (see the class)."""
+    revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """A template's revision number within its project/name: 1, 2, ... (None for runs)."""
+    template_id: Mapped[str | None] = mapped_column(ForeignKey("tasks.id"), nullable=True)
+    """A run's template revision (None for templates, and for runs of stores older than
+    templates that were queued without one)."""
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("tasks.id"), nullable=True, index=True)
+    """What a run was cloned from: its template revision, or the run it re-runs."""
     trigger_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
     trigger_event_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     queue: Mapped[str] = mapped_column(String(64))

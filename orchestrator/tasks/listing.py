@@ -1,4 +1,5 @@
-"""`retrain task list`: one query, shared by the fast driver-only path and the full store."""
+"""`retrain task list` and a template's overview in `task show`: queries shared by the fast
+driver-only path and the full store."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ FROM = "tasks t JOIN projects p ON p.id = t.project_id"
 SUMMARY_COLUMNS = (
     "t.id, p.path AS project, t.name, t.type, t.status, t.queue, t.priority, t.parent_id, "
     "t.trigger_name, t.created_at, t.queued_at, t.started_at, t.finished_at, t.worker, "
-    "t.exit_code"
+    "t.exit_code, t.kind, t.revision, t.template_id"
 )
+KINDS = ("run", "template")
 
 
 def list_tasks(
@@ -21,10 +23,12 @@ def list_tasks(
     project: str | None = None,
     status: str | None = None,
     tag: str | None = None,
+    kind: str = "run",
     limit: int = 50,
 ) -> list[Row]:
-    """Newest tasks first, as plain dicts (JSON-ready): the summary `task list` prints."""
-    where, params = [], []
+    """Newest runs (or templates, with `kind="template"`) first, as plain dicts
+    (JSON-ready): the summary `task list` prints."""
+    where, params = ["t.kind = %s"], [kind]
     if project:
         where.append("p.path LIKE %s ESCAPE '\\'")
         params.append(_like(project))
@@ -35,9 +39,41 @@ def list_tasks(
         where.append("t.id IN (SELECT task_id FROM task_tags WHERE tag = %s)")
         params.append(tag)
     # Only constant fragments are joined into the SQL; every value is a bound parameter.
-    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    condition = f" WHERE {' AND '.join(where)}"
     sql = f"SELECT {SUMMARY_COLUMNS} FROM {FROM}{condition} ORDER BY t.created_at DESC LIMIT %s"  # noqa: S608
-    rows = fetch(conn, sql, [*params, limit])
+    return _with_tags(conn, fetch(conn, sql, [*params, limit]))
+
+
+def template_overview(conn: Any, project: str, name: str, *, runs: int = 10) -> Row:
+    """A template's revisions, newest first, and the newest `runs` runs of any of them."""
+    revisions = _with_tags(
+        conn,
+        fetch(
+            conn,
+            f"SELECT {SUMMARY_COLUMNS} FROM {FROM} WHERE t.kind = 'template' "  # noqa: S608
+            "AND p.path = %s AND t.name = %s ORDER BY t.revision DESC",
+            [project, name],
+        ),
+    )
+    latest: list[Row] = []
+    if revisions:
+        ids = [r["id"] for r in revisions]
+        latest = _with_tags(
+            conn,
+            fetch(
+                conn,
+                f"SELECT {SUMMARY_COLUMNS} FROM {FROM} WHERE t.template_id IN "  # noqa: S608
+                f"({placeholders(len(ids))}) ORDER BY t.created_at DESC LIMIT %s",
+                [*ids, runs],
+            ),
+        )
+        number = {r["id"]: r["revision"] for r in revisions}
+        for run in latest:
+            run["template_revision"] = number.get(run["template"])
+    return {"revisions": revisions, "runs": latest}
+
+
+def _with_tags(conn: Any, rows: list[Row]) -> list[Row]:
     tags: dict[str, list[str]] = {}
     if rows:
         ids = [r["id"] for r in rows]
@@ -55,6 +91,7 @@ def _summary(row: Row, tags: list[str]) -> Row:
     out = dict(row)
     out["parent"] = out.pop("parent_id")
     out["trigger"] = out.pop("trigger_name")
+    out["template"] = out.pop("template_id")
     out["tags"] = tags
     for key in ("created_at", "queued_at", "started_at", "finished_at"):
         out[key] = _iso(out[key])

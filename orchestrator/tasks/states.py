@@ -14,6 +14,4 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 """Allowed status changes. `running -> queued` is a retry after a lost worker."""
 
 STATUSES = tuple(TRANSITIONS)
-TEMPLATE_STATUSES = ("draft", "completed")
-"""A template is a task that can be cloned by name: a draft, or a run that completed."""
 FINISHED = ("completed", "failed", "aborted")

@@ -22,6 +22,12 @@ class TaskInfo(BaseModel):
     status: str
     tags: list[str]
     comment: str
+    kind: str = "run"
+    """"template" (a registered revision) or "run" (a clone of one)."""
+    revision: int | None = None
+    """A template's revision number within its project/name."""
+    template: str | None = None
+    """A run's template revision (its id)."""
     parent: str | None
     trigger: str | None
     trigger_event: int | None
@@ -58,6 +64,9 @@ class TaskInfo(BaseModel):
             status=row.status,
             tags=row.tags,
             comment=row.comment,
+            kind=row.kind or "run",
+            revision=row.revision,
+            template=row.template_id,
             parent=row.parent_id,
             trigger=row.trigger_name,
             trigger_event=row.trigger_event_seq,

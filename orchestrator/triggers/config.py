@@ -78,6 +78,10 @@ TemplateLookup = Callable[[Collection[str]], Mapping[str, TemplateShape]]
 """Template references -> the shapes of those that name a template (all at once: a file
 naming 1,000 templates is checked in one query, see `triggers.templates`)."""
 
+RunLookup = Callable[[Collection[str]], Mapping[str, str]]
+"""Template references -> for each that is a run's id, the error saying how to name its
+template instead (a trigger clones what was registered, never a run)."""
+
 
 def triggers_path(given: str | Path | None = None) -> Path:
     """`--triggers FILE`, else RETRAIN_TRIGGERS_FILE, else ./triggers.yaml."""
@@ -117,6 +121,7 @@ def load_config(
     *,
     resolve_template: TemplateResolver | None = None,
     templates: TemplateLookup | None = None,
+    runs: RunLookup | None = None,
     text: str | None = None,
     stream: bool = True,
 ) -> Config:
@@ -126,7 +131,7 @@ def load_config(
     gc.disable()
     try:
         return _load_config(
-            path, resolve_template=resolve_template, templates=templates, text=text,
+            path, resolve_template=resolve_template, templates=templates, runs=runs, text=text,
             stream=stream,
         )
     finally:
@@ -139,6 +144,7 @@ def _load_config(
     *,
     resolve_template: TemplateResolver | None,
     templates: TemplateLookup | None,
+    runs: RunLookup | None,
     text: str | None,
     stream: bool,
 ) -> Config:
@@ -148,6 +154,8 @@ def _load_config(
     and input is checked against the template's parameters, their types and its inputs.
     The daemon passes only `resolve_template`: templates change without the file changing,
     so it records a run that cannot start when it fires instead of refusing the file.
+    `runs` (both pass it) finds references that are a run's id: a load error, since a
+    trigger must clone a template, and a run never becomes one.
     `stream` parses the triggers one at a time, so a long-running daemon never holds the
     whole file's tree (its resident size stays low); a one-shot command passes False and
     parses the file whole, which is faster."""
@@ -185,7 +193,8 @@ def _load_config(
             shape = found.get(ref)
             return None if shape is None else (shape.project, shape.name)
 
-    problems = list(_problems(document, triggers, resolve_template, shapes))
+    not_templates = runs({t.run.template for t in triggers}) if runs is not None else {}
+    problems = list(_problems(document, triggers, resolve_template, shapes, not_templates))
     if problems:
         raise FileError(problems)
     revisions = [revision(t) for t in triggers]
@@ -213,6 +222,7 @@ def _problems(
     triggers: tuple[Trigger, ...],
     resolve: TemplateResolver | None,
     shapes: Mapping[str, TemplateShape] | None,
+    not_templates: Mapping[str, str],
 ) -> Iterator[str]:
     seen: dict[str, int] = {}
     for i, trigger in enumerate(triggers):
@@ -226,11 +236,13 @@ def _problems(
         known = variables_for(trigger)
         run = trigger.run
         shape = shapes.get(run.template) if shapes is not None else None
-        if shapes is not None and shape is None:
+        if run.template in not_templates:
+            yield document.error((*where, "run", "template"), not_templates[run.template])
+        elif shapes is not None and shape is None:
             yield document.error(
                 (*where, "run", "template"),
-                f"no template {run.template!r} (templates are draft "
-                "or completed tasks; see retrain task list)",
+                f"no template {run.template!r} (templates are what task create and "
+                "task capture registered; see retrain task list --templates)",
             )
         for key, value in run.overrides.items():
             place = (*where, "run", "overrides", key)

@@ -2,8 +2,9 @@
 
 `triggers check` of 10,000 triggers naming 1,000 templates must not cost 1,000 round trips:
 references written `project/name` (nearly all of them) are found in one query, by the same
-rule as `TaskService.resolve_template` (the newest draft or completed task of that name);
-ids and `project/name@tag` go through `resolve_template` itself.
+rule as `TaskService.resolve_template` (the newest revision of that template); ids and
+`project/name@tag` go through `resolve_template` itself. `store_runs` finds the references
+that are a run's id, which a trigger may not clone.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from sqlalchemy import select, tuple_
 
 from orchestrator.errors import RetrainError
 from orchestrator.store.models import Project, Task
-from orchestrator.tasks.states import TEMPLATE_STATUSES
-from orchestrator.triggers.config import TemplateLookup, TemplateShape
+from orchestrator.tasks.inputs import ID
+from orchestrator.tasks.resolution import TEMPLATE, NotATemplate, template_of
+from orchestrator.triggers.config import RunLookup, TemplateLookup, TemplateShape
 
 if TYPE_CHECKING:
     from orchestrator.tasks.service import TaskService
@@ -47,13 +49,32 @@ def store_templates(tasks: TaskService) -> TemplateLookup:
                     .join(Project)
                     .where(
                         tuple_(Project.path, Task.name).in_(pairs[start : start + CHUNK]),
-                        Task.status.in_(TEMPLATE_STATUSES),
+                        Task.kind == TEMPLATE,
                     )
-                    .order_by(Task.created_at.desc())
+                    .order_by(Task.revision.desc())
                 )
                 for row in session.scalars(query):
                     for ref in by_name.get((row.project.path, row.name), ()):
                         found.setdefault(ref, _shape(row))  # the newest comes first
+        return found
+
+    return lookup
+
+
+def store_runs(tasks: TaskService) -> RunLookup:
+    """A `RunLookup` over the store: of the references that are ids, those naming a run,
+    each with the error that says how to name its template."""
+
+    def lookup(refs: Collection[str]) -> dict[str, str]:
+        ids = sorted(ref for ref in refs if ID.match(ref))
+        if not ids:
+            return {}
+        found: dict[str, str] = {}
+        with tasks.store.reader() as session:
+            for start in range(0, len(ids), CHUNK):
+                query = select(Task).where(Task.id.in_(ids[start : start + CHUNK]))
+                for row in session.scalars(query.where(Task.kind != TEMPLATE)):
+                    found[row.id] = str(NotATemplate(row, template_of(session, row)))
         return found
 
     return lookup

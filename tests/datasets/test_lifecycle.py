@@ -178,3 +178,16 @@ def test_add_with_globs_and_dataset_path(cli: CLI, tmp_path: Path) -> None:
     cli("dataset", "finalize", "--id", vid)
     child = cli.json("dataset", "create", "--project", "p", "--name", "n", "--parents", vid)
     assert child["version"] == "2.0.1" and child["tags"] == []
+
+
+def test_add_sync_and_remove_print_the_version_id_on_stdout(cli: CLI, tmp_path: Path) -> None:
+    """As every changing command does, so `id=$(retrain dataset add ...)` works; the summary
+    stays on stderr."""
+    write_tree(tmp_path / "in", {"a.csv": "1", "b.csv": "2"})
+    vid = cli("dataset", "create", "--project", "p", "--name", "n").out.strip()
+    for args in (["add", "--files", str(tmp_path / "in/a.csv")],
+                 ["sync", "--folder", str(tmp_path / "in")],
+                 ["remove", "b.csv"]):
+        result = cli("dataset", *args)
+        assert result.out == f"{vid}\n", (args, result.out)
+        assert f"draft {vid}:" in result.err

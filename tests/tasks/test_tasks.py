@@ -117,12 +117,15 @@ def test_template_references(cli: CLI, git_repo: Repo, monkeypatch: pytest.Monke
     assert cli.json("task", "show", "team/vision/train@stable")["id"] == old
     assert cli.json("task", "show", old)["spec"]["commit"] == git_repo.first  # recorded in full
     assert cli.json("task", "show", new)["spec"]["commit"] is None  # resolved when queued
-    # A clone in draft is a template too; queued and running ones are not.
+    # A clone is a run, never a template: the names still resolve to the registrations, and
+    # the run takes none of the template's tags.
     clone = cli("task", "clone", "team/vision/train@stable", "--name", "train").out.strip()
-    assert cli.json("task", "show", "team/vision/train")["id"] == clone
-    assert cli.json("task", "show", clone)["parent"] == old
-    listed = cli.json("task", "list", "--project", "team/*", "--tag", "stable")
-    assert {t["id"] for t in listed} == {old, clone}
+    assert cli.json("task", "show", "team/vision/train")["id"] == new
+    shown = cli.json("task", "show", clone)
+    assert (shown["parent"], shown["template"], shown["tags"]) == (old, old, [])
+    listed = cli.json("task", "list", "--templates", "--project", "team/*", "--tag", "stable")
+    assert [t["id"] for t in listed] == [old]
+    assert [t["id"] for t in cli.json("task", "list", "--project", "team/*")] == [clone]
 
 
 def test_branch_resolves_to_a_commit_when_queued(
@@ -184,6 +187,10 @@ def task_state(url: str | None = None) -> tuple[object, ...]:
           "--script", "train.py", "--retries", "11"], "--retries"),
         (["task", "create", "-f", "YAML"], "task.yaml:5:1: gpus: Input should be a valid integer"),
         (["task", "enqueue", "0123456789abcdef0123456789abcdef"], "no task"),
+        (["task", "show", "nonexistent"], "no task 'nonexistent'"),
+        (["task", "show", "p/none"], "no template 'p/none'"),
+        (["task", "capture", "REPO", "--project", "p", "--name", "c", "--script", "absent.py"],
+         "script absent.py is not in"),
     ],
 )
 def test_bad_input_changes_nothing(
@@ -305,3 +312,15 @@ def test_run_many_queues_a_burst_in_one_transaction(
         log = [(e.kind, e.entity_id) for e in read_events(session, 0) if e.entity_id in ids]
     store.dispose()
     assert log == [(kind, i) for i in ids for kind in ("task.created", "task.queued")]
+
+
+def test_capture_accepts_an_untracked_entry_script(
+    cli: CLI, machine_redis: str, git_repo: Repo
+) -> None:
+    """The untracked files are captured into the diff, so an entry script among them runs."""
+    (git_repo.path / "experiment.py").write_text("print('new idea')\n")
+    template = cli("task", "capture", str(git_repo.path), "--project", "p", "--name", "exp",
+                   "--script", "experiment.py").out.strip()
+    assert "+++ b/experiment.py" in cli.json("task", "show", template)["spec"]["diff"]
+    run = cli.json("task", "run", template)
+    assert run["status"] == "queued" and run["in_redis"]

@@ -236,3 +236,21 @@ def test_up_says_at_start_that_a_template_is_missing(
     assert code == 0, output
     assert (f"retrain up: warning: {path}:6:7: triggers[0].run.template: no template "
             "'blog/nothing'") in output, output
+
+
+def test_check_takes_the_file_as_triggers_option_like_every_triggers_command(
+    cli: CLI, store: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "elsewhere.yaml"
+    path.write_text(HEAD + """\
+  - name: on-data
+    on: {dataset: {project: blog, name: "*"}}
+    run: {template: blog/train}
+""")
+    assert "1 trigger(s) OK" in cli("triggers", "check", "--triggers", str(path)).err
+    assert "1 trigger(s) OK" in cli("triggers", "check", str(path)).err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(HEAD + "  - name: x\n")
+    assert "broken.yaml:" in cli("triggers", "check", "--triggers", str(broken), expect=2).err
+    err = cli("triggers", "check", str(path), "--triggers", str(broken), expect=2).err
+    assert "give the file once" in err
