@@ -284,11 +284,30 @@ def list_tasks(
     project: Annotated[str | None, typer.Option("--project", help="Project glob.")] = None,
     status: Annotated[str | None, typer.Option("--status")] = None,
     tag: Annotated[str | None, typer.Option("--tag")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            metavar="VERSION_ID",
+            help="Runs that took this dataset version as an input or were fired by it.",
+        ),
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option("--template", metavar="REF", help="Runs cloned from this template."),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
     as_json: JsonFlag = False,
 ) -> None:
-    """Tasks, newest first."""
-    options: dict[str, Any] = {"project": project, "status": status, "tag": tag, "limit": limit}
+    """Tasks, newest first (--json: with parameters, inputs and the trigger's entity)."""
+    options: dict[str, Any] = {
+        "project": project,
+        "status": status,
+        "tag": tag,
+        "dataset": dataset,
+        "parent": runtime().tasks.template(template).id if template else None,
+        "limit": limit,
+    }
     found = _lean_list(options)
     if found is None:
         found = runtime().tasks.list(**options)
@@ -340,9 +359,13 @@ def show(
     as_json: JsonFlag = False,
 ) -> None:
     """A task's spec, resolved parameters, inputs and lineage (parent, trigger, event)."""
-    info = runtime().tasks.template(ref)
+    from orchestrator.tasks.lineage import run_lineage
+
+    rt = runtime()
+    info = rt.tasks.template(ref)
+    traced = run_lineage(rt.store, info.id)
     if as_json:
-        output.print_json(info)
+        output.print_json({**info.model_dump(mode="json"), **traced.model_dump(mode="json")})
         return
     spec = info.spec
     entry = spec["entry"].get("script") or f"-m {spec['entry'].get('module')}"
@@ -353,7 +376,7 @@ def show(
         ("status", info.status),
         ("tags", info.tags),
         ("parent", info.parent),
-        ("trigger", f"{info.trigger} (event {info.trigger_event})" if info.trigger else None),
+        ("trigger", f"{info.trigger} ({traced.cause.label})" if traced.cause else info.trigger),
         ("queue", f"{info.queue} ({info.priority})"),
         ("repo", spec["repo"]),
         ("branch", spec.get("branch")),
@@ -391,6 +414,16 @@ def show(
             output.out.print(f"\n{title}:")
             for key, value in sorted(mapping.items()):
                 output.out.print(f"  {key} = {value}", markup=False)
+    if traced.absorbed_events:
+        output.out.print("\nabsorbed events (coalesced into this run, oldest first):")
+        for absorbed in traced.absorbed_events:
+            output.out.print(f"  {absorbed.label}", markup=False)
+    if traced.models:
+        output.out.print("\nmodels registered:")
+        for model in traced.models:
+            output.out.print(
+                f"  {model.id}  {model.project}/{model.name}  {model.uri}", markup=False
+            )
     if info.artifacts:
         output.out.print("\nartifacts:")
         for artifact in info.artifacts:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
+from orchestrator.errors import NotFound
 from orchestrator.store.lean import Row, fetch, placeholders
 
 FROM = "tasks t JOIN projects p ON p.id = t.project_id"
 SUMMARY_COLUMNS = (
     "t.id, p.path AS project, t.name, t.type, t.status, t.queue, t.priority, t.parent_id, "
     "t.trigger_name, t.created_at, t.queued_at, t.started_at, t.finished_at, t.worker, "
-    "t.exit_code"
+    "t.exit_code, t.trigger_event_seq, t.trigger_entity_kind, t.trigger_entity_id, "
+    "t.parameters, t.inputs, t.resolved_inputs"
 )
+JSON_COLUMNS = ("parameters", "inputs", "resolved_inputs")
 
 
 def list_tasks(
@@ -21,10 +25,26 @@ def list_tasks(
     project: str | None = None,
     status: str | None = None,
     tag: str | None = None,
+    dataset: str | None = None,
+    parent: str | None = None,
     limit: int = 50,
 ) -> list[Row]:
-    """Newest tasks first, as plain dicts (JSON-ready): the summary `task list` prints."""
-    where, params = [], []
+    """Newest tasks first, as plain dicts (JSON-ready): the summary `task list` prints, with
+    parameters, inputs and the trigger's entity. `dataset`: the runs that took that version
+    as an input or were fired by an event about it; `parent`: the runs cloned from a task."""
+    where: list[str] = []
+    params: list[Any] = []
+    if dataset is not None:
+        if not fetch(conn, "SELECT id FROM dataset_versions WHERE id = %s", [dataset]):
+            raise NotFound("dataset version", dataset, "list versions with: retrain dataset search")
+        where.append(
+            "(t.id IN (SELECT task_id FROM task_inputs WHERE version_id = %s)"
+            " OR t.trigger_entity_id = %s)"
+        )
+        params += [dataset, dataset]
+    if parent is not None:
+        where.append("t.parent_id = %s")
+        params.append(parent)
     if project:
         where.append("p.path LIKE %s ESCAPE '\\'")
         params.append(_like(project))
@@ -55,6 +75,13 @@ def _summary(row: Row, tags: list[str]) -> Row:
     out = dict(row)
     out["parent"] = out.pop("parent_id")
     out["trigger"] = out.pop("trigger_name")
+    out["trigger_event"] = out.pop("trigger_event_seq")
+    kind, entity = out.pop("trigger_entity_kind"), out.pop("trigger_entity_id")
+    out["trigger_entity"] = {"kind": kind or "", "id": entity} if entity else None
+    for key in JSON_COLUMNS:
+        # PostgreSQL's driver decodes jsonb; SQLite keeps JSON as text.
+        value = out[key]
+        out[key] = json.loads(value) if isinstance(value, str) else (value or {})
     out["tags"] = tags
     for key in ("created_at", "queued_at", "started_at", "finished_at"):
         out[key] = _iso(out[key])

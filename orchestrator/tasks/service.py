@@ -27,7 +27,7 @@ from orchestrator.queue.adapter import QueueAdapter
 from orchestrator.store import Store, rows
 from orchestrator.store import events as ev
 from orchestrator.store.models import Project, Task, TaskTag, new_id, utcnow
-from orchestrator.tasks import listing
+from orchestrator.tasks import lineage, listing
 from orchestrator.tasks import requirements as reqs
 from orchestrator.tasks.params import apply_overrides
 from orchestrator.tasks.spec import (
@@ -65,8 +65,9 @@ class CloneOptions:
     allow_new_params: bool = False
     context: Mapping[str, Any] = field(default_factory=dict)
     """Variables for placeholders besides the task's own `params.*` (a trigger's `dataset.*`)."""
-    trigger: tuple[str, int] | None = None
-    """(trigger name, event sequence) when a trigger creates the clone."""
+    trigger: tuple[Any, ...] | None = None
+    """A `lineage.TriggerCause` (trigger name, event sequence, entity kind and id) when a
+    trigger creates the clone."""
 
 
 class TaskService:
@@ -274,8 +275,7 @@ class TaskService:
             status="draft",
             comment=template.comment,
             parent_id=template.id,
-            trigger_name=trigger[0] if trigger else None,
-            trigger_event_seq=trigger[1] if trigger else None,
+            **lineage.cause_columns(trigger),
             queue=check_queue(options.queue) if options.queue else template.queue,
             priority="normal",
             created_at=utcnow(),
@@ -557,6 +557,10 @@ class TaskService:
         previous = [row.trigger_event_seq] if row.trigger_event_seq is not None else []
         row.coalesced_events = [*(row.coalesced_events or []), *previous]
         row.trigger_event_seq = event_seq
+        if options.get("trigger"):
+            cause = lineage.cause_columns(options["trigger"])
+            row.trigger_entity_kind = cause["trigger_entity_kind"]
+            row.trigger_entity_id = cause["trigger_entity_id"]
 
     def abort(self, task_id: str, reason: str = "aborted by user") -> TaskInfo:
         """Mark a task aborted, then stop its job in Redis if it had one."""
@@ -628,6 +632,8 @@ class TaskService:
         project: str | None = None,
         status: str | None = None,
         tag: str | None = None,
+        dataset: str | None = None,
+        parent: str | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Task summaries, newest first (the same query `task list` runs without SQLAlchemy)."""
@@ -635,7 +641,15 @@ class TaskService:
             raise UserError(f"--status: {status!r} is not one of {', '.join(TRANSITIONS)}")
         with self.store.reader() as session:
             conn = session.connection().connection.driver_connection
-            return listing.list_tasks(conn, project=project, status=status, tag=tag, limit=limit)
+            return listing.list_tasks(
+                conn,
+                project=project,
+                status=status,
+                tag=tag,
+                dataset=dataset,
+                parent=parent,
+                limit=limit,
+            )
 
 
 # -- helpers -------------------------------------------------------------------------------
