@@ -11,12 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 
 from orchestrator.runtime import Runtime
 from orchestrator.scheduler.daemon import Scheduler
+from orchestrator.store import Store
+from orchestrator.store.migrate import alembic_config
 from tests.conftest import CLI
 from tests.datasets.conftest import write_tree
 from tests.tasks.conftest import Repo, run_git
+from tests.triggers import conftest as trigger_fixtures
+from tests.triggers.conftest import Loop
+
+loop = trigger_fixtures.loop
 
 TRAIN = """\
 import os, pathlib
@@ -134,3 +141,83 @@ def test_a_version_leads_to_its_run_and_model_and_back(
     assert history["evaluate-new-models"]["entity_id"] == model["id"]
     assert history["evaluate-new-models"]["task"] == evaluation["id"]
     runtime.close()
+
+
+def fire_with_input(loop: Loop, runtime: Runtime, git_repo: Repo) -> Scheduler:
+    """The loop's trigger, with the template taking the version as its input `data`."""
+    seed = loop.version(runtime, "seed")
+    loop.cli("task", "create", "--project", "dataset_blogpost", "--name", "training",
+             "--repo", str(git_repo.path), "--script", "train.py", "--queue", "gpu",
+             "--param", "General/dataset_id=", "General/note=", "--input", f"data={seed}")
+    loop.triggers.write_text(loop.triggers.read_text().replace(
+        "      tags: [auto]\n", '      tags: [auto]\n      inputs: {data: "${dataset.id}"}\n'))
+    scheduler = Scheduler(runtime, loop.triggers, reconcile_every=0)
+    scheduler.reload(force=True)
+    scheduler.tick()
+    return scheduler
+
+
+@pytest.mark.parametrize("loop", [("coalesce", 1)], indirect=True)
+def test_task_show_lists_the_events_a_coalesced_run_absorbed(
+    loop: Loop, database_url: str, git_repo: Repo
+) -> None:
+    runtime = Runtime()
+    scheduler = fire_with_input(loop, runtime, git_repo)
+    first, second, third = (loop.version(runtime, n) for n in ("first", "second", "third"))
+    runtime.datasets.tag(first, ["Production"])
+    scheduler.tick()
+    [running] = loop.cli.json("task", "list", "--status", "queued", "--project", "dataset_*")
+    runtime.tasks.start(running["id"], "gpu-box-1")  # busy: the next firings wait
+    runtime.datasets.tag(second, ["Production"])
+    scheduler.tick()
+    runtime.datasets.tag(third, ["Production"])
+    scheduler.tick()  # folded into the waiting run
+    [waiting] = loop.cli.json("task", "list", "--status", "queued")
+
+    shown = loop.cli.json("task", "show", waiting["id"])
+    assert shown["trigger_entity"] == {"kind": "dataset", "id": third}
+    assert shown["cause"]["entity"] == {"kind": "dataset", "id": third}
+    [absorbed] = shown["absorbed_events"]
+    assert absorbed["entity"] == {"kind": "dataset", "id": second}
+    assert absorbed["kind"] == "dataset.version.tagged" and absorbed["name"] == "second"
+    table = loop.cli("task", "show", waiting["id"]).out
+    assert "absorbed events" in table and second in table and third in table
+    # Re-pointed: the run now takes the newest version, and is found from it alone.
+    assert [t["id"] for t in loop.cli.json("task", "list", "--dataset", third)] == [waiting["id"]]
+    assert [t["id"] for t in loop.cli.json("task", "list", "--dataset", first)] == [running["id"]]
+    runtime.close()
+
+
+def test_the_migration_fills_in_the_lineage_of_existing_runs(
+    loop: Loop, database_url: str, git_repo: Repo
+) -> None:
+    runtime = Runtime()
+    scheduler = fire_with_input(loop, runtime, git_repo)
+    version = loop.version(runtime, "occupancy")
+    runtime.datasets.tag(version, ["Production"])
+    assert scheduler.tick().fired == 1
+    [fired] = loop.cli.json("task", "list", "--status", "queued")
+    manual = loop.cli("task", "run", fired["parent"], "--input", f"data={version}").out.strip()
+    before = by_id(loop.cli.json("task", "list", "--dataset", version))
+    runtime.close()
+
+    # Back to the schema before lineage (what today's main stores), then forward again.
+    store = Store(database_url)
+    config = alembic_config()
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0007")
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+    store.dispose()
+
+    after = by_id(loop.cli.json("task", "list", "--dataset", version))
+    assert set(after) == set(before) and manual in after and len(after) == 2
+    for task_id, task in after.items():
+        assert task["trigger_entity"] == before[task_id]["trigger_entity"]
+    assert after[fired["id"]]["trigger_entity"] == {"kind": "dataset", "id": version}
+    assert after[manual]["trigger_entity"] is None
+    shown = loop.cli.json("dataset", "show", version)
+    assert {r["id"]: r["inputs"] for r in shown["runs"]} == {
+        fired["id"]: ["data"], manual: ["data"]}
