@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
-from sqlalchemy import or_, select
+from sqlalchemy import select, union
 from sqlalchemy.orm import Session
 
 from orchestrator.datasets import queries as dataset_queries
@@ -179,11 +179,15 @@ def version_usage(store: Store, version_id: str, *, limit: int = RUN_LIMIT) -> V
     first, and the models those runs registered. Unknown version: `NotFound`."""
     with store.reader() as session:
         dataset_queries.load_version(session, version_id)
-        took = select(TaskInput.task_id).where(TaskInput.version_id == version_id)
+        # A union of two index lookups (an OR across tables would scan every task).
+        used = union(
+            select(TaskInput.task_id).where(TaskInput.version_id == version_id),
+            select(Task.id).where(Task.trigger_entity_id == version_id),
+        )
         runs = list(
             session.scalars(
                 select(Task)
-                .where(or_(Task.id.in_(took), Task.trigger_entity_id == version_id))
+                .where(Task.id.in_(select(used.subquery().c[0])))
                 .order_by(Task.created_at.desc(), Task.id)
                 .limit(limit)
             )

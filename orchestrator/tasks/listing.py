@@ -37,9 +37,10 @@ def list_tasks(
     if dataset is not None:
         if not fetch(conn, "SELECT id FROM dataset_versions WHERE id = %s", [dataset]):
             raise NotFound("dataset version", dataset, "list versions with: retrain dataset search")
+        # A union of two index lookups (an OR across tables would scan every task).
         where.append(
-            "(t.id IN (SELECT task_id FROM task_inputs WHERE version_id = %s)"
-            " OR t.trigger_entity_id = %s)"
+            "t.id IN (SELECT task_id FROM task_inputs WHERE version_id = %s"
+            " UNION SELECT id FROM tasks WHERE trigger_entity_id = %s)"
         )
         params += [dataset, dataset]
     if parent is not None:
