@@ -4,6 +4,8 @@ Each is a handful of index lookups (`task_inputs` by version, `tasks.trigger_ent
 `models.task_id`), so its time should not grow with the number of tasks. The store is the
 default SQLite file with 100,000 runs, 20 of which used the version; every figure is the CLI's
 median wall time, next to `task list` and a bare interpreter measured in the same run.
+The queries are also timed in process (target 20 ms), apart from the CLI's start-up (importing
+SQLAlchemy and pydantic), which `model list`, a command this work did not change, shows too.
 Target: the everyday-command budget, 250 ms on a quiet machine.
 """
 
@@ -21,6 +23,7 @@ from pathlib import Path
 RUNS = 100_000
 USING = 20
 TARGET_MS = 250
+TARGET_QUERY_MS = 20
 CLI_RUNS = 7
 
 
@@ -123,6 +126,7 @@ def main() -> bool:
             text=True,
         ).stdout
         assert listed.count('"parent"') == USING, "the store was not built as intended"
+        queries = in_process(work, version_id, model_id)
         figures = {
             "task list": median_ms([retrain, "task", "list"], env),
             "task list --dataset": median_ms(
@@ -130,15 +134,49 @@ def main() -> bool:
             ),
             "dataset show": median_ms([retrain, "dataset", "show", version_id], env),
             "model show": median_ms([retrain, "model", "show", model_id], env),
+            "model list (unchanged)": median_ms([retrain, "model", "list"], env),
         }
         floor = median_ms([sys.executable, "-c", "pass"], env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"lineage: SQLite, {RUNS:,} runs ({USING} used the version), built in {built:.0f} s")
+    print(f"  in process (the queries alone; target <= {TARGET_QUERY_MS} ms):")
+    for name, ms in queries.items():
+        print(f"    {name:28s} {ms:6.1f} ms median of {CLI_RUNS}")
+    print("  the CLI, start to exit:")
     for name, ms in figures.items():
-        print(f"  retrain {name:20s} {ms:6.0f} ms median of {CLI_RUNS}")
+        print(f"    retrain {name:22s} {ms:6.0f} ms median of {CLI_RUNS}")
     print(f"  (target <= {TARGET_MS} ms on a quiet machine; bare `python -c pass`: {floor:.0f} ms)")
-    return all(ms <= TARGET_MS for name, ms in figures.items() if name != "task list")
+    return all(ms <= TARGET_QUERY_MS for ms in queries.values()) and all(
+        ms <= TARGET_MS for name, ms in figures.items() if "unchanged" not in name
+    )
+
+
+def in_process(work: Path, version_id: str, model_id: str) -> dict[str, float]:
+    from orchestrator.runtime import Runtime
+    from orchestrator.settings import Settings
+    from orchestrator.tasks.lineage import model_lineage, version_usage
+
+    runtime = Runtime(Settings.load(home=work / "home"))
+    calls = {
+        "runs of a version (dataset show)": lambda: version_usage(runtime.store, version_id),
+        "model lineage (model show)": lambda: model_lineage(runtime.store, model_id),
+        "task list --dataset": lambda: runtime.tasks.list(dataset=version_id),
+        "task list": lambda: runtime.tasks.list(),
+    }
+    try:
+        out = {}
+        for name, call in calls.items():
+            call()
+            samples = []
+            for _ in range(CLI_RUNS):
+                start = time.perf_counter()
+                call()
+                samples.append((time.perf_counter() - start) * 1000)
+            out[name] = statistics.median(samples)
+        return out
+    finally:
+        runtime.close()
 
 
 if __name__ == "__main__":

@@ -208,6 +208,8 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_project_name", "project_id", "name", "created_at"),
         Index("ix_tasks_status", "status", "queued_at"),
+        # `task list` pages newest first; without it, every listing sorts all tasks.
+        Index("ix_tasks_created_at", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)

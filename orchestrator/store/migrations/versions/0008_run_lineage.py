@@ -1,4 +1,5 @@
-"""run lineage: the entity a run's triggering event was about, and its inputs as rows
+"""run lineage: the entity a run's triggering event was about, its inputs as rows, and an
+index for listing tasks newest first
 
 Revision ID: 0008
 Revises: 0007
@@ -31,6 +32,8 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_tasks_trigger_entity_id"), ["trigger_entity_id"], unique=False
         )
+        # `task list` (now carrying parameters and inputs) pages newest first: no full sort.
+        batch_op.create_index("ix_tasks_created_at", ["created_at"], unique=False)
     op.create_table(
         "task_inputs",
         sa.Column("task_id", sa.String(length=32), nullable=False),
@@ -101,6 +104,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_task_inputs_version_id"))
     op.drop_table("task_inputs")
     op.drop_index(op.f("ix_tasks_trigger_entity_id"), table_name="tasks")
+    op.drop_index("ix_tasks_created_at", table_name="tasks")
     # In place on both databases (SQLite 3.35+): a batch copy of `tasks` would drop the table
     # that other rows refer to, which SQLite's enforced foreign keys refuse.
     op.execute("ALTER TABLE tasks DROP COLUMN trigger_entity_id")
