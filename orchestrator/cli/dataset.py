@@ -142,10 +142,14 @@ def show(
     version_id: Annotated[str, typer.Argument(help="Version id.")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Show a version: status, tags, lineage, and what it changed relative to its parents."""
+    """Show a version: status, tags, lineage, what it changed relative to its parents, the
+    runs that used it and the models they registered."""
+    from orchestrator.tasks.lineage import version_usage
+
     detail = runtime().datasets.show(version_id)
+    usage = version_usage(runtime().store, version_id)
     if as_json:
-        output.print_json(detail)
+        output.print_json({**detail.model_dump(mode="json"), **usage.model_dump(mode="json")})
         return
     v = detail.version
     rows: list[tuple[str, Any]] = [
@@ -173,6 +177,26 @@ def show(
             output.out.print(f"  {label} {path}", markup=False)
         if len(paths) > 20:
             output.out.print(f"  {label} ... and {len(paths) - 20} more")
+    _print_usage(v.id, usage)
+
+
+def _print_usage(version_id: str, usage: Any) -> None:
+    """The runs that used the version (how: which inputs, or as their trigger's entity), and
+    the models those runs registered."""
+    output.out.print(f"\nruns that used it: {len(usage.runs) or 'none'}")
+    for run in usage.runs:
+        how = [f"input {name}" for name in run.inputs]
+        if run.trigger_entity and run.trigger_entity.id == version_id:
+            how.append(f"fired {run.trigger}")
+        output.out.print(
+            f"  {run.id}  {run.project}/{run.name}  {run.status}  {', '.join(how)}", markup=False
+        )
+    output.out.print(f"\nmodels trained by those runs: {len(usage.models) or 'none'}")
+    for model in usage.models:
+        output.out.print(
+            f"  {model.id}  {model.project}/{model.name}  run {model.task_id}  {model.uri}",
+            markup=False,
+        )
 
 
 @app.command()

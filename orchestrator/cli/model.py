@@ -94,10 +94,14 @@ def publish(model_id: ModelId, as_json: JsonFlag = False) -> None:
 
 @app.command()
 def show(model_id: ModelId, as_json: JsonFlag = False) -> None:
-    """A model: where it is, its tags, the task that produced it, its metadata."""
+    """A model: where it is, its tags, its run, that run's template and input dataset
+    versions, its metadata."""
+    from orchestrator.tasks.lineage import model_lineage
+
     info = runtime().models.get(model_id)
+    traced = model_lineage(runtime().store, model_id)
     if as_json:
-        output.print_json(info)
+        output.print_json({**info.model_dump(mode="json"), **traced.model_dump(mode="json")})
         return
     rows: list[tuple[str, Any]] = [
         ("id", info.id),
@@ -106,9 +110,27 @@ def show(model_id: ModelId, as_json: JsonFlag = False) -> None:
         ("tags", info.tags),
         ("published", "yes" if info.published else "no"),
         ("task", _task_cell(info)),
+        (
+            "template",
+            f"{traced.template.project}/{traced.template.name} ({traced.template.id})"
+            if traced.template
+            else None,
+        ),
+        (
+            "trigger",
+            f"{traced.run.trigger} on {traced.run.trigger_entity.kind} "
+            f"{traced.run.trigger_entity.id}"
+            if traced.run and traced.run.trigger and traced.run.trigger_entity
+            else None,
+        ),
         ("created", info.created_at),
     ]
     output.table(None, ["field", "value"], rows)
+    if traced.inputs:
+        output.out.print("\ntrained on:")
+        for name, entry in sorted(traced.inputs.items()):
+            label = f"{entry.get('project')}/{entry.get('name')} {entry.get('version')}"
+            output.out.print(f"  {name} = {label}  {entry.get('version_id')}", markup=False)
     if info.metadata:
         output.out.print("\nmetadata:")
         for key, value in sorted(info.metadata.items()):

@@ -295,10 +295,23 @@ def list_tasks(
         bool, typer.Option("--templates", help="List template revisions instead of runs.")
     ] = False,
     runs: Annotated[bool, typer.Option("--runs", help="List runs (the default).")] = False,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            metavar="VERSION_ID",
+            help="Runs that took this dataset version as an input or were fired by it.",
+        ),
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option("--template", metavar="REF", help="Runs cloned from this template."),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
     as_json: JsonFlag = False,
 ) -> None:
-    """Runs (or, with --templates, template revisions), newest first."""
+    """Runs (or, with --templates, template revisions), newest first (--json: with
+    parameters, inputs and the trigger's entity)."""
     if templates and runs:
         raise UserError("--templates, --runs: give one of them")
     kind = "template" if templates else "run"
@@ -307,6 +320,8 @@ def list_tasks(
         "status": status,
         "tag": tag,
         "kind": kind,
+        "dataset": dataset,
+        "parent": runtime().tasks.template(template).id if template else None,
         "limit": limit,
     }
     found = _lean_list(options)
@@ -379,12 +394,16 @@ def show(
     as_json: JsonFlag = False,
 ) -> None:
     """A task's spec, resolved parameters, inputs and lineage (template, parent, trigger,
-    event); for a template, also its revisions and latest runs."""
-    tasks = runtime().tasks
+    event, models); for a template, also its revisions and latest runs."""
+    from orchestrator.tasks.lineage import run_lineage
+
+    rt = runtime()
+    tasks = rt.tasks
     info = tasks.lookup(ref)
     overview = tasks.overview(info) if info.kind == "template" else None
+    traced = run_lineage(rt.store, info.id)
     if as_json:
-        shown = info.model_dump(mode="json")
+        shown = {**info.model_dump(mode="json"), **traced.model_dump(mode="json")}
         if overview is not None:
             shown.update(overview)
         output.print_json(shown)
@@ -400,7 +419,7 @@ def show(
         ("kind", f"template, revision {info.revision}" if info.kind == "template" else "run"),
         ("template", info.template),
         ("parent", info.parent if info.parent != info.template else None),
-        ("trigger", f"{info.trigger} (event {info.trigger_event})" if info.trigger else None),
+        ("trigger", f"{info.trigger} ({traced.cause.label})" if traced.cause else info.trigger),
         ("queue", f"{info.queue} ({info.priority})"),
         ("repo", spec["repo"]),
         ("branch", spec.get("branch")),
@@ -438,6 +457,16 @@ def show(
             output.out.print(f"\n{title}:")
             for key, value in sorted(mapping.items()):
                 output.out.print(f"  {key} = {value}", markup=False)
+    if traced.absorbed_events:
+        output.out.print("\nabsorbed events (coalesced into this run, oldest first):")
+        for absorbed in traced.absorbed_events:
+            output.out.print(f"  {absorbed.label}", markup=False)
+    if traced.models:
+        output.out.print("\nmodels registered:")
+        for model in traced.models:
+            output.out.print(
+                f"  {model.id}  {model.project}/{model.name}  {model.uri}", markup=False
+            )
     if info.artifacts:
         output.out.print("\nartifacts:")
         for artifact in info.artifacts:

@@ -414,6 +414,8 @@ def history(
                 "event": f.event_seq,
                 "kind": e.kind,
                 "entity": f"{e.project}/{e.name}",
+                "entity_kind": e.kind.split(".", 1)[0],
+                "entity_id": f.entity_id,
                 "version": (e.payload or {}).get("version"),
                 "decision": f.decision,
                 "reason": f.reason,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.datasets.views import VersionInfo
-from orchestrator.errors import UserError
+from orchestrator.errors import NotFound, UserError
 from orchestrator.runtime import Runtime, default_runtime
 
 
@@ -67,15 +67,43 @@ class Dataset:
         dataset_project: str | None = None,
         dataset_name: str | None = None,
         dataset_tags: Sequence[str] = (),
+        auto_create: bool = False,
+        writable_copy: bool = False,
         runtime: Runtime | None = None,
     ) -> Dataset:
-        """A version by id, or the newest final version of a project/name (with all tags)."""
+        """A version by id, or the newest final version of a project/name (with all tags).
+
+        `writable_copy`: a new draft child of that version instead, to add files to and
+        finalize (the labelling tool's "upload" button). `auto_create`: when the dataset has
+        no final version yet, a new first draft instead of `NotFound` (with or without
+        `writable_copy`). Neither tags the new draft: a tag such as `Production` is for the
+        finalized version, where triggers react to it."""
         rt = runtime or default_runtime()
         if dataset_id:
-            return cls(rt.datasets.get(dataset_id), rt)
-        if not (dataset_project and dataset_name):
+            found: VersionInfo | None = rt.datasets.get(dataset_id)
+        elif not (dataset_project and dataset_name):
             raise UserError("Dataset.get needs dataset_id, or dataset_project and dataset_name")
-        return cls(rt.datasets.resolve(dataset_project, dataset_name, dataset_tags), rt)
+        else:
+            try:
+                found = rt.datasets.resolve(dataset_project, dataset_name, dataset_tags)
+            except NotFound:
+                # Only a dataset with no final version at all is created: one whose versions
+                # lack the tags asked for is a mistake, not a first use.
+                finals = rt.datasets.search(
+                    project=_literal(dataset_project),
+                    name=_literal(dataset_name),
+                    status="final",
+                    limit=1,
+                )
+                if not auto_create or finals:
+                    raise
+                found = None
+        if found is None:
+            assert dataset_project and dataset_name  # checked above
+            return cls(rt.datasets.create(dataset_project, dataset_name), rt)
+        if writable_copy:
+            return cls(rt.datasets.create(found.project, found.name, parents=[found.id]), rt)
+        return cls(found, rt)
 
     # -- properties ------------------------------------------------------------------------
 
@@ -182,3 +210,8 @@ class Dataset:
 
     def _refresh(self) -> None:
         self._info = self._runtime.datasets.get(self.id)
+
+
+def _literal(text: str) -> str:
+    """`text` as a glob matching only itself (search takes globs; names may hold `[`)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)

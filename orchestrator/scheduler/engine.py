@@ -42,6 +42,7 @@ from orchestrator.store.models import (
     TriggerState,
     utcnow,
 )
+from orchestrator.tasks.lineage import TriggerCause
 from orchestrator.tasks.service import TaskService
 from orchestrator.tasks.views import TaskInfo, payload
 from orchestrator.triggers.config import Config
@@ -550,7 +551,7 @@ class Engine:
                 tags=trigger.run.tags,
                 context=context,
                 allow_new_params=trigger.run.allow_new_params,
-                trigger=(name, event.seq),
+                trigger=TriggerCause(name, event.seq, event.source, event.entity_id),
                 held=held,
             )
         except RetrainError as exc:
@@ -583,7 +584,7 @@ class Engine:
                 tags=trigger.run.tags,
                 context=variables(event, trigger.name, self.storage_url),
                 allow_new_params=trigger.run.allow_new_params,
-                trigger=(trigger.name, event.seq),
+                trigger=TriggerCause(trigger.name, event.seq, event.source, event.entity_id),
             )
         except RetrainError as exc:
             # The waiting run keeps its earlier event; this one waits like any that cannot start.

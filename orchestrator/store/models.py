@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -213,6 +214,8 @@ class Task(Base):
         Index("ix_tasks_template_id", "template_id", "created_at"),
         Index("ix_tasks_kind_name", "kind", "project_id", "name", "created_at"),
         Index("ux_tasks_template_revision", "project_id", "name", "revision", unique=True),
+        # `task list` pages newest first; without it, every listing sorts all tasks.
+        Index("ix_tasks_created_at", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
@@ -232,6 +235,11 @@ class Task(Base):
     """What a run was cloned from: its template revision, or the run it re-runs."""
     trigger_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
     trigger_event_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    trigger_entity_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """What the triggering event was about: dataset | task | model | schedule."""
+    trigger_entity_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    """The id of that entity (a dataset version, task or model id): `task list --dataset`
+    finds the runs a version fired through this index."""
     queue: Mapped[str] = mapped_column(String(64))
     priority: Mapped[str] = mapped_column(String(8), default="normal")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -265,10 +273,47 @@ class Task(Base):
     tag_rows: Mapped[list[TaskTag]] = relationship(
         cascade="all, delete-orphan", order_by="TaskTag.tag"
     )
+    input_links: Mapped[list[TaskInput]] = relationship(
+        cascade="all, delete-orphan", order_by="TaskInput.name"
+    )
+    """`resolved_inputs` as rows, kept equal to it on every assignment (see
+    `_link_inputs`), so "which runs used version X" is an index lookup on both databases."""
 
     @property
     def tags(self) -> list[str]:
         return [row.tag for row in self.tag_rows]
+
+
+class TaskInput(Base):
+    """One dataset version a run took as an input: `tasks.resolved_inputs` as rows, written
+    in the same flush as the task."""
+
+    __tablename__ = "task_inputs"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
+
+
+@event.listens_for(Task.resolved_inputs, "set")
+def _link_inputs(target: Task, value: Any, oldvalue: Any, initiator: Any) -> None:
+    """Every path that freezes a run's inputs (queue, run, a coalesced re-point, code not
+    written yet) assigns `resolved_inputs`; mirroring it here keeps the rows from ever
+    disagreeing with the JSON, whoever assigns it."""
+    wanted = {
+        str(name): str(entry["version_id"])
+        for name, entry in (value or {}).items()
+        if isinstance(entry, dict) and entry.get("version_id")
+    }
+    existing = {link.name: link for link in target.input_links}
+    links = []
+    for name, version_id in sorted(wanted.items()):
+        link = existing.get(name)
+        if link is None:
+            link = TaskInput(name=name, version_id=version_id)
+        link.version_id = version_id
+        links.append(link)
+    target.input_links = links
 
 
 class TaskTag(Base):

@@ -17,6 +17,7 @@ from orchestrator import templating
 from orchestrator.datasets.validate import check_name, check_tag
 from orchestrator.errors import UserError
 from orchestrator.store.models import Task, TaskTag, new_id, utcnow
+from orchestrator.tasks import lineage
 from orchestrator.tasks.inputs import check_input_refs, check_placeholders
 from orchestrator.tasks.params import apply_overrides
 from orchestrator.tasks.resolution import RUN, TEMPLATE
@@ -37,8 +38,9 @@ class CloneOptions:
     allow_new_params: bool = False
     context: Mapping[str, Any] = field(default_factory=dict)
     """Variables for placeholders besides the task's own `params.*` (a trigger's `dataset.*`)."""
-    trigger: tuple[str, int] | None = None
-    """(trigger name, event sequence) when a trigger creates the clone."""
+    trigger: tuple[Any, ...] | None = None
+    """A `lineage.TriggerCause` (trigger name, event sequence, entity kind and id) when a
+    trigger creates the clone."""
 
 
 def new_row(session: Session, template: Task, options: CloneOptions) -> Task:
@@ -80,8 +82,7 @@ def new_row(session: Session, template: Task, options: CloneOptions) -> Task:
         kind=RUN,
         template_id=template.id if template.kind == TEMPLATE else template.template_id,
         parent_id=template.id,
-        trigger_name=trigger[0] if trigger else None,
-        trigger_event_seq=trigger[1] if trigger else None,
+        **lineage.cause_columns(trigger),
         queue=check_queue(options.queue) if options.queue else template.queue,
         priority="normal",
         created_at=utcnow(),

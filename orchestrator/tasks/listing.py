@@ -4,17 +4,22 @@ driver-only path and the full store."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
+from orchestrator.errors import NotFound
 from orchestrator.store.lean import Row, fetch, placeholders
 
 FROM = "tasks t JOIN projects p ON p.id = t.project_id"
 SUMMARY_COLUMNS = (
     "t.id, p.path AS project, t.name, t.type, t.status, t.queue, t.priority, t.parent_id, "
     "t.trigger_name, t.created_at, t.queued_at, t.started_at, t.finished_at, t.worker, "
-    "t.exit_code, t.kind, t.revision, t.template_id"
+    "t.exit_code, t.kind, t.revision, t.template_id, "
+    "t.trigger_event_seq, t.trigger_entity_kind, t.trigger_entity_id, "
+    "t.parameters, t.inputs, t.resolved_inputs"
 )
 KINDS = ("run", "template")
+JSON_COLUMNS = ("parameters", "inputs", "resolved_inputs")
 
 
 def list_tasks(
@@ -24,11 +29,28 @@ def list_tasks(
     status: str | None = None,
     tag: str | None = None,
     kind: str = "run",
+    dataset: str | None = None,
+    parent: str | None = None,
     limit: int = 50,
 ) -> list[Row]:
-    """Newest runs (or templates, with `kind="template"`) first, as plain dicts
-    (JSON-ready): the summary `task list` prints."""
-    where, params = ["t.kind = %s"], [kind]
+    """Newest runs (or templates, with `kind="template"`) first, as plain dicts (JSON-ready):
+    the summary `task list` prints, with parameters, inputs and the trigger's entity.
+    `dataset`: the runs that took that version as an input or were fired by an event about
+    it; `parent`: the runs cloned from a task (a template revision, or a run re-run)."""
+    where: list[str] = ["t.kind = %s"]
+    params: list[Any] = [kind]
+    if dataset is not None:
+        if not fetch(conn, "SELECT id FROM dataset_versions WHERE id = %s", [dataset]):
+            raise NotFound("dataset version", dataset, "list versions with: retrain dataset search")
+        # A union of two index lookups (an OR across tables would scan every task).
+        where.append(
+            "t.id IN (SELECT task_id FROM task_inputs WHERE version_id = %s"
+            " UNION SELECT id FROM tasks WHERE trigger_entity_id = %s)"
+        )
+        params += [dataset, dataset]
+    if parent is not None:
+        where.append("(t.template_id = %s OR t.parent_id = %s)")
+        params += [parent, parent]
     if project:
         where.append("p.path LIKE %s ESCAPE '\\'")
         params.append(_like(project))
@@ -92,6 +114,13 @@ def _summary(row: Row, tags: list[str]) -> Row:
     out["parent"] = out.pop("parent_id")
     out["trigger"] = out.pop("trigger_name")
     out["template"] = out.pop("template_id")
+    out["trigger_event"] = out.pop("trigger_event_seq")
+    kind, entity = out.pop("trigger_entity_kind"), out.pop("trigger_entity_id")
+    out["trigger_entity"] = {"kind": kind or "", "id": entity} if entity else None
+    for key in JSON_COLUMNS:
+        # PostgreSQL's driver decodes jsonb; SQLite keeps JSON as text.
+        value = out[key]
+        out[key] = json.loads(value) if isinstance(value, str) else (value or {})
     out["tags"] = tags
     for key in ("created_at", "queued_at", "started_at", "finished_at"):
         out[key] = _iso(out[key])

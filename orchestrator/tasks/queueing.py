@@ -13,6 +13,7 @@ from orchestrator.errors import NotFound, UserError
 from orchestrator.git import Mirror
 from orchestrator.store import events as ev
 from orchestrator.store.models import Task, TaskTag
+from orchestrator.tasks import lineage
 from orchestrator.tasks.cloning import CloneOptions, new_row
 from orchestrator.tasks.inputs import resolve_inputs
 from orchestrator.tasks.lifecycle import check_transition, record_event, set_status
@@ -106,3 +107,7 @@ def repoint_in(session: Session, row: Task, options: CloneOptions, *, event_seq:
     previous = [row.trigger_event_seq] if row.trigger_event_seq is not None else []
     row.coalesced_events = [*(row.coalesced_events or []), *previous]
     row.trigger_event_seq = event_seq
+    if options.trigger:
+        cause = lineage.cause_columns(options.trigger)
+        row.trigger_entity_kind = cause["trigger_entity_kind"]
+        row.trigger_entity_id = cause["trigger_entity_id"]

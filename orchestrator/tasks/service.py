@@ -273,6 +273,8 @@ class TaskService:
         status: str | None = None,
         tag: str | None = None,
         kind: str = "run",
+        dataset: str | None = None,
+        parent: str | None = None,
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Task summaries, newest first (the same query `task list` runs without SQLAlchemy):
@@ -282,5 +284,12 @@ class TaskService:
         with self.store.reader() as session:
             conn = session.connection().connection.driver_connection
             return listing.list_tasks(
-                conn, project=project, status=status, tag=tag, kind=kind, limit=limit
+                conn,
+                project=project,
+                status=status,
+                tag=tag,
+                kind=kind,
+                dataset=dataset,
+                parent=parent,
+                limit=limit,
             )

@@ -31,6 +31,8 @@ class TaskInfo(BaseModel):
     parent: str | None
     trigger: str | None
     trigger_event: int | None
+    trigger_entity: dict[str, str] | None = None
+    """What the triggering event was about: {kind: dataset | task | model | schedule, id}."""
     queue: str
     priority: str
     created_at: dt.datetime
@@ -70,6 +72,11 @@ class TaskInfo(BaseModel):
             parent=row.parent_id,
             trigger=row.trigger_name,
             trigger_event=row.trigger_event_seq,
+            trigger_entity=(
+                {"kind": row.trigger_entity_kind or "", "id": row.trigger_entity_id}
+                if row.trigger_entity_id
+                else None
+            ),
             queue=row.queue,
             priority=row.priority,
             created_at=row.created_at,

@@ -1,0 +1,253 @@
+"""Lineage both ways: what caused a run, what it used, what it produced, and the reverse.
+
+A run records the event that caused it (`trigger_event_seq`) and what that event was about
+(`trigger_entity_kind`, `trigger_entity_id`: a dataset version, task or model id); the dataset
+versions it took as inputs are rows of `task_inputs` (kept equal to `resolved_inputs` by the
+store model); the models it registered name it in `models.task_id`. These functions read
+those links for `dataset show`, `model show`, `task show` and the SDK: each is a handful of
+indexed queries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select, union
+from sqlalchemy.orm import Session
+
+from orchestrator.datasets import queries as dataset_queries
+from orchestrator.errors import NotFound
+from orchestrator.store import Store
+from orchestrator.store.models import Event, Model, Project, Task, TaskInput
+
+RUN_LIMIT = 200
+"""The most runs (and their models) `dataset show` lists; `task list --dataset` pages further."""
+
+
+class TriggerCause(NamedTuple):
+    """Why a trigger made a run: which trigger, which event, and what the event was about."""
+
+    name: str
+    event_seq: int
+    entity_kind: str | None = None
+    """dataset | task | model | schedule (the event's source)."""
+    entity_id: str | None = None
+
+
+def cause_columns(cause: tuple[Any, ...] | None) -> dict[str, Any]:
+    """The task columns that record `cause` (all None for a run nobody's trigger made)."""
+    if cause is None:
+        return {
+            "trigger_name": None,
+            "trigger_event_seq": None,
+            "trigger_entity_kind": None,
+            "trigger_entity_id": None,
+        }
+    full = TriggerCause(*cause)
+    return {
+        "trigger_name": full.name,
+        "trigger_event_seq": full.event_seq,
+        "trigger_entity_kind": full.entity_kind,
+        "trigger_entity_id": full.entity_id,
+    }
+
+
+# -- what the queries return ---------------------------------------------------------------
+
+
+class EntityRef(BaseModel):
+    kind: str
+    id: str
+
+
+class RunRef(BaseModel):
+    """A run as lineage lists it."""
+
+    id: str
+    project: str
+    name: str
+    status: str
+    template: str | None
+    """The task it was cloned from."""
+    trigger: str | None
+    trigger_entity: EntityRef | None
+    inputs: list[str] = Field(default_factory=list)
+    """In `dataset show`: the names of the inputs that took the version."""
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, row: Task, inputs: Iterable[str] = ()) -> RunRef:
+        return cls(
+            id=row.id,
+            project=row.project.path,
+            name=row.name,
+            status=row.status,
+            template=row.parent_id,
+            trigger=row.trigger_name,
+            trigger_entity=entity_of(row),
+            inputs=sorted(inputs),
+            created_at=row.created_at,
+        )
+
+
+class ModelRef(BaseModel):
+    id: str
+    project: str
+    name: str
+    uri: str
+    task_id: str | None
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, row: Model) -> ModelRef:
+        return cls(
+            id=row.id,
+            project=row.project.path,
+            name=row.name,
+            uri=row.uri,
+            task_id=row.task_id,
+            created_at=row.created_at,
+        )
+
+
+class EventRef(BaseModel):
+    seq: int
+    kind: str
+    entity: EntityRef
+    project: str
+    name: str
+    version: str | None
+    time: dt.datetime
+
+    @classmethod
+    def of(cls, row: Event) -> EventRef:
+        return cls(
+            seq=row.seq,
+            kind=row.kind,
+            entity=EntityRef(kind=row.kind.split(".", 1)[0], id=row.entity_id),
+            project=row.project,
+            name=row.name,
+            version=(row.payload or {}).get("version"),
+            time=row.created_at,
+        )
+
+    @property
+    def label(self) -> str:
+        what = f"{self.project}/{self.name} {self.version or ''}".strip()
+        return f"event {self.seq} {self.kind}: {what} ({self.entity.id})"
+
+
+class VersionUsage(BaseModel):
+    """`dataset show`: the runs that used a version and the models they registered."""
+
+    runs: list[RunRef]
+    models: list[ModelRef]
+
+
+class ModelLineage(BaseModel):
+    """`model show`: the run that registered the model, the task that run was cloned from,
+    and the dataset versions it was trained on (as the run resolved them)."""
+
+    run: RunRef | None
+    template: RunRef | None
+    inputs: dict[str, Any]
+
+
+class RunLineage(BaseModel):
+    """`task show`: the event that made the run, the events it absorbed, its models."""
+
+    cause: EventRef | None
+    """The event that made the run (for a coalesced run, the newest it absorbed)."""
+    absorbed_events: list[EventRef]
+    models: list[ModelRef]
+
+
+def entity_of(row: Task) -> EntityRef | None:
+    if not row.trigger_entity_id:
+        return None
+    return EntityRef(kind=row.trigger_entity_kind or "", id=row.trigger_entity_id)
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def version_usage(store: Store, version_id: str, *, limit: int = RUN_LIMIT) -> VersionUsage:
+    """Runs that took the version as an input or were fired by an event about it, newest
+    first, and the models those runs registered. Unknown version: `NotFound`."""
+    with store.reader() as session:
+        dataset_queries.load_version(session, version_id)
+        # A union of two index lookups (an OR across tables would scan every task).
+        used = union(
+            select(TaskInput.task_id).where(TaskInput.version_id == version_id),
+            select(Task.id).where(Task.trigger_entity_id == version_id),
+        )
+        runs = list(
+            session.scalars(
+                select(Task)
+                .where(Task.id.in_(select(used.subquery().c[0])))
+                .order_by(Task.created_at.desc(), Task.id)
+                .limit(limit)
+            )
+        )
+        ids = [r.id for r in runs]
+        names: dict[str, list[str]] = {}
+        if ids:
+            for task_id, name in session.execute(
+                select(TaskInput.task_id, TaskInput.name).where(
+                    TaskInput.version_id == version_id, TaskInput.task_id.in_(ids)
+                )
+            ):
+                names.setdefault(task_id, []).append(name)
+        return VersionUsage(
+            runs=[RunRef.of(r, names.get(r.id, ())) for r in runs],
+            models=[ModelRef.of(m) for m in _models_of(session, ids)],
+        )
+
+
+def model_lineage(store: Store, model_id: str) -> ModelLineage:
+    with store.reader() as session:
+        model = session.get(Model, model_id)
+        if model is None:
+            raise NotFound("model", model_id, "list models with: retrain model list")
+        run = session.get(Task, model.task_id) if model.task_id else None
+        template = session.get(Task, run.parent_id) if run is not None and run.parent_id else None
+        return ModelLineage(
+            run=RunRef.of(run) if run is not None else None,
+            template=RunRef.of(template) if template is not None else None,
+            inputs=dict(run.resolved_inputs or {}) if run is not None else {},
+        )
+
+
+def run_lineage(store: Store, task_id: str) -> RunLineage:
+    with store.reader() as session:
+        run = session.get(Task, task_id)
+        if run is None:
+            raise NotFound("task", task_id, "list tasks with: retrain task list")
+        seqs = [int(s) for s in run.coalesced_events or ()]
+        if run.trigger_event_seq is not None:
+            seqs.append(run.trigger_event_seq)
+        events = {
+            e.seq: EventRef.of(e)
+            for e in (session.scalars(select(Event).where(Event.seq.in_(seqs))) if seqs else ())
+        }
+        return RunLineage(
+            cause=events.get(run.trigger_event_seq or -1),
+            absorbed_events=[events[s] for s in run.coalesced_events or () if s in events],
+            models=[ModelRef.of(m) for m in _models_of(session, [run.id])],
+        )
+
+
+def _models_of(session: Session, task_ids: list[str]) -> list[Model]:
+    if not task_ids:
+        return []
+    return list(
+        session.scalars(
+            select(Model)
+            .join(Project)
+            .where(Model.task_id.in_(task_ids))
+            .order_by(Model.created_at.desc(), Model.id)
+        )
+    )
