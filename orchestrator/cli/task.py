@@ -341,8 +341,13 @@ def show(
 ) -> None:
     """A task's spec, resolved parameters, inputs and lineage (parent, trigger, event)."""
     info = runtime().tasks.template(ref)
+    series = runtime().tasks.series(info.id) if info.status != "draft" else {}
     if as_json:
-        output.print_json(info)
+        data = info.model_dump(mode="json")
+        data["series"] = {
+            name: {k: v for k, v in s.items() if k != "points"} for name, s in series.items()
+        }
+        output.print_json(data)
         return
     spec = info.spec
     entry = spec["entry"].get("script") or f"-m {spec['entry'].get('module')}"
@@ -391,6 +396,18 @@ def show(
             output.out.print(f"\n{title}:")
             for key, value in sorted(mapping.items()):
                 output.out.print(f"  {key} = {value}", markup=False)
+    if info.logged_params:
+        output.out.print("\nparameters as logged:")
+        for key, value in sorted(info.logged_params.items()):
+            output.out.print(f"  {key} = {value}", markup=False)
+    if series:
+        output.out.print("\nseries (retrain metrics ID for sparklines):")
+        for name, s in series.items():
+            output.out.print(
+                f"  {name}: last {s['last']:.6g} at step {s['step']}, min {s['min']:.6g}, "
+                f"max {s['max']:.6g}, {s['count']} points",
+                markup=False,
+            )
     if info.artifacts:
         output.out.print("\nartifacts:")
         for artifact in info.artifacts:
@@ -399,6 +416,17 @@ def show(
         output.out.print("\nrequirements:")
         for line in spec["requirements"]:
             output.out.print(f"  {line}", markup=False)
+
+
+@app.command()
+def compare(
+    tasks: Annotated[list[str], typer.Argument(help="Two or more task ids.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Runs side by side: parameters and metrics, differences marked with *."""
+    from orchestrator.cli.metrics import compare as run_compare
+
+    run_compare(tasks, as_json)
 
 
 def _environment_line(environment: dict[str, Any]) -> str | None:

@@ -26,7 +26,7 @@ from orchestrator.git import Mirror, capture, normalize_repo
 from orchestrator.queue.adapter import QueueAdapter
 from orchestrator.store import Store, rows
 from orchestrator.store import events as ev
-from orchestrator.store.models import Project, Task, TaskTag, new_id, utcnow
+from orchestrator.store.models import MetricSeries, Project, Task, TaskTag, new_id, utcnow
 from orchestrator.tasks import listing
 from orchestrator.tasks import requirements as reqs
 from orchestrator.tasks.params import apply_overrides
@@ -450,9 +450,12 @@ class TaskService:
         environment: Mapping[str, Any] | None = None,
         artifacts: Sequence[Mapping[str, Any]] = (),
         duration_s: float | None = None,
+        series: Mapping[str, Mapping[str, Any]] | None = None,
+        logged_params: Mapping[str, Any] | None = None,
     ) -> TaskInfo:
         """The task ended: completed, failed or aborted, with what the worker reported. The
-        event carries the metrics, so task triggers can test them."""
+        event carries the metrics and each series' last, min and max, so task triggers can
+        test them; the series are stored in the same transaction."""
         if status not in FINISHED:
             raise UserError(f"{status!r} is not a final status ({', '.join(FINISHED)})")
         with self.store.session() as session:
@@ -466,7 +469,10 @@ class TaskService:
             row.artifacts = [dict(a) for a in artifacts]
             row.duration_s = duration_s
             row.held = False
-            _set_status(session, row, status)
+            if logged_params:
+                row.logged_params = dict(logged_params)
+            _store_series(session, task_id, series or {})
+            _set_status(session, row, status, extra={"series": _summaries(series or {})})
             return TaskInfo.of(row)
 
     def keep_final_facts(
@@ -478,6 +484,8 @@ class TaskService:
         environment: Mapping[str, Any] | None = None,
         artifacts: Sequence[Mapping[str, Any]] = (),
         duration_s: float | None = None,
+        series: Mapping[str, Mapping[str, Any]] | None = None,
+        logged_params: Mapping[str, Any] | None = None,
     ) -> bool:
         """A worker's final report for a task that had already ended (aborted by a user
         while it ran, or settled as lost): record what the run reported where the store has
@@ -498,6 +506,13 @@ class TaskService:
                 row.artifacts, changed = [dict(a) for a in artifacts], True
             if row.exit_code is None and exit_code is not None and status == row.status:
                 row.exit_code, changed = exit_code, True
+            if not row.logged_params and logged_params:
+                row.logged_params, changed = dict(logged_params), True
+            if series and not session.scalar(
+                select(MetricSeries.name).where(MetricSeries.task_id == task_id).limit(1)
+            ):
+                _store_series(session, task_id, series)
+                changed = True
             return changed
 
     def requeue(self, task_id: str, reason: str, *, attempt: bool) -> TaskInfo:
@@ -618,6 +633,12 @@ class TaskService:
         with self.store.reader() as session:
             return TaskInfo.of(_load(session, task_id))
 
+    def series(self, task_id: str) -> dict[str, dict[str, Any]]:
+        """The run's stored metric series (empty until its worker reported)."""
+        with self.store.reader() as session:
+            _load(session, task_id)
+            return series_of(session, task_id)
+
     def template(self, ref: str) -> TaskInfo:
         with self.store.reader() as session:
             return TaskInfo.of(self.resolve_template(session, ref))
@@ -679,7 +700,62 @@ def _check_transition(row: Task, new: str) -> None:
         )
 
 
-def _set_status(session: Session, row: Task, status: str, *, flush: bool = True) -> None:
+def series_of(session: Session, task_id: str) -> dict[str, dict[str, Any]]:
+    """A run's stored metric series: name -> {count, last, step, min, max, points}."""
+    rows_ = session.scalars(
+        select(MetricSeries).where(MetricSeries.task_id == task_id).order_by(MetricSeries.name)
+    )
+    return {
+        r.name: {
+            "count": r.count,
+            "last": r.last,
+            "step": int(r.step) if r.step is not None and float(r.step).is_integer() else r.step,
+            "min": r.min,
+            "max": r.max,
+            "points": list(r.points or []),
+        }
+        for r in rows_
+    }
+
+
+def _store_series(
+    session: Session, task_id: str, series: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Replace the run's stored series with `series` (a report applied again writes the same)."""
+    for old in session.scalars(select(MetricSeries).where(MetricSeries.task_id == task_id)):
+        session.delete(old)
+    session.flush()
+    for name, data in series.items():
+        session.add(
+            MetricSeries(
+                task_id=task_id,
+                name=name,
+                count=int(data["count"]),
+                last=float(data["last"]),
+                step=data.get("step"),
+                min=float(data["min"]),
+                max=float(data["max"]),
+                points=list(data.get("points") or []),
+            )
+        )
+
+
+def _summaries(series: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """What the finished event carries of each series (triggers test last, min and max)."""
+    return {
+        name: {"last": data["last"], "min": data["min"], "max": data["max"]}
+        for name, data in series.items()
+    }
+
+
+def _set_status(
+    session: Session,
+    row: Task,
+    status: str,
+    *,
+    flush: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """The one path for every status change: check it is allowed, change status, stamp the
     time, and write the event in the same transaction (without `flush`, at the next flush:
     the scheduler writes a batch of runs at once)."""
@@ -694,24 +770,27 @@ def _set_status(session: Session, row: Task, status: str, *, flush: bool = True)
         row.finished_at = now
     if flush:
         session.flush()
-    _event(session, EVENT_OF_STATUS[status], TaskInfo.of(row), flush=flush)
+    _event(session, EVENT_OF_STATUS[status], TaskInfo.of(row), flush=flush, extra=extra)
 
 
-def _event(session: Session, kind: str, info: TaskInfo, *, flush: bool = True) -> None:
-    ev.record_for(
-        session,
-        kind,
-        info,
-        {
-            "status": info.status,
-            "type": info.type,
-            "queue": info.queue,
-            "parent": info.parent,
-            "trigger": info.trigger,
-            "metrics": info.metrics,
-        },
-        flush=flush,
-    )
+def _event(
+    session: Session,
+    kind: str,
+    info: TaskInfo,
+    *,
+    flush: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    payload_ = {
+        "status": info.status,
+        "type": info.type,
+        "queue": info.queue,
+        "parent": info.parent,
+        "trigger": info.trigger,
+        "metrics": info.metrics,
+    }
+    payload_.update({k: v for k, v in (extra or {}).items() if v})
+    ev.record_for(session, kind, info, payload_, flush=flush)
 
 
 def _entry_paths(spec: ExecutionSpec) -> list[str]:
