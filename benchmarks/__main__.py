@@ -7,6 +7,7 @@ import sys
 from benchmarks import (
     bench_datasets,
     bench_demo,
+    bench_jobapi,
     bench_scheduler,
     bench_status,
     bench_tasks,
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "workers": bench_workers.main,
     "status": bench_status.main,
     "demo": bench_demo.main,
+    "jobapi": bench_jobapi.main,
 }
 
 

@@ -32,7 +32,7 @@ TAIL_EVERY_S = 0.2
 """How often the worker reads what the job appended: the live delay a follower sees."""
 READ_CHUNK = 8 * 1024 * 1024
 """Bytes read from the channel per pass at most."""
-MAX_LINE_BYTES = 64 * 1024
+MAX_LINE_BYTES = 1024 * 1024
 """A longer line is no event (skipped, counted)."""
 MAX_SERIES = 1000
 """Series a run may have; points of further names are dropped (the report's limit too)."""
@@ -66,11 +66,25 @@ class Series:
     def add(self, step: float, value: float, keep: bool) -> None:
         self.count += 1
         self.last, self.step = value, step
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
         if keep:
             self.steps.append(step)
             self.values.append(value)
+
+    def extend(
+        self, steps: array[float], values: array[float], last_step: float, room: int
+    ) -> None:
+        """A batch of points (`room`: how many of them memory may keep)."""
+        self.count += len(values)
+        self.last, self.step = values[-1], last_step
+        self.min = min(self.min, min(values))
+        self.max = max(self.max, max(values))
+        if room > 0:
+            self.steps.extend(steps[:room])
+            self.values.extend(values[:room])
 
     def report(self, budget: int) -> dict[str, Any]:
         """The summary, and at most `budget` points (extremes kept, see `downsample`)."""
@@ -82,6 +96,10 @@ class Series:
             "max": self.max,
             "points": downsample(list(zip(self.steps, self.values, strict=True)), budget),
         }
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is no number a job may log")
 
 
 def downsample(points: list[tuple[float, float]], budget: int) -> list[list[float]]:
@@ -182,85 +200,126 @@ class Channel:
         self._partial = lines.pop()
         if len(self._partial) > MAX_LINE_BYTES:
             self._partial, self.bad_lines = b"", self.bad_lines + 1
-        fresh: list[list[Any]] = []
-        for line in lines:
-            if line:
-                self._event(line, fresh)
+        wanted = [line for line in lines if line and len(line) <= MAX_LINE_BYTES]
+        self.bad_lines += sum(1 for line in lines if len(line) > MAX_LINE_BYTES)
+        events: list[Any]
+        try:
+            # One parse for the whole batch (the common case: every line one object); a
+            # line that breaks it sends the batch through the line-by-line path.
+            events = json.loads(b"[" + b",".join(wanted) + b"]", parse_constant=_no_constant)
+            if len(events) != len(wanted):
+                raise ValueError("a line held more than one value")
+        except (ValueError, RecursionError):
+            events = []
+            for line in wanted:
+                try:
+                    events.append(json.loads(line, parse_constant=_no_constant))
+                except (ValueError, RecursionError):
+                    self.bad_lines += 1
+        fresh: list[tuple[str, list[Any], list[Any]]] = []
+        for event in events:
+            batch = event.get("p") if type(event) is dict else None
+            if type(batch) is dict:
+                for name, pair in batch.items():
+                    self._points(name, pair, fresh)
+            else:
+                self._event(event)
         if fresh:
             self._live(fresh)
         return len(data)
 
-    def _event(self, line: bytes, fresh: list[list[Any]]) -> None:
+    def _points(
+        self, name: str, pair: Any, fresh: list[tuple[str, list[Any], list[Any]]]
+    ) -> None:
+        """A batch of one series' points: [steps, values], checked at C speed (`array`
+        refuses what is not a number; the parser refused NaN and infinities)."""
         try:
-            if len(line) > MAX_LINE_BYTES:
-                raise ValueError("too long")
-            event = json.loads(line)
-            if not isinstance(event, dict):
-                raise ValueError("not an object")
-            if "m" in event:
-                name, step, value = event["m"], event.get("s", 0), event["v"]
-                if not isinstance(name, str) or not name or len(name) > 256:
-                    raise ValueError("bad name")
-                if isinstance(step, bool) or not isinstance(step, (int, float)):
-                    raise ValueError("bad step")
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError("bad value")
-                value = float(value)
-                if not math.isfinite(value) or not math.isfinite(step):
-                    raise ValueError("not finite")
-                series = self.series.get(name)
-                if series is None:
-                    if len(self.series) >= MAX_SERIES:
-                        self._dropped_series += 1
-                        return
-                    series = self.series[name] = Series()
-                keep = self._kept < MAX_KEPT_POINTS
-                series.add(int(step) if float(step).is_integer() else step, value, keep)
-                self._kept += keep
-                fresh.append([name, series.step, value])
-            elif event.get("k") == "defaults" and isinstance(event.get("values"), dict):
-                for key, value in event["values"].items():
-                    if len(self.defaults) >= MAX_PARAMS and key not in self.defaults:
-                        break
-                    text = json.dumps(value)
-                    if isinstance(key, str) and len(key) <= 256 and len(text) <= MAX_PARAM_CHARS:
-                        self.defaults[key] = value
-            elif event.get("k") == "model" and isinstance(event.get("path"), str):
-                metadata = event.get("metadata")
-                self.models[event["path"]] = {
-                    "name": str(event.get("name") or "")[:256],
-                    "metadata": metadata if isinstance(metadata, dict) else {},
-                }
-            else:
-                raise ValueError("unknown event")
-        except (ValueError, TypeError, KeyError, OverflowError):
+            if not 0 < len(name) <= 256 or type(pair) is not list or len(pair) != 2:
+                raise ValueError("bad batch")
+            steps, values = array("d", pair[0]), array("d", pair[1])
+            if not values or len(steps) != len(values):
+                raise ValueError("steps and values differ")
+            if not all(map(math.isfinite, (min(values), max(values), min(steps), max(steps)))):
+                raise ValueError("not finite")  # 1e999 parses as an infinity
+        except (ValueError, TypeError, OverflowError):
+            self.bad_lines += 1
+            return
+        series = self.series.get(name)
+        if series is None:
+            if len(self.series) >= MAX_SERIES:
+                self._dropped_series += len(values)
+                return
+            series = self.series[name] = Series()
+        room = max(0, MAX_KEPT_POINTS - self._kept)
+        series.extend(steps, values, pair[0][-1], room)
+        self._kept += min(room, len(values))
+        fresh.append((name, pair[0], pair[1]))
+
+    def _event(self, event: Any) -> None:
+        if type(event) is not dict:
+            self.bad_lines += 1
+            return
+        kind = event.get("k")
+        if kind == "defaults" and isinstance(event.get("values"), dict):
+            for key, item in event["values"].items():
+                if len(self.defaults) >= MAX_PARAMS and key not in self.defaults:
+                    break
+                if isinstance(key, str) and len(key) <= 256 and (
+                    len(json.dumps(item)) <= MAX_PARAM_CHARS
+                ):
+                    self.defaults[key] = item
+        elif kind == "model" and isinstance(event.get("path"), str):
+            metadata = event.get("metadata")
+            self.models[event["path"]] = {
+                "name": str(event.get("name") or "")[:256],
+                "metadata": metadata if isinstance(metadata, dict) else {},
+            }
+        else:
             self.bad_lines += 1
 
     # -- live ------------------------------------------------------------------------------
 
-    def _live(self, points: list[list[Any]], end: str | None = None) -> None:
+    def _live(
+        self, batches: list[tuple[str, list[Any], list[Any]]], end: str | None = None
+    ) -> None:
+        """Entries `p`: {series: [steps, values]}, at most `LIVE_BATCH` points each."""
         if self.redis is None:
             return
-        if self._streamed >= LIVE_MAX_POINTS and points:
-            newest: dict[str, list[Any]] = {}
-            for point in points:
-                newest[point[0]] = point
-            points = list(newest.values())
-        self._streamed += len(points)
-        name = keys.metrics_stream(self.task_id)
+        if self._streamed >= LIVE_MAX_POINTS and batches:
+            newest: dict[str, tuple[str, list[Any], list[Any]]] = {}
+            for name, steps, values in batches:
+                newest[name] = (name, steps[-1:], values[-1:])
+            batches = list(newest.values())
+        self._streamed += sum(len(values) for _n, _s, values in batches)
+        stream = keys.metrics_stream(self.task_id)
         try:
             pipe = self.redis.pipeline(transaction=False)
-            for i in range(0, len(points), LIVE_BATCH):
-                batch = json.dumps(points[i : i + LIVE_BATCH], separators=(",", ":"))
-                pipe.xadd(name, {"p": batch}, maxlen=LIVE_STREAM_MAXLEN, approximate=True)
+            for name, steps, values in batches:
+                for i in range(0, len(values), LIVE_BATCH):
+                    part = {name: [steps[i : i + LIVE_BATCH], values[i : i + LIVE_BATCH]]}
+                    data = json.dumps(part, separators=(",", ":"))
+                    pipe.xadd(stream, {"p": data}, maxlen=LIVE_STREAM_MAXLEN, approximate=True)
             if end is not None:
-                pipe.xadd(name, {"end": end}, maxlen=LIVE_STREAM_MAXLEN, approximate=True)
-            pipe.expire(name, LIVE_STREAM_TTL_S)
+                pipe.xadd(stream, {"end": end}, maxlen=LIVE_STREAM_MAXLEN, approximate=True)
+            pipe.expire(stream, LIVE_STREAM_TTL_S)
             pipe.execute()
         except Exception as exc:  # a Redis blip costs the live view, never the record
             if not self._live_failed:
                 self._live_failed = True
                 log.warning("live metrics not sent", task=self.task_id, error=str(exc))
+
+    def add_series(self, name: str, points: list[tuple[float, float]]) -> None:
+        """Points read after the run (an MLflow store): the same series as logged points."""
+        series = self.series.get(name)
+        if series is None:
+            if len(self.series) >= MAX_SERIES:
+                self._dropped_series += len(points)
+                return
+            series = self.series[name] = Series()
+        for step, value in points:
+            keep = self._kept < MAX_KEPT_POINTS
+            series.add(int(step) if float(step).is_integer() else step, value, keep)
+            self._kept += keep
 
     # -- the report ------------------------------------------------------------------------
 

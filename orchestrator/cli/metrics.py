@@ -66,25 +66,34 @@ class Live:
                 self.ended = end
                 continue
             try:
-                points = json.loads(_field(fields, "p") or "[]")
+                batch = json.loads(_field(fields, "p") or "{}")
             except ValueError:
                 continue
-            for point in points if isinstance(points, list) else []:
-                if not (isinstance(point, list) and len(point) == 3):
+            for name, pair in batch.items() if isinstance(batch, dict) else ():
+                if not (isinstance(pair, list) and len(pair) == 2):
                     continue
-                name, step, value = point
-                if not isinstance(value, (int, float)) or not isinstance(step, (int, float)):
-                    continue
-                s = self.series.get(str(name))
-                if s is None:
-                    s = self.series[str(name)] = {
-                        "count": 0, "last": value, "step": step, "min": value, "max": value,
-                        "points": [],
-                    }
-                s["count"] += 1
-                s["last"], s["step"] = value, step
-                s["min"], s["max"] = min(s["min"], value), max(s["max"], value)
-                s["points"].append([step, value])
+                for step, value in zip(pair[0], pair[1], strict=False):
+                    if _number_or_none(value) is None or _number_or_none(step) is None:
+                        continue
+                    self._add(str(name), step, value)
+
+    def _add(self, name: str, step: Any, value: float) -> None:
+        s = self.series.get(name)
+        if s is None:
+            s = self.series[name] = {
+                "count": 0, "last": value, "step": step, "min": value, "max": value,
+                "points": [],
+            }
+        s["count"] += 1
+        s["last"], s["step"] = value, step
+        s["min"], s["max"] = min(s["min"], value), max(s["max"], value)
+        s["points"].append([step, value])
+
+
+def _number_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def metrics(

@@ -53,8 +53,9 @@ def test_outside_a_job_the_api_uses_defaults_and_a_local_folder(tmp_path: Path) 
     assert "loss = 0.2 (step 4, 5 points)" in done.stderr
     lines = [json.loads(line) for line in
              (tmp_path / "retrain-local" / "events.jsonl").read_text().splitlines()]
-    points = [(e["s"], e["v"]) for e in lines if "m" in e]
-    assert points == [(i, 1 / (i + 1)) for i in range(5)]  # NaN is no point
+    steps = [s for e in lines if "p" in e for s in e["p"]["loss"][0]]
+    values = [v for e in lines if "p" in e for v in e["p"]["loss"][1]]
+    assert steps == list(range(5)) and values == [1 / (i + 1) for i in range(5)]  # NaN: none
 
 
 def test_the_channel_reads_what_a_job_appends_and_skips_garbage(tmp_path: Path) -> None:
@@ -62,18 +63,20 @@ def test_the_channel_reads_what_a_job_appends_and_skips_garbage(tmp_path: Path) 
     notes: list[str] = []
     channel = Channel(path, "t" * 32, None, notes.append)
     with path.open("a") as job:
-        job.write('{"m":"loss","s":0,"v":1.0,"t":1}\n{"m":"loss","s":1,"v":0.5')
+        job.write('{"p":{"loss":[[0],[1.0]]}}\n{"p":{"loss":[[1],[0.5]]')
         job.flush()
         channel.drain()
         assert channel.series["loss"].count == 1  # half a line waits for its end
-        job.write(',"t":1}\nnot json\n{"m":"loss","s":"x","v":1}\n[1,2]\n')
+        job.write('}}\nnot json\n{"p":{"loss":[["x"],[1]]}}\n[1,2]\n{"p":{"x":[[1],[NaN]]}}\n')
+        job.write('{"p":{"x":[[1],[1e999]]}}\n{"p":{"x":[[1, 2],[1]]}}\n')
         job.write('{"k":"defaults","values":{"General/lr":0.1}}\n')
         job.write('{"k":"model","name":"m","path":"models/m.pkl","metadata":{"a":1}}\n')
     channel.finish("completed")
     loss = channel.series["loss"]
     assert (loss.count, loss.last, loss.min, loss.max, loss.step) == (2, 0.5, 0.5, 1.0, 1)
-    assert channel.bad_lines == 3 and notes == [
-        "retrain_run: 3 lines of the job's channel were no events"]
+    assert "x" not in channel.series
+    assert channel.bad_lines == 6 and notes == [
+        "retrain_run: 6 lines of the job's channel were no events"]
     assert channel.defaults == {"General/lr": 0.1}
     assert channel.models == {"models/m.pkl": {"name": "m", "metadata": {"a": 1}}}
 
