@@ -41,6 +41,9 @@ LOG_STREAM_TTL_S = 7 * 86400
 """A live log expires this long after its last line, even when its worker dies; `output.log`
 in storage stays."""
 ERROR_TAIL_LINES = 20
+MLFLOW_STORE = "mlruns"
+"""The MLflow file store a job gets under its output folder when its task sets no tracking
+URI; read (not uploaded as it is) after the run."""
 JOB_API_DIR = Path(__file__).resolve().parent / "jobapi"
 """A folder holding only `retrain_run.py` (stdlib only): prepended to every job's PYTHONPATH,
 so `import retrain_run` works in any job without installing anything into its environment."""
@@ -113,6 +116,7 @@ class Job:
         the job stops and reports nothing more."""
         self._stop = threading.Event()
         self._log_file: Any = None
+        self._mlflow_external: re.Pattern[str] | None = None
         self._streamed = 0
         """Bytes of log lines sent to the live log so far."""
         self.environment: dict[str, Any] = {}
@@ -326,6 +330,9 @@ class Job:
         """metrics.json becomes the task's metrics; files under models/ are uploaded and
         registered as the task's models; everything else is uploaded as artifacts."""
         files = output_files(outputs, lambda note: self._log_line("retrain", note))
+        store = outputs / MLFLOW_STORE
+        if self._mlflow_external is None:
+            files = [f for f in files if store not in f.parents]
         metrics: dict[str, float] = {}
         metrics_file = outputs / "metrics.json"
         if metrics_file in files:
@@ -356,10 +363,50 @@ class Job:
             for path in files
             if path != metrics_file and (outputs / "models") not in path.parents
         ]
+        if self._mlflow_external is None:
+            found_models, found_artifacts = self._mlflow(store)
+            models.extend(found_models)
+            artifacts.extend(found_artifacts)
         log = self.workdir / "output.log"
         if log.exists():
             artifacts.append({"path": "output.log", "uri": self._upload(log)})
         return metrics, models, artifacts
+
+    def _mlflow(self, store: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """What the job's MLflow recorded in its own file store: params (as logged), metric
+        series, tags and run ids (on the environment), artifacts and logged models."""
+        from workers.mlflowstore import SYSTEM_TAG, read_store
+
+        found = read_store(store)
+        if not found.runs and not found.models:
+            return [], []
+        runs = []
+        for run in found.runs:
+            for key, value in run.params.items():
+                self.channel.defaults.setdefault(key, value)
+            for key, points in run.metrics.items():
+                self.channel.add_series(key, points)
+            tags = {k: v[:1024] for k, v in run.tags.items() if not k.startswith(SYSTEM_TAG)}
+            runs.append({"run_id": run.run_id, "experiment_id": run.experiment_id,
+                         "name": run.name, "tags": dict(list(tags.items())[:100])})
+        self.environment["mlflow"] = {"tracking_uri": "local file store", "runs": runs}
+        artifacts = []
+        several = len(found.runs) > 1
+        for run in found.runs:
+            for path in run.artifacts:
+                assert run.artifact_root is not None
+                relative = path.relative_to(run.artifact_root).as_posix()
+                name = f"mlflow/{run.run_id}/{relative}" if several else f"mlflow/{relative}"
+                artifacts.append({"path": name, "uri": self._upload(path)})
+        models = [
+            {
+                "name": model.name,
+                "uri": self._upload_tree(model.folder),
+                "metadata": {**model.metadata, "format": "tar"},
+            }
+            for model in found.models
+        ]
+        return models, artifacts
 
     def _model(
         self, outputs: Path, path: Path, logged: Mapping[str, Any], uri: str
@@ -432,13 +479,32 @@ class Job:
             )
         for name, path in inputs.items():
             placed[f"RETRAIN_INPUT_{_env_name(name)}"] = str(path)
-        return job_environment(
-            os.environ, self.spec.get("env") or {}, placed, passed=passed_names()
-        )
+        env = job_environment(os.environ, self.spec.get("env") or {}, placed, passed=passed_names())
+        if "MLFLOW_TRACKING_URI" in env:
+            # The team's own MLflow (a server): left alone; its run ids are read from the
+            # log (MLflow's "View run ... at: URL" line) and recorded with the URI.
+            from orchestrator.redact import redact_url
+
+            self._mlflow_external = re.compile(r"/#/experiments/(\w+)/runs/([0-9a-f]{32})")
+            self.environment["mlflow"] = {
+                "tracking_uri": redact_url(env["MLFLOW_TRACKING_URI"]),
+                "runs": [],
+            }
+        else:
+            # A file store of the run's own, read after the run (workers/mlflowstore.py).
+            env["MLFLOW_TRACKING_URI"] = (outputs / MLFLOW_STORE).as_uri()
+        return env
 
     def _log_line(self, stream: str, line: str) -> None:
         if self._log_file is not None:
             self._log_file.write(line + "\n")
+        if self._mlflow_external is not None and "/runs/" in line:
+            found = self._mlflow_external.search(line)
+            runs = self.environment["mlflow"]["runs"]
+            if found and len(runs) < 100:
+                run = {"experiment_id": found.group(1), "run_id": found.group(2)}
+                if run not in runs:
+                    runs.append(run)
         if self._streamed > LOG_STREAM_MAX_BYTES:
             return
         data = line.encode("utf-8", "replace")
