@@ -7,6 +7,7 @@ import sys
 from benchmarks import (
     bench_datasets,
     bench_demo,
+    bench_jobapi,
     bench_lineage,
     bench_scheduler,
     bench_status,
@@ -22,6 +23,7 @@ BENCHMARKS = {
     "status": bench_status.main,
     "demo": bench_demo.main,
     "lineage": bench_lineage.main,
+    "jobapi": bench_jobapi.main,
 }
 
 

@@ -62,6 +62,8 @@ class Round:
     training: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     model: str = "-"
+    curve: str = "-"
+    """The training's live series `val/accuracy` (the job API) as a sparkline."""
 
 
 class Demo:
@@ -219,6 +221,12 @@ def follow(demo: Demo, current: Round, seen: set[str]) -> None:
     for model in demo.json("model", "list", "--project", PROJECT):
         if model["task_id"] == current.training["id"]:
             current.model = f"{model['name']} {model['id'][:8]}"
+    series = demo.json("metrics", current.training["id"])["series"].get("val/accuracy")
+    if series:
+        from orchestrator.cli.metrics import sparkline
+
+        points = [p[1] for p in series["points"]]
+        current.curve = f"{sparkline(points, 12)} {series['min']:.3f}..{series['max']:.3f}"
     current.evaluation = wait_for_run(demo, "evaluation", current.version_id, seen, "evaluation")
 
 
@@ -247,6 +255,7 @@ def run(demo: Demo) -> list[Round]:
         follow(demo, rounds[-1], seen)
         assert rounds[-1].training is not None
         demo.retrain("logs", rounds[-1].training["id"], "--tail", "6")
+        demo.retrain("metrics", rounds[-1].training["id"])
 
         demo.say("a second labelled batch: version 1.0.1 (parent 1.0.0), tagged Production")
         rounds.append(version(demo, data, 2, rounds[0].version_id))
@@ -277,6 +286,7 @@ def print_table(rounds: Sequence[Round]) -> None:
         "training",
         "evaluation run",
         "eval accuracy",
+        "accuracy as trees grew (live)",
     ):
         table.add_column(column)
     for r in rounds:
@@ -298,6 +308,7 @@ def print_table(rounds: Sequence[Round]) -> None:
             f"{train.get('duration_s') or 0:.1f} s",
             str(evaluation.get("id", "-"))[:12],
             _metric(evaluation, "eval_accuracy"),
+            r.curve,
         )
     Console(soft_wrap=True, width=200).print(table)
 

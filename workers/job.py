@@ -41,6 +41,12 @@ LOG_STREAM_TTL_S = 7 * 86400
 """A live log expires this long after its last line, even when its worker dies; `output.log`
 in storage stays."""
 ERROR_TAIL_LINES = 20
+MLFLOW_STORE = "mlruns"
+"""The MLflow file store a job gets under its output folder when its task sets no tracking
+URI; read (not uploaded as it is) after the run."""
+JOB_API_DIR = Path(__file__).resolve().parent / "jobapi"
+"""A folder holding only `retrain_run.py` (stdlib only): prepended to every job's PYTHONPATH,
+so `import retrain_run` works in any job without installing anything into its environment."""
 
 
 _TASK_ID = re.compile(r"[0-9a-f]{32}")
@@ -110,9 +116,12 @@ class Job:
         the job stops and reports nothing more."""
         self._stop = threading.Event()
         self._log_file: Any = None
+        self._mlflow_external: re.Pattern[str] | None = None
         self._streamed = 0
         """Bytes of log lines sent to the live log so far."""
         self.environment: dict[str, Any] = {}
+        self.channel: Any = None
+        """The job API's channel (`workers.channel.Channel`) while the user's code runs."""
         self._env_lease: EnvLease | None = None
         # Three beats per TTL: one lost message never makes a healthy job look dead.
         self._beat_every = min(HEARTBEAT_EVERY_S, settings.heartbeat_ttl_s / 3)
@@ -138,6 +147,8 @@ class Job:
             result = {"status": "failed", "exit_code": None, "error": str(exc), "reason": exc.step}
         finally:
             self._stop.set()
+            if self.channel is not None:
+                self.channel.stop()
             beat.join(timeout=5)
             if self._log_file is not None:
                 self._log_file.close()
@@ -167,6 +178,8 @@ class Job:
                 environment=self.environment,
                 reason=result.get("reason"),
                 attempt=self.attempt,
+                series=result.get("series"),
+                logged_params=result.get("logged_params"),
             )
         )
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -195,6 +208,15 @@ class Job:
         ) + args
         cwd = source / self.spec.get("working_dir", ".")
         self._log_file = (self.workdir / "output.log").open("w", encoding="utf-8")
+        from workers.channel import Channel
+
+        self.channel = Channel(
+            Path(env["RETRAIN_RUN_CHANNEL"]),
+            self.task_id,
+            self.redis,
+            lambda note: self._log_line("retrain", note),
+        )
+        self.channel.start()
         run = run_process(
             argv,
             env=env,
@@ -204,9 +226,15 @@ class Job:
             abort=self.abort,
             grace_s=float(self.spec.get("abort_grace_s", ABORT_GRACE_S)),
         )
+        self.channel.finish("released" if self.released.is_set() else run.status)
         self._log_file.close()
         self._log_file = None
         metrics, models, artifacts = self._step("outputs", lambda: self._outputs(outputs))
+        from orchestrator.queue.reports import MAX_SERIES_POINTS
+
+        # metrics.json (the file protocol) wins over a series of the same name: it is what
+        # the code chose to report as the run's result.
+        metrics = {**self.channel.last_values(), **metrics}
         status = {
             "completed": "completed",
             "failed": "failed",
@@ -230,6 +258,8 @@ class Job:
             "metrics": metrics,
             "models": models,
             "artifacts": artifacts,
+            "series": self.channel.report_series(MAX_SERIES_POINTS),
+            "logged_params": dict(self.channel.defaults),
         }
 
     def _step(self, name: str, action: Callable[[], Any]) -> Any:
@@ -300,6 +330,9 @@ class Job:
         """metrics.json becomes the task's metrics; files under models/ are uploaded and
         registered as the task's models; everything else is uploaded as artifacts."""
         files = output_files(outputs, lambda note: self._log_line("retrain", note))
+        store = outputs / MLFLOW_STORE
+        if self._mlflow_external is None:
+            files = [f for f in files if store not in f.parents]
         metrics: dict[str, float] = {}
         metrics_file = outputs / "metrics.json"
         if metrics_file in files:
@@ -309,24 +342,111 @@ class Job:
                 for k, v in data.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
-        models = [
-            {
-                "name": path.stem,
-                "uri": self._upload(path),
-                "metadata": {"file": path.name, "size": path.stat().st_size},
-            }
-            for path in files
-            if (outputs / "models") in path.parents
+        logged = dict(self.channel.models) if self.channel is not None else {}
+        folders = [
+            outputs / rel
+            for rel in logged
+            if (outputs / rel).is_dir()
+            and (outputs / "models") in (outputs / rel).parents
+            and _inside(outputs / "models", rel.removeprefix("models/"))
         ]
+        models = []
+        for folder in folders:  # a model that is a folder (log_model of a directory)
+            models.append(self._model(outputs, folder, logged, self._upload_tree(folder)))
+        for path in files:
+            if (outputs / "models") in path.parents and not any(
+                f in path.parents for f in folders
+            ):
+                models.append(self._model(outputs, path, logged, self._upload(path)))
         artifacts = [
             {"path": path.relative_to(outputs).as_posix(), "uri": self._upload(path)}
             for path in files
             if path != metrics_file and (outputs / "models") not in path.parents
         ]
+        if self._mlflow_external is None:
+            found_models, found_artifacts = self._mlflow(store)
+            models.extend(found_models)
+            artifacts.extend(found_artifacts)
         log = self.workdir / "output.log"
         if log.exists():
             artifacts.append({"path": "output.log", "uri": self._upload(log)})
         return metrics, models, artifacts
+
+    def _mlflow(self, store: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """What the job's MLflow recorded in its own file store: params (as logged), metric
+        series, tags and run ids (on the environment), artifacts and logged models."""
+        from workers.mlflowstore import SYSTEM_TAG, read_store
+
+        found = read_store(store)
+        if not found.runs and not found.models:
+            return [], []
+        runs = []
+        for run in found.runs:
+            for key, value in run.params.items():
+                self.channel.defaults.setdefault(key, value)
+            for key, points in run.metrics.items():
+                self.channel.add_series(key, points)
+            tags = {k: v[:1024] for k, v in run.tags.items() if not k.startswith(SYSTEM_TAG)}
+            runs.append({"run_id": run.run_id, "experiment_id": run.experiment_id,
+                         "name": run.name, "tags": dict(list(tags.items())[:100])})
+        self.environment["mlflow"] = {"tracking_uri": "local file store", "runs": runs}
+        artifacts = []
+        several = len(found.runs) > 1
+        for run in found.runs:
+            for path in run.artifacts:
+                assert run.artifact_root is not None
+                relative = path.relative_to(run.artifact_root).as_posix()
+                name = f"mlflow/{run.run_id}/{relative}" if several else f"mlflow/{relative}"
+                artifacts.append({"path": name, "uri": self._upload(path)})
+        models = [
+            {
+                "name": model.name,
+                "uri": self._upload_tree(model.folder),
+                "metadata": {**model.metadata, "format": "tar"},
+            }
+            for model in found.models
+        ]
+        return models, artifacts
+
+    def _model(
+        self, outputs: Path, path: Path, logged: Mapping[str, Any], uri: str
+    ) -> dict[str, Any]:
+        """A model entry: the name and metadata `log_model` gave, else the file's stem."""
+        given = logged.get(path.relative_to(outputs).as_posix()) or {}
+        size = (
+            sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            if path.is_dir()
+            else path.stat().st_size
+        )
+        metadata = {
+            **(given.get("metadata") or {}),
+            "file": path.name,
+            "size": size,
+        }
+        if path.is_dir():
+            metadata["format"] = "tar"
+        return {"name": given.get("name") or path.stem, "uri": uri, "metadata": metadata}
+
+    def _upload_tree(self, folder: Path) -> str:
+        """A folder as one blob: an uncompressed tar of its regular files, in name order,
+        with fixed owners and times, so the same folder is the same blob."""
+        import tarfile
+
+        archive = self.workdir / f"{folder.name}.model.tar"
+        with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+            for path in output_files(folder, lambda note: self._log_line("retrain", note)):
+                info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
+                if not info.isfile():
+                    continue
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = 0
+                with path.open("rb") as handle:
+                    tar.addfile(info, handle)
+        try:
+            return self._upload(archive)
+        finally:
+            archive.unlink(missing_ok=True)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -345,6 +465,10 @@ class Job:
             "RETRAIN_ATTEMPT": str(self.attempt),
             "RETRAIN_PARAMS_FILE": str(params_file),
             "RETRAIN_OUTPUT_DIR": str(outputs),
+            # The job API: `import retrain_run`, talking to this worker through a file it owns
+            # (outside the output folder, so it is no artifact).
+            "RETRAIN_RUN_CHANNEL": str(self.workdir / "run" / "channel.jsonl"),
+            "PYTHONPATH": str(JOB_API_DIR),
             "PYTHONUNBUFFERED": "1",
             # The slot's GPUs (set by the agent); a task's env cannot widen them.
             "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
@@ -355,13 +479,32 @@ class Job:
             )
         for name, path in inputs.items():
             placed[f"RETRAIN_INPUT_{_env_name(name)}"] = str(path)
-        return job_environment(
-            os.environ, self.spec.get("env") or {}, placed, passed=passed_names()
-        )
+        env = job_environment(os.environ, self.spec.get("env") or {}, placed, passed=passed_names())
+        if "MLFLOW_TRACKING_URI" in env:
+            # The team's own MLflow (a server): left alone; its run ids are read from the
+            # log (MLflow's "View run ... at: URL" line) and recorded with the URI.
+            from orchestrator.redact import redact_url
+
+            self._mlflow_external = re.compile(r"/#/experiments/(\w+)/runs/([0-9a-f]{32})")
+            self.environment["mlflow"] = {
+                "tracking_uri": redact_url(env["MLFLOW_TRACKING_URI"]),
+                "runs": [],
+            }
+        else:
+            # A file store of the run's own, read after the run (workers/mlflowstore.py).
+            env["MLFLOW_TRACKING_URI"] = (outputs / MLFLOW_STORE).as_uri()
+        return env
 
     def _log_line(self, stream: str, line: str) -> None:
         if self._log_file is not None:
             self._log_file.write(line + "\n")
+        if self._mlflow_external is not None and "/runs/" in line:
+            found = self._mlflow_external.search(line)
+            runs = self.environment["mlflow"]["runs"]
+            if found and len(runs) < 100:
+                run = {"experiment_id": found.group(1), "run_id": found.group(2)}
+                if run not in runs:
+                    runs.append(run)
         if self._streamed > LOG_STREAM_MAX_BYTES:
             return
         data = line.encode("utf-8", "replace")
@@ -468,6 +611,13 @@ def output_files(root: Path, say: Callable[[str], None]) -> list[Path]:
                 continue
             found.append(path)
     return sorted(found)
+
+
+def _inside(root: Path, relative: str) -> bool:
+    """Whether `relative` (a path the job named) stays inside `root`, links resolved."""
+    real = root.resolve()
+    target = (root / relative).resolve()
+    return target == real or real in target.parents
 
 
 def _env_name(name: str) -> str:

@@ -10,6 +10,7 @@ from orchestrator.cli import (
     dataset,
     health,
     logs,
+    metrics,
     model,
     queue,
     status,
@@ -37,6 +38,7 @@ app.command("history")(triggers.history)
 app.command("worker")(worker.worker)
 app.command("status")(status.status)
 app.command("logs")(logs.logs)
+app.command("metrics")(metrics.metrics)
 app.command("health")(health.health)
 app.command("up")(up.up)
 app.add_typer(queue.queue_app, name="queue")

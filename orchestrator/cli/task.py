@@ -394,7 +394,7 @@ def show(
     as_json: JsonFlag = False,
 ) -> None:
     """A task's spec, resolved parameters, inputs and lineage (template, parent, trigger,
-    event, models); for a template, also its revisions and latest runs."""
+    event, models), metric series; for a template, also its revisions and latest runs."""
     from orchestrator.tasks.lineage import run_lineage
 
     rt = runtime()
@@ -402,8 +402,12 @@ def show(
     info = tasks.lookup(ref)
     overview = tasks.overview(info) if info.kind == "template" else None
     traced = run_lineage(rt.store, info.id)
+    series = tasks.series(info.id) if info.status != "draft" else {}
     if as_json:
         shown = {**info.model_dump(mode="json"), **traced.model_dump(mode="json")}
+        shown["series"] = {
+            name: {k: v for k, v in s.items() if k != "points"} for name, s in series.items()
+        }
         if overview is not None:
             shown.update(overview)
         output.print_json(shown)
@@ -467,6 +471,18 @@ def show(
             output.out.print(
                 f"  {model.id}  {model.project}/{model.name}  {model.uri}", markup=False
             )
+    if info.logged_params:
+        output.out.print("\nparameters as logged:")
+        for key, value in sorted(info.logged_params.items()):
+            output.out.print(f"  {key} = {value}", markup=False)
+    if series:
+        output.out.print("\nseries (retrain metrics ID for sparklines):")
+        for name, s in series.items():
+            output.out.print(
+                f"  {name}: last {s['last']:.6g} at step {s['step']}, min {s['min']:.6g}, "
+                f"max {s['max']:.6g}, {s['count']} points",
+                markup=False,
+            )
     if info.artifacts:
         output.out.print("\nartifacts:")
         for artifact in info.artifacts:
@@ -497,6 +513,17 @@ def _print_overview(overview: dict[str, Any]) -> None:
         ["id", "revision", "status", "queue", "trigger", "created"],
         [tuple(r[c] for c in columns) for r in overview["runs"]],
     )
+
+
+@app.command()
+def compare(
+    tasks: Annotated[list[str], typer.Argument(help="Two or more task ids.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Runs side by side: parameters and metrics, differences marked with *."""
+    from orchestrator.cli.metrics import compare as run_compare
+
+    run_compare(tasks, as_json)
 
 
 def _environment_line(environment: dict[str, Any]) -> str | None:

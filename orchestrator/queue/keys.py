@@ -90,6 +90,12 @@ def logs_stream(task_id: str) -> str:
     return f"{PREFIX}:logs:{task_id}"
 
 
+def metrics_stream(task_id: str) -> str:
+    """Stream of a running task's metric points (`workers/channel.py`): entries `p` (a JSON
+    list of [series, step, value]) and a last `end` entry (how the run ended)."""
+    return f"{PREFIX}:metrics:{task_id}"
+
+
 def abort_key(task_id: str) -> str:
     """Set by `retrain task abort` for a running task; the job's heartbeat thread sees it and
     stops the user's process group gracefully (RQ's own stop command would SIGKILL the work

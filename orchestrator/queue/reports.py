@@ -17,7 +17,10 @@ says why.
 A finished report adds `status` (completed, failed or aborted), `exit_code`, `error` (a
 summary, maybe with the last log lines), `duration_s`, `metrics` (name -> number), `models`
 ([{"name", "uri", "metadata"}]), `artifacts` ([{"path", "uri"}]), `environment` (what the run
-ran in) and optionally `reason` ("timeout", "worker lost", ...). The `clean_*` functions are
+ran in) and optionally `reason` ("timeout", "worker lost", ...), `series` (name ->
+{"count", "last", "step", "min", "max", "points": [[step, value], ...]}: each metric series the
+job logged, its summary exact and its points cut to the limit) and `logged_params` (name ->
+value: the defaults the job's `connect` saw). The `clean_*` functions are
 how the receiving side reads these fields: whatever a worker sent, they return well-formed
 values or nothing.
 
@@ -51,6 +54,11 @@ MAX_REPORT_BYTES = 1024 * 1024
 MAX_METRICS = 1000
 MAX_MODELS = 100
 MAX_ARTIFACTS = 1000
+MAX_SERIES = 1000
+MAX_SERIES_POINTS = 20_000
+"""Points all series of a report carry together (the worker downsamples to fit; a series'
+count, last, min and max stay exact)."""
+MAX_LOGGED_PARAMS = 1000
 MAX_ERROR_CHARS = 16 * 1024
 MAX_TEXT_CHARS = 1024
 """Names, URIs, paths, the worker's name, a reason."""
@@ -120,6 +128,8 @@ def finished(
     environment: Mapping[str, Any] | None = None,
     reason: str | None = None,
     attempt: int = 0,
+    series: Mapping[str, Mapping[str, Any]] | None = None,
+    logged_params: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The task ended on its worker, with everything the run produced (cut to the limits,
     with a note in `error` saying what was left out)."""
@@ -134,6 +144,14 @@ def finished(
     if len(artifacts) > MAX_ARTIFACTS:
         cut.append(f"{len(artifacts) - MAX_ARTIFACTS} artifacts")
         artifacts = list(artifacts)[:MAX_ARTIFACTS]
+    series_items = sorted((series or {}).items())
+    if len(series_items) > MAX_SERIES:
+        cut.append(f"{len(series_items) - MAX_SERIES} metric series")
+        series_items = series_items[:MAX_SERIES]
+    param_items = sorted((logged_params or {}).items())
+    if len(param_items) > MAX_LOGGED_PARAMS:
+        cut.append(f"{len(param_items) - MAX_LOGGED_PARAMS} logged parameters")
+        param_items = param_items[:MAX_LOGGED_PARAMS]
     if cut:
         note = f"left out past the report's limits: {', '.join(cut)}"
         error = f"{error}; {note}" if error else note
@@ -155,6 +173,10 @@ def finished(
     }
     if environment:
         report["environment"] = dict(environment)
+    if series_items:
+        report["series"] = {name: dict(s) for name, s in series_items}
+    if param_items:
+        report["logged_params"] = dict(param_items)
     if reason:
         report["reason"] = reason
     return report
@@ -281,6 +303,18 @@ def _check_limits(report: Mapping[str, Any]) -> None:
         value = report.get(field)
         if isinstance(value, (dict, list)) and len(value) > limit:
             raise refuse(f"{len(value)} {field}, more than the {limit} a report may carry")
+    series = report.get("series")
+    if series is not None:
+        if not isinstance(series, dict) or len(series) > MAX_SERIES:
+            raise refuse(f"series is not an object of at most {MAX_SERIES} series")
+        points = sum(
+            len(s.get("points") or []) if isinstance(s, dict) else 0 for s in series.values()
+        )
+        if points > MAX_SERIES_POINTS:
+            raise refuse(f"{points} series points, more than the {MAX_SERIES_POINTS} allowed")
+    logged = report.get("logged_params")
+    if logged is not None and (not isinstance(logged, dict) or len(logged) > MAX_LOGGED_PARAMS):
+        raise refuse(f"logged_params is not an object of at most {MAX_LOGGED_PARAMS} entries")
 
 
 def numeric_metrics(metrics: Any) -> dict[str, float | int]:
@@ -296,6 +330,60 @@ def numeric_metrics(metrics: Any) -> dict[str, float | int]:
         if isinstance(value, int) and abs(value) > 2**53:
             value = float(value)  # JSON and the databases keep integers only this exact
         kept[str(name)[:MAX_TEXT_CHARS]] = value
+    return kept
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) and abs(value) < 1e300 else None
+
+
+def clean_series(value: Any) -> dict[str, dict[str, Any]]:
+    """The well-formed series among reported ones: a name of at most `MAX_TEXT_CHARS`, a
+    positive count, finite last/min/max, and the finite [step, value] points (in step order)."""
+    if not isinstance(value, dict):
+        return {}
+    kept: dict[str, dict[str, Any]] = {}
+    for name, series in value.items():
+        if not isinstance(series, dict) or not str(name) or len(str(name)) > MAX_TEXT_CHARS:
+            continue
+        count = series.get("count")
+        last, low, high = (_number(series.get(k)) for k in ("last", "min", "max"))
+        step = _number(series.get("step"))
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1 or count > 2**53:
+            continue
+        if last is None or low is None or high is None:
+            continue
+        points = []
+        for point in series.get("points") or []:
+            if isinstance(point, list) and len(point) == 2:
+                s, v = _number(point[0]), _number(point[1])
+                if s is not None and v is not None:
+                    points.append([int(s) if s.is_integer() else s, v])
+        kept[str(name)] = {
+            "count": count,
+            "last": last,
+            "step": int(step) if step is not None and step.is_integer() else step,
+            "min": low,
+            "max": high,
+            "points": sorted(points, key=lambda p: p[0]),
+        }
+    return kept
+
+
+def clean_logged_params(value: Any) -> dict[str, Any]:
+    """Logged parameters whose values are JSON scalars or short JSON (anything else as text)."""
+    if not isinstance(value, dict):
+        return {}
+    kept: dict[str, Any] = {}
+    for name, item in value.items():
+        if len(str(name)) > MAX_TEXT_CHARS:
+            continue
+        if isinstance(item, float) and not math.isfinite(item):
+            item = str(item)
+        text = json.dumps(item, default=str)
+        kept[str(name)] = item if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS]
     return kept
 
 

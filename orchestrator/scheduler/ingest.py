@@ -235,6 +235,8 @@ class Ingest:
         artifacts = reports.clean_artifacts(report.get("artifacts"))
         duration_s = reports.clean_duration(report.get("duration_s"))
         exit_code = reports.clean_exit_code(report.get("exit_code"))
+        series = reports.clean_series(report.get("series"))
+        logged_params = reports.clean_logged_params(report.get("logged_params"))
         if status == "running":
             # Conflict: finished (or aborted) meanwhile by someone else.
             with contextlib.suppress(Conflict):
@@ -247,6 +249,8 @@ class Ingest:
                     environment=environment,
                     artifacts=artifacts,
                     duration_s=duration_s,
+                    series=series,
+                    logged_params=logged_params,
                 )
         elif status in FINISHED:
             # Ended by the store first (aborted while running, or lost): the run's own facts
@@ -258,6 +262,8 @@ class Ingest:
                 environment=environment,
                 artifacts=artifacts,
                 duration_s=duration_s,
+                series=series,
+                logged_params=logged_params,
             )
         if final == "completed":  # a failed or aborted run's files are not models
             self._register_models(task_id, report.get("models"))

@@ -268,6 +268,9 @@ class Task(Base):
     """How long the job ran on its worker, checkout to upload, as the worker measured it."""
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     """Times the run went back to its queue after its worker was lost (see spec `retries`)."""
+    logged_params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    """Parameters as the run's code logged them (`retrain_run.connect` defaults, MLflow
+    params), beside `parameters`, the values it was given."""
 
     project: Mapped[Project] = relationship(lazy="joined")
     tag_rows: Mapped[list[TaskTag]] = relationship(
@@ -314,6 +317,23 @@ def _link_inputs(target: Task, value: Any, oldvalue: Any, initiator: Any) -> Non
         link.version_id = version_id
         links.append(link)
     target.input_links = links
+
+
+class MetricSeries(Base):
+    """One metric series of a run, stored when its worker reports: the summary exact, the
+    points (`[[step, value], ...]`) as the worker kept them (downsampled past the report's
+    limit, extremes kept)."""
+
+    __tablename__ = "metric_series"
+
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    last: Mapped[float] = mapped_column(Float)
+    step: Mapped[float | None] = mapped_column(Float, nullable=True)
+    min: Mapped[float] = mapped_column(Float)
+    max: Mapped[float] = mapped_column(Float)
+    points: Mapped[list[list[float]]] = mapped_column(JSONType, default=list)
 
 
 class TaskTag(Base):

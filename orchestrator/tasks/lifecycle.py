@@ -13,6 +13,7 @@ from orchestrator.errors import Conflict, NotFound, UserError
 from orchestrator.store import Store, rows
 from orchestrator.store import events as ev
 from orchestrator.store.models import Task, utcnow
+from orchestrator.tasks.series import has_series, store_series, summaries
 from orchestrator.tasks.states import FINISHED, TRANSITIONS
 from orchestrator.tasks.views import TaskInfo
 
@@ -50,7 +51,14 @@ def check_transition(row: Task, new: str) -> None:
         )
 
 
-def set_status(session: Session, row: Task, status: str, *, flush: bool = True) -> None:
+def set_status(
+    session: Session,
+    row: Task,
+    status: str,
+    *,
+    flush: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """The one path for every status change: check it is allowed, change status, stamp the
     time, and write the event in the same transaction (without `flush`, at the next flush:
     the scheduler writes a batch of runs at once)."""
@@ -65,26 +73,30 @@ def set_status(session: Session, row: Task, status: str, *, flush: bool = True) 
         row.finished_at = now
     if flush:
         session.flush()
-    record_event(session, EVENT_OF_STATUS[status], TaskInfo.of(row), flush=flush)
+    record_event(session, EVENT_OF_STATUS[status], TaskInfo.of(row), flush=flush, extra=extra)
 
 
-def record_event(session: Session, kind: str, info: TaskInfo, *, flush: bool = True) -> None:
-    """A task event in the caller's transaction, with the fields triggers filter on."""
-    ev.record_for(
-        session,
-        kind,
-        info,
-        {
-            "status": info.status,
-            "type": info.type,
-            "queue": info.queue,
-            "parent": info.parent,
-            "template": info.template,
-            "trigger": info.trigger,
-            "metrics": info.metrics,
-        },
-        flush=flush,
-    )
+def record_event(
+    session: Session,
+    kind: str,
+    info: TaskInfo,
+    *,
+    flush: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """A task event in the caller's transaction, with the fields triggers filter on (and
+    `extra`'s non-empty ones: a finished run's series summaries)."""
+    fields = {
+        "status": info.status,
+        "type": info.type,
+        "queue": info.queue,
+        "parent": info.parent,
+        "template": info.template,
+        "trigger": info.trigger,
+        "metrics": info.metrics,
+    }
+    fields.update({k: v for k, v in (extra or {}).items() if v})
+    ev.record_for(session, kind, info, fields, flush=flush)
 
 
 def start(store: Store, task_id: str, worker: str) -> TaskInfo:
@@ -108,9 +120,12 @@ def finish(
     environment: Mapping[str, Any] | None = None,
     artifacts: Sequence[Mapping[str, Any]] = (),
     duration_s: float | None = None,
+    series: Mapping[str, Mapping[str, Any]] | None = None,
+    logged_params: Mapping[str, Any] | None = None,
 ) -> TaskInfo:
     """The task ended: completed, failed or aborted, with what the worker reported. The
-    event carries the metrics, so task triggers can test them."""
+    event carries the metrics and each series' last, min and max, so task triggers can
+    test them; the series are stored in the same transaction."""
     if status not in FINISHED:
         raise UserError(f"{status!r} is not a final status ({', '.join(FINISHED)})")
     with store.session() as session:
@@ -124,7 +139,10 @@ def finish(
         row.artifacts = [dict(a) for a in artifacts]
         row.duration_s = duration_s
         row.held = False
-        set_status(session, row, status)
+        if logged_params:
+            row.logged_params = dict(logged_params)
+        store_series(session, task_id, series or {})
+        set_status(session, row, status, extra={"series": summaries(series or {})})
         return TaskInfo.of(row)
 
 
@@ -137,6 +155,8 @@ def keep_final_facts(
     environment: Mapping[str, Any] | None = None,
     artifacts: Sequence[Mapping[str, Any]] = (),
     duration_s: float | None = None,
+    series: Mapping[str, Mapping[str, Any]] | None = None,
+    logged_params: Mapping[str, Any] | None = None,
 ) -> bool:
     """A worker's final report for a task that had already ended (aborted by a user while it
     ran, or settled as lost): record what the run reported where the store has nothing yet:
@@ -157,6 +177,11 @@ def keep_final_facts(
             row.artifacts, changed = [dict(a) for a in artifacts], True
         if row.exit_code is None and exit_code is not None and status == row.status:
             row.exit_code, changed = exit_code, True
+        if not row.logged_params and logged_params:
+            row.logged_params, changed = dict(logged_params), True
+        if series and not has_series(session, task_id):
+            store_series(session, task_id, series)
+            changed = True
         return changed
 
 

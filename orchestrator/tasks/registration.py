@@ -4,6 +4,7 @@ references) is checked before the one transaction that writes the task and its e
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from sqlalchemy import select
@@ -103,6 +104,21 @@ def register_checkout(
     definition = definition.model_copy(
         update={"repo": captured.repo, "commit": captured.commit, "branch": None}
     )
+    if definition.script:
+        # The defaults the script's `retrain_run.connect` calls would record, read
+        # statically, become the template's parameters; `--param` values win.
+        from orchestrator.tasks.connected import connected_defaults
+        from orchestrator.tasks.spec import check_param_name
+
+        work = directory / definition.working_dir
+        found = connected_defaults(directory, work / definition.script)
+        valid = {}
+        for key, value in found.items():
+            with contextlib.suppress(ValueError, UserError):
+                check_param_name(key)
+                valid[key] = list(value) if isinstance(value, tuple) else value
+        if valid:
+            definition = definition.model_copy(update={"params": {**valid, **definition.params}})
     return register(store, mirror, definition, base_dir=directory, diff=captured.diff)
 
 

@@ -39,6 +39,7 @@ from orchestrator.tasks.cloning import CloneOptions, new_row
 from orchestrator.tasks.inputs import ID
 from orchestrator.tasks.lifecycle import EVENT_OF_STATUS, load, record_event
 from orchestrator.tasks.resolution import resolve_source, resolve_template, split_ref
+from orchestrator.tasks.series import series_of
 from orchestrator.tasks.spec import Priority, TaskDefinition
 from orchestrator.tasks.states import TRANSITIONS
 from orchestrator.tasks.views import ReconcileReport, TaskInfo
@@ -259,6 +260,12 @@ class TaskService:
                         "task", ref, "name a task by its id, project/name or project/name@tag"
                     ) from None
             return TaskInfo.of(resolve_source(session, ref))
+
+    def series(self, task_id: str) -> dict[str, dict[str, Any]]:
+        """The run's stored metric series (empty until its worker reported)."""
+        with self.store.reader() as session:
+            load(session, task_id)
+            return series_of(session, task_id)
 
     def overview(self, template: TaskInfo, *, runs: int = 10) -> dict[str, Any]:
         """A template's revisions (newest first) and the latest runs of any of them."""

@@ -51,6 +51,8 @@ class TaskInfo(BaseModel):
     artifacts: list[dict[str, Any]] = Field(default_factory=list)
     duration_s: float | None = None
     attempt: int = 0
+    logged_params: dict[str, Any] = Field(default_factory=dict)
+    """Parameters as the run's code logged them (`retrain_run.connect` defaults, MLflow)."""
 
     @property
     def label(self) -> str:
@@ -95,6 +97,7 @@ class TaskInfo(BaseModel):
             artifacts=list(row.artifacts or []),
             duration_s=row.duration_s,
             attempt=row.attempt or 0,
+            logged_params=dict(row.logged_params or {}),
         )
 
 

@@ -143,10 +143,29 @@ def match(trigger: Trigger, event: EventView) -> Verdict:
     ):
         return Verdict(False, "status: the version is a draft (runs need final data)")
     if source.task is not None:
-        metrics = event.payload.get("metrics") or {}
         for name, test in source.task.metrics.items():
-            if name not in metrics:
+            value = metric_value(event.payload, name)
+            if value is None:
                 return Verdict(False, f"metrics: {name} was not reported")
-            if not metric_test(test, metrics[name]):
-                return Verdict(False, f"metrics: {name} = {metrics[name]} is not {test.strip()}")
+            if not metric_test(test, value):
+                return Verdict(False, f"metrics: {name} = {value} is not {test.strip()}")
     return MATCH
+
+
+_AGGREGATE = re.compile(r"^\s*(min|max|last)\((.+)\)\s*$")
+
+
+def metric_value(payload: Any, name: str) -> Any:
+    """What a task trigger's metric condition tests: `loss` is the last value (of the series,
+    or the number in metrics.json), `max(loss)` and `min(loss)` the series' extremes (for a
+    metric reported as one number, that number). None when the run reported no such metric."""
+    metrics = payload.get("metrics") or {}
+    series = payload.get("series") or {}
+    found = _AGGREGATE.match(name)
+    if found is None:
+        return metrics.get(name)
+    aggregate, base = found.group(1), found.group(2).strip()
+    summary = series.get(base)
+    if isinstance(summary, dict) and aggregate in summary:
+        return summary[aggregate]
+    return metrics.get(base)

@@ -11,6 +11,7 @@ import pytest
 from orchestrator.queue import reports
 from orchestrator.queue.keys import (
     HEARTBEAT_TTL_S,
+    REPORTS_DEAD,
     REPORTS_GROUP,
     REPORTS_STREAM,
     heartbeat_key,
@@ -343,3 +344,69 @@ def test_a_stopping_scheduler_applies_the_reports_that_arrived(
         thread.join(timeout=60)
         scheduler.runtime.close()
     assert rt.tasks.get(run).status == "completed"
+
+
+def _series(points: int) -> dict[str, Any]:
+    return {"count": points, "last": 0.1, "step": points - 1, "min": 0.1, "max": 1.0,
+            "points": [[i, 1.0 / (i + 1)] for i in range(points)]}
+
+
+def test_series_are_stored_with_the_run_and_compared(
+    runtime: Runtime, cli: CLI, git_repo: Repo  # noqa: F811
+) -> None:
+    rt = runtime
+    first, second = queued_run(cli, git_repo), queued_run(cli, git_repo)
+    sent = {}
+    for run, loss in ((first, 0.1), (second, 0.2)):
+        reports.send(rt.redis, reports.started(run, WORKER))
+        report = reports.finished(
+            run, WORKER, "completed", exit_code=0, metrics={"loss": loss, "rows": 3},
+            series={"loss": {**_series(10), "last": loss}, "lr": _series(5)},
+            logged_params={"General/lr": 0.1 if run == first else 0.3, "General/epochs": 3})
+        reports.send(rt.redis, report)
+        sent[run] = report
+    assert ingest(rt).step() == 4
+    shown = cli.json("task", "show", first)
+    assert isinstance(shown, dict)
+    assert shown["series"]["loss"] == {"count": 10, "last": 0.1, "step": 9, "min": 0.1,
+                                       "max": 1.0}
+    assert shown["logged_params"] == {"General/lr": 0.1, "General/epochs": 3}
+    assert len(rt.tasks.series(first)["lr"]["points"]) == 5
+    [completed] = [p for k, i, p in events(rt) if k == "task.completed" and i == first]
+    assert completed["series"]["loss"] == {"last": 0.1, "min": 0.1, "max": 1.0}
+
+    # Applying the same report again changes nothing.
+    before = state(rt, first), rt.tasks.series(first)
+    ingest(rt).apply(reports.parse({"data": json.dumps(sent[first])}))
+    assert (state(rt, first), rt.tasks.series(first)) == before
+
+    compared = cli.json("task", "compare", first, second)
+    assert isinstance(compared, dict)
+    assert compared["logged"]["General/lr"] == [0.1, 0.3]
+    assert compared["metrics"]["loss"] == [0.1, 0.2]
+    assert compared["different"] == ["logged.General/lr", "metrics.loss"]
+    table = cli("task", "compare", first, second).out
+    assert any(line.startswith("*") and "metric loss" in line for line in table.splitlines())
+    assert not any(line.startswith("*") and "rows" in line for line in table.splitlines())
+    assert "two or more" in cli("task", "compare", first, expect=2).err
+    assert "no task" in cli("metrics", "0" * 32, expect=2).err.lower()
+    assert "choose one" in cli("metrics", first, "--json", "--csv", expect=2).err
+
+
+def test_series_past_the_limits_are_refused_and_the_builder_cuts(
+    runtime: Runtime, cli: CLI, git_repo: Repo  # noqa: F811
+) -> None:
+    rt = runtime
+    run = queued_run(cli, git_repo)
+    reports.send(rt.redis, reports.started(run, WORKER))
+    over = reports.finished(run, WORKER, "completed",
+                            series={"loss": _series(reports.MAX_SERIES_POINTS + 1)})
+    reports.send(rt.redis, over)
+    assert ingest(rt).step() == 2
+    assert rt.tasks.get(run).status == "running"
+    [(_id, dead)] = rt.redis.xrange(REPORTS_DEAD)
+    assert b"series points, more than the" in dead[b"reason"]
+    many = {f"s{i}": _series(1) for i in range(reports.MAX_SERIES + 5)}
+    cut = reports.finished(run, WORKER, "completed", series=many)
+    assert len(cut["series"]) == reports.MAX_SERIES
+    assert "5 metric series" in cut["error"]

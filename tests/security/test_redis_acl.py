@@ -4,6 +4,7 @@ the scheduler's lease, read reports, flush the database)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -71,7 +72,11 @@ def test_a_worker_with_the_worker_user_runs_a_job_and_nothing_more(
 ) -> None:
     _scheduler_url, worker_url = acl_redis
     (git_repo.path / "requirements.txt").write_text("")
-    run_git(git_repo.path, "commit", "-qam", "no requirements")
+    # The job API's points go live through the worker: the metrics stream's selector.
+    (git_repo.path / "train.py").write_text(
+        "import retrain_run as run\nfor i in range(3):\n    run.log_metric('loss', 1 / (i + 1))\n"
+    )
+    run_git(git_repo.path, "commit", "-qam", "no requirements; log a metric")
     task = cli("task", "create", "--project", "p", "--name", "t", "--repo", str(git_repo.path),
                "--script", "train.py", "--queue", "gpu").out.strip()
     run = cli("task", "run", task).out.strip()
@@ -87,12 +92,18 @@ def test_a_worker_with_the_worker_user_runs_a_job_and_nothing_more(
     Scheduler(Runtime(), triggers, wakeup=False).ingest.step()
     shown = cli.json("task", "show", run)
     assert shown["status"] == "completed", (shown["error"], done.stderr[-3000:])
+    assert shown["series"]["loss"]["count"] == 3
+    live = redis.Redis.from_url(_scheduler_url).xrange(keys.metrics_stream(run))
+    points = [v for _id, e in live if b"p" in e for v in json.loads(e[b"p"])["loss"][1]]
+    assert points == [1.0, 0.5, 1 / 3] and live[-1][1] == {b"end": b"completed"}
 
     worker = redis.Redis.from_url(worker_url)
     forbidden = [
         lambda: worker.set(keys.SCHEDULER_LEASE, "attacker"),
         lambda: worker.xrange(keys.REPORTS_STREAM),
         lambda: worker.xrange(keys.logs_stream(run)),
+        lambda: worker.xrange(keys.metrics_stream(run)),
+        lambda: worker.delete(keys.metrics_stream(run)),
         lambda: worker.flushall(),
         lambda: worker.config_set("dir", "/tmp"),
         lambda: worker.keys("*"),

@@ -146,3 +146,23 @@ triggers:
     allowed = loop.replace("run: {template: blog/evaluate}",
                            "run: {template: blog/evaluate}\n    allow_cycles: true")
     assert len(load_config(write(tmp_path, allowed)).triggers) == 2
+
+
+def test_series_conditions_use_last_min_and_max() -> None:
+    t = trigger({"task": {"project": "blog", "metrics": {
+        "loss": "<= 0.3", "min(loss)": "<= 0.2", "max(val/acc)": ">= 0.9"}}})
+
+    def event(series: dict[str, object], metrics: dict[str, object]) -> EventView:
+        return EventView(seq=2, kind="task.completed", entity_id="t" * 32, project="blog",
+                         name="train", payload={"status": "completed", "metrics": metrics,
+                                                "series": series})
+    loss = {"last": 0.25, "min": 0.1, "max": 2.0}
+    acc = {"last": 0.8, "min": 0.1, "max": 0.95}
+    fired = event({"loss": loss, "val/acc": acc}, {"loss": 0.25, "val/acc": 0.8})
+    assert match(t, fired).matched
+    worse = event({"loss": {**loss, "min": 0.25}, "val/acc": acc}, {"loss": 0.25, "val/acc": 0.8})
+    assert match(t, worse).reason == "metrics: min(loss) = 0.25 is not <= 0.2"
+    # A metric reported as one number (metrics.json) is its own min and max.
+    numbers = event({}, {"loss": 0.15, "val/acc": 0.92})
+    assert match(t, numbers).matched
+    assert match(t, event({}, {"loss": 0.15})).reason == "metrics: max(val/acc) was not reported"

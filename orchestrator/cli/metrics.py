@@ -1,0 +1,352 @@
+"""`retrain metrics TASK [-f] [--json] [--csv]`: a run's metric series (last, min, max, a
+sparkline), live from Redis while it runs, from the store once it reported; and `retrain task
+compare A B [C...]`: runs' parameters and metrics side by side, differences marked."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from orchestrator.cli import output
+from orchestrator.cli.context import runtime
+from orchestrator.errors import ServiceUnavailable, UserError
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+BARS = "▁▂▃▄▅▆▇█"
+SPARK_WIDTH = 24
+STATUS_EVERY_S = 2.0
+"""While following, how often the store is asked whether the run ended (a lost worker never
+writes the end of its live series)."""
+REDRAW_EVERY_S = 0.5
+FINISHED = ("completed", "failed", "aborted")
+UNSUCCESSFUL = ("failed", "aborted")
+
+
+def sparkline(values: Sequence[float], width: int = SPARK_WIDTH) -> str:
+    """`values` as at most `width` block characters (each the mean of its bucket), scaled
+    between their lowest and highest."""
+    if not values:
+        return ""
+    if len(values) > width:
+        size = len(values) / width
+        values = [
+            _mean(values[int(i * size) : max(int((i + 1) * size), int(i * size) + 1)])
+            for i in range(width)
+        ]
+    low, high = min(values), max(values)
+    if high - low <= 0:
+        return BARS[len(BARS) // 2] * len(values)
+    scale = (len(BARS) - 1) / (high - low)
+    return "".join(BARS[round((v - low) * scale)] for v in values)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+class Live:
+    """Series rebuilt from a run's live stream (`workers/channel.py`)."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, dict[str, Any]] = {}
+        self.ended: str | None = None
+
+    def add(self, entries: list[tuple[str, Mapping[Any, Any]]]) -> None:
+        for _id, fields in entries:
+            end = _field(fields, "end")
+            if end:
+                self.ended = end
+                continue
+            try:
+                batch = json.loads(_field(fields, "p") or "{}")
+            except ValueError:
+                continue
+            for name, pair in batch.items() if isinstance(batch, dict) else ():
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    continue
+                for step, value in zip(pair[0], pair[1], strict=False):
+                    if _number_or_none(value) is None or _number_or_none(step) is None:
+                        continue
+                    self._add(str(name), step, value)
+
+    def _add(self, name: str, step: Any, value: float) -> None:
+        s = self.series.get(name)
+        if s is None:
+            s = self.series[name] = {
+                "count": 0, "last": value, "step": step, "min": value, "max": value,
+                "points": [],
+            }
+        s["count"] += 1
+        s["last"], s["step"] = value, step
+        s["min"], s["max"] = min(s["min"], value), max(s["max"], value)
+        s["points"].append([step, value])
+
+
+def _number_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def metrics(
+    task: Annotated[str, typer.Argument(help="Task id.")],
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Follow a running task until it ends.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON (with -f: one object a line per update).")
+    ] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV: series,step,value.")] = False,
+) -> None:
+    """A run's metric series: last, min, max, points and a sparkline. With -f, follow a
+    running task (exit 1 when it fails or is aborted)."""
+    if as_json and as_csv:
+        raise UserError("--json and --csv: choose one")
+    rt = runtime()
+    info = rt.tasks.get(task)
+    if info.status == "draft":
+        raise UserError(f"task {task} is a draft: it has not run (queue it: retrain task enqueue)")
+    stored = rt.tasks.series(info.id)
+    if stored or (info.status in FINISHED and not follow):
+        _show(info.id, info.status, stored or _from_metrics(info.metrics), as_json, as_csv)
+        if follow:
+            _ended(info.id, info.status)
+        return
+    from orchestrator.queue import keys
+
+    redis = rt.redis
+    stream = keys.metrics_stream(info.id)
+    live = Live()
+    cursor = "0-0"
+    batch = _read(redis, stream, cursor, None)
+    live.add(batch)
+    cursor = batch[-1][0] if batch else cursor
+    if not follow:
+        _show(info.id, info.status, live.series, as_json, as_csv, live=True)
+        return
+    ended = live.ended or (info.status if info.status in FINISHED else None)
+    checked = drawn = time.monotonic()
+    updates = 0
+    with _Redraw(enabled=output.out.is_terminal and not as_json and not as_csv) as screen:
+        if as_json and live.series:  # points in the live stream: its worker runs it
+            _json_line(info.id, "running", live.series)
+            updates += 1
+        while ended is None:
+            batch = _read(redis, stream, cursor, 1000, block_ms=1000)
+            if batch:
+                cursor = batch[-1][0]
+                live.add(batch)
+                ended = live.ended
+                if as_json:
+                    _json_line(info.id, "running", live.series)
+                    updates += 1
+            now = time.monotonic()
+            if screen.enabled and now - drawn >= REDRAW_EVERY_S:
+                drawn = now
+                screen.update(_table(live.series))
+            if ended is None and now - checked >= STATUS_EVERY_S:
+                checked = now
+                status = rt.tasks.get(info.id).status
+                if status in FINISHED:
+                    live.add(_read(redis, stream, cursor, None))
+                    ended = status
+    if as_json:
+        _json_line(info.id, ended, live.series)
+    else:
+        _show(info.id, ended, live.series, False, as_csv, live=True)
+    _ended(info.id, "failed" if ended == "timeout" else ended)
+
+
+class _Redraw:
+    """A table redrawn in place on a terminal (rich's Live); nothing when not on one."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._live: Any = None
+
+    def __enter__(self) -> _Redraw:
+        if self.enabled:
+            from rich.live import Live as RichLive
+
+            self._live = RichLive(console=output.out, auto_refresh=False, transient=True)
+            self._live.__enter__()
+        return self
+
+    def update(self, renderable: Any) -> None:
+        if self._live is not None:
+            self._live.update(renderable, refresh=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+
+def _from_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A run that reported numbers only (metrics.json): each as a one-point series."""
+    return {
+        name: {"count": 1, "last": v, "step": None, "min": v, "max": v, "points": []}
+        for name, v in sorted(metrics.items())
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def _show(
+    task_id: str,
+    status: str,
+    series: Mapping[str, Mapping[str, Any]],
+    as_json: bool,
+    as_csv: bool,
+    *,
+    live: bool = False,
+) -> None:
+    if as_json:
+        output.print_json({"task": task_id, "status": status, "live": live, "series": series})
+        return
+    if as_csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["series", "step", "value"])
+        for name, s in sorted(series.items()):
+            for step, value in s.get("points") or []:
+                writer.writerow([output.safe(name), step, repr(float(value))])
+        return
+    if not series:
+        output.note(f"task {task_id} is {status}: no metrics yet")
+        return
+    output.out.print(_table(series))
+
+
+def _table(series: Mapping[str, Mapping[str, Any]]) -> Any:
+    from rich.table import Table
+
+    grid = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("series", "last", "min", "max", "step", "points", ""):
+        grid.add_column(
+            column, justify="left" if column in ("series", "") else "right", no_wrap=True
+        )
+    for name, s in sorted(series.items()):
+        values = [float(p[1]) for p in s.get("points") or []]
+        grid.add_row(
+            output.safe(name),
+            _number(s["last"]),
+            _number(s["min"]),
+            _number(s["max"]),
+            "-" if s.get("step") is None else str(s["step"]),
+            str(s["count"]),
+            sparkline(values),
+        )
+    return grid
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.6g}"
+
+
+def _json_line(task_id: str, status: str | None, series: Mapping[str, Any]) -> None:
+    sys.stdout.write(
+        json.dumps({"task": task_id, "status": status, "live": True, "series": series}) + "\n"
+    )
+    sys.stdout.flush()
+
+
+def _ended(task_id: str, ended: str) -> None:
+    sys.stderr.write(f"retrain: task {task_id} ended: {ended}\n")
+    if ended in UNSUCCESSFUL:
+        raise typer.Exit(1)
+
+
+def _read(
+    redis: Redis, stream: str, after: str, count: int | None, block_ms: int | None = None
+) -> list[tuple[str, Mapping[Any, Any]]]:
+    try:
+        raw: Any
+        if after == "0-0" and count is None:
+            raw = redis.xrange(stream, "-", "+")
+        else:
+            reply: Any = redis.xread({stream: after}, count=count, block=block_ms)
+            if not reply:
+                return []
+            if isinstance(reply, dict):  # RESP3
+                raw = [e for batch in reply.values() for e in batch[0]]
+            else:
+                raw = [e for _stream, batch in reply for e in batch]
+    except Exception as exc:  # redis-py's errors; the CLI prints one line
+        raise ServiceUnavailable(f"cannot read live metrics from Redis: {exc}") from None
+    return [(_text(entry_id), fields) for entry_id, fields in raw]
+
+
+def _field(fields: Mapping[Any, Any], name: str) -> str:
+    return _text(fields.get(name, fields.get(name.encode(), b"")))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+# -- task compare ----------------------------------------------------------------------------
+
+
+def compare(
+    tasks: Annotated[list[str], typer.Argument(help="Two or more task ids.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Runs side by side: parameters (given and as the code logged them) and metrics (last
+    value; min and max of series), rows that differ marked with *."""
+    if len(tasks) < 2:
+        raise UserError("task compare: give two or more task ids")
+    rt = runtime()
+    infos = [rt.tasks.get(t) for t in tasks]
+    series = [rt.tasks.series(i.id) for i in infos]
+    sections: dict[str, dict[str, list[Any]]] = {"parameters": {}, "logged": {}, "metrics": {}}
+
+    def put(section: str, key: str, index: int, value: Any) -> None:
+        sections[section].setdefault(key, [None] * len(infos))[index] = value
+
+    for i, info in enumerate(infos):
+        for key, value in info.parameters.items():
+            put("parameters", key, i, value)
+        for key, value in info.logged_params.items():
+            put("logged", key, i, value)
+        for key, value in info.metrics.items():
+            put("metrics", key, i, value)
+        for name, s in series[i].items():
+            put("metrics", f"min({name})", i, s["min"])
+            put("metrics", f"max({name})", i, s["max"])
+    different = {
+        f"{section}.{key}"
+        for section, rows in sections.items()
+        for key, values in rows.items()
+        if len({json.dumps(v, sort_keys=True) for v in values}) > 1
+    }
+    if as_json:
+        output.print_json(
+            {
+                "tasks": [i.id for i in infos],
+                **{s: dict(sorted(rows.items())) for s, rows in sections.items()},
+                "different": sorted(different),
+            }
+        )
+        return
+    columns = ["", "name", *[i.id[:12] for i in infos]]
+    rows: list[list[Any]] = [["", "task", *[i.label for i in infos]],
+                             ["", "status", *[i.status for i in infos]]]
+    titles = {"parameters": "param", "logged": "logged", "metrics": "metric"}
+    for section, entries in sections.items():
+        for key, values in sorted(entries.items()):
+            mark = "*" if f"{section}.{key}" in different else ""
+            rows.append([mark, f"{titles[section]} {key}",
+                         *[_number(v) if isinstance(v, float) else v for v in values]])
+    output.table(None, columns, rows)
