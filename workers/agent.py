@@ -135,14 +135,42 @@ def run_slot(
                 [asdict(gpu) for gpu in detected if gpu.index in slot], separators=(",", ":")
             ),
         }
+        worker.advertised["sandbox"] = sandbox_level()
         worker.abort_on_stop = abort_on_stop
         worker.home = settings.home
         worker.worker_secret = settings.worker_secret
-        announce(worker, queues, slot, detected, settings, burst=burst, max_jobs=max_jobs)
+        announce(
+            worker,
+            queues,
+            slot,
+            detected,
+            settings,
+            burst=burst,
+            max_jobs=max_jobs,
+            sandbox=worker.advertised["sandbox"],
+        )
         worked = worker.work(
             burst=burst, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING"
         )
         return 0 if worked or burst else 1
+
+
+def sandbox_level() -> str:
+    """What this worker's jobs run in (`workers.sandbox`), for its advertisement and start
+    line: `landlock-abi-N`, `none` (said as a warning: the kernel has no Landlock) or `off`,
+    with `, as USER` for `--job-user`."""
+    import structlog
+
+    from workers import sandbox
+
+    level = sandbox.level()
+    if level == "none":
+        structlog.get_logger("retrain.worker").warning(
+            "jobs run unconfined: this kernel has no Landlock (use --sandbox required to "
+            "refuse to start without it)"
+        )
+    user = sandbox.job_user()
+    return f"{level}, as {user.pw_name}" if user is not None else level
 
 
 _AGENT_CLASS: type[Any] | None = None

@@ -194,6 +194,7 @@ class Job:
             [python, entry["script"]] if entry.get("script") else [python, "-m", entry["module"]]
         ) + args
         cwd = source / self.spec.get("working_dir", ".")
+        confine = self._sandbox(python, source, inputs, outputs)
         self._log_file = (self.workdir / "output.log").open("w", encoding="utf-8")
         run = run_process(
             argv,
@@ -203,6 +204,7 @@ class Job:
             on_line=self._log_line,
             abort=self.abort,
             grace_s=float(self.spec.get("abort_grace_s", ABORT_GRACE_S)),
+            sandbox=confine,
         )
         self._log_file.close()
         self._log_file = None
@@ -346,6 +348,10 @@ class Job:
             "RETRAIN_PARAMS_FILE": str(params_file),
             "RETRAIN_OUTPUT_DIR": str(outputs),
             "PYTHONUNBUFFERED": "1",
+            # A private tmp, removed with the work folder (the sandbox lets the job write it).
+            "TMPDIR": str(self.workdir / "tmp"),
+            "TMP": str(self.workdir / "tmp"),
+            "TEMP": str(self.workdir / "tmp"),
             # The slot's GPUs (set by the agent); a task's env cannot widen them.
             "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         }
@@ -358,6 +364,36 @@ class Job:
         return job_environment(
             os.environ, self.spec.get("env") or {}, placed, passed=passed_names()
         )
+
+    def _sandbox(
+        self, python: str, source: Path, inputs: Mapping[str, Path], outputs: Path
+    ) -> list[str]:
+        """The wrapper that confines the job (`workers.sandbox`): it writes its outputs and
+        tmp only; reads its checkout, environment, inputs and its repository's mirror (the
+        checkout borrows its objects); never the worker's home, caches or storage."""
+        from urllib.parse import urlsplit
+
+        from orchestrator.git import Mirror
+        from workers import sandbox
+
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        hidden = [self.settings.home, self.cache]
+        if self.settings.storage_url.startswith("file:"):
+            hidden.append(Path(urlsplit(self.settings.storage_url).path))
+        policy = sandbox.policy_for(
+            workdir=self.workdir,
+            writable=[outputs, tmp],
+            readable=[
+                source,
+                self.workdir / "params.json",
+                Mirror(self.cache / "git").path(self.spec["repo"]),
+                *inputs.values(),
+            ],
+            hidden=hidden,
+            python=python,
+        )
+        return sandbox.prefix(policy)
 
     def _log_line(self, stream: str, line: str) -> None:
         if self._log_file is not None:

@@ -43,6 +43,31 @@ def worker(
             "such as 'WANDB_*' works). Jobs get no other credentials of the worker.",
         ),
     ] = [],  # noqa: B006
+    sandbox: Annotated[
+        str,
+        typer.Option(
+            "--sandbox",
+            help="auto: confine jobs with Landlock when the kernel has it (and say so when "
+            "not); required: refuse to start without it; off: jobs run unconfined.",
+        ),
+    ] = "auto",
+    sandbox_write: Annotated[
+        list[str],
+        typer.Option(
+            "--sandbox-write",
+            metavar="DIR",
+            help="A folder jobs may also write, such as a scratch disk (repeatable).",
+        ),
+    ] = [],  # noqa: B006
+    job_user: Annotated[
+        str | None,
+        typer.Option(
+            "--job-user",
+            metavar="USER",
+            help="Run jobs as this user (a worker running as root only); their outputs and "
+            "tmp folders are theirs, caches stay read-only to them.",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker agent: one forking RQ worker per GPU slot, each pinned to its devices.
 
@@ -53,7 +78,26 @@ def worker(
     from orchestrator import lifeline
     from orchestrator.logs import configure
     from workers.agent import run
+    from orchestrator.errors import UserError
+    from workers import sandbox as confine
     from workers.jobenv import PASS_ENV
+
+    # First: from here on, same-uid processes (the jobs) cannot read this process's
+    # environment or memory; inherited by the slots' work horses.
+    confine.make_undumpable()
+    if sandbox not in confine.MODES:
+        raise UserError(f"--sandbox {sandbox}: must be one of {', '.join(confine.MODES)}")
+    for folder in sandbox_write:
+        if not os.path.isabs(folder) or not os.path.isdir(folder):
+            raise UserError(f"--sandbox-write {folder}: must be an existing folder, as an absolute path")
+    os.environ[confine.SANDBOX_ENV] = sandbox
+    os.environ[confine.WRITE_ENV] = os.pathsep.join(sandbox_write)
+    os.environ[confine.JOB_USER_ENV] = job_user or ""
+    try:
+        confine.level()
+        confine.job_user()
+    except confine.SandboxUnavailable as exc:
+        raise UserError(str(exc)) from None
 
     if pass_env:
         # Inherited by every slot and work horse; read where the job's environment is made.
