@@ -136,6 +136,7 @@ def run_slot(
             ),
         }
         worker.advertised["sandbox"] = sandbox_level()
+        worker.advertised["reports"] = "signed" if settings.worker_secret else "unsigned"
         worker.abort_on_stop = abort_on_stop
         worker.home = settings.home
         worker.worker_secret = settings.worker_secret
@@ -207,6 +208,11 @@ def agent_class() -> type[Any]:
             pipe.expire(key, self.worker_ttl + 15)
             pipe.zadd(keys.WORKERS, {self.name: now.timestamp()})
 
+        def _health_detail(self) -> dict[str, str]:
+            """What `retrain health worker` says besides liveness."""
+            advertised = getattr(self, "advertised", {})
+            return {k: advertised[k] for k in ("sandbox", "reports") if k in advertised}
+
         def subscribe(self) -> None:
             """No RQ command channel: RQ's `kill-horse`, `stop-job` and `shutdown` arrive on a
             pub/sub channel anyone with Redis access can publish to, and kill-horse orphans the
@@ -214,7 +220,7 @@ def agent_class() -> type[Any]:
 
         def register_birth(self) -> None:
             super().register_birth()  # type: ignore[no-untyped-call]
-            health.beat(self.home, "worker", self.name)
+            health.beat(self.home, "worker", self.name, self._health_detail())
             with self.connection.pipeline() as pipe:
                 pipe.delete(keys.worker_key(self.name))
                 self._advert(
@@ -240,7 +246,7 @@ def agent_class() -> type[Any]:
         def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
             super().heartbeat(timeout, pipeline)
             if not self.is_horse:
-                health.beat(self.home, "worker", self.name)
+                health.beat(self.home, "worker", self.name, self._health_detail())
             if pipeline is not None:
                 self._advert(pipeline)
                 return
