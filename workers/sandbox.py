@@ -51,7 +51,7 @@ to start without it), off (jobs run unconfined, as the worker's user)."""
 
 SANDBOX_ENV = "RETRAIN_SANDBOX"  # noqa: S105 (a variable's name)
 WRITE_ENV = "RETRAIN_SANDBOX_WRITE"
-"""Extra folders jobs may write (`--sandbox-write`, os.pathsep-separated): a scratch disk."""
+"""Extra folders jobs may write (`--sandbox-write`, space-separated): a scratch disk."""
 JOB_USER_ENV = "RETRAIN_JOB_USER"
 
 HIDDEN_IN_HOME = (
@@ -186,7 +186,7 @@ def policy_for(
     user = job_user()
     if lvl in ("off", "none") and user is None:
         return None
-    extra = [p for p in os.environ.get(WRITE_ENV, "").split(os.pathsep) if p]
+    extra = os.environ.get(WRITE_ENV, "").split()
     read = [*readable, *_interpreter_prefixes(python)]
     worker_home = Path(pwd.getpwuid(os.geteuid()).pw_dir)
     hide = [*hidden, *(worker_home / name for name in HIDDEN_IN_HOME)]

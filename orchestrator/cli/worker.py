@@ -47,6 +47,7 @@ def worker(
         str,
         typer.Option(
             "--sandbox",
+            envvar="RETRAIN_SANDBOX",
             help="auto: confine jobs with Landlock when the kernel has it (and say so when "
             "not); required: refuse to start without it; off: jobs run unconfined.",
         ),
@@ -56,7 +57,9 @@ def worker(
         typer.Option(
             "--sandbox-write",
             metavar="DIR",
-            help="A folder jobs may also write, such as a scratch disk (repeatable).",
+            envvar="RETRAIN_SANDBOX_WRITE",
+            help="A folder jobs may also write, such as a scratch disk (repeatable; in the "
+            "environment: space-separated).",
         ),
     ] = [],  # noqa: B006
     job_user: Annotated[
@@ -64,6 +67,7 @@ def worker(
         typer.Option(
             "--job-user",
             metavar="USER",
+            envvar="RETRAIN_JOB_USER",
             help="Run jobs as this user (a worker running as root only); their outputs and "
             "tmp folders are theirs, caches stay read-only to them.",
         ),
@@ -90,8 +94,25 @@ def worker(
     for folder in sandbox_write:
         if not os.path.isabs(folder) or not os.path.isdir(folder):
             raise UserError(f"--sandbox-write {folder}: must be an existing folder, as an absolute path")
+    if sandbox_write:
+        from pathlib import Path
+
+        from orchestrator.settings import Settings
+
+        settings = Settings.load()
+        keep = [settings.home, settings.resolved_cache_dir]
+        for folder in sandbox_write:
+            real = Path(os.path.realpath(folder))
+            for kept in keep:
+                if real == Path(os.path.realpath(kept)) or real in Path(
+                    os.path.realpath(kept)
+                ).parents:
+                    raise UserError(
+                        f"--sandbox-write {folder}: holds the worker's {kept} (its secret and "
+                        "caches); name a folder beside it"
+                    )
     os.environ[confine.SANDBOX_ENV] = sandbox
-    os.environ[confine.WRITE_ENV] = os.pathsep.join(sandbox_write)
+    os.environ[confine.WRITE_ENV] = " ".join(sandbox_write)
     os.environ[confine.JOB_USER_ENV] = job_user or ""
     try:
         confine.level()

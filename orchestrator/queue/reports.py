@@ -203,6 +203,12 @@ def parse(fields: Mapping[Any, Any] | None, secret: str | None = None) -> dict[s
         raise BadReport(f"no {FIELD!r} field")
     if len(raw) > MAX_REPORT_BYTES:
         raise BadReport(f"{len(raw)} bytes, more than the {MAX_REPORT_BYTES} a report may have")
+    if not secret and fields.get(SIG_FIELD, fields.get(SIG_FIELD.encode())) is not None:
+        # Signed and unsigned never mix: the worker has a secret, so this scheduler should.
+        raise BadReport(
+            "signed, but this scheduler has no worker secret to check it (set "
+            "RETRAIN_WORKER_SECRET on the scheduler)"
+        )
     if secret:
         sig = fields.get(SIG_FIELD, fields.get(SIG_FIELD.encode()))
         sig = sig.decode(errors="replace") if isinstance(sig, bytes) else sig
