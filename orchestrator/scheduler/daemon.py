@@ -274,7 +274,10 @@ class Scheduler:
         report = self.runtime.tasks.reconcile()
         if report.enqueued or report.removed:
             log.info(
-                "reconciled Redis with the store", enqueued=report.enqueued, removed=report.removed
+                "reconciled Redis with the store",
+                enqueued=report.enqueued,
+                removed=report.removed,
+                replaced=report.replaced,
             )
         if self.metrics is not None:
             self.metrics.reconcile.labels("enqueued").inc(len(report.enqueued))

@@ -9,6 +9,7 @@ leaves a `queued` task without a job, which `reconcile()` puts back exactly once
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ EVENT_OF_STATUS = {
     "failed": ev.TASK_FAILED,
     "aborted": ev.TASK_ABORTED,
 }
+STALE_FINISHED_JOB_S = 120.0
+"""How long after its job ended a still-queued task's finished job is taken for one whose
+reports were lost: longer than a scheduler's ingest round, so reports in flight land first."""
+
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _PARAM_REF = re.compile(r"^\$\{\s*params\.([^}]+?)\s*\}$")
 
@@ -570,10 +575,15 @@ class TaskService:
                 self.queues.cancel(task_id)
         return info
 
-    def reconcile(self) -> ReconcileReport:
+    def reconcile(self, now: dt.datetime | None = None) -> ReconcileReport:
         """Make Redis agree with the store: every queued task has its job (enqueued once,
         atomically, even with several reconcilers), and the 1,000 most recently aborted tasks
-        keep no job waiting."""
+        keep no job waiting.
+
+        A queued task's job that RQ says *finished* ran without its reports reaching the
+        store (they were erased before the scheduler read them): once every report is read
+        and the job ended `STALE_FINISHED_JOB_S` before `now`, it is replaced by a new one,
+        else the task would stay queued forever."""
         report = ReconcileReport()
         with self.store.reader() as session:
             queued = list(
@@ -593,6 +603,15 @@ class TaskService:
             )
         report.checked = len(queued)
         present = self.queues.existing([t.id for t in queued])
+        now = now or dt.datetime.now(dt.timezone.utc)
+        ended = self.queues.finished_before(
+            sorted(present), now - dt.timedelta(seconds=STALE_FINISHED_JOB_S)
+        )
+        if ended and self.queues.reports_all_read():
+            for task_id in sorted(ended):
+                self.queues.remove(task_id)
+                present.discard(task_id)
+                report.replaced.append(task_id)
         for row in queued:
             if row.id in present:
                 continue
