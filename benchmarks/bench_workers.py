@@ -257,12 +257,16 @@ def report_signing() -> tuple[list[float], list[float]]:
     from orchestrator.queue import reports, signing
 
     report = reports.finished(
-        "0" * 32, "host-1-gpu0", "completed", exit_code=0, duration_s=3600.5,
+        "0" * 32,
+        "host-1-gpu0",
+        "completed",
+        exit_code=0,
+        duration_s=3600.5,
         metrics={f"val/metric_{i}": i / 7 for i in range(50)},
-        models=[{"name": f"m{i}", "uri": f"s3://b/models/{i:064x}", "metadata": {}}
-                for i in range(3)],
-        artifacts=[{"path": f"plots/{i}.png", "uri": f"s3://b/blobs/{i:064x}"}
-                   for i in range(20)],
+        models=[
+            {"name": f"m{i}", "uri": f"s3://b/models/{i:064x}", "metadata": {}} for i in range(3)
+        ],
+        artifacts=[{"path": f"plots/{i}.png", "uri": f"s3://b/blobs/{i:064x}"} for i in range(20)],
     )
     signed_us: list[float] = []
     plain_us: list[float] = []

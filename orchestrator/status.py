@@ -357,7 +357,8 @@ def collect(
       `task`, `task_name` (`project/name`), `task_status` (in the store), `task_started`,
       `task_age_s`, `started`, `heartbeat` (for a lost worker: when it was last seen),
       `heartbeat_age_s`, `sandbox` (what its jobs run in: `landlock-abi-N`, `none`, `off`,
-      with `, as USER`), `reports` (`signed` or `unsigned`). `workers_lost_hidden`: lost workers silent for over 24 h, left out.
+      with `, as USER`), `reports` (`signed` or `unsigned`). `workers_lost_hidden`: lost
+      workers silent for over 24 h, left out.
     - `firings`: the newest trigger decisions: `time`, `trigger`, `decision` (fired, skipped,
       coalesced, superseded), `reason`, `event` ({`seq`, `kind`, `project`, `name`,
       `version`, `tags`}), `task`, `task_status`.

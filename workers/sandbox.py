@@ -49,7 +49,7 @@ MODES = ("auto", "required", "off")
 """`--sandbox`: auto (Landlock when the kernel has it, and say so when not), required (refuse
 to start without it), off (jobs run unconfined, as the worker's user)."""
 
-SANDBOX_ENV = "RETRAIN_SANDBOX"  # noqa: S105 (a variable's name)
+SANDBOX_ENV = "RETRAIN_SANDBOX"
 WRITE_ENV = "RETRAIN_SANDBOX_WRITE"
 """Extra folders jobs may write (`--sandbox-write`, space-separated): a scratch disk."""
 JOB_USER_ENV = "RETRAIN_JOB_USER"
@@ -280,7 +280,7 @@ def rules(policy: Policy) -> dict[str, int]:
         granted["/"] = READ
     for path in policy.read:
         granted[path] = granted.get(path, 0) | READ
-    for path in ("/dev/shm", *policy.write):
+    for path in ("/dev/shm", *policy.write):  # noqa: S108 (shared memory, as data loaders need)
         granted[path] = WRITE
     granted["/dev"] = granted.get("/dev", 0) | READ | WRITE_FILE  # /dev/null, GPUs
     return granted
@@ -364,4 +364,4 @@ def exec_main(args: Iterable[str]) -> None:
         # Never run the job less confined than the worker said: fail the run instead.
         sys.stderr.write(f"retrain sandbox: {exc}; the job was not started\n")
         os._exit(126)
-    os.execvp(argv[0], argv)
+    os.execvp(argv[0], argv)  # noqa: S606 (the job's argv, never through a shell)

@@ -49,9 +49,9 @@ def status(
     workers, no_slot: [{gpus, jobs, largest_slot}]}], workers: [{name, host, pid, queues,
     gpus: [{index, uuid, name, memory_mib}],
     state, task, task_name, task_status, task_started, task_age_s, started, heartbeat,
-    heartbeat_age_s, sandbox, reports}], workers_lost_hidden, firings: [{time, trigger, decision, reason,
-    event: {seq, kind, project, name, version, tags}, task, task_status}], waiting:
-    [{trigger, reason, since, count, events: [{seq, kind, entity, project, name,
+    heartbeat_age_s, sandbox, reports}], workers_lost_hidden, firings: [{time, trigger,
+    decision, reason, event: {seq, kind, project, name, version, tags}, task, task_status}],
+    waiting: [{trigger, reason, since, count, events: [{seq, kind, entity, project, name,
     version}]}], reports: {refused, last_refused: {at, reason}, scheduler_signed,
     unsigned_workers}}. Times are ISO
     8601 UTC, ages in seconds; Redis-only figures are null when Redis is unreachable.
@@ -167,17 +167,21 @@ def _refused(data: dict[str, Any], now: dt.datetime) -> list[RenderableType]:
     reports = data.get("reports") or {}
     lines: list[RenderableType] = []
     if reports.get("scheduler_signed") is False:
-        lines.append(Text(
-            "reports unsigned: the scheduler has no worker secret, so anyone with Redis access "
-            "can forge reports (set RETRAIN_WORKER_SECRET on the scheduler and the workers)",
-            style="red",
-        ))
+        lines.append(
+            Text(
+                "reports unsigned: the scheduler has no worker secret, so anyone with Redis access "
+                "can forge reports (set RETRAIN_WORKER_SECRET on the scheduler and the workers)",
+                style="red",
+            )
+        )
     if reports.get("unsigned_workers"):
-        lines.append(Text(
-            f"reports unsigned by worker(s) {', '.join(reports['unsigned_workers'])}: they have "
-            "no worker secret",
-            style="red",
-        ))
+        lines.append(
+            Text(
+                f"reports unsigned by worker(s) {', '.join(reports['unsigned_workers'])}: "
+                "they have no worker secret",
+                style="red",
+            )
+        )
     if lines:
         lines.insert(0, Text())
     if not reports.get("refused"):
@@ -399,9 +403,7 @@ def _workers(data: dict[str, Any]) -> list[RenderableType]:
                 else w.get("sandbox") or "-",
             )
         )
-    columns = [
-        "host", "worker", "GPUs", "state", "task", "task id", "for", "heartbeat", "sandbox"
-    ]
+    columns = ["host", "worker", "GPUs", "state", "task", "task id", "for", "heartbeat", "sandbox"]
     return [_title("workers"), _table(columns, rows), *note]
 
 

@@ -80,10 +80,10 @@ def worker(
     import os
 
     from orchestrator import lifeline
-    from orchestrator.logs import configure
-    from workers.agent import run
     from orchestrator.errors import UserError
+    from orchestrator.logs import configure
     from workers import sandbox as confine
+    from workers.agent import run
     from workers.jobenv import PASS_ENV
 
     # First: from here on, same-uid processes (the jobs) cannot read this process's
@@ -93,7 +93,9 @@ def worker(
         raise UserError(f"--sandbox {sandbox}: must be one of {', '.join(confine.MODES)}")
     for folder in sandbox_write:
         if not os.path.isabs(folder) or not os.path.isdir(folder):
-            raise UserError(f"--sandbox-write {folder}: must be an existing folder, as an absolute path")
+            raise UserError(
+                f"--sandbox-write {folder}: must be an existing folder, as an absolute path"
+            )
     if sandbox_write:
         from pathlib import Path
 
@@ -104,9 +106,10 @@ def worker(
         for folder in sandbox_write:
             real = Path(os.path.realpath(folder))
             for kept in keep:
-                if real == Path(os.path.realpath(kept)) or real in Path(
-                    os.path.realpath(kept)
-                ).parents:
+                if (
+                    real == Path(os.path.realpath(kept))
+                    or real in Path(os.path.realpath(kept)).parents
+                ):
                     raise UserError(
                         f"--sandbox-write {folder}: holds the worker's {kept} (its secret and "
                         "caches); name a folder beside it"

@@ -60,6 +60,7 @@ def events_channel(db: int) -> str:
     databases must not wake each other."""
     return f"{PREFIX}:events:{db}"
 
+
 SCHEDULER_LEASE = f"{PREFIX}:scheduler:leader"
 """`SET NX PX` lease held by the one scheduler that fires triggers; the others stand by."""
 

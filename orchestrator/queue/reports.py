@@ -232,8 +232,7 @@ def parse(fields: Mapping[Any, Any] | None, secret: str | None = None) -> dict[s
         raise BadReport("no task_id")
     if report["kind"] == "finished" and report.get("status") not in FINAL_STATUSES:
         raise BadReport(
-            f"finished report for {report['task_id']}: status {report.get('status')!r} "
-            "is not final"
+            f"finished report for {report['task_id']}: status {report.get('status')!r} is not final"
         )
     _check_limits(report)
     return report
@@ -270,13 +269,17 @@ def _check_limits(report: Mapping[str, Any]) -> None:
     if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt < 1000:
         raise refuse("attempt is not a small non-negative integer")
     exit_code = report.get("exit_code")
-    if isinstance(exit_code, int) and not isinstance(exit_code, bool) and (
-        exit_code not in EXIT_CODES
+    if (
+        isinstance(exit_code, int)
+        and not isinstance(exit_code, bool)
+        and (exit_code not in EXIT_CODES)
     ):
         raise refuse(f"exit_code {str(exit_code)[:40]} is out of range")
     duration = report.get("duration_s")
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and (
-        not math.isfinite(duration) or abs(duration) > MAX_DURATION_S
+    if (
+        isinstance(duration, (int, float))
+        and not isinstance(duration, bool)
+        and (not math.isfinite(duration) or abs(duration) > MAX_DURATION_S)
     ):
         raise refuse("duration_s is out of range")
     for field, limit in (

@@ -540,7 +540,7 @@ class Scheduler:
         signing = "signed" if self.runtime.settings.worker_secret else "unsigned"
         try:
             self.redis.set(keys.SCHEDULER_SIGNING, signing)
-        except Exception as exc:  # noqa: BLE001 - Redis down at start: the loop backs off
+        except Exception as exc:
             log.warning("could not record report signing in Redis", error=str(exc))
 
     def _health_detail(self) -> dict[str, Any]:
