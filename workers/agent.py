@@ -109,6 +109,12 @@ def run_slot(
         # Inherited by the work horse and from there by the user's process.
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(slot, detected)
         settings = Settings.load()
+        from workers import sandbox
+
+        # The sandbox's walk of the filesystem, once, before any work horse is forked.
+        sandbox.warm(
+            sandbox.hidden_for(settings.home, settings.resolved_cache_dir, settings.storage_url)
+        )
         redis = client(settings)
         # Jobs are routed by the GPUs they need: this slot takes only those that fit it.
         names = [

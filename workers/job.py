@@ -371,16 +371,12 @@ class Job:
         """The wrapper that confines the job (`workers.sandbox`): it writes its outputs and
         tmp only; reads its checkout, environment, inputs and its repository's mirror (the
         checkout borrows its objects); never the worker's home, caches or storage."""
-        from urllib.parse import urlsplit
-
         from orchestrator.git import Mirror
         from workers import sandbox
 
         tmp = self.workdir / "tmp"
         tmp.mkdir(exist_ok=True)
-        hidden = [self.settings.home, self.cache]
-        if self.settings.storage_url.startswith("file:"):
-            hidden.append(Path(urlsplit(self.settings.storage_url).path))
+        hidden = sandbox.hidden_for(self.settings.home, self.cache, self.settings.storage_url)
         policy = sandbox.policy_for(
             workdir=self.workdir,
             writable=[outputs, tmp],

@@ -26,14 +26,15 @@ The worker reads its options from the environment (`SANDBOX_ENV`...), set by the
 
 from __future__ import annotations
 
-import ctypes
-import json
+import functools
 import os
 import pwd
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from workers.sandbox_exec import READ, WRITE, WRITE_FILE, landlock_abi
 
 __all__ = [
     "MODES",
@@ -68,44 +69,9 @@ HIDDEN_IN_HOME = (
 )
 """Credential files of the worker's user that no job may read, below its home folder."""
 
-_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446  # all architectures
-_CREATE_RULESET_VERSION = 1
-_RULE_PATH_BENEATH = 1
-_PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS, _PR_SET_PDEATHSIG, _PR_CAPBSET_DROP = 4, 38, 1, 24
-ROOT_JOB_DROPS = (2, 16, 17, 19, 21, 22, 32, 33, 34, 38, 39, 40)
-"""Capabilities a job started as root loses (from the bounding set, so at exec): ptrace
-(with it root reads a non-dumpable process's environ, which Landlock does not stop), admin,
-modules, raw I/O, `open_by_handle_at` (DAC_READ_SEARCH, which would step around Landlock's
-paths), MAC, syslog, perf, BPF, checkpoint/restore."""
-
-# Filesystem access rights, by the ABI that brought them.
-EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-_MAKE = sum(1 << bit for bit in range(4, 13))  # remove dir/file, make char/dir/reg/sock/...
-REFER, TRUNCATE = 1 << 13, 1 << 14
-_FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE
-SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
-
-READ = EXECUTE | READ_FILE | READ_DIR
-WRITE = READ | WRITE_FILE | _MAKE | REFER | TRUNCATE
-
 
 class SandboxUnavailable(RuntimeError):
     """`--sandbox required` on a host without Landlock, or a `--job-user` that cannot be."""
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def landlock_abi() -> int:
-    """The kernel's Landlock ABI version; 0 when it has none (or it is disabled)."""
-    if not sys.platform.startswith("linux"):
-        return 0
-    try:
-        abi = int(_libc().syscall(_SYS_CREATE_RULESET, None, 0, _CREATE_RULESET_VERSION))
-    except (OSError, AttributeError):
-        return 0
-    return max(abi, 0)
 
 
 def make_undumpable() -> bool:
@@ -113,8 +79,10 @@ def make_undumpable() -> bool:
     read its /proc environ or memory, nor ptrace it. False where it cannot be done."""
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes
+
     try:
-        return int(_libc().prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
+        return int(ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)) == 0  # SET_DUMPABLE
     except (OSError, AttributeError):
         return False
 
@@ -180,20 +148,19 @@ def policy_for(
     hidden: Sequence[Path],
     python: str,
 ) -> Policy | None:
-    """The policy of a job, from the worker's options; None when sandboxing is off (or there
-    is nothing this host can do: no Landlock and no job user)."""
+    """The policy of a job, from the worker's options (`hidden`: `hidden_for`); None when
+    sandboxing is off, or when there is nothing to do here (no Landlock, no job user, and
+    not root, whose jobs at least lose the dangerous capabilities)."""
     lvl = level()
     user = job_user()
-    if lvl in ("off", "none") and user is None:
+    if user is None and (lvl == "off" or (lvl == "none" and os.geteuid() != 0)):
         return None
     extra = os.environ.get(WRITE_ENV, "").split()
     read = [*readable, *_interpreter_prefixes(python)]
-    worker_home = Path(pwd.getpwuid(os.geteuid()).pw_dir)
-    hide = [*hidden, *(worker_home / name for name in HIDDEN_IN_HOME)]
     policy = Policy(
         write=[str(p) for p in (*writable, *extra)],
         read=[str(p) for p in read],
-        hidden=[str(Path(p).absolute()) for p in hide],
+        hidden=[str(Path(p).absolute()) for p in hidden],
         scope=True,
         landlock=lvl.startswith("landlock"),
     )
@@ -228,33 +195,40 @@ WRAPPER = Path(__file__).with_name("sandbox_exec.py")
 
 def prefix(policy: Policy | None) -> list[str]:
     """What runs before a job's argv to put it under `policy` (nothing when None): this
-    interpreter in isolated mode without site, running the wrapper, a few milliseconds."""
+    interpreter in isolated mode without site, running the wrapper with the rules computed
+    here (the wrapper imports only os, sys and ctypes)."""
     if policy is None:
         return []
-    return [sys.executable, "-I", "-S", str(WRAPPER), json.dumps(asdict(policy)), "--"]
-
-
-# --- in the job's process, between fork and exec (run by sandbox_exec.py) ------------------
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [
-        ("handled_access_fs", ctypes.c_uint64),
-        ("handled_access_net", ctypes.c_uint64),
-        ("scoped", ctypes.c_uint64),
-    ]
+    args = [sys.executable, "-I", "-S", str(WRAPPER)]
+    if policy.uid is not None and policy.gid is not None:
+        groups = ",".join(map(str, policy.groups))
+        args += ["--user", str(policy.uid), str(policy.gid), groups]
+    if policy.landlock:
+        args += ["--landlock", str(landlock_abi()), "1" if policy.scope else "0"]
+        for path, access in rules(policy).items():
+            args += ["--rule", str(access), path]
+    return [*args, "--"]
 
 
 def rules(policy: Policy) -> dict[str, int]:
     """Path -> access rights: `read` on everything but the hidden paths (each ancestor of a
     hidden path is split into its other entries, as Landlock only allows, never denies),
-    then the policy's own paths, then the devices and /proc a program needs."""
-    hidden = [Path(os.path.realpath(p)) for p in policy.hidden]
+    then the policy's own paths, then the devices a program needs."""
+    granted = dict(_everything_but(tuple(sorted(policy.hidden))))
+    for path in policy.read:
+        granted[path] = granted.get(path, 0) | READ
+    for path in ("/dev/shm", *policy.write):  # noqa: S108 (shared memory, as data loaders need)
+        granted[path] = WRITE
+    granted["/dev"] = granted.get("/dev", 0) | READ | WRITE_FILE  # /dev/null, GPUs
+    return granted
+
+
+@functools.lru_cache(maxsize=4)
+def _everything_but(hidden_paths: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """`read` rules for all of the filesystem except `hidden_paths`. Cached: the hidden
+    paths are the worker's, the same for each job, and the slot computes them before it
+    forks its work horses (`warm`)."""
+    hidden = [Path(os.path.realpath(p)) for p in hidden_paths]
     granted: dict[str, int] = {}
 
     def visit(folder: Path) -> None:
@@ -278,90 +252,24 @@ def rules(policy: Policy) -> dict[str, int]:
         visit(Path("/"))
     else:
         granted["/"] = READ
-    for path in policy.read:
-        granted[path] = granted.get(path, 0) | READ
-    for path in ("/dev/shm", *policy.write):  # noqa: S108 (shared memory, as data loaders need)
-        granted[path] = WRITE
-    granted["/dev"] = granted.get("/dev", 0) | READ | WRITE_FILE  # /dev/null, GPUs
-    return granted
+    return tuple(granted.items())
 
 
-def restrict(policy: Policy, abi: int) -> None:
-    """Restrict this process (and what it will exec and fork) to `policy`. Raises OSError."""
-    libc = _libc()
-    handled = READ | WRITE
-    if abi < 2:
-        handled &= ~REFER
-    if abi < 3:
-        handled &= ~TRUNCATE
-    attr = _RulesetAttr(handled, 0, 0)
-    size = 8
-    if abi >= 6 and policy.scope:
-        attr.scoped = SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET
-        size = ctypes.sizeof(_RulesetAttr)
-    ruleset = libc.syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
-    if ruleset < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
-    try:
-        for path, access in rules(policy).items():
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue  # gone since it was listed, or a dangling link
-            try:
-                if not os.path.isdir(f"/proc/self/fd/{fd}"):
-                    access &= _FILE_RIGHTS
-                rule = _PathBeneath(access & handled, fd)
-                if libc.syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0):
-                    raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
-            finally:
-                os.close(fd)
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-        if libc.syscall(_SYS_RESTRICT_SELF, ruleset, 0):
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
-    finally:
-        os.close(ruleset)
+def hidden_for(home: Path, cache: Path, storage_url: str) -> list[Path]:
+    """What no job may read or write: the worker's home (secret, database, embedded Redis),
+    its cache (other runs' folders, environments, mirrors, blobs), local blob storage, and
+    the worker user's credential files."""
+    from urllib.parse import urlsplit
+
+    hidden = [home, cache]
+    if storage_url.startswith("file:"):
+        hidden.append(Path(urlsplit(storage_url).path))
+    worker_home = Path(pwd.getpwuid(os.geteuid()).pw_dir)
+    hidden += [worker_home / name for name in HIDDEN_IN_HOME]
+    return [p.absolute() for p in hidden]
 
 
-def become(policy: Policy) -> None:
-    """Drop to the job user's uid and groups (a root worker's `--job-user`), then ask again
-    for the parent-death signal, which a change of credentials clears."""
-    if policy.uid is None or policy.gid is None:
-        return
-    os.setgroups(policy.groups)
-    os.setresgid(policy.gid, policy.gid, policy.gid)
-    os.setresuid(policy.uid, policy.uid, policy.uid)
-    libc = _libc()
-    libc.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)
-    if os.getppid() == 1:  # the work horse died before we asked
-        os._exit(137)
-
-
-def drop_capabilities() -> None:
-    """Drop `ROOT_JOB_DROPS` from the bounding set; effective at exec. Raises OSError."""
-    libc = _libc()
-    for cap in ROOT_JOB_DROPS:
-        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) and ctypes.get_errno() != 22:
-            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap}) failed")
-
-
-def exec_main(args: Iterable[str]) -> None:
-    """`sandbox_exec.py POLICY -- ARGV...`: apply POLICY, then exec ARGV (same pid)."""
-    items = list(args)
-    if len(items) < 3 or items[1] != "--":
-        sys.stderr.write("usage: sandbox_exec.py POLICY -- ARGV...\n")
-        os._exit(2)
-    policy = Policy(**json.loads(items[0]))
-    argv = items[2:]
-    try:
-        become(policy)
-        if os.geteuid() == 0:
-            drop_capabilities()
-        if policy.landlock:
-            restrict(policy, landlock_abi())
-    except OSError as exc:
-        # Never run the job less confined than the worker said: fail the run instead.
-        sys.stderr.write(f"retrain sandbox: {exc}; the job was not started\n")
-        os._exit(126)
-    os.execvp(argv[0], argv)  # noqa: S606 (the job's argv, never through a shell)
+def warm(hidden: Sequence[Path]) -> None:
+    """Compute the walk once in the slot, before it forks work horses (see `rules`)."""
+    if level().startswith("landlock"):
+        _everything_but(tuple(sorted(str(p) for p in hidden)))
