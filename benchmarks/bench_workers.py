@@ -4,7 +4,9 @@
   both with empty caches; target: at least 5x faster.
 - Environment cache hit: <= 0.2 s. Warm checkout of a 1,000-commit repository: <= 0.3 s.
 - Enqueued -> user process started on a warm worker, 50 samples: p50 <= 150 ms, p99 <= 400 ms,
-  beside a bare RQ forking worker starting a job, and a Python child, on this machine.
+  with the job sandbox as deployed (Landlock where the kernel has it) and with
+  `--sandbox off` (the difference is the sandbox's cost), beside a bare RQ forking worker
+  starting a job, and a Python child, on this machine.
 Uses RETRAIN_TEST_REDIS_URL (default: this machine's Redis, database 15).
 """
 
