@@ -4,7 +4,9 @@
   both with empty caches; target: at least 5x faster.
 - Environment cache hit: <= 0.2 s. Warm checkout of a 1,000-commit repository: <= 0.3 s.
 - Enqueued -> user process started on a warm worker, 50 samples: p50 <= 150 ms, p99 <= 400 ms,
-  beside a bare RQ forking worker starting a job, and a Python child, on this machine.
+  with the job sandbox as deployed (Landlock where the kernel has it) and with
+  `--sandbox off` (the difference is the sandbox's cost), beside a bare RQ forking worker
+  starting a job, and a Python child, on this machine.
 Uses RETRAIN_TEST_REDIS_URL (default: this machine's Redis, database 15).
 """
 
@@ -107,8 +109,9 @@ def warm_checkout(work: Path) -> float:
     return statistics.median(samples)
 
 
-def start_latency(work: Path) -> tuple[list[float], list[float], list[float]]:
-    """ms from enqueue to: our user process running, a bare RQ job, a bare job's child."""
+def start_latency(work: Path) -> tuple[list[float], list[float], list[float], list[float]]:
+    """ms from enqueue to: our user process running (sandboxed, as deployed, and with
+    `--sandbox off`), a bare RQ job, a bare job's child."""
     import datetime as dt
 
     import redis
@@ -151,44 +154,56 @@ def start_latency(work: Path) -> tuple[list[float], list[float], list[float]]:
             project="bench", name="start", repo=str(repo), script="start.py", queue="bench"
         )
     )
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from orchestrator.cli import main; main()",
-            "worker",
-            "--queue",
-            "bench",
-            "--gpus",
-            "none",
-            "--pass-env",
-            "STAMPS",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    ours: list[float] = []
+
+    def sample(sandbox: str) -> list[float]:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from orchestrator.cli import main; main()",
+                "worker",
+                "--queue",
+                "bench",
+                "--gpus",
+                "none",
+                "--pass-env",
+                "STAMPS",
+                "--sandbox",
+                sandbox,
+                "--sandbox-write",  # the stamps are written outside the job's own folder
+                str(stamps),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        out: list[float] = []
+        try:
+            for i in range(SAMPLES + 1):  # the first run warms the mirror and the environment
+                info, _ = runtime.tasks.run(template.id)
+                stamp = stamps / info.id
+                deadline = time.monotonic() + 120
+                while not stamp.exists():
+                    assert time.monotonic() < deadline, "the worker did not start the job"
+                    time.sleep(0.002)
+                time.sleep(0.05)
+                enqueued = client.hget(f"rq:job:{info.id}", "enqueued_at")
+                assert enqueued is not None
+                began = float(stamp.read_text())
+                at = dt.datetime.fromisoformat(enqueued.decode().replace("Z", "+00:00"))
+                if i:
+                    out.append((began - at.timestamp()) * 1000)
+                while client.hget(f"rq:job:{info.id}", "status") not in (b"finished", b"failed"):
+                    time.sleep(0.01)  # the worker is idle (and warm) before the next sample
+        finally:
+            worker.terminate()
+            worker.wait(30)
+        return out
+
     try:
-        for i in range(SAMPLES + 1):  # the first run warms the mirror and the environment
-            info, _ = runtime.tasks.run(template.id)
-            stamp = stamps / info.id
-            deadline = time.monotonic() + 120
-            while not stamp.exists():
-                assert time.monotonic() < deadline, "the worker did not start the job"
-                time.sleep(0.002)
-            time.sleep(0.05)
-            enqueued = client.hget(f"rq:job:{info.id}", "enqueued_at")
-            assert enqueued is not None
-            began = float(stamp.read_text())
-            at = dt.datetime.fromisoformat(enqueued.decode().replace("Z", "+00:00"))
-            if i:
-                ours.append((began - at.timestamp()) * 1000)
-            while client.hget(f"rq:job:{info.id}", "status") not in (b"finished", b"failed"):
-                time.sleep(0.01)  # the worker is idle (and warm) before the next sample
+        ours = sample("auto")  # Landlock where the kernel has it, as deployed
+        unconfined = sample("off")
     finally:
-        worker.terminate()
-        worker.wait(30)
         runtime.close()
 
     def floor(function: str) -> list[float]:
@@ -232,7 +247,7 @@ def start_latency(work: Path) -> tuple[list[float], list[float], list[float]]:
     bare_child = floor("benchmarks.bench_workers.child_started")
     client.flushdb()
     client.close()
-    return ours, bare_job, bare_child
+    return ours, unconfined, bare_job, bare_child
 
 
 SECRET = "bench-worker-secret-0123456789abcdef"
@@ -244,12 +259,16 @@ def report_signing() -> tuple[list[float], list[float]]:
     from orchestrator.queue import reports, signing
 
     report = reports.finished(
-        "0" * 32, "host-1-gpu0", "completed", exit_code=0, duration_s=3600.5,
+        "0" * 32,
+        "host-1-gpu0",
+        "completed",
+        exit_code=0,
+        duration_s=3600.5,
         metrics={f"val/metric_{i}": i / 7 for i in range(50)},
-        models=[{"name": f"m{i}", "uri": f"s3://b/models/{i:064x}", "metadata": {}}
-                for i in range(3)],
-        artifacts=[{"path": f"plots/{i}.png", "uri": f"s3://b/blobs/{i:064x}"}
-                   for i in range(20)],
+        models=[
+            {"name": f"m{i}", "uri": f"s3://b/models/{i:064x}", "metadata": {}} for i in range(3)
+        ],
+        artifacts=[{"path": f"plots/{i}.png", "uri": f"s3://b/blobs/{i:064x}"} for i in range(20)],
     )
     signed_us: list[float] = []
     plain_us: list[float] = []
@@ -275,7 +294,7 @@ def pct(values: list[float], p: float) -> float:
 def main() -> bool:
     work = Path(tempfile.mkdtemp(prefix="retrain-bench-workers-"))
     try:
-        ours, bare_job, bare_child = start_latency(work)
+        ours, unconfined, bare_job, bare_child = start_latency(work)
         checkout_s = warm_checkout(work)
         uv_s, pip_s = cold_builds(work)
         hit_s = cache_hit(work)
@@ -305,6 +324,10 @@ def main() -> bool:
     print(
         f"  retrain worker          p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   (target p50 <= 150, "
         "p99 <= 400)"
+    )
+    print(
+        f"  ... with --sandbox off  p50 {pct(unconfined, 50):6.1f} ms   p99 "
+        f"{pct(unconfined, 99):6.1f} ms   (the sandbox's cost: the difference)"
     )
     print(
         f"  bare RQ job             p50 {pct(bare_job, 50):6.1f} ms   p99 "

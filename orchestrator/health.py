@@ -100,8 +100,22 @@ def check(home: Path, role: str, max_age_s: float) -> tuple[bool, str]:
     ]
     if troubles:
         return False, f"{role} unhealthy: " + "; ".join(troubles)
-    names = ", ".join(f"{b.name} (pid {b.pid}, {b.age_s:.0f} s ago)" for b in found)
+    names = ", ".join(
+        f"{b.name} (pid {b.pid}, {b.age_s:.0f} s ago{''.join(f'; {n}' for n in notes_of(b))})"
+        for b in found
+    )
     return True, f"{role} healthy: {names}"
+
+
+def notes_of(b: Beat) -> list[str]:
+    """What a healthy process should still say: its jobs' sandbox, and unsigned reports
+    (no worker secret: anyone with Redis access can forge them)."""
+    notes = []
+    if b.detail.get("sandbox"):
+        notes.append(f"sandbox {_line(b.detail['sandbox'])}")
+    if b.detail.get("reports") == "unsigned":
+        notes.append("reports unsigned")
+    return notes
 
 
 def troubles_of(b: Beat, *, now: float) -> list[str]:

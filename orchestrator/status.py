@@ -92,6 +92,8 @@ class RedisView:
     refused: int = 0
     """Reports the scheduler refused (dead-lettered) and still keeps."""
     last_refused: Row | None = None
+    scheduler_signed: bool | None = None
+    """Whether the last scheduler to start checks report signatures; None: no word yet."""
 
     @property
     def reachable(self) -> bool:
@@ -128,7 +130,8 @@ def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
     pipe.zrange(keys.WORKERS, 0, -1, withscores=True)
     pipe.xlen(keys.REPORTS_DEAD)
     pipe.xrevrange(keys.REPORTS_DEAD, count=1)
-    leader, pttl, queue_keys, members, refused, last_refused = pipe.execute()
+    pipe.get(keys.SCHEDULER_SIGNING)
+    leader, pttl, queue_keys, members, refused, last_refused, signing = pipe.execute()
 
     rq_keys = sorted(k for k in (_text(q) for q in queue_keys) if k.startswith(RQ_QUEUE_PREFIX))
     names = [(_text(m), float(score)) for m, score in members]
@@ -146,6 +149,8 @@ def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
         for key, n in zip(rq_keys, replies[: len(rq_keys)], strict=True)
     }
     view.refused = int(refused or 0)
+    signing = _text(signing) if signing is not None else None
+    view.scheduler_signed = {"signed": True, "unsigned": False}.get(signing or "")
     if last_refused:
         entry_id, entry = last_refused[0]
         fields_ = {_text(k): _text(v) for k, v in entry.items()}
@@ -192,6 +197,8 @@ def _worker(name: str, fields: dict[str, str]) -> Row:
         "task_started": _iso(fields.get("task_started") or None),
         "started": _iso(fields.get("started") or None),
         "heartbeat": _iso(fields.get("heartbeat") or None),
+        "sandbox": fields.get("sandbox") or None,
+        "reports": fields.get("reports") or None,
     }
 
 
@@ -206,6 +213,8 @@ def _lost_worker(name: str, seen: dt.datetime) -> Row:
         "task": None,
         "task_started": None,
         "started": None,
+        "sandbox": None,
+        "reports": None,
         "heartbeat": _iso(seen),
     }
 
@@ -347,14 +356,18 @@ def collect(
       {`index`, `uuid`, `name`, `memory_mib`}), `state` (idle, busy, stopping or lost),
       `task`, `task_name` (`project/name`), `task_status` (in the store), `task_started`,
       `task_age_s`, `started`, `heartbeat` (for a lost worker: when it was last seen),
-      `heartbeat_age_s`. `workers_lost_hidden`: lost workers silent for over 24 h, left out.
+      `heartbeat_age_s`, `sandbox` (what its jobs run in: `landlock-abi-N`, `none`, `off`,
+      with `, as USER`), `reports` (`signed` or `unsigned`). `workers_lost_hidden`: lost
+      workers silent for over 24 h, left out.
     - `firings`: the newest trigger decisions: `time`, `trigger`, `decision` (fired, skipped,
       coalesced, superseded), `reason`, `event` ({`seq`, `kind`, `project`, `name`,
       `version`, `tags`}), `task`, `task_status`.
     - `reports`: `refused` (worker reports the scheduler refused: malformed, oversized,
       unsigned, or not from the worker bound to the run's attempt; kept in
       `retrain:reports:dead` for inspection; null without Redis) and `last_refused`
-      ({`at`, `reason`}, or null).
+      ({`at`, `reason`}, or null), `scheduler_signed` (whether the last scheduler to start
+      checks signatures; null before one did, or without Redis) and `unsigned_workers`
+      (names of workers that sign nothing: no worker secret).
     - `waiting`: triggers whose firings could not start and wait (see
       `orchestrator.scheduler.waiting.waiting_firings`): `trigger`, `reason`, `since`,
       `count`, `events` ([{`seq`, `kind`, `entity`, `project`, `name`, `version`}]).
@@ -412,6 +425,10 @@ def collect(
         "reports": {
             "refused": redis.refused if redis.reachable else None,
             "last_refused": redis.last_refused,
+            "scheduler_signed": redis.scheduler_signed if redis.reachable else None,
+            "unsigned_workers": sorted(
+                w["name"] for w in workers or [] if w.get("reports") == "unsigned"
+            ),
         },
     }
 

@@ -375,6 +375,8 @@ SCHEMA: dict[str, Any] = {
                 "started": (str, None),
                 "heartbeat": (str, None),
                 "heartbeat_age_s": (float, None),
+                "sandbox": (str, None),
+                "reports": (str, None),
             }
         ],
         None,
@@ -397,7 +399,12 @@ SCHEMA: dict[str, Any] = {
             "task_status": (str, None),
         }
     ],
-    "reports": {"refused": (int, None), "last_refused": (dict, None)},
+    "reports": {
+        "refused": (int, None),
+        "last_refused": (dict, None),
+        "scheduler_signed": (bool, None),
+        "unsigned_workers": [str],
+    },
     "waiting": [
         {
             "trigger": str,

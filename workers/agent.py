@@ -109,6 +109,12 @@ def run_slot(
         # Inherited by the work horse and from there by the user's process.
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(slot, detected)
         settings = Settings.load()
+        from workers import sandbox
+
+        # The sandbox's walk of the filesystem, once, before any work horse is forked.
+        sandbox.warm(
+            sandbox.hidden_for(settings.home, settings.resolved_cache_dir, settings.storage_url)
+        )
         redis = client(settings)
         # Jobs are routed by the GPUs they need: this slot takes only those that fit it.
         names = [
@@ -135,14 +141,43 @@ def run_slot(
                 [asdict(gpu) for gpu in detected if gpu.index in slot], separators=(",", ":")
             ),
         }
+        worker.advertised["sandbox"] = sandbox_level()
+        worker.advertised["reports"] = "signed" if settings.worker_secret else "unsigned"
         worker.abort_on_stop = abort_on_stop
         worker.home = settings.home
         worker.worker_secret = settings.worker_secret
-        announce(worker, queues, slot, detected, settings, burst=burst, max_jobs=max_jobs)
+        announce(
+            worker,
+            queues,
+            slot,
+            detected,
+            settings,
+            burst=burst,
+            max_jobs=max_jobs,
+            sandbox=worker.advertised["sandbox"],
+        )
         worked = worker.work(
             burst=burst, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING"
         )
         return 0 if worked or burst else 1
+
+
+def sandbox_level() -> str:
+    """What this worker's jobs run in (`workers.sandbox`), for its advertisement and start
+    line: `landlock-abi-N`, `none` (said as a warning: the kernel has no Landlock) or `off`,
+    with `, as USER` for `--job-user`."""
+    import structlog
+
+    from workers import sandbox
+
+    level = sandbox.level()
+    if level == "none":
+        structlog.get_logger("retrain.worker").warning(
+            "jobs run unconfined: this kernel has no Landlock (use --sandbox required to "
+            "refuse to start without it)"
+        )
+    user = sandbox.job_user()
+    return f"{level}, as {user.pw_name}" if user is not None else level
 
 
 _AGENT_CLASS: type[Any] | None = None
@@ -179,6 +214,11 @@ def agent_class() -> type[Any]:
             pipe.expire(key, self.worker_ttl + 15)
             pipe.zadd(keys.WORKERS, {self.name: now.timestamp()})
 
+        def _health_detail(self) -> dict[str, str]:
+            """What `retrain health worker` says besides liveness."""
+            advertised = getattr(self, "advertised", {})
+            return {k: advertised[k] for k in ("sandbox", "reports") if k in advertised}
+
         def subscribe(self) -> None:
             """No RQ command channel: RQ's `kill-horse`, `stop-job` and `shutdown` arrive on a
             pub/sub channel anyone with Redis access can publish to, and kill-horse orphans the
@@ -186,7 +226,7 @@ def agent_class() -> type[Any]:
 
         def register_birth(self) -> None:
             super().register_birth()  # type: ignore[no-untyped-call]
-            health.beat(self.home, "worker", self.name)
+            health.beat(self.home, "worker", self.name, self._health_detail())
             with self.connection.pipeline() as pipe:
                 pipe.delete(keys.worker_key(self.name))
                 self._advert(
@@ -212,7 +252,7 @@ def agent_class() -> type[Any]:
         def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
             super().heartbeat(timeout, pipeline)
             if not self.is_horse:
-                health.beat(self.home, "worker", self.name)
+                health.beat(self.home, "worker", self.name, self._health_detail())
             if pipeline is not None:
                 self._advert(pipeline)
                 return

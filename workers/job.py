@@ -207,6 +207,7 @@ class Job:
             [python, entry["script"]] if entry.get("script") else [python, "-m", entry["module"]]
         ) + args
         cwd = source / self.spec.get("working_dir", ".")
+        confine = self._sandbox(python, source, inputs, outputs)
         self._log_file = (self.workdir / "output.log").open("w", encoding="utf-8")
         from workers.channel import Channel
 
@@ -225,6 +226,7 @@ class Job:
             on_line=self._log_line,
             abort=self.abort,
             grace_s=float(self.spec.get("abort_grace_s", ABORT_GRACE_S)),
+            sandbox=confine,
         )
         self.channel.finish("released" if self.released.is_set() else run.status)
         self._log_file.close()
@@ -470,6 +472,10 @@ class Job:
             "RETRAIN_RUN_CHANNEL": str(self.workdir / "run" / "channel.jsonl"),
             "PYTHONPATH": str(JOB_API_DIR),
             "PYTHONUNBUFFERED": "1",
+            # A private tmp, removed with the work folder (the sandbox lets the job write it).
+            "TMPDIR": str(self.workdir / "tmp"),
+            "TMP": str(self.workdir / "tmp"),
+            "TEMP": str(self.workdir / "tmp"),
             # The slot's GPUs (set by the agent); a task's env cannot widen them.
             "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         }
@@ -494,6 +500,37 @@ class Job:
             # A file store of the run's own, read after the run (workers/mlflowstore.py).
             env["MLFLOW_TRACKING_URI"] = (outputs / MLFLOW_STORE).as_uri()
         return env
+
+    def _sandbox(
+        self, python: str, source: Path, inputs: Mapping[str, Path], outputs: Path
+    ) -> list[str]:
+        """The wrapper that confines the job (`workers.sandbox`): it writes its outputs and
+        tmp only; reads its checkout, environment, inputs and its repository's mirror (the
+        checkout borrows its objects); never the worker's home, caches or storage."""
+        from orchestrator.git import Mirror
+        from workers import sandbox
+
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        # The job API's channel (RETRAIN_RUN_CHANNEL) is written by the job, in a folder of
+        # its own; retrain_run.py itself is read from the worker's package.
+        channel = self.workdir / "run"
+        channel.mkdir(exist_ok=True)
+        hidden = sandbox.hidden_for(self.settings.home, self.cache, self.settings.storage_url)
+        policy = sandbox.policy_for(
+            workdir=self.workdir,
+            writable=[outputs, tmp, channel],
+            readable=[
+                JOB_API_DIR,
+                source,
+                self.workdir / "params.json",
+                Mirror(self.cache / "git").path(self.spec["repo"]),
+                *inputs.values(),
+            ],
+            hidden=hidden,
+            python=python,
+        )
+        return sandbox.prefix(policy)
 
     def _log_line(self, stream: str, line: str) -> None:
         if self._log_file is not None:

@@ -95,16 +95,19 @@ def kill_group(pid: int, grace_s: float) -> None:
     _signal_group(pid, signal.SIGKILL)
 
 
-def _die_with_parent(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> list[str]:
+def _die_with_parent(
+    argv: Sequence[str], env: Mapping[str, str], cwd: Path, prefix: Sequence[str] = ()
+) -> list[str]:
     """`argv`, run so that the kernel SIGKILLs the command when the work horse that started it
     dies (a `kill -9` of the worker, an OOM kill): a lost run's training must not go on holding
     a GPU that its worker's lock no longer guards. util-linux's `setpriv --pdeathsig` sets that
     and then executes the command (a `preexec_fn` would do it too, but it makes Python fork the
     whole work horse instead of using vfork: about 15 ms more per job start). Without setpriv
-    (not Linux) the command runs as it is."""
+    (not Linux) the command runs as it is. `prefix` (the sandbox's wrapper) runs first and
+    execs `argv`."""
     setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
     if setpriv is None:
-        return list(argv)
+        return [*prefix, *argv]
     # What exec would say about the command itself, said here: through setpriv it would be
     # an exit code instead of the OSError callers rely on ("nothing ran").
     command = argv[0]
@@ -116,7 +119,7 @@ def _die_with_parent(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> 
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), command)
     elif shutil.which(command, path=env.get("PATH", os.defpath)) is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
-    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
+    return [setpriv, "--pdeathsig", "KILL", "--", *prefix, *argv]
 
 
 def run_process(
@@ -129,6 +132,7 @@ def run_process(
     abort: threading.Event | None = None,
     grace_s: float = 30.0,
     tail_lines: int = 50,
+    sandbox: Sequence[str] = (),
 ) -> RunResult:
     """Run `argv` (never through a shell) with exactly `env` in `cwd`, and return how it ended.
 
@@ -141,7 +145,8 @@ def run_process(
     The run is stopped when `abort` is set (status "aborted") or after `timeout_s` seconds
     (status "timeout"), with `kill_group(pid, grace_s)`; if it was already set before the start,
     nothing is started. An `OSError` from starting the command (not found, not executable, `cwd`
-    missing) propagates: nothing ran.
+    missing) propagates: nothing ran. `sandbox` is a command that confines itself and then
+    execs `argv` (`workers.sandbox.wrap`).
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, not {timeout_s}")
@@ -159,7 +164,7 @@ def run_process(
     # and grandchildren join, so one killpg reaches every one of them; it also detaches them from
     # the agent's terminal, so a Ctrl-C meant for the agent is not delivered to the job as well.
     proc = subprocess.Popen(
-        _die_with_parent(argv, env, cwd),
+        _die_with_parent(argv, env, cwd, sandbox),
         env=dict(env),
         cwd=cwd,
         stdin=subprocess.DEVNULL,

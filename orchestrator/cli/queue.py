@@ -30,6 +30,11 @@ def reconcile(as_json: JsonFlag = False) -> None:
     output.note(
         f"checked {report.checked} queued task(s): enqueued {len(report.enqueued)}, "
         f"removed {len(report.removed)} stale job(s)"
+        + (
+            f", replaced {len(report.replaced)} finished job(s) whose reports were lost"
+            if report.replaced
+            else ""
+        )
     )
     for task_id in report.enqueued:
         print(task_id)

@@ -49,10 +49,11 @@ def status(
     workers, no_slot: [{gpus, jobs, largest_slot}]}], workers: [{name, host, pid, queues,
     gpus: [{index, uuid, name, memory_mib}],
     state, task, task_name, task_status, task_started, task_age_s, started, heartbeat,
-    heartbeat_age_s}], workers_lost_hidden, firings: [{time, trigger, decision, reason,
-    event: {seq, kind, project, name, version, tags}, task, task_status}], waiting:
-    [{trigger, reason, since, count, events: [{seq, kind, entity, project, name,
-    version}]}], reports: {refused, last_refused: {at, reason}}}. Times are ISO
+    heartbeat_age_s, sandbox, reports}], workers_lost_hidden, firings: [{time, trigger,
+    decision, reason, event: {seq, kind, project, name, version, tags}, task, task_status}],
+    waiting: [{trigger, reason, since, count, events: [{seq, kind, entity, project, name,
+    version}]}], reports: {refused, last_refused: {at, reason}, scheduler_signed,
+    unsigned_workers}}. Times are ISO
     8601 UTC, ages in seconds; Redis-only figures are null when Redis is unreachable.
     """
     if watch:
@@ -164,11 +165,31 @@ def _refused(data: dict[str, Any], now: dt.datetime) -> list[RenderableType]:
     from rich.text import Text
 
     reports = data.get("reports") or {}
+    lines: list[RenderableType] = []
+    if reports.get("scheduler_signed") is False:
+        lines.append(
+            Text(
+                "reports unsigned: the scheduler has no worker secret, so anyone with Redis access "
+                "can forge reports (set RETRAIN_WORKER_SECRET on the scheduler and the workers)",
+                style="red",
+            )
+        )
+    if reports.get("unsigned_workers"):
+        lines.append(
+            Text(
+                f"reports unsigned by worker(s) {', '.join(reports['unsigned_workers'])}: "
+                "they have no worker secret",
+                style="red",
+            )
+        )
+    if lines:
+        lines.insert(0, Text())
     if not reports.get("refused"):
-        return []
+        return lines
     last = reports.get("last_refused") or {}
     when = output.when(dt.datetime.fromisoformat(last["at"])) if last.get("at") else "-"
     return [
+        *lines,
         Text(),
         Text(
             f"reports refused: {reports['refused']} (kept in retrain:reports:dead); "
@@ -377,9 +398,12 @@ def _workers(data: dict[str, Any]) -> list[RenderableType]:
                 Text(f"last seen {_ago(w['heartbeat_age_s'])}", style="red")
                 if lost
                 else _ago(w["heartbeat_age_s"]),
+                Text(w.get("sandbox") or "-", style="yellow")
+                if w.get("sandbox") in ("none", "off")
+                else w.get("sandbox") or "-",
             )
         )
-    columns = ["host", "worker", "GPUs", "state", "task", "task id", "for", "heartbeat"]
+    columns = ["host", "worker", "GPUs", "state", "task", "task id", "for", "heartbeat", "sandbox"]
     return [_title("workers"), _table(columns, rows), *note]
 
 

@@ -35,7 +35,10 @@ def up(
     (Ctrl-C twice hands them back to their queue)."""
     from orchestrator.triggers.config import triggers_path
     from orchestrator.up import run_up
+    from workers.sandbox import make_undumpable
 
+    # The workers' parent: the jobs must not read its environment from /proc either.
+    make_undumpable()
     code = run_up(
         triggers_path(triggers),
         queues=queue,

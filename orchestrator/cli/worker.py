@@ -43,6 +43,35 @@ def worker(
             "such as 'WANDB_*' works). Jobs get no other credentials of the worker.",
         ),
     ] = [],  # noqa: B006
+    sandbox: Annotated[
+        str,
+        typer.Option(
+            "--sandbox",
+            envvar="RETRAIN_SANDBOX",
+            help="auto: confine jobs with Landlock when the kernel has it (and say so when "
+            "not); required: refuse to start without it; off: jobs run unconfined.",
+        ),
+    ] = "auto",
+    sandbox_write: Annotated[
+        list[str],
+        typer.Option(
+            "--sandbox-write",
+            metavar="DIR",
+            envvar="RETRAIN_SANDBOX_WRITE",
+            help="A folder jobs may also write, such as a scratch disk (repeatable; in the "
+            "environment: space-separated).",
+        ),
+    ] = [],  # noqa: B006
+    job_user: Annotated[
+        str | None,
+        typer.Option(
+            "--job-user",
+            metavar="USER",
+            envvar="RETRAIN_JOB_USER",
+            help="Run jobs as this user (a worker running as root only); their outputs and "
+            "tmp folders are theirs, caches stay read-only to them.",
+        ),
+    ] = None,
 ) -> None:
     """Run a worker agent: one forking RQ worker per GPU slot, each pinned to its devices.
 
@@ -51,9 +80,48 @@ def worker(
     import os
 
     from orchestrator import lifeline
+    from orchestrator.errors import UserError
     from orchestrator.logs import configure
+    from workers import sandbox as confine
     from workers.agent import run
     from workers.jobenv import PASS_ENV
+
+    # First: from here on, same-uid processes (the jobs) cannot read this process's
+    # environment or memory; inherited by the slots' work horses.
+    confine.make_undumpable()
+    if sandbox not in confine.MODES:
+        raise UserError(f"--sandbox {sandbox}: must be one of {', '.join(confine.MODES)}")
+    for folder in sandbox_write:
+        if not os.path.isabs(folder) or not os.path.isdir(folder):
+            raise UserError(
+                f"--sandbox-write {folder}: must be an existing folder, as an absolute path"
+            )
+    if sandbox_write:
+        from pathlib import Path
+
+        from orchestrator.settings import Settings
+
+        settings = Settings.load()
+        keep = [settings.home, settings.resolved_cache_dir]
+        for folder in sandbox_write:
+            real = Path(os.path.realpath(folder))
+            for kept in keep:
+                if (
+                    real == Path(os.path.realpath(kept))
+                    or real in Path(os.path.realpath(kept)).parents
+                ):
+                    raise UserError(
+                        f"--sandbox-write {folder}: holds the worker's {kept} (its secret and "
+                        "caches); name a folder beside it"
+                    )
+    os.environ[confine.SANDBOX_ENV] = sandbox
+    os.environ[confine.WRITE_ENV] = " ".join(sandbox_write)
+    os.environ[confine.JOB_USER_ENV] = job_user or ""
+    try:
+        confine.level()
+        confine.job_user()
+    except confine.SandboxUnavailable as exc:
+        raise UserError(str(exc)) from None
 
     if pass_env:
         # Inherited by every slot and work horse; read where the job's environment is made.

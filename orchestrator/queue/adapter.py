@@ -9,6 +9,7 @@ retry, a reconcile pass and a second scheduler cannot queue one task twice.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import ServiceUnavailable
@@ -87,6 +88,48 @@ class QueueAdapter:
         for task_id in task_ids:
             pipe.exists(Job.key_for(task_id))
         return {tid for tid, found in zip(task_ids, pipe.execute(), strict=True) if found}
+
+    def finished_before(self, task_ids: list[str], before: dt.datetime) -> set[str]:
+        """Which of these tasks have a job RQ says finished, ended before `before` (one round
+        trip; a field that does not parse counts as not finished)."""
+        from rq.job import Job
+
+        if not task_ids:
+            return set()
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hmget(Job.key_for(task_id), "status", "ended_at")
+        found = set()
+        for task_id, (status, ended_at) in zip(task_ids, pipe.execute(), strict=True):
+            if status != b"finished" or not ended_at:
+                continue
+            try:
+                when = dt.datetime.fromisoformat(ended_at.decode().replace("Z", "+00:00"))
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.timezone.utc)
+            if when < before:
+                found.add(task_id)
+        return found
+
+    def reports_all_read(self) -> bool:
+        """Whether the scheduler has read every report on the stream (none waits unread or
+        unacknowledged): then a finished job whose task is still queued lost its reports."""
+        from redis import ResponseError
+
+        if not self.redis.exists(keys.REPORTS_STREAM):
+            return True
+        try:
+            groups = self.redis.xinfo_groups(keys.REPORTS_STREAM)
+        except ResponseError:
+            return False
+        for group in groups:
+            name = group.get("name")
+            name = name.decode() if isinstance(name, bytes) else name
+            if name == keys.REPORTS_GROUP:
+                return not group.get("pending") and group.get("lag") == 0
+        return False  # entries nobody has read yet
 
     def remove(self, task_id: str) -> bool:
         """Delete a task's job (from its queue and every registry); False if there was none."""

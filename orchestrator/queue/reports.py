@@ -225,6 +225,12 @@ def parse(fields: Mapping[Any, Any] | None, secret: str | None = None) -> dict[s
         raise BadReport(f"no {FIELD!r} field")
     if len(raw) > MAX_REPORT_BYTES:
         raise BadReport(f"{len(raw)} bytes, more than the {MAX_REPORT_BYTES} a report may have")
+    if not secret and fields.get(SIG_FIELD, fields.get(SIG_FIELD.encode())) is not None:
+        # Signed and unsigned never mix: the worker has a secret, so this scheduler should.
+        raise BadReport(
+            "signed, but this scheduler has no worker secret to check it (set "
+            "RETRAIN_WORKER_SECRET on the scheduler)"
+        )
     if secret:
         sig = fields.get(SIG_FIELD, fields.get(SIG_FIELD.encode()))
         sig = sig.decode(errors="replace") if isinstance(sig, bytes) else sig
@@ -248,8 +254,7 @@ def parse(fields: Mapping[Any, Any] | None, secret: str | None = None) -> dict[s
         raise BadReport("no task_id")
     if report["kind"] == "finished" and report.get("status") not in FINAL_STATUSES:
         raise BadReport(
-            f"finished report for {report['task_id']}: status {report.get('status')!r} "
-            "is not final"
+            f"finished report for {report['task_id']}: status {report.get('status')!r} is not final"
         )
     _check_limits(report)
     return report
@@ -286,13 +291,17 @@ def _check_limits(report: Mapping[str, Any]) -> None:
     if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt < 1000:
         raise refuse("attempt is not a small non-negative integer")
     exit_code = report.get("exit_code")
-    if isinstance(exit_code, int) and not isinstance(exit_code, bool) and (
-        exit_code not in EXIT_CODES
+    if (
+        isinstance(exit_code, int)
+        and not isinstance(exit_code, bool)
+        and (exit_code not in EXIT_CODES)
     ):
         raise refuse(f"exit_code {str(exit_code)[:40]} is out of range")
     duration = report.get("duration_s")
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and (
-        not math.isfinite(duration) or abs(duration) > MAX_DURATION_S
+    if (
+        isinstance(duration, (int, float))
+        and not isinstance(duration, bool)
+        and (not math.isfinite(duration) or abs(duration) > MAX_DURATION_S)
     ):
         raise refuse("duration_s is out of range")
     for field, limit in (

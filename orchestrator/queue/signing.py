@@ -44,8 +44,14 @@ def sign_payload(secret: str | None, payload: Mapping[str, Any]) -> dict[str, An
 
 def check_payload(secret: str | None, payload: Mapping[str, Any]) -> str | None:
     """Why a worker must refuse `payload`, or None when it may run it. A worker with a secret
-    runs only payloads signed with it."""
+    runs only payloads signed with it; a worker without one refuses a signed payload (a
+    secret exists, and this worker could not check it: it was started without it)."""
     if not secret:
+        if SIGNATURE in payload:
+            return (
+                "the job's payload is signed, but this worker has no worker secret to check "
+                "it (set RETRAIN_WORKER_SECRET on the worker)"
+            )
         return None
     if SIGNATURE not in payload:
         return "the job's payload is not signed (was it made by retrain?)"

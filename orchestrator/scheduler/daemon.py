@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestrator.errors import RetrainError
+from orchestrator.queue import keys
 from orchestrator.scheduler import schedules
 from orchestrator.scheduler.engine import STATE, Engine, PollResult
 from orchestrator.scheduler.lease import Lease
@@ -278,7 +279,10 @@ class Scheduler:
         report = self.runtime.tasks.reconcile()
         if report.enqueued or report.removed:
             log.info(
-                "reconciled Redis with the store", enqueued=report.enqueued, removed=report.removed
+                "reconciled Redis with the store",
+                enqueued=report.enqueued,
+                removed=report.removed,
+                replaced=report.replaced,
             )
         if self.metrics is not None:
             self.metrics.reconcile.labels("enqueued").inc(len(report.enqueued))
@@ -422,6 +426,7 @@ class Scheduler:
             poll_interval=self.poll_interval,
             signed=bool(self.runtime.settings.worker_secret),
         )
+        self._say_signing()
         if not self.runtime.settings.worker_secret:
             log.warning(
                 "no worker secret: payloads and reports are not signed, so anyone with Redis "
@@ -534,6 +539,15 @@ class Scheduler:
 
         self._safely(write)
 
+    def _say_signing(self) -> None:
+        """Tell `retrain status` whether reports are checked (a failure is only logged: the
+        loop must start without it)."""
+        signing = "signed" if self.runtime.settings.worker_secret else "unsigned"
+        try:
+            self.redis.set(keys.SCHEDULER_SIGNING, signing)
+        except Exception as exc:
+            log.warning("could not record report signing in Redis", error=str(exc))
+
     def _health_detail(self) -> dict[str, Any]:
         """What `retrain health scheduler` judges besides liveness."""
         if self.config is not None:
@@ -547,6 +561,7 @@ class Scheduler:
             "firing": self.config is not None,
             "not_firing": why,
             "steps": self.steps.snapshot(),
+            "reports": "signed" if self.runtime.settings.worker_secret else "unsigned",
         }
 
     def _safely(self, step: Any, *args: Any) -> Any:

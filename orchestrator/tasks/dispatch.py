@@ -4,6 +4,7 @@ aborted one's job, and reconcile (the store is the truth; Redis is repaired from
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -76,10 +77,22 @@ def abort(store: Store, queues: Callable[[], QueueAdapter], task_id: str, reason
     return info
 
 
-def reconcile(store: Store, queues: QueueAdapter) -> ReconcileReport:
+STALE_FINISHED_JOB_S = 120.0
+"""How long after its job ended a still-queued task's finished job is taken for one whose
+reports were lost: longer than a scheduler's ingest round, so reports in flight land first."""
+
+
+def reconcile(
+    store: Store, queues: QueueAdapter, *, now: dt.datetime | None = None
+) -> ReconcileReport:
     """Make Redis agree with the store: every queued task has its job (enqueued once,
     atomically, even with several reconcilers), and the 1,000 most recently aborted tasks
-    keep no job waiting."""
+    keep no job waiting.
+
+    A queued task's job that RQ says *finished* ran without its reports reaching the store
+    (they were erased before the scheduler read them): once every report is read and the job
+    ended `STALE_FINISHED_JOB_S` before `now`, it is replaced by a new one, else the task
+    would stay queued forever."""
     report = ReconcileReport()
     with store.reader() as session:
         queued = list(
@@ -99,6 +112,14 @@ def reconcile(store: Store, queues: QueueAdapter) -> ReconcileReport:
         )
     report.checked = len(queued)
     present = queues.existing([t.id for t in queued])
+    now = now or dt.datetime.now(dt.timezone.utc)
+    stale = now - dt.timedelta(seconds=STALE_FINISHED_JOB_S)
+    ended = queues.finished_before(sorted(present), stale)
+    if ended and queues.reports_all_read():
+        for task_id in sorted(ended):
+            queues.remove(task_id)
+            present.discard(task_id)
+            report.replaced.append(task_id)
     for row in queued:
         if row.id in present:
             continue

@@ -22,6 +22,7 @@ leaves a `queued` task without a job, which `reconcile()` puts back exactly once
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -234,9 +235,9 @@ class TaskService:
         """Mark a task aborted, then stop its job in Redis if it had one."""
         return dispatch.abort(self.store, lambda: self.queues, task_id, reason)
 
-    def reconcile(self) -> ReconcileReport:
+    def reconcile(self, now: dt.datetime | None = None) -> ReconcileReport:
         """Make Redis agree with the store; see `dispatch.reconcile`."""
-        return dispatch.reconcile(self.store, self.queues)
+        return dispatch.reconcile(self.store, self.queues, now=now)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -125,4 +125,6 @@ class ReconcileReport(BaseModel):
 
     enqueued: list[str] = Field(default_factory=list)
     removed: list[str] = Field(default_factory=list)
+    replaced: list[str] = Field(default_factory=list)
+    """Queued tasks whose finished job was deleted (its reports were lost) and enqueued again."""
     checked: int = 0

@@ -44,9 +44,11 @@ def start(cli: CLI, repo: Repo, *args: str) -> tuple[str, subprocess.Popen[bytes
     task = cli("task", "create", "--project", "p", "--name", "flood", "--repo",
                str(repo.path), "--script", "train.py", "--queue", "gpu", *extra).out.strip()
     run = cli("task", "run", task).out.strip()
+    marks = repo.path.parent / "marks"
+    marks.mkdir(exist_ok=True)
     worker = subprocess.Popen(
         [sys.executable, "-c", "from orchestrator.cli import main; main()", "worker",
-         "--queue", "gpu", "--gpus", "none", "--burst"],
+         "--queue", "gpu", "--gpus", "none", "--burst", "--sandbox-write", str(marks)],
         env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     return run, worker
@@ -71,7 +73,7 @@ def test_the_live_log_is_capped_in_bytes(
 def test_the_stream_expires_from_its_first_line(
     cli: CLI, git_repo: Repo, machine_redis: str, tmp_path: Path
 ) -> None:
-    pid_file = tmp_path / "job.pid"
+    pid_file = tmp_path / "marks" / "job.pid"  # the job may write there: --sandbox-write
     run, worker = start(cli, git_repo, "600", str(pid_file))
     client = redis.Redis.from_url(machine_redis)
     try:

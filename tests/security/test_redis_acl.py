@@ -114,8 +114,14 @@ def test_a_worker_with_the_worker_user_runs_a_job_and_nothing_more(
         lambda: worker.xgroup_setid(keys.REPORTS_STREAM, keys.REPORTS_GROUP, "$"),
         lambda: worker.delete(keys.logs_stream(run)),
         lambda: worker.delete(keys.heartbeat_key(run)),
+        # Its database only: no other database of the server, not even through MOVE or COPY.
+        lambda: worker.execute_command("SELECT", 1),
+        lambda: worker.execute_command("SELECT", "00"),
+        lambda: worker.move(f"rq:job:{run}", 1),
+        lambda: worker.copy(f"rq:job:{run}", f"rq:job:{run}", destination_db=1),
     ]
     for attempt in forbidden:
         with pytest.raises(redis.exceptions.NoPermissionError):
             attempt()
+    assert worker.execute_command("SELECT", 0)  # what RETRAIN_REDIS_URL names still works
     worker.close()

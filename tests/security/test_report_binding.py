@@ -112,8 +112,10 @@ def worker(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[by
 def test_a_worker_runs_only_payloads_signed_with_its_secret(
     cli: CLI, git_repo: Repo, runtime: Runtime, tmp_path: Path
 ) -> None:
+    marks = tmp_path / "marks"  # the job may write here (--sandbox-write): it did not run
+    marks.mkdir()
     (git_repo.path / "train.py").write_text(
-        f"import pathlib; pathlib.Path({str(tmp_path / 'ran')!r}).write_text('ran')\n")
+        f"import pathlib; pathlib.Path({str(marks / 'ran')!r}).write_text('ran')\n")
     (git_repo.path / "requirements.txt").write_text("")
     run_git(git_repo.path, "commit", "-qam", "marker")
     run = queued(cli, git_repo)
@@ -126,12 +128,37 @@ def test_a_worker_runs_only_payloads_signed_with_its_secret(
     adapter.remove(run)
     payload.pop("signature")
     adapter.enqueue(run, payload, queue="gpu", priority="normal", timeout_s=600)
-    done = worker("--burst")
+    done = worker("--burst", "--sandbox-write", str(marks))
     assert done.wait(timeout=110) == 0
-    assert not (tmp_path / "ran").exists()
+    assert not (marks / "ran").exists()
     result = QueueAdapter(runtime.redis).job(run).latest_result()  # type: ignore[union-attr]
     assert result is not None and "not signed" in result.exc_string, result
     assert cli.json("task", "show", run)["status"] == "queued"
+
+
+def test_signed_and_unsigned_never_mix(
+    cli: CLI, git_repo: Repo, runtime: Runtime, tmp_path: Path
+) -> None:
+    """Once a secret exists, a party without it refuses what was signed with it rather than
+    run it unchecked: a scheduler left without the secret, a worker started without it."""
+    marks = tmp_path / "marks"  # the job may write here (--sandbox-write): it did not run
+    marks.mkdir()
+    (git_repo.path / "train.py").write_text(
+        f"import pathlib; pathlib.Path({str(marks / 'ran')!r}).write_text('ran')\n")
+    (git_repo.path / "requirements.txt").write_text("")
+    run_git(git_repo.path, "commit", "-qam", "marker")
+    run = queued(cli, git_repo)  # signed by the CLI, which has the secret
+    reports.send(runtime.redis, reports.started(run, "w1"), secret=SECRET)
+    Ingest(runtime.redis, runtime.tasks, runtime.models, "scheduler", secret=None).step()
+    assert cli.json("task", "show", run)["status"] == "queued"
+    assert any("this scheduler has no worker secret" in r for r in refused(runtime))
+
+    env = {k: v for k, v in os.environ.items() if k != "RETRAIN_WORKER_SECRET"}
+    done = worker("--burst", "--sandbox-write", str(marks), env=env)
+    assert done.wait(timeout=110) == 0
+    assert not (marks / "ran").exists()
+    result = QueueAdapter(runtime.redis).job(run).latest_result()  # type: ignore[union-attr]
+    assert result is not None and "this worker has no worker secret" in result.exc_string
 
 
 FROZEN = """\
@@ -186,7 +213,7 @@ def test_a_worker_back_from_the_dead_cannot_overwrite_the_attempt_that_replaced_
     triggers = tmp_path / "triggers.yaml"
     triggers.write_text("version: 1\ntriggers: []\n")
     scheduler = Scheduler(Runtime(), triggers, wakeup=False)
-    first = worker("--name", "first")
+    first = worker("--name", "first", "--sandbox-write", str(marks))
     frozen: list[int] = []
     try:
         wait_for("attempt 0 to run", (marks / "attempt-0").exists)
@@ -203,7 +230,7 @@ def test_a_worker_back_from_the_dead_cannot_overwrite_the_attempt_that_replaced_
         scheduler.reconcile(force=True)  # the lost-worker check: attempt 1 is queued
         shown = cli.json("task", "show", run)
         assert shown["status"] == "queued" and shown["attempt"] == 1, shown
-        second = worker("--name", "second", "--burst")
+        second = worker("--name", "second", "--burst", "--sandbox-write", str(marks))
         assert second.wait(timeout=110) == 0
         scheduler.ingest.step()
         shown = cli.json("task", "show", run)

@@ -59,6 +59,10 @@ def loop(cli: CLI, git_repo: Repo, tmp_path: Path,
     client = redis.Redis.from_url(url)
     client.flushdb()
     monkeypatch.setenv("RETRAIN_REDIS_URL", url)
+    # Slow jobs write their grandchild's pid here: the only folder outside their own that
+    # the sandbox lets them write (workers read --sandbox-write from the environment).
+    (tmp_path / "marks").mkdir()
+    monkeypatch.setenv("RETRAIN_SANDBOX_WRITE", str(tmp_path / "marks"))
     (git_repo.path / "train.py").write_text(TRAIN)
     run_git(git_repo.path, "commit", "-qam", "train for real")
     data = write_tree(tmp_path / "batch", {"rows.csv": "t,h,occupied\n1,2,0\n3,4,1\n"})
@@ -215,7 +219,7 @@ def _slow_template(cli: CLI, git_repo: Repo, timeout: str, *options: str,
     run_git(git_repo.path, "commit", "-qm", "a slow job")
     return cli("task", "create", "--project", "dataset_blogpost", "--name", "slow", "--repo",
                str(git_repo.path), "--script", "slow.py", "--queue", "slow", "--timeout",
-               timeout, "--env", f"PIDFILE={git_repo.path.parent / 'grandchild.pid'}",
+               timeout, "--env", f"PIDFILE={git_repo.path.parent / 'marks' / 'grandchild.pid'}",
                "--env", f"SLEEP_S={sleep_s}", *options).out.strip()
 
 
@@ -247,7 +251,7 @@ def test_abort_stops_the_whole_process_tree(
                              "worker", "--queue", "slow", "--gpus", "none", "--burst"],
                             env=os.environ.copy(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    pidfile = git_repo.path.parent / "grandchild.pid"
+    pidfile = git_repo.path.parent / "marks" / "grandchild.pid"
     try:
         wait_for(lambda: pidfile.exists() and pidfile.read_text(), "the job's grandchild")
         grandchild = int(pidfile.read_text())
@@ -286,7 +290,7 @@ def test_a_timeout_fails_the_task_with_the_reason(
     shown = cli.json("task", "show", run)
     assert shown["status"] == "failed"
     assert shown["error"] == "timeout after 2 s", shown["error"]
-    assert _gone(int((git_repo.path.parent / "grandchild.pid").read_text()))
+    assert _gone(int((git_repo.path.parent / "marks" / "grandchild.pid").read_text()))
     runtime.close()
 
 
@@ -357,7 +361,7 @@ def test_a_dead_worker_settles_its_run_and_a_live_one_never_does(
     triggers.write_text("version: 1\ntriggers: []\n")
     runtime = Runtime()
     scheduler = Scheduler(runtime, triggers)
-    pidfile = git_repo.path.parent / "grandchild.pid"
+    pidfile = git_repo.path.parent / "marks" / "grandchild.pid"
     try:
         wait_for(lambda: pidfile.exists() and pidfile.read_text(), "the job to start")
         scheduler.ingest.step()
@@ -427,7 +431,7 @@ def test_stopping_a_worker_finishes_or_hands_back_its_job(
     flags = ["--abort-on-stop"] if stop == "abort-on-stop" else []
     proc = _start_worker("--queue", "slow", "--gpus", "1", "--name", "w", *flags)
     client = redis.Redis.from_url(url, decode_responses=True)
-    pidfile = git_repo.path.parent / "grandchild.pid"
+    pidfile = git_repo.path.parent / "marks" / "grandchild.pid"
     runtime = Runtime()
     try:
         wait_for(lambda: pidfile.exists() and pidfile.read_text(), "the job to start")

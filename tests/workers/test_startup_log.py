@@ -47,6 +47,7 @@ def test_worker_logs_what_it_serves_as_json_lines(
     assert record["gpus"] == [] and record["cuda_visible_devices"] == ""
     assert record["cache_dir"] == str(tmp_path / "machine-cache")
     assert record["burst"] is True
+    assert record["sandbox"].startswith(("landlock-abi-", "none"))  # what its jobs run in
     assert record["rq_queues"] and all(
         name.startswith(("gpu", "cpu")) for name in record["rq_queues"]
     )

@@ -30,7 +30,8 @@ time.sleep(300)
 def test_killing_a_worker_outright_ends_its_jobs_process(
     cli: CLI, git_repo: Repo, machine_redis: str, tmp_path: Path
 ) -> None:
-    pidfile = tmp_path / "job.pid"
+    (tmp_path / "marks").mkdir()
+    pidfile = tmp_path / "marks" / "job.pid"  # the job may write there: --sandbox-write
     (git_repo.path / "train.py").write_text(SLEEPER)
     (git_repo.path / "requirements.txt").write_text("")
     run_git(git_repo.path, "commit", "-qam", "sleeper")
@@ -40,7 +41,7 @@ def test_killing_a_worker_outright_ends_its_jobs_process(
     cli("task", "run", task)
     worker = subprocess.Popen(
         [sys.executable, "-c", "from orchestrator.cli import main; main()", "worker",
-         "--queue", "gpu", "--gpus", "none"],
+         "--queue", "gpu", "--gpus", "none", "--sandbox-write", str(pidfile.parent)],
         env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     job = 0

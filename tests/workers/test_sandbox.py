@@ -1,0 +1,95 @@
+"""The sandbox's parts: its rules (pure), its levels, the worker's refusals of bad options,
+and a root worker's `--job-user`, through the real wrapper and `run_process`."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI
+from workers import sandbox
+from workers.runner import run_process
+
+
+def test_rules_hide_paths_and_whatever_links_to_them(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "cache").mkdir(parents=True)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "link-to-home").symlink_to(home)
+    (tmp_path / "link-to-project").symlink_to(tmp_path / "project")
+    outputs = home / "cache" / "work" / "t.0" / "outputs"
+    rules = sandbox.rules(sandbox.Policy(write=[str(outputs)], hidden=[str(home)]))
+    granted = set(rules)
+    assert str(home) not in granted and str(tmp_path / "link-to-home") not in granted
+    # Nothing granted is the home or holds it (Landlock rules cover all below them).
+    assert not any(Path(p) == home or Path(p) in home.parents for p in granted), granted
+    assert rules[str(tmp_path / "project")] == sandbox.READ
+    assert rules[str(tmp_path / "link-to-project")] == sandbox.READ
+    assert rules[str(outputs)] == sandbox.WRITE
+    assert "/" not in granted  # "/" is split, or the hidden path would be readable
+
+
+def test_levels() -> None:
+    assert sandbox.level("off", abi=7) == "off"
+    assert sandbox.level("auto", abi=7) == "landlock-abi-7"
+    assert sandbox.level("auto", abi=0) == "none"
+    with pytest.raises(sandbox.SandboxUnavailable, match="no Landlock"):
+        sandbox.level("required", abi=0)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--sandbox", "sometimes"], "--sandbox sometimes: must be one of auto, required, off"),
+        (["--job-user", "no-such-user-here"], "--job-user no-such-user-here: no such user"),
+        (["--sandbox-write", "relative/dir"], "--sandbox-write relative/dir: must be an existing"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(cli: CLI, args: list[str], says: str) -> None:
+    result = cli("worker", "--queue", "gpu", "--gpus", "none", "--burst", *args, expect=2)
+    assert says in result.err and "Traceback" not in result.err, result.err
+
+
+def test_a_write_folder_holding_the_home_is_refused(cli: CLI, retrain_home: Path) -> None:
+    retrain_home.mkdir(parents=True, exist_ok=True)
+    result = cli("worker", "--queue", "gpu", "--gpus", "none", "--burst", "--sandbox-write",
+                 str(retrain_home.parent), expect=2)
+    assert "holds the worker's" in result.err, result.err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root worker can run jobs as another user")
+def test_a_root_worker_runs_the_job_as_the_job_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    nobody = pwd.getpwnam("nobody")
+    # Outside pytest's own folder, which only root may enter: the job user must reach it.
+    work = Path(tempfile.mkdtemp(prefix="retrain-job-user-"))
+    work.chmod(0o755)
+    try:
+        run_as_nobody(work, nobody, monkeypatch)
+    finally:
+        shutil.rmtree(work)
+
+
+def run_as_nobody(work: Path, nobody: pwd.struct_passwd, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = work / "worker.secret"
+    secret.write_text("hunter2")
+    secret.chmod(0o600)
+    outputs = work / "outputs"
+    outputs.mkdir()
+    monkeypatch.setenv(sandbox.JOB_USER_ENV, "nobody")
+    policy = sandbox.policy_for(workdir=work, writable=[outputs], readable=[],
+                                hidden=[], python="/usr/bin/python3")
+    assert policy is not None and policy.uid == nobody.pw_uid
+    assert outputs.stat().st_uid == nobody.pw_uid  # its folder is its own
+    lines: list[str] = []
+    result = run_process(
+        ["/bin/sh", "-c", f"id -u; cat {secret} || echo refused; touch {outputs}/made"],
+        env={"PATH": "/usr/bin:/bin"}, cwd=Path("/"), timeout_s=60,
+        on_line=lambda _stream, line: lines.append(line), sandbox=sandbox.prefix(policy))
+    assert result.status == "completed", (result, lines)
+    assert lines[0] == str(nobody.pw_uid) and "hunter2" not in lines and "refused" in lines
+    assert (outputs / "made").stat().st_uid == nobody.pw_uid

@@ -1,0 +1,275 @@
+"""The job sandbox: what a job's process may touch on its worker's host.
+
+A job is code from any repository, run by a worker that holds credentials (cloud keys, the
+Redis URL, the worker secret) and shared caches (environments, git mirrors, blobs) that later
+jobs trust. Three layers keep the job away from them:
+
+1. The worker is not dumpable (`prctl(PR_SET_DUMPABLE, 0)`, `make_undumpable`, called by
+   `retrain worker` and inherited by its work horses): a process of the same uid cannot read
+   its `/proc/<pid>/environ` or `mem`, nor ptrace it.
+2. Landlock (Linux 5.13+, `landlock_abi()`): the job's process is restricted between fork and
+   exec by a small wrapper (`workers/sandbox_exec.py`, run by the worker's own interpreter,
+   so the work horse keeps spawning with vfork). It may write only its outputs folder and a
+   private tmp; read (and execute) its checkout, its environment, its inputs and the rest of
+   the system; it cannot read the worker's home (the secret, the database, the caches), other
+   attempts' folders, the blob cache beyond its own inputs, or the worker user's credential
+   files. Landlock also refuses ptrace and `/proc/<pid>/environ` of any process outside the
+   job's domain, even to root, and from ABI 6 signals and abstract unix sockets.
+3. `--job-user USER` (a worker running as root): the job runs under that user's uid and
+   groups; its outputs and tmp folders are made its own, everything else stays root's.
+
+The level a worker reaches is in its advertisement (`retrain status`) and its start log line;
+`--sandbox required` refuses to start without Landlock, `--sandbox off` runs jobs as before.
+The worker reads its options from the environment (`SANDBOX_ENV`...), set by the CLI, as
+`workers.jobenv.PASS_ENV` is, so that supervised slots and work horses see them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pwd
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workers.sandbox_exec import READ, WRITE, WRITE_FILE, landlock_abi
+
+__all__ = [
+    "MODES",
+    "Policy",
+    "SandboxUnavailable",
+    "landlock_abi",
+    "level",
+    "make_undumpable",
+    "prefix",
+]
+
+MODES = ("auto", "required", "off")
+"""`--sandbox`: auto (Landlock when the kernel has it, and say so when not), required (refuse
+to start without it), off (jobs run unconfined, as the worker's user)."""
+
+SANDBOX_ENV = "RETRAIN_SANDBOX"
+WRITE_ENV = "RETRAIN_SANDBOX_WRITE"
+"""Extra folders jobs may write (`--sandbox-write`, space-separated): a scratch disk."""
+JOB_USER_ENV = "RETRAIN_JOB_USER"
+
+HIDDEN_IN_HOME = (
+    ".aws",
+    ".azure",
+    ".config/gcloud",
+    ".docker",
+    ".git-credentials",
+    ".gnupg",
+    ".kube",
+    ".netrc",
+    ".pgpass",
+    ".ssh",
+)
+"""Credential files of the worker's user that no job may read, below its home folder."""
+
+
+class SandboxUnavailable(RuntimeError):
+    """`--sandbox required` on a host without Landlock, or a `--job-user` that cannot be."""
+
+
+def make_undumpable() -> bool:
+    """Make this process (and what it forks) not dumpable: same-uid processes can no longer
+    read its /proc environ or memory, nor ptrace it. False where it cannot be done."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)) == 0  # SET_DUMPABLE
+    except (OSError, AttributeError):
+        return False
+
+
+def mode() -> str:
+    value = os.environ.get(SANDBOX_ENV, "auto")
+    return value if value in MODES else "auto"
+
+
+def level(wanted: str | None = None, abi: int | None = None) -> str:
+    """What this worker's jobs get: `landlock-abi-N` (N ≥ 6 also scopes signals and abstract
+    sockets), `none` (no Landlock here), or `off`. `required` without Landlock raises."""
+    wanted = wanted or mode()
+    if wanted == "off":
+        return "off"
+    abi = landlock_abi() if abi is None else abi
+    if abi <= 0:
+        if wanted == "required":
+            raise SandboxUnavailable(
+                "--sandbox required: this kernel has no Landlock (Linux 5.13+ with "
+                "landlock in the lsm= list); jobs would run unconfined"
+            )
+        return "none"
+    return f"landlock-abi-{abi}"
+
+
+def job_user() -> pwd.struct_passwd | None:
+    """The `--job-user` account, checked: only a worker running as root can use one."""
+    name = os.environ.get(JOB_USER_ENV, "")
+    if not name:
+        return None
+    try:
+        entry = pwd.getpwnam(name) if not name.isdigit() else pwd.getpwuid(int(name))
+    except KeyError:
+        raise SandboxUnavailable(f"--job-user {name}: no such user on this host") from None
+    if os.geteuid() != 0:
+        raise SandboxUnavailable(f"--job-user {name}: only a worker running as root can")
+    if entry.pw_uid == 0:
+        raise SandboxUnavailable(f"--job-user {name}: is root; name an unprivileged user")
+    return entry
+
+
+@dataclass
+class Policy:
+    """What one job may touch. Paths are absolute; `hidden` wins over the read-everything
+    default but not over `read`/`write`, which name exactly what the job needs."""
+
+    write: list[str] = field(default_factory=list)
+    read: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)
+    scope: bool = True
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] = field(default_factory=list)
+    landlock: bool = True
+
+
+def policy_for(
+    *,
+    workdir: Path,
+    writable: Sequence[Path],
+    readable: Sequence[Path],
+    hidden: Sequence[Path],
+    python: str,
+) -> Policy | None:
+    """The policy of a job, from the worker's options (`hidden`: `hidden_for`); None when
+    sandboxing is off, or when there is nothing to do here (no Landlock, no job user, and
+    not root, whose jobs at least lose the dangerous capabilities)."""
+    lvl = level()
+    user = job_user()
+    if user is None and (lvl == "off" or (lvl == "none" and os.geteuid() != 0)):
+        return None
+    extra = os.environ.get(WRITE_ENV, "").split()
+    read = [*readable, *_interpreter_prefixes(python)]
+    policy = Policy(
+        write=[str(p) for p in (*writable, *extra)],
+        read=[str(p) for p in read],
+        hidden=[str(Path(p).absolute()) for p in hidden],
+        scope=True,
+        landlock=lvl.startswith("landlock"),
+    )
+    if user is not None:
+        policy.uid, policy.gid = user.pw_uid, user.pw_gid
+        policy.groups = sorted({user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)})
+        for path in writable:
+            os.chown(path, user.pw_uid, user.pw_gid)
+        del workdir  # only its listed parts are the job's
+    return policy
+
+
+def _interpreter_prefixes(python: str) -> list[Path]:
+    """The environment of `python` and the installation it was made from (a venv's
+    `pyvenv.cfg` `home`), which may live in a hidden folder such as a uv-managed Python."""
+    env = Path(python).parent.parent
+    found = [env]
+    cfg = env / "pyvenv.cfg"
+    try:
+        lines = cfg.read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "home" and value.strip():
+            found.append(Path(value.strip()).parent)
+    return found
+
+
+WRAPPER = Path(__file__).with_name("sandbox_exec.py")
+
+
+def prefix(policy: Policy | None) -> list[str]:
+    """What runs before a job's argv to put it under `policy` (nothing when None): this
+    interpreter in isolated mode without site, running the wrapper with the rules computed
+    here (the wrapper imports only os, sys and ctypes)."""
+    if policy is None:
+        return []
+    args = [sys.executable, "-I", "-S", str(WRAPPER)]
+    if policy.uid is not None and policy.gid is not None:
+        groups = ",".join(map(str, policy.groups))
+        args += ["--user", str(policy.uid), str(policy.gid), groups]
+    if policy.landlock:
+        args += ["--landlock", str(landlock_abi()), "1" if policy.scope else "0"]
+        for path, access in rules(policy).items():
+            args += ["--rule", str(access), path]
+    return [*args, "--"]
+
+
+def rules(policy: Policy) -> dict[str, int]:
+    """Path -> access rights: `read` on everything but the hidden paths (each ancestor of a
+    hidden path is split into its other entries, as Landlock only allows, never denies),
+    then the policy's own paths, then the devices a program needs."""
+    granted = dict(_everything_but(tuple(sorted(policy.hidden))))
+    for path in policy.read:
+        granted[path] = granted.get(path, 0) | READ
+    for path in ("/dev/shm", *policy.write):  # noqa: S108 (shared memory, as data loaders need)
+        granted[path] = WRITE
+    granted["/dev"] = granted.get("/dev", 0) | READ | WRITE_FILE  # /dev/null, GPUs
+    return granted
+
+
+@functools.lru_cache(maxsize=4)
+def _everything_but(hidden_paths: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """`read` rules for all of the filesystem except `hidden_paths`. Cached: the hidden
+    paths are the worker's, the same for each job, and the slot computes them before it
+    forks its work horses (`warm`)."""
+    hidden = [Path(os.path.realpath(p)) for p in hidden_paths]
+    granted: dict[str, int] = {}
+
+    def visit(folder: Path) -> None:
+        try:
+            entries = sorted(os.listdir(folder))
+        except OSError:
+            return
+        for name in entries:
+            path = folder / name
+            # A rule is on what a path names, so a link is judged by where it leads.
+            real = Path(os.path.realpath(path)) if path.is_symlink() else path
+            if any(real == h or h in real.parents for h in hidden):
+                continue
+            if any(real in h.parents for h in hidden):
+                if real == path and path.is_dir():
+                    visit(path)
+                continue  # a link to a folder that is itself split: reached as its real path
+            granted[str(path)] = READ
+
+    if hidden:
+        visit(Path("/"))
+    else:
+        granted["/"] = READ
+    return tuple(granted.items())
+
+
+def hidden_for(home: Path, cache: Path, storage_url: str) -> list[Path]:
+    """What no job may read or write: the worker's home (secret, database, embedded Redis),
+    its cache (other runs' folders, environments, mirrors, blobs), local blob storage, and
+    the worker user's credential files."""
+    from urllib.parse import urlsplit
+
+    hidden = [home, cache]
+    if storage_url.startswith("file:"):
+        hidden.append(Path(urlsplit(storage_url).path))
+    worker_home = Path(pwd.getpwuid(os.geteuid()).pw_dir)
+    hidden += [worker_home / name for name in HIDDEN_IN_HOME]
+    return [p.absolute() for p in hidden]
+
+
+def warm(hidden: Sequence[Path]) -> None:
+    """Compute the walk once in the slot, before it forks work horses (see `rules`)."""
+    if level().startswith("landlock"):
+        _everything_but(tuple(sorted(str(p) for p in hidden)))
