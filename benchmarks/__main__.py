@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from benchmarks import (
+    bench_cli,
     bench_datasets,
     bench_demo,
     bench_scheduler,
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "workers": bench_workers.main,
     "status": bench_status.main,
     "demo": bench_demo.main,
+    "cli": bench_cli.main,
 }
 
 
