@@ -56,9 +56,13 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     ("task", "run", "--json"): (_NEVER - {"rq"}) | {"rich"},
     ("task", "list", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("model", "list", "--json"): _NEVER | {"redis", "rich"},
-    ("history", "--json"): _NEVER | {"redis", "rich", "pydantic"},
+    # Reads through store/lean.py (scheduler/history.py: one SQL for both paths).
+    ("history", "--json"): _NEVER | {"redis", "rich", "pydantic", "sqlalchemy"},
     # The status snapshot reads the store through store/lean.py and Redis directly.
     ("status", "--json"): _NEVER | {"rich", "sqlalchemy", "pydantic"},
 }
 """Per command (its words, ending with the option that picks its output): the packages it
 must not load."""
+
+NOT_ON_SQLITE = frozenset({"psycopg", "sqlalchemy.dialects.postgresql"})
+"""What no command loads on the default SQLite store (a package, or a dotted module)."""
