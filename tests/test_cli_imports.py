@@ -151,3 +151,37 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
             err = cli("dataset", "search", expect=2).err
             assert err.startswith("retrain: error: ") and message in err, err
             assert err.count("\n") == 1, err
+
+
+def test_the_plain_wakeup_reaches_a_tcp_redis_on_its_database(machine_redis: str) -> None:
+    """The wake-up a command sends without redis-py: right channel (the URL's database), and
+    an unreachable or refusing Redis costs the command nothing (best effort)."""
+    import redis
+
+    from orchestrator.queue import keys
+    from orchestrator.queue.wakeup import Listener, publish_plain, publisher
+    from orchestrator.settings import Settings
+
+    client = redis.Redis.from_url(machine_redis)
+    db = int(client.connection_pool.connection_kwargs.get("db") or 0)
+    woken = threading.Event()
+    listener = Listener(client, woken)
+    listener.start()
+    try:
+        for _ in range(1200):
+            if client.pubsub_numsub(keys.events_channel(db))[0][1]:
+                break
+            threading.Event().wait(0.05)
+        assert publish_plain(machine_redis)
+        assert woken.wait(30)
+        woken.clear()
+        assert publish_plain(machine_redis.rsplit("/", 1)[0] + f"/{db + 1}")  # another database
+        assert not woken.wait(1.0)
+        assert not publish_plain("rediss://localhost:6380/0")  # TLS: left to redis-py
+        with pytest.raises(OSError, match=r"WRONGPASS|AUTH"):
+            publish_plain(machine_redis.replace("redis://", "redis://nobody:wrong@", 1))
+        # The callback the store runs after commit swallows it.
+        publisher(Settings.load(redis_url="redis://127.0.0.1:1/0"))()
+    finally:
+        listener.stop()
+        client.close()
