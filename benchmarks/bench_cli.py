@@ -11,7 +11,8 @@ Targets (issue 15), each printed beside its floor measured in the same run (`pyt
 - a standby takes over a SIGKILLed leader within the lease time + 1 s.
 
 Uses RETRAIN_TEST_POSTGRES_URL and RETRAIN_TEST_REDIS_URL (flushed), defaulting to this
-machine's services. `RETRAIN_BENCH_RUNS` sets the runs per command (default 5).
+machine's services. `RETRAIN_BENCH_RUNS` sets the runs per command (default 5),
+`RETRAIN_BENCH_BACKENDS` the stores (default `sqlite,postgresql`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from benchmarks.bench_scheduler import environment
 from benchmarks.bench_tasks import REDIS, make_repo
 
 RUNS = int(os.environ.get("RETRAIN_BENCH_RUNS", "5"))
+BACKENDS = os.environ.get("RETRAIN_BENCH_BACKENDS", "sqlite,postgresql").split(",")
 TARGET_MS = 250.0
 TARGET_FLOOR_X = 10.0
 TARGET_TAG_TO_JOB_MS = 300.0
@@ -281,12 +283,14 @@ def main() -> bool:
         env, url = sqlite_env(work / "sqlite")
         try:
             floor = floor_ms(env)
-            results["sqlite"] = measure(env, work / "sqlite", url)
+            if "sqlite" in BACKENDS:
+                results["sqlite"] = measure(env, work / "sqlite", url)
         finally:
             stop_embedded(Settings.load(home=work / "sqlite" / "home"))
-        with environment(work / "pg") as pg_env:
-            env = {**os.environ, **pg_env}
-            results["postgresql"] = measure(env, work / "pg", REDIS)
+        if "postgresql" in BACKENDS:
+            with environment(work / "pg") as pg_env:
+                env = {**os.environ, **pg_env}
+                results["postgresql"] = measure(env, work / "pg", REDIS)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report(floor, results)
@@ -300,10 +304,12 @@ def report(floor: float, results: dict[str, dict[str, float]]) -> bool:
         f'  floor: python -c "import sqlite3"  {floor:6.0f} ms  -> command target <= '
         f"{limit:.0f} ms"
     )
-    print(f"  {'command':26} {'SQLite+embedded':>16} {'PostgreSQL+Redis':>17}")
+    names = {"sqlite": "SQLite+embedded", "postgresql": "PostgreSQL+Redis"}
+    backends = [b for b in ("sqlite", "postgresql") if b in results]
+    print(f"  {'command':26}" + "".join(f"{names[b]:>18}" for b in backends))
     ok = True
     for name in COMMANDS:
-        values = [results[b][name] for b in ("sqlite", "postgresql")]
+        values = [results[b][name] for b in backends]
         miss = any(v > limit for v in values)
         ok &= not miss
         cells = "".join(f"{v:15.0f} ms" for v in values)
@@ -314,7 +320,7 @@ def report(floor: float, results: dict[str, dict[str, float]]) -> bool:
         ("tag -> both", "tag -> both", TARGET_TAG_TO_JOB_MS),
     )
     for label, key, target in rows:
-        values = [results[b][key] for b in ("sqlite", "postgresql")]
+        values = [results[b][key] for b in backends]
         miss = target is not None and any(v > target for v in values)
         ok &= not miss
         cells = "".join(f"{v:15.0f} ms" for v in values)
@@ -326,7 +332,7 @@ def report(floor: float, results: dict[str, dict[str, float]]) -> bool:
         ("scheduler exec -> 1st loop", "scheduler start", TARGET_SCHEDULER_START_S),
         ("standby takeover (SIGKILL)", "takeover", LEASE_TTL_S + 1.0),
     ):
-        values = [results[b][key] for b in ("sqlite", "postgresql")]
+        values = [results[b][key] for b in backends]
         miss = any(not v <= target for v in values)
         ok &= not miss
         cells = "".join(f"{v:16.2f} s" for v in values)
