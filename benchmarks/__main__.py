@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from benchmarks import (
+    bench_cli,
     bench_datasets,
     bench_demo,
     bench_jobapi,
@@ -24,6 +25,7 @@ BENCHMARKS = {
     "demo": bench_demo.main,
     "lineage": bench_lineage.main,
     "jobapi": bench_jobapi.main,
+    "cli": bench_cli.main,
 }
 
 

@@ -5,24 +5,25 @@ from __future__ import annotations
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from orchestrator.datasets.service import DatasetService
 from orchestrator.progress import NullReporter, Reporter
 from orchestrator.settings import Settings
-from orchestrator.storage import BlobCache, BlobStore, open_cache, open_storage
-from orchestrator.store import Store
 
 if TYPE_CHECKING:
     from redis import Redis
 
+    from orchestrator.datasets.service import DatasetService
     from orchestrator.git import Mirror
     from orchestrator.models.service import ModelService
     from orchestrator.queue.adapter import QueueAdapter
+    from orchestrator.storage import BlobCache, BlobStore
+    from orchestrator.store import Store
     from orchestrator.tasks.service import TaskService
 
 
 class Runtime:
     """Settings plus the store, blob storage, cache and services made from them. Nothing
-    connects until first used, so `retrain config show` works with a database down."""
+    connects, or is imported, until first used: `retrain config show` works with a database
+    down, and a command pays only for the parts it touches."""
 
     def __init__(self, settings: Settings | None = None, reporter: Reporter | None = None):
         self.settings = settings or Settings.load()
@@ -31,6 +32,7 @@ class Runtime:
     @cached_property
     def store(self) -> Store:
         from orchestrator.queue.wakeup import publisher
+        from orchestrator.store import Store
 
         store = Store(self.settings.database_url)
         # After every commit that wrote events, wake the scheduler (best effort).
@@ -39,14 +41,20 @@ class Runtime:
 
     @cached_property
     def blobs(self) -> BlobStore:
+        from orchestrator.storage import open_storage
+
         return open_storage(self.settings)
 
     @cached_property
     def cache(self) -> BlobCache:
+        from orchestrator.storage import open_cache
+
         return open_cache(self.settings, self.blobs)
 
     @cached_property
     def datasets(self) -> DatasetService:
+        from orchestrator.datasets.service import DatasetService
+
         return DatasetService(self.store, self.blobs, self.cache, self.reporter)
 
     @cached_property

@@ -7,14 +7,13 @@ Many machines share a PostgreSQL URL, an `s3://` storage URL and a Redis URL ins
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
-
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.defaults import ENV_PREFIX, default_database_url, default_home
 from orchestrator.errors import ConfigError
@@ -26,12 +25,16 @@ HTTP = ("http", "https")
 DATABASE_DIALECTS = ("sqlite", "postgresql")
 
 
-class Settings(BaseSettings):
-    """Resolved settings. Build with `Settings.load()` to get user-facing errors."""
+@dataclass
+class Settings:
+    """Resolved settings. Build with `Settings.load()`: it reads the environment (keyword
+    arguments win) and turns a bad value into a `ConfigError` naming the variable.
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    A plain dataclass, not pydantic-settings: every `retrain` command reads these first, and
+    a dozen variables do not need the ~100 ms (on a small machine) that importing a settings
+    framework costs each command."""
 
-    home: Path = Field(default_factory=default_home)
+    home: Path = field(default_factory=default_home)
     """Where the SQLite store, local blob storage, caches and CLI state live by default."""
     database_url: str = ""
     """SQLAlchemy URL of the store. Default: `sqlite:///<home>/retrain.db`."""
@@ -48,29 +51,60 @@ class Settings(BaseSettings):
     """A running task whose worker sent no heartbeat for this long is failed (worker lost).
     A running job beats every third of it (at most every 20 s); the scheduler and the
     workers must agree on it."""
-    worker_secret: str | None = Field(default=None, repr=False, min_length=16)
+    worker_secret: str | None = field(default=None, repr=False)
     """Signs job payloads and worker reports (HMAC), so Redis access alone cannot forge either.
     The scheduler, the workers and whoever enqueues runs (the CLI) need the same value; jobs
     never see it. Default: the file `<home>/worker.secret` when it exists (`retrain up` makes
-    one); unset and no file: nothing is signed, and `retrain status` says so."""
-    gc_grace_minutes: float = Field(default=360.0, ge=0)
+    one); unset and no file: nothing is signed, and `retrain status` says so. At least 16
+    characters."""
+    gc_grace_minutes: float = 360.0
     """`storage gc` keeps a blob no row refers to yet while it is younger than this: a
     finalize or a worker's upload stores blobs before the row that names them is committed."""
     cache_dir: Path | None = None
     """Shared per-machine download cache, keyed by content hash. Default: `<home>/cache`."""
-    env_cache_max_count: int = Field(default=20, ge=1)
+    env_cache_max_count: int = 20
     """A worker machine keeps at most this many job environments (`<cache>/envs`); beyond
     it the least recently used ones no running job holds are removed after each build."""
-    env_cache_max_bytes: int | None = Field(default=None, ge=1)
+    env_cache_max_bytes: int | None = None
     """The same bound in bytes of all environments together; unset: no size bound."""
 
-    @field_validator("home", "cache_dir", mode="after")
-    @classmethod
-    def _expand(cls, value: Path | None) -> Path | None:
-        return value.expanduser().absolute() if value is not None else None
+    model_fields: ClassVar[tuple[str, ...]]
+    """Every setting's name (its variable is `RETRAIN_<NAME>`)."""
 
-    @model_validator(mode="after")
-    def _fill_defaults(self) -> Settings:
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Read the environment; a bad value becomes a `ConfigError` naming the variable."""
+        values: dict[str, Any] = {}
+        folded: dict[str, str] = {}
+        for f in dataclasses.fields(cls):
+            variable = f"{ENV_PREFIX}{f.name.upper()}"
+            if f.name in overrides:
+                raw = overrides.pop(f.name)
+            else:
+                # pydantic-settings read variables case-insensitively; so does this.
+                raw = os.environ.get(variable)
+                if raw is None:
+                    folded = folded or {k.upper(): v for k, v in os.environ.items()}
+                    raw = folded.get(variable)
+                if raw is None:
+                    continue
+            try:
+                values[f.name] = _convert(f.name, raw)
+            except ValueError as exc:
+                raise ConfigError(f"{variable}: {exc}") from None
+        if overrides:
+            raise TypeError(f"unknown settings: {', '.join(sorted(overrides))}")
+        settings = cls(**values)
+        try:
+            settings._fill_defaults()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return settings
+
+    def _fill_defaults(self) -> None:
+        self.home = self.home.expanduser().absolute()
+        if self.cache_dir is not None:
+            self.cache_dir = self.cache_dir.expanduser().absolute()
         if not self.database_url:
             self.database_url = default_database_url(self.home)
         if not self.storage_url:
@@ -85,25 +119,12 @@ class Settings(BaseSettings):
             ("redis_url", self.redis_url, lambda u: _check_scheme(u, REDIS_SCHEMES)),
             ("s3_endpoint_url", self.s3_endpoint_url, lambda u: _check_scheme(u, HTTP)),
         ]
-        for field, value, check in checks:
+        for name, value, check in checks:
             if value:
                 try:
                     check(value)
                 except ValueError as exc:
-                    raise ValueError(f"{ENV_PREFIX}{field.upper()}: {exc}") from None
-        return self
-
-    @classmethod
-    def load(cls, **overrides: Any) -> Settings:
-        """Read the environment; a bad value becomes a `ConfigError` naming the variable."""
-        try:
-            return cls(**overrides)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            message = str(first["msg"]).removeprefix("Value error, ")
-            if first["loc"]:
-                message = f"{ENV_PREFIX}{str(first['loc'][0]).upper()}: {message}"
-            raise ConfigError(message) from None
+                    raise ValueError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -115,11 +136,69 @@ class Settings(BaseSettings):
         """CLI state that belongs to this machine (the last draft per directory, say)."""
         return self.home / "state"
 
+    def model_dump(self) -> dict[str, Any]:
+        """Every setting by name (as pydantic's method of that name did)."""
+        return {name: getattr(self, name) for name in self.model_fields}
+
     def redacted(self) -> dict[str, Any]:
         """The settings as `retrain config show` prints them: no password, no secret."""
         values = {f"{ENV_PREFIX}{k.upper()}": v for k, v in self.model_dump().items()}
         values = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
         return redact_mapping(values)
+
+
+Settings.model_fields = tuple(f.name for f in dataclasses.fields(Settings))
+
+_PATHS = frozenset({"home", "cache_dir", "triggers_file"})
+_OPTIONAL = frozenset(
+    {
+        "redis_url",
+        "s3_endpoint_url",
+        "triggers_file",
+        "worker_secret",
+        "cache_dir",
+        "env_cache_max_bytes",
+    }
+)
+_INTS = {"heartbeat_ttl_s": None, "env_cache_max_count": 1, "env_cache_max_bytes": 1}
+"""Integer settings and their least value (None: any)."""
+_FLOATS = {"gc_grace_minutes": 0.0}
+
+
+def _convert(name: str, raw: Any) -> Any:
+    """One setting from a variable's text (or an override's value), checked as pydantic did."""
+    if name in _OPTIONAL and (raw is None or raw == ""):
+        return None
+    if name in _PATHS:
+        return Path(raw)
+    if name in _INTS:
+        value = _number(raw, int, "a valid integer")
+        least = _INTS[name]
+        if least is not None and value < least:
+            raise ValueError(f"Input should be greater than or equal to {least}")
+        return value
+    if name in _FLOATS:
+        number = _number(raw, float, "a valid number")
+        if number < _FLOATS[name]:
+            raise ValueError(f"Input should be greater than or equal to {_FLOATS[name]:g}")
+        return number
+    value = str(raw)
+    if name == "worker_secret" and len(value) < 16:
+        raise ValueError("String should have at least 16 characters")
+    return value
+
+
+def _number(raw: Any, kind: type[Any], what: str) -> Any:
+    if isinstance(raw, bool):
+        raise ValueError(f"Input should be {what}")
+    if isinstance(raw, (int, float)) and kind is float:
+        return float(raw)
+    if isinstance(raw, int):
+        return raw
+    try:
+        return kind(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"Input should be {what}, unable to parse {str(raw)!r}") from None
 
 
 WORKER_SECRET_FILE = "worker.secret"  # noqa: S105 (a file's name)

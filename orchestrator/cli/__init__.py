@@ -34,15 +34,35 @@ def expand_variadic(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the `retrain` console script."""
-    from orchestrator.cli.app import app
+    """Entry point of the `retrain` console script (`argv` None: this process is the command,
+    and it ends when this returns)."""
+    from orchestrator.cli.app import for_args
 
     args = expand_variadic(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=args, prog_name="retrain")
+        for_args(args)(args=args, prog_name="retrain")
     except RetrainError as exc:
         sys.stderr.write(f"retrain: error: {exc}\n")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("retrain: interrupted\n")
         sys.exit(130)
+    finally:
+        if argv is None:
+            leave_quickly()
+
+
+def leave_quickly() -> None:
+    """Spare the ending process a garbage collection of everything it imported.
+
+    Interpreter shutdown collects every reference cycle among the objects SQLAlchemy,
+    pydantic and typer leave behind (80,000 of them after `dataset tag`): seconds of CPU on a
+    loaded machine, after the command has printed its answer and before the shell prompt
+    comes back. By now the command's runtime is closed (its transactions committed, its
+    connections closed, see `orchestrator.cli.context`); freezing moves every object into
+    the collector's permanent generation, so the final collections skip them. Nothing else
+    changes: atexit handlers run, and stdout and stderr are flushed, as before (unlike
+    `os._exit`, which could lose what they hold)."""
+    import gc
+
+    gc.freeze()

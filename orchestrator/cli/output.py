@@ -1,5 +1,8 @@
 """How commands print: tables for people, `--json` for scripts; data on stdout, the rest on
-stderr. Colour only on a terminal (rich decides from the stream)."""
+stderr. Colour only on a terminal (rich decides from the stream).
+
+rich is imported only when a table or a console is used (`out`, `err`): JSON and the one-line
+notes most commands print need none of it, and it costs ~50 ms to import."""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # Terminal control: C0 but newline and tab, DEL, C1, and the bidirectional overrides and
 # isolates that make text read differently from what it is (U+202E turns `gpj.exe` around).
@@ -37,16 +40,33 @@ def safe_tree(value: Any) -> Any:
     return value
 
 
-class _SafeConsole(Console):
-    """rich passes control sequences through; every string printed here is made `safe`."""
-
-    def print(self, *objects: Any, **kwargs: Any) -> None:
-        super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kwargs)
+_consoles: dict[str, Console] = {}
 
 
-# Piped output gets no width limit: every table row stays on one line for grep and awk.
-out = _SafeConsole(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 100_000)
-err = _SafeConsole(stderr=True, highlight=False, soft_wrap=True)
+def _console(name: str) -> Console:
+    if name not in _consoles:
+        from rich.console import Console
+
+        class _SafeConsole(Console):
+            """rich passes control sequences through; every string printed here is `safe`."""
+
+            def print(self, *objects: Any, **kwargs: Any) -> None:
+                super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+        if name == "out":
+            # Piped output gets no width limit: every table row stays on one line for grep.
+            width = None if sys.stdout.isatty() else 100_000
+            _consoles[name] = _SafeConsole(highlight=False, soft_wrap=True, width=width)
+        else:
+            _consoles[name] = _SafeConsole(stderr=True, highlight=False, soft_wrap=True)
+    return _consoles[name]
+
+
+def __getattr__(name: str) -> Any:
+    # `output.out` and `output.err`: made (and rich imported) on first use.
+    if name in ("out", "err"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def print_json(data: Any) -> None:
@@ -59,6 +79,9 @@ def print_json(data: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    from rich.table import Table
+
+    out = _console("out")
     wrap = out.is_terminal
     grid = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
     for column in columns:
@@ -98,5 +121,7 @@ def size(n: int) -> str:
 
 
 def note(message: str) -> None:
-    """A human remark on stderr (keeps stdout for the id or path a script captures)."""
-    err.print(message, markup=False)
+    """A human remark on stderr (keeps stdout for the id or path a script captures). Plain
+    text, as rich printed it (no markup, no highlighting), without importing rich."""
+    sys.stderr.write(safe(message) + "\n")
+    sys.stderr.flush()

@@ -394,35 +394,17 @@ def history(
     as_json: JsonFlag = False,
 ) -> None:
     """Firings and skips, newest first."""
-    from sqlalchemy import select
+    from orchestrator.defaults import database_url_from_env
+    from orchestrator.scheduler.history import history as decisions
+    from orchestrator.store.lean import Unavailable, connect
 
-    from orchestrator.store.models import Event, TriggerFiring
-
-    query = (
-        select(TriggerFiring, Event)
-        .join(Event, Event.seq == TriggerFiring.event_seq)
-        .order_by(TriggerFiring.id.desc())
-        .limit(limit)
-    )
-    if trigger:
-        query = query.where(TriggerFiring.trigger_name == trigger)
-    with runtime().store.reader() as session:
-        rows = [
-            {
-                "time": f.created_at.isoformat(),
-                "trigger": f.trigger_name,
-                "event": f.event_seq,
-                "kind": e.kind,
-                "entity": f"{e.project}/{e.name}",
-                "entity_kind": e.kind.split(".", 1)[0],
-                "entity_id": f.entity_id,
-                "version": (e.payload or {}).get("version"),
-                "decision": f.decision,
-                "reason": f.reason,
-                "task": f.task_id,
-            }
-            for f, e in session.execute(query)
-        ]
+    try:
+        with connect(database_url_from_env()) as conn:
+            rows = decisions(conn, trigger=trigger, limit=limit)
+    except Unavailable:  # a fresh or older database, an unusual URL: the full store answers
+        with runtime().store.reader() as session:
+            conn = session.connection().connection.driver_connection
+            rows = decisions(conn, trigger=trigger, limit=limit)
     if as_json:
         output.print_json(rows)
         return

@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filelock import FileLock
-
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.processes import alive
 from orchestrator.redact import redact_url
@@ -63,6 +61,12 @@ def connect(settings: Settings) -> Redis:
 def embedded_url(settings: Settings, *, start: bool) -> str | None:
     """The embedded server's URL; started first when `start` and it is not running."""
     state = settings.home / STATE_FILE
+    if not start:
+        # The state file is replaced whole (written aside, then renamed), so reading it needs
+        # no lock; only starting a server does.
+        return _running(state)
+    from filelock import FileLock
+
     with FileLock(str(state) + ".lock"):
         running = _running(state)
         if running or not start:
@@ -72,6 +76,8 @@ def embedded_url(settings: Settings, *, start: bool) -> str | None:
 
 def stop_embedded(settings: Settings) -> bool:
     """Stop this home's embedded server (saving its data); False if none was running."""
+    from filelock import FileLock
+
     state = settings.home / STATE_FILE
     with FileLock(str(state) + ".lock"):
         if not _running(state):

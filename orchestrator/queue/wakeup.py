@@ -2,13 +2,21 @@
 
 Publishing is best effort. A command that tags a dataset does not start a Redis server just
 to say so, and a lost message costs at most one timed poll (the safety net, every 5 s).
+
+The announcement is one `PUBLISH` with no data in it, so a command that queues nothing sends
+it over a plain socket (`redis://` and `unix://` URLs) instead of importing redis-py, which
+costs a command more than everything else it does; TLS and any URL option it does not know go
+through redis-py.
 """
 
 from __future__ import annotations
 
+import socket
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from orchestrator.queue import keys
 from orchestrator.settings import Settings
@@ -17,26 +25,94 @@ if TYPE_CHECKING:
     from redis import Redis
 
 
+TIMEOUT_S = 1.0
+
+
 def publisher(settings: Settings) -> Callable[[], None]:
     """A callback that announces committed events, connecting on first use."""
     client: list[Redis] = []
 
     def publish() -> None:
+        from orchestrator.queue.connection import embedded_url
+
+        if not client:
+            try:
+                url = settings.redis_url or embedded_url(settings, start=False)
+                # A process that has redis-py loaded anyway (a daemon) keeps one pooled client.
+                if url is None or ("redis" not in sys.modules and publish_plain(url)):
+                    return
+            except OSError:
+                return
+        else:
+            url = ""
         from redis import Redis, RedisError
 
         try:
             if not client:
-                from orchestrator.queue.connection import embedded_url
-
-                url = settings.redis_url or embedded_url(settings, start=False)
-                if url is None:
-                    return
-                client.append(Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1))
+                timeout = TIMEOUT_S
+                client.append(
+                    Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+                )
             client[0].publish(channel_of(client[0]), b"1")
         except (RedisError, OSError):
             return
 
     return publish
+
+
+def publish_plain(url: str) -> bool:
+    """Announce on `url`'s channel over a socket of our own; False when the URL needs
+    redis-py (TLS, options other than `db`). Raises OSError when Redis is unreachable."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    if set(query) - {"db"}:
+        return False
+    if parts.scheme == "unix":
+        db = query.get("db", "0")
+    elif parts.scheme == "redis":
+        db = query.get("db", parts.path.strip("/") or "0")
+    else:
+        return False
+    if not db.isdigit():
+        return False
+    commands: list[list[str]] = []
+    if parts.password is not None:
+        password = unquote(parts.password)
+        user = unquote(parts.username) if parts.username else ""
+        commands.append(["AUTH", user, password] if user else ["AUTH", password])
+    commands.append(["PUBLISH", keys.events_channel(int(db)), "1"])
+    if parts.scheme == "unix":
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(TIMEOUT_S)
+        try:
+            conn.connect(unquote(parts.path))
+        except OSError:
+            conn.close()
+            raise
+    else:
+        address = (parts.hostname or "localhost", parts.port or 6379)
+        conn = socket.create_connection(address, timeout=TIMEOUT_S)
+    with conn:
+        conn.sendall(b"".join(_command(c) for c in commands))
+        replies = b""
+        while replies.count(b"\r\n") < len(commands):
+            chunk = conn.recv(4096)
+            if not chunk:
+                raise OSError("Redis closed the connection")
+            replies += chunk
+    for reply in replies.split(b"\r\n"):
+        if reply.startswith(b"-"):  # an error (wrong password, say)
+            raise OSError(reply.decode(errors="replace"))
+    return True
+
+
+def _command(words: list[str]) -> bytes:
+    """One command in Redis's wire protocol (RESP): an array of bulk strings."""
+    out = [b"*%d\r\n" % len(words)]
+    for word in words:
+        data = word.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def channel_of(redis: Redis) -> str:

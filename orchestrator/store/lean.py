@@ -6,6 +6,8 @@ placeholders, and run here or on the connection under a SQLAlchemy session alike
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -74,3 +76,25 @@ def fetch(conn: Any, sql: str, params: Sequence[Any]) -> list[Row]:
 
 def placeholders(count: int) -> str:
     return ", ".join(["%s"] * count)
+
+
+def iso(value: Any) -> str | None:
+    """A stored time as ISO 8601 UTC, as the ORM's `UTCDateTime` gives it (`.isoformat()`):
+    PostgreSQL's driver returns datetimes, SQLite holds SQLAlchemy's UTC text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return str(value.astimezone(dt.timezone.utc).isoformat())
+
+
+def json_value(value: Any) -> Any:
+    """A JSON column's value: PostgreSQL's driver decodes it, SQLite returns its text."""
+    if isinstance(value, (str, bytes)):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value

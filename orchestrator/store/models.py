@@ -23,7 +23,6 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -68,7 +67,24 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value
 
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+class _JSON(TypeDecorator[Any]):
+    """JSON, stored as JSONB on PostgreSQL. The PostgreSQL dialect's types are imported when
+    a PostgreSQL engine first uses the column, not with the models: a command on the default
+    SQLite store would pay for them on every start (`with_variant(JSONB(), ...)` needs them
+    at import)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
+JSONType = _JSON()
 # SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (and so auto-incrementing).
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
 
