@@ -167,7 +167,53 @@ def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
         else:
             view.lost_hidden += 1
     view.workers.sort(key=lambda w: str(w["name"]))
+    _latest_points(client, view.workers)
     return view
+
+
+def _latest_points(client: Redis, workers: list[Row]) -> None:
+    """Each busy worker's task's newest live metric point (`metric`: name, step, value),
+    from the tail of its live metrics stream (one round trip for all of them). The stream is
+    written by workers: an entry that does not parse is skipped, never a traceback."""
+    busy = [w for w in workers if w.get("task")]
+    for w in workers:
+        w["metric"] = None
+    if not busy:
+        return
+    pipe = client.pipeline(transaction=False)
+    for w in busy:
+        pipe.xrevrange(keys.metrics_stream(str(w["task"])), count=5)
+    for w, entries in zip(busy, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(entries, Exception):
+            continue
+        for _entry_id, fields in entries or ():
+            point = _point(fields)
+            if point is not None:
+                w["metric"] = point
+                break
+
+
+def _point(fields: Any) -> Row | None:
+    raw = fields.get(b"p", fields.get("p")) if isinstance(fields, dict) else None
+    if raw is None or len(raw) > MAX_POINT_ENTRY:
+        return None
+    try:
+        batch = json.loads(raw)
+        name, (steps, values) = next(reversed(list(batch.items())))
+        value, step = values[-1], steps[-1]
+    except (ValueError, TypeError, AttributeError, StopIteration, IndexError):
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    return {
+        "name": str(name)[:200],
+        "step": step if isinstance(step, int | float) and not isinstance(step, bool) else None,
+        "value": value,
+    }
+
+
+MAX_POINT_ENTRY = 1 << 20
+"""Bytes of one live metrics entry `status` parses at most (a worker's are far smaller)."""
 
 
 def _epoch(seconds: float) -> dt.datetime | None:

@@ -377,6 +377,7 @@ SCHEMA: dict[str, Any] = {
                 "heartbeat_age_s": (float, None),
                 "sandbox": (str, None),
                 "reports": (str, None),
+                "metric": ({"name": str, "step": (int, float, None), "value": (int, float)}, None),
             }
         ],
         None,

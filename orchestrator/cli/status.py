@@ -49,7 +49,8 @@ def status(
     workers, no_slot: [{gpus, jobs, largest_slot}]}], workers: [{name, host, pid, queues,
     gpus: [{index, uuid, name, memory_mib}],
     state, task, task_name, task_status, task_started, task_age_s, started, heartbeat,
-    heartbeat_age_s, sandbox, reports}], workers_lost_hidden, firings: [{time, trigger,
+    heartbeat_age_s, sandbox, reports, metric: {name, step, value} | null}],
+    workers_lost_hidden, firings: [{time, trigger,
     decision, reason, event: {seq, kind, project, name, version, tags}, task, task_status}],
     waiting: [{trigger, reason, since, count, events: [{seq, kind, entity, project, name,
     version}]}], reports: {refused, last_refused: {at, reason}, scheduler_signed,
@@ -367,6 +368,14 @@ def no_slot_lines(queue: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _metric(point: Any) -> str:
+    """A running task's newest live point: `loss 0.31 @120`."""
+    if not isinstance(point, dict):
+        return "-"
+    step = f" @{point['step']:g}" if isinstance(point.get("step"), int | float) else ""
+    return f"{point['name']} {point['value']:.4g}{step}"
+
+
 def _workers(data: dict[str, Any]) -> list[RenderableType]:
     from rich.text import Text
 
@@ -401,9 +410,21 @@ def _workers(data: dict[str, Any]) -> list[RenderableType]:
                 Text(w.get("sandbox") or "-", style="yellow")
                 if w.get("sandbox") in ("none", "off")
                 else w.get("sandbox") or "-",
+                _metric(w.get("metric")),
             )
         )
-    columns = ["host", "worker", "GPUs", "state", "task", "task id", "for", "heartbeat", "sandbox"]
+    columns = [
+        "host",
+        "worker",
+        "GPUs",
+        "state",
+        "task",
+        "task id",
+        "for",
+        "heartbeat",
+        "sandbox",
+        "latest metric",
+    ]
     return [_title("workers"), _table(columns, rows), *note]
 
 

@@ -105,6 +105,11 @@ def test_a_job_logs_1000_points_in_3_series_followed_live_and_connect_overrides_
                 # Seen while the job waits on us: these points came live, mid-run.
                 assert update["status"] == "running"
                 assert update["series"]["loss"]["count"] == 100
+                # `retrain status` shows the running task's latest point too.
+                status = cli.json("status")
+                assert isinstance(status, dict)
+                [busy] = [w for w in status["workers"] if w["task"] == run_id]
+                assert busy["metric"] == {"name": "loss", "step": 99, "value": 0.01}, busy
                 go.touch()
         assert follower.wait(60) == 0
         assert worker.wait(90) == 0
