@@ -37,7 +37,7 @@ from filelock import FileLock, Timeout
 
 from orchestrator import lifeline, reaper
 from orchestrator.errors import RetrainError, UserError
-from orchestrator.processes import started_at
+from orchestrator.processes import alive, started_at
 from orchestrator.redact import redact_url
 from orchestrator.settings import Settings, ensure_worker_secret
 
@@ -113,14 +113,7 @@ class Up:
     def _run_lined(self, read: int) -> int:
         # The guard first: from now on, however this process dies, what it started is
         # stopped (the guard reads up.json, rewritten after each start).
-        self.guard = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.reaper", str(self.settings.home),
-             str(os.getpid())],
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            pass_fds=(read,),
-            env=lifeline.child_env(read),
-        )
+        self._start_guard(read)
         # Arguments first: a mistake (too few GPUs for --workers) must start nothing at all.
         worker_argvs = self._worker_argvs()
         # From here on whatever was started (the embedded Redis first) is stopped again on
@@ -147,7 +140,7 @@ class Up:
             if self.stops:
                 return 0
             self._banner(redis_url)
-            return self._watch()
+            return self._watch(read, redis_url)
         finally:
             self._shutdown()
 
@@ -288,9 +281,31 @@ class Up:
             for child in workers:
                 _term(child)
 
-    def _watch(self) -> int:
-        """Until stopped, or until a child dies by itself (then everything stops, code 1)."""
+    def _start_guard(self, read: int) -> None:
+        self.guard = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.reaper", str(self.settings.home),
+             str(os.getpid())],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            pass_fds=(read,),
+            env=lifeline.child_env(read),
+        )
+
+    def _watch(self, read: int, redis_url: str) -> int:
+        """Until stopped, or until a child or the embedded Redis this `up` started dies by
+        itself (then everything stops, code 1). A guard that died is replaced: without one,
+        a later death of `up` would leave that Redis running."""
         while self.stops == 0:
+            if self.guard is not None and self.guard.poll() is not None:
+                _say(f"retrain up: its guard (pid {self.guard.pid}) exited; starting a new one")
+                self._start_guard(read)
+                self._write_state(redis_url)
+            if self.started_redis and self.redis_pid and not alive(self.redis_pid):
+                _say(
+                    f"retrain up: the embedded Redis (pid {self.redis_pid}) exited; stopping "
+                    "everything (its data is kept; the next retrain up starts it again)"
+                )
+                return 1
             for child in self.children:
                 assert child.proc is not None
                 code = child.proc.poll()

@@ -499,3 +499,46 @@ def test_an_unreadable_up_json_is_reported_and_kept(
     reaper.stop_orphans(retrain_home, said.append)
     assert said and "up.json" in said[0] and "cannot be read" in said[0], said
     assert (retrain_home / "up.json.unreadable").read_text() == '{"pid": 12, "children": ['
+
+
+@pytest.mark.timeout(400)
+def test_a_dead_guard_is_replaced_and_a_dead_redis_stops_up(
+    cli: CLI, tmp_path: Path, retrain_home: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the adversarial pass on issue 16: with its guard killed, a later death of `up`
+    left the embedded Redis running; with its Redis killed (or `retrain redis stop`), `up` ran
+    on with children that could do nothing. Now the guard is replaced, and a Redis that dies
+    stops everything, saying so."""
+    fake_gpus(tmp_path, monkeypatch, 1)
+    (tmp_path / "triggers.yaml").write_text(TRIGGERS)
+    proc = up_process(tmp_path)
+    pids: dict[int, str] = {}
+    try:
+        state = wait_up(retrain_home, proc, tmp_path / "up.log")
+        pids = everything_of(state, retrain_home)
+        old_guard = int(state["guard"]["pid"])  # type: ignore[index]
+        os.kill(old_guard, signal.SIGKILL)
+
+        def new_guard() -> int:
+            guard = json.loads((retrain_home / "up.json").read_text())["guard"]
+            return int(guard["pid"]) if guard and int(guard["pid"]) != old_guard else 0
+
+        guard = int(wait_for(new_guard, "up to start a new guard", timeout=60))  # type: ignore[arg-type]
+        assert alive(guard)
+        pids[guard] = "guard"
+        redis_pid = next(p for p, role in pids.items() if role == "redis")
+        os.kill(redis_pid, signal.SIGKILL)
+        code = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    output = (tmp_path / "up.log").read_text()
+    assert code == 1, output
+    assert f"its guard (pid {old_guard}) exited; starting a new one" in output
+    assert f"the embedded Redis (pid {redis_pid}) exited; stopping everything" in output
+    assert "retrain up: stopped" in output
+    wait_for(lambda: not [p for p in pids if alive(p)], "everything to end", timeout=60,
+             describe=lambda: {p: (r, _state(p)) for p, r in pids.items() if alive(p)})
