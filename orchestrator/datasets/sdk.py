@@ -21,10 +21,13 @@ from typing import Any
 from orchestrator.datasets.views import VersionInfo
 from orchestrator.errors import NotFound, UserError
 from orchestrator.runtime import Runtime, default_runtime
+from orchestrator.sdkbase import Handle
 
 
-class Dataset:
+class Dataset(Handle):
     """One dataset version. Get instances from `Dataset.create` or `Dataset.get`."""
+
+    _info: VersionInfo
 
     def __init__(self, info: VersionInfo, runtime: Runtime) -> None:
         self._info = info
@@ -108,24 +111,8 @@ class Dataset:
     # -- properties ------------------------------------------------------------------------
 
     @property
-    def id(self) -> str:
-        return self._info.id
-
-    @property
-    def name(self) -> str:
-        return self._info.name
-
-    @property
-    def project(self) -> str:
-        return self._info.project
-
-    @property
     def version(self) -> str:
         return self._info.version
-
-    @property
-    def tags(self) -> list[str]:
-        return list(self._info.tags)
 
     @property
     def parents(self) -> list[str]:

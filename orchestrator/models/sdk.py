@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import UserError
 from orchestrator.runtime import Runtime, default_runtime
+from orchestrator.sdkbase import Handle
 
 if TYPE_CHECKING:
     from orchestrator.models.views import ModelInfo
@@ -27,8 +28,10 @@ _QUERY_CEILING = 10_000
 """How many models one `query` with several tags reads before filtering on the others."""
 
 
-class Model:
+class Model(Handle):
     """One registered model: `Model(model_id)`, or from `Model.query` / `task.get_models()`."""
+
+    _info: ModelInfo
 
     def __init__(
         self, model_id: str, *, runtime: Runtime | None = None, info: ModelInfo | None = None
@@ -69,27 +72,11 @@ class Model:
     # -- reading ---------------------------------------------------------------------------
 
     @property
-    def id(self) -> str:
-        return self._info.id
-
-    @property
-    def name(self) -> str:
-        return self._info.name
-
-    @property
-    def project(self) -> str:
-        return self._info.project
-
-    @property
     def url(self) -> str:
         """Where the model is (ClearML's name; `uri` too)."""
         return self._info.uri
 
     uri = url
-
-    @property
-    def tags(self) -> list[str]:
-        return list(self._info.tags)
 
     @property
     def published(self) -> bool:

@@ -22,14 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import UserError
 from orchestrator.runtime import Runtime, default_runtime
+from orchestrator.sdkbase import Handle
 
 if TYPE_CHECKING:
     from orchestrator.models.sdk import Model
     from orchestrator.tasks.views import TaskInfo
 
 
-class Task:
+class Task(Handle):
     """One task: a template or a run. Get instances from `Task.get` or `Task.clone`."""
+
+    _info: TaskInfo
 
     def __init__(self, info: TaskInfo, runtime: Runtime) -> None:
         self._info = info
@@ -160,25 +163,9 @@ class Task:
     # -- reading ---------------------------------------------------------------------------
 
     @property
-    def id(self) -> str:
-        return self._info.id
-
-    @property
-    def name(self) -> str:
-        return self._info.name
-
-    @property
-    def project(self) -> str:
-        return self._info.project
-
-    @property
     def status(self) -> str:
         """As of the last read; `reload()` reads it again."""
         return self._info.status
-
-    @property
-    def tags(self) -> list[str]:
-        return list(self._info.tags)
 
     @property
     def parent(self) -> str | None:
