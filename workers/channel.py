@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import threading
 from array import array
 from collections.abc import Callable
@@ -144,6 +146,7 @@ class Channel:
         self.models: dict[str, dict[str, Any]] = {}
         """Output-relative path -> {"name", "metadata"}, from `log_model`."""
         self.bad_lines = 0
+        self._replaced = False
         self._offset = 0
         self._partial = b""
         self._kept = 0
@@ -177,7 +180,10 @@ class Channel:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        while self.drain():
+        # What the job wrote up to its end, and no more: a process it left behind may go on
+        # appending, and a channel replaced by something else must not be read forever.
+        end = self._regular_size()
+        while self._offset < end and self.drain(upto=end):
             pass
         if self.bad_lines:
             self.say(f"retrain_run: {self.bad_lines} lines of the job's channel were no events")
@@ -188,11 +194,36 @@ class Channel:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def drain(self) -> int:
-        """Read what the job appended since the last pass; returns the bytes read."""
-        with self.path.open("rb") as handle:
-            handle.seek(self._offset)
-            data = handle.read(READ_CHUNK)
+    def _regular_size(self) -> int:
+        """The channel's size, if it still is the regular file the worker made (0 if not)."""
+        try:
+            found = os.lstat(self.path)
+        except OSError:
+            return 0
+        return found.st_size if stat.S_ISREG(found.st_mode) else 0
+
+    def drain(self, upto: int | None = None) -> int:
+        """Read what the job appended since the last pass (up to `upto` bytes of the file);
+        returns the bytes read. The job may replace the file: a link, a FIFO or a device is
+        never opened through (it would block or never end), and reading stops there."""
+        if self._replaced:
+            return 0
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            return self._refuse(f"is no longer a regular file ({exc.strerror})")
+        try:
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode):
+                return self._refuse("is no longer a regular file")
+            end = found.st_size if upto is None else min(found.st_size, upto)
+            data = (
+                os.pread(fd, min(READ_CHUNK, end - self._offset), self._offset)
+                if (end > self._offset)
+                else b""
+            )
+        finally:
+            os.close(fd)
         if not data:
             return 0
         self._offset += len(data)
@@ -228,9 +259,13 @@ class Channel:
             self._live(fresh)
         return len(data)
 
-    def _points(
-        self, name: str, pair: Any, fresh: list[tuple[str, list[Any], list[Any]]]
-    ) -> None:
+    def _refuse(self, why: str) -> int:
+        """The job replaced its channel: say so once, read no more of it."""
+        self._replaced = True
+        self.say(f"retrain_run: the job's channel {why}; what it held so far was kept")
+        return 0
+
+    def _points(self, name: str, pair: Any, fresh: list[tuple[str, list[Any], list[Any]]]) -> None:
         """A batch of one series' points: [steps, values], checked at C speed (`array`
         refuses what is not a number; the parser refused NaN and infinities)."""
         try:
@@ -264,8 +299,10 @@ class Channel:
             for key, item in event["values"].items():
                 if len(self.defaults) >= MAX_PARAMS and key not in self.defaults:
                     break
-                if isinstance(key, str) and len(key) <= 256 and (
-                    len(json.dumps(item)) <= MAX_PARAM_CHARS
+                if (
+                    isinstance(key, str)
+                    and len(key) <= 256
+                    and (len(json.dumps(item)) <= MAX_PARAM_CHARS)
                 ):
                     self.defaults[key] = item
         elif kind == "model" and isinstance(event.get("path"), str):

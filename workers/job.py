@@ -522,6 +522,7 @@ class Job:
             writable=[outputs, tmp, channel],
             readable=[
                 JOB_API_DIR,
+                *self._local_blobs(),
                 source,
                 self.workdir / "params.json",
                 Mirror(self.cache / "git").path(self.spec["repo"]),
@@ -531,6 +532,19 @@ class Job:
             python=python,
         )
         return sandbox.prefix(policy)
+
+    def _local_blobs(self) -> list[Path]:
+        """Local blob storage, read-only: a job is given models and files by their storage
+        URI (an evaluation loads the model a trigger names). Never writable, and the rest of
+        the home stays hidden."""
+        from urllib.parse import urlsplit
+
+        url = self.settings.storage_url
+        if not url.startswith("file:"):
+            return []
+        blobs = Path(urlsplit(url).path) / "blobs"
+        blobs.mkdir(parents=True, exist_ok=True)
+        return [blobs]
 
     def _log_line(self, stream: str, line: str) -> None:
         if self._log_file is not None:
