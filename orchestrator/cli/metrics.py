@@ -26,6 +26,12 @@ STATUS_EVERY_S = 2.0
 """While following, how often the store is asked whether the run ended (a lost worker never
 writes the end of its live series)."""
 REDRAW_EVERY_S = 0.5
+MAX_ENTRY_BYTES = 256 * 1024
+"""A live entry larger than this is skipped unread (a worker writes at most 500 points an
+entry): anyone with the worker's Redis access can write the stream."""
+MAX_LIVE_SERIES = 1000
+MAX_LIVE_POINTS = 250_000
+"""Series and points kept from a live stream; past them, entries are skipped."""
 FINISHED = ("completed", "failed", "aborted")
 UNSUCCESSFUL = ("failed", "aborted")
 
@@ -53,24 +59,35 @@ def _mean(values: Sequence[float]) -> float:
 
 
 class Live:
-    """Series rebuilt from a run's live stream (`workers/channel.py`)."""
+    """Series rebuilt from a run's live stream (`workers/channel.py`). The stream is hostile
+    input (anyone with the worker's Redis access can add to it): entries that are too large,
+    do not parse or have the wrong shape are skipped, and an `end` entry only says the store
+    should be asked now whether the run ended (`end_seen`), never how it ended."""
 
     def __init__(self) -> None:
         self.series: dict[str, dict[str, Any]] = {}
-        self.ended: str | None = None
+        self.end_seen = False
+        self.points = 0
 
     def add(self, entries: list[tuple[str, Mapping[Any, Any]]]) -> None:
         for _id, fields in entries:
-            end = _field(fields, "end")
-            if end:
-                self.ended = end
+            if _field(fields, "end"):
+                self.end_seen = True
+                continue
+            raw = fields.get("p", fields.get(b"p"))
+            if raw is None or len(raw) > MAX_ENTRY_BYTES:
                 continue
             try:
-                batch = json.loads(_field(fields, "p") or "{}")
-            except ValueError:
+                batch = json.loads(raw)
+            except (ValueError, TypeError, RecursionError):
                 continue
             for name, pair in batch.items() if isinstance(batch, dict) else ():
-                if not (isinstance(pair, list) and len(pair) == 2):
+                if not (
+                    isinstance(pair, list)
+                    and len(pair) == 2
+                    and isinstance(pair[0], list)
+                    and isinstance(pair[1], list)
+                ):
                     continue
                 for step, value in zip(pair[0], pair[1], strict=False):
                     if _number_or_none(value) is None or _number_or_none(step) is None:
@@ -79,6 +96,9 @@ class Live:
 
     def _add(self, name: str, step: Any, value: float) -> None:
         s = self.series.get(name)
+        if self.points >= MAX_LIVE_POINTS or (s is None and len(self.series) >= MAX_LIVE_SERIES):
+            return
+        self.points += 1
         if s is None:
             s = self.series[name] = {
                 "count": 0, "last": value, "step": step, "min": value, "max": value,
@@ -132,8 +152,11 @@ def metrics(
     if not follow:
         _show(info.id, info.status, live.series, as_json, as_csv, live=True)
         return
-    ended = live.ended or (info.status if info.status in FINISHED else None)
-    checked = drawn = time.monotonic()
+    # How the run ended comes from the store alone: an `end` entry in the stream (which
+    # anyone with the worker's Redis access can write) only makes the follower ask it now.
+    ended = info.status if info.status in FINISHED else None
+    drawn = time.monotonic()
+    checked = drawn - STATUS_EVERY_S if live.end_seen else drawn
     updates = 0
     with _Redraw(enabled=output.out.is_terminal and not as_json and not as_csv) as screen:
         if as_json and live.series:  # points in the live stream: its worker runs it
@@ -144,7 +167,9 @@ def metrics(
             if batch:
                 cursor = batch[-1][0]
                 live.add(batch)
-                ended = live.ended
+                if live.end_seen:
+                    live.end_seen = False
+                    checked = time.monotonic() - STATUS_EVERY_S
                 if as_json:
                     _json_line(info.id, "running", live.series)
                     updates += 1
@@ -263,7 +288,7 @@ def _json_line(task_id: str, status: str | None, series: Mapping[str, Any]) -> N
 
 
 def _ended(task_id: str, ended: str) -> None:
-    sys.stderr.write(f"retrain: task {task_id} ended: {ended}\n")
+    sys.stderr.write(output.safe(f"retrain: task {task_id} ended: {ended}") + "\n")
     if ended in UNSUCCESSFUL:
         raise typer.Exit(1)
 

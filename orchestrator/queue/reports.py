@@ -60,6 +60,13 @@ MAX_SERIES_POINTS = 20_000
 count, last, min and max stay exact)."""
 MAX_LOGGED_PARAMS = 1000
 MAX_ERROR_CHARS = 16 * 1024
+MAX_PARAM_VALUE_BYTES = 4 * 1024
+"""A logged parameter's value, JSON-encoded; a longer one is kept as a cut string."""
+MAX_MODEL_METADATA_BYTES = 64 * 1024
+"""One model's metadata, JSON-encoded; larger metadata is left out (the model is kept)."""
+REPORT_HEADROOM_BYTES = 4 * 1024
+"""Kept free under MAX_REPORT_BYTES by the builder: `send` adds a time, and the notes of
+what was left out go into `error` after the parts are measured."""
 MAX_TEXT_CHARS = 1024
 """Names, URIs, paths, the worker's name, a reason."""
 MAX_DURATION_S = 1e9
@@ -152,11 +159,23 @@ def finished(
     if len(param_items) > MAX_LOGGED_PARAMS:
         cut.append(f"{len(param_items) - MAX_LOGGED_PARAMS} logged parameters")
         param_items = param_items[:MAX_LOGGED_PARAMS]
-    if cut:
-        note = f"left out past the report's limits: {', '.join(cut)}"
-        error = f"{error}; {note}" if error else note
-    if error and len(error) > MAX_ERROR_CHARS:
-        error = error[: MAX_ERROR_CHARS - 40] + f" [... {len(error) - MAX_ERROR_CHARS + 40} cut]"
+    cut_values = 0
+    for i, (name, value) in enumerate(param_items):
+        size = _encoded_size(value)
+        if size > MAX_PARAM_VALUE_BYTES:
+            cut_values += 1
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            param_items[i] = (name, text[: MAX_PARAM_VALUE_BYTES // 8] + f" [... {size} bytes cut]")
+    if cut_values:
+        cut.append(f"{cut_values} logged parameter values over {MAX_PARAM_VALUE_BYTES} bytes")
+    model_list: list[dict[str, Any]] = [dict(m) for m in models]
+    cut_metadata = 0
+    for model in model_list:
+        if _encoded_size(model.get("metadata")) > MAX_MODEL_METADATA_BYTES:
+            cut_metadata += 1
+            model["metadata"] = {}
+    if cut_metadata:
+        cut.append(f"metadata of {cut_metadata} models over {MAX_MODEL_METADATA_BYTES} bytes")
     report: dict[str, Any] = {
         "kind": "finished",
         "task_id": task_id,
@@ -168,7 +187,7 @@ def finished(
         "error": error,
         "duration_s": duration_s,
         "metrics": dict(metrics or {}),
-        "models": [dict(m) for m in models],
+        "models": model_list,
         "artifacts": [dict(a) for a in artifacts],
     }
     if environment:
@@ -179,7 +198,64 @@ def finished(
         report["logged_params"] = dict(param_items)
     if reason:
         report["reason"] = reason
+    cut.extend(_fit(report, MAX_REPORT_BYTES - REPORT_HEADROOM_BYTES - _encoded_size(error)))
+    if cut:
+        note = f"left out past the report's limits: {', '.join(cut)}"
+        error = f"{error}; {note}" if error else note
+    if error and len(error) > MAX_ERROR_CHARS:
+        error = error[: MAX_ERROR_CHARS - 40] + f" [... {len(error) - MAX_ERROR_CHARS + 40} cut]"
+    report["error"] = error
     return report
+
+
+def _encoded_size(value: Any) -> int:
+    """Bytes of `value` as `send` encodes it (ASCII JSON: characters are bytes)."""
+    return len(json.dumps(value, default=str, separators=(",", ":")))
+
+
+def _fit(report: dict[str, Any], limit: int) -> list[str]:
+    """Drop the report's largest optional parts (logged parameters, series points, models'
+    metadata, environment, artifacts) until it encodes within `limit` bytes; what was
+    dropped. The status, exit code, metrics and models themselves always stay: losing them
+    to the ingest's byte limit would lose how the run ended. Each part dropped is gone
+    from the sizes, so this ends."""
+
+    def parts() -> dict[str, int]:
+        sizes = {
+            "logged parameters": _encoded_size(report.get("logged_params") or {}),
+            "series points": _encoded_size(
+                [s["points"] for s in report.get("series", {}).values()
+                 if isinstance(s, dict) and s.get("points")]
+            ),
+            "models' metadata": _encoded_size(
+                [m["metadata"] for m in report["models"] if m.get("metadata")]
+            ),
+            "environment": _encoded_size(report.get("environment") or {}),
+            "artifacts": _encoded_size(report["artifacts"]),
+        }
+        return {k: v for k, v in sizes.items() if v > 2}  # "[]", "{}": nothing to drop
+
+    dropped: list[str] = []
+    while _encoded_size(report) > limit:
+        sizes = parts()
+        if not sizes:
+            break
+        largest = max(sizes, key=lambda k: sizes[k])
+        dropped.append(f"all {largest}")
+        if largest == "logged parameters":
+            del report["logged_params"]
+        elif largest == "series points":
+            for s in report.get("series", {}).values():
+                if isinstance(s, dict):
+                    s.pop("points", None)
+        elif largest == "models' metadata":
+            for m in report["models"]:
+                m["metadata"] = {}
+        elif largest == "environment":
+            del report["environment"]
+        else:
+            report["artifacts"] = []
+    return dropped
 
 
 def send(

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,33 @@ def _worker() -> subprocess.Popen[bytes]:
     )
 
 
+class _Scheduler:
+    """The scheduler's ingest, stepping in a thread: the follower ends when the store says
+    the run ended (never on the stream's `end` entry alone), so reports must be applied."""
+
+    def __init__(self, machine_redis: str) -> None:
+        self.machine_redis = machine_redis
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        runtime = Runtime()
+        client = redis.Redis.from_url(self.machine_redis)
+        try:
+            ingest = Ingest(client, runtime.tasks, runtime.models, "t")
+            while not self.done.is_set():
+                ingest.step()
+                self.done.wait(0.2)
+        finally:
+            client.close()
+            runtime.close()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(30)
+
+
 def _stop(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, 9)
@@ -95,6 +123,7 @@ def test_a_job_logs_1000_points_in_3_series_followed_live_and_connect_overrides_
 
     follower = _follower(run_id)
     worker = _worker()
+    scheduler = _Scheduler(machine_redis)
     updates: list[dict[str, object]] = []
     try:
         assert follower.stdout is not None
@@ -114,6 +143,7 @@ def test_a_job_logs_1000_points_in_3_series_followed_live_and_connect_overrides_
         assert follower.wait(60) == 0
         assert worker.wait(90) == 0
     finally:
+        scheduler.stop()
         _stop(follower)
         _stop(worker)
     assert go.exists(), updates
@@ -128,7 +158,7 @@ def test_a_job_logs_1000_points_in_3_series_followed_live_and_connect_overrides_
     assert series["accuracy"]["last"] == 1.0 and series["accuracy"]["step"] == 332
     assert series["lr"]["points"][0] == [0, 0.5]  # the override, as the code used it
 
-    # The scheduler ingests the report: series stored, last values as the run's metrics.
+    # The scheduler ingested the report: series stored, last values as the run's metrics.
     runtime = Runtime()
     try:
         Ingest(redis.Redis.from_url(machine_redis), runtime.tasks, runtime.models, "t").step()

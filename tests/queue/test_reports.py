@@ -410,3 +410,44 @@ def test_series_past_the_limits_are_refused_and_the_builder_cuts(
     cut = reports.finished(run, WORKER, "completed", series=many)
     assert len(cut["series"]) == reports.MAX_SERIES
     assert "5 metric series" in cut["error"]
+
+
+def test_a_job_cannot_push_its_finished_report_past_the_byte_limit() -> None:
+    # 1000 logged params of ~1 KB and ~300 KB of log_model metadata: each part within its
+    # count limit, the whole over MAX_REPORT_BYTES. The builder must keep the report
+    # parseable (the ingest dead-letters one over the limit, and the run's outcome with it).
+    params = {f"p{i:04d}": "x" * 1000 for i in range(1000)}
+    models = [{"name": "net", "uri": "s3://b/net.tar",
+               "metadata": {f"k{i}": "y" * 1000 for i in range(300)}}]
+    report = reports.finished("t-1", WORKER, "failed", exit_code=3, error="boom",
+                              logged_params=params, models=models,
+                              series={"loss": _series(100)})
+    data = json.dumps({"time": reports.now_iso(), **report}, default=str, separators=(",", ":"))
+    parsed = reports.parse({"data": data})
+    assert len(data.encode()) <= reports.MAX_REPORT_BYTES
+    assert parsed["status"] == "failed" and parsed["exit_code"] == 3
+    assert parsed["error"].startswith("boom")
+    assert "left out" in parsed["error"] or "cut" in parsed["error"]
+    assert [m["name"] for m in parsed["models"]] == ["net"]
+    # One huge value cannot crowd out everything else either.
+    one = reports.finished("t-1", WORKER, "completed", exit_code=0,
+                           logged_params={"big": "z" * 2_000_000, "small": 1})
+    data = json.dumps({"time": reports.now_iso(), **one}, default=str, separators=(",", ":"))
+    assert reports.parse({"data": data})["logged_params"]["small"] == 1
+    # Every optional part large at once: dropped largest first until the report fits.
+    mixed = reports.finished(
+        "t-1", WORKER, "completed", exit_code=0,
+        series={f"s{i}": _series(20) for i in range(1000)},
+        logged_params={f"p{i:04d}": "x" * 300 for i in range(1000)},
+        models=[{"name": f"m{i}", "uri": "s3://b/m", "metadata": {"k": "y" * 34_000}}
+                for i in range(10)],
+        environment={"pip": "z" * 350_000},
+    )
+    data = json.dumps({"time": reports.now_iso(), **mixed}, default=str, separators=(",", ":"))
+    parsed = reports.parse({"data": data})
+    assert parsed["status"] == "completed" and parsed["exit_code"] == 0
+    assert len(parsed["series"]) == 1000 and len(parsed["models"]) == 10
+    assert parsed["error"].endswith("all series points, all environment"), parsed["error"]
+    assert len(parsed["logged_params"]) == 1000 and "environment" not in parsed
+    assert all(m["metadata"] for m in parsed["models"])
+    assert all("points" not in s for s in parsed["series"].values())
