@@ -24,6 +24,9 @@ from tests.tasks.conftest import Repo, run_git
 git_repo = task_fixtures.git_repo
 
 TRAIN = """\
+import os
+import tempfile
+
 import mlflow
 import mlflow.sklearn
 import numpy as np
@@ -39,9 +42,10 @@ with mlflow.start_run():
     mlflow.log_metric("accuracy", 0.75)
     model = LogisticRegression(C=0.5).fit(X, y)
     mlflow.sklearn.log_model(model, "classifier")
-    with open("notes.txt", "w") as notes:
-        notes.write("trained")
-    mlflow.log_artifact("notes.txt")
+    notes = os.path.join(tempfile.gettempdir(), "notes.txt")  # the checkout is read-only
+    with open(notes, "w") as out:
+        out.write("trained")
+    mlflow.log_artifact(notes)
 """
 
 REQUIREMENTS = """\

@@ -59,6 +59,8 @@ def test_history_from_the_driver_matches_the_store(
                     "event": f.event_seq,
                     "kind": e.kind,
                     "entity": f"{e.project}/{e.name}",
+                    "entity_kind": e.kind.split(".", 1)[0],
+                    "entity_id": f.entity_id,
                     "version": (e.payload or {}).get("version"),
                     "decision": f.decision,
                     "reason": f.reason,

@@ -44,26 +44,31 @@ TASKS = sa.table(
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("tasks", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("kind", sa.String(length=8), nullable=False, server_default="run")
+    if op.get_bind().dialect.name == "sqlite":
+        # In place: a batch copy of `tasks` drops the table that other rows (clones, their
+        # parent_id) refer to, which SQLite's enforced foreign keys refuse. ADD COLUMN may
+        # carry a REFERENCES clause when its default is NULL.
+        op.execute("ALTER TABLE tasks ADD COLUMN kind VARCHAR(8) DEFAULT 'run' NOT NULL")
+        op.execute("ALTER TABLE tasks ADD COLUMN template_id VARCHAR(32) REFERENCES tasks (id)")
+        op.execute("ALTER TABLE tasks ADD COLUMN revision INTEGER")
+    else:
+        op.add_column(
+            "tasks",
+            sa.Column("kind", sa.String(length=8), nullable=False, server_default="run"),
         )
-        batch_op.add_column(sa.Column("template_id", sa.String(length=32), nullable=True))
-        batch_op.add_column(sa.Column("revision", sa.Integer(), nullable=True))
-        batch_op.create_foreign_key(
-            batch_op.f("fk_tasks_template_id_tasks"), "tasks", ["template_id"], ["id"]
+        op.add_column("tasks", sa.Column("template_id", sa.String(length=32), nullable=True))
+        op.add_column("tasks", sa.Column("revision", sa.Integer(), nullable=True))
+        op.create_foreign_key(
+            "fk_tasks_template_id_tasks", "tasks", "tasks", ["template_id"], ["id"]
         )
-        batch_op.create_index(
-            batch_op.f("ix_tasks_template_id"), ["template_id", "created_at"], unique=False
-        )
-        batch_op.create_index(
-            "ix_tasks_kind_name", ["kind", "project_id", "name", "created_at"], unique=False
-        )
+    op.create_index("ix_tasks_template_id", "tasks", ["template_id", "created_at"], unique=False)
+    op.create_index(
+        "ix_tasks_kind_name", "tasks", ["kind", "project_id", "name", "created_at"], unique=False
+    )
     _sort_existing_tasks()
-    with op.batch_alter_table("tasks", schema=None) as batch_op:
-        batch_op.create_index(
-            "ux_tasks_template_revision", ["project_id", "name", "revision"], unique=True
-        )
+    op.create_index(
+        "ux_tasks_template_revision", "tasks", ["project_id", "name", "revision"], unique=True
+    )
 
 
 def _sort_existing_tasks() -> None:
