@@ -83,7 +83,7 @@ def new_row(session: Session, template: Task, options: CloneOptions) -> Task:
         template_id=template.id if template.kind == TEMPLATE else template.template_id,
         parent_id=template.id,
         **lineage.cause_columns(trigger),
-        queue=check_queue(options.queue) if options.queue else template.queue,
+        queue=_queue(options.queue) if options.queue else template.queue,
         priority="normal",
         created_at=utcnow(),
         spec=dict(template.spec),
@@ -109,3 +109,11 @@ def has_placeholder(value: Any) -> bool:
     if isinstance(value, dict):
         return any(has_placeholder(v) for v in value.values())
     return False
+
+
+def _queue(name: str) -> str:
+    """`--queue` of a clone: a bad name is the user's mistake (exit 2), not a traceback."""
+    try:
+        return check_queue(name)
+    except ValueError as exc:
+        raise UserError(f"--queue: {exc}") from None

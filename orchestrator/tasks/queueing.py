@@ -45,7 +45,10 @@ def queue_in(
     row.resolved_inputs = resolve_inputs(session, row.inputs or {}, row.parameters or {})
     row.spec = {**row.spec, "commit": commit}
     if queue:
-        row.queue = check_queue(queue)
+        try:
+            row.queue = check_queue(queue)
+        except ValueError as exc:
+            raise UserError(f"--queue: {exc}") from None
     if priority:
         row.priority = priority
     set_status(session, row, "queued")

@@ -74,10 +74,12 @@ def resolve_template(session: Session, ref: str) -> Task:
 
 def split_ref(ref: str) -> tuple[str, str, str]:
     """`project/name@tag` -> (project, name, tag); the tag may be empty."""
-    path, _, tag = ref.partition("@")
+    path, at, tag = ref.partition("@")
     project, _, name = path.rpartition("/")
     if not project or not name:
         raise UserError(f"template {ref!r}: expected an id, project/name or project/name@tag")
+    if at and not tag.strip():
+        raise UserError(f"template {ref!r}: an empty tag after '@' (project/name@tag)")
     return project, name, tag
 
 

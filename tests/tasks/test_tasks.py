@@ -189,6 +189,10 @@ def task_state(url: str | None = None) -> tuple[object, ...]:
         (["task", "enqueue", "0123456789abcdef0123456789abcdef"], "no task"),
         (["task", "show", "nonexistent"], "no task 'nonexistent'"),
         (["task", "show", "p/none"], "no template 'p/none'"),
+        # Found by the new-user pass on issue 13: a traceback, and an empty tag accepted.
+        (["task", "run", "p/t", "--queue", "bad queue"], "--queue: 'bad queue' is not a queue"),
+        (["task", "clone", "p/t", "--queue", "bad queue"], "--queue: 'bad queue' is not a"),
+        (["task", "run", "p/t@"], "an empty tag"),
         (["task", "capture", "REPO", "--project", "p", "--name", "c", "--script", "absent.py"],
          "script absent.py is not in"),
     ],
