@@ -23,18 +23,21 @@ PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, PR_CAPBSET_DROP = 4, 38,
 
 # Landlock filesystem access rights, by the ABI that brought them.
 EXECUTE, WRITE_FILE, READ_FILE, READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-MAKE = sum(1 << bit for bit in range(4, 13))  # remove dir/file, make char/dir/reg/sock/...
+MAKE_CHAR, MAKE_BLOCK = 1 << 6, 1 << 11
+# Remove dir/file, make dir/reg/sock/fifo/sym: never a device node (a job that makes one for
+# a disk reads the host's raw storage around every path rule).
+MAKE = sum(1 << bit for bit in range(4, 13)) & ~(MAKE_CHAR | MAKE_BLOCK)
 REFER, TRUNCATE = 1 << 13, 1 << 14
 FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
 READ = EXECUTE | READ_FILE | READ_DIR
 WRITE = READ | WRITE_FILE | MAKE | REFER | TRUNCATE
 
-ROOT_JOB_DROPS = (2, 16, 17, 19, 21, 22, 32, 33, 34, 38, 39, 40)
+ROOT_JOB_DROPS = (2, 16, 17, 19, 21, 22, 27, 32, 33, 34, 38, 39, 40)
 """Capabilities a job started as root loses (from the bounding set, so at exec): ptrace
 (with it root reads a non-dumpable process's environ, which Landlock does not stop), admin,
 modules, raw I/O, `open_by_handle_at` (DAC_READ_SEARCH, which would step around Landlock's
-paths), MAC, syslog, perf, BPF, checkpoint/restore."""
+paths), mknod (a device node for a disk), MAC, syslog, perf, BPF, checkpoint/restore."""
 
 
 class PathBeneath(ctypes.Structure):

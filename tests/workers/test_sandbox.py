@@ -93,3 +93,29 @@ def run_as_nobody(work: Path, nobody: pwd.struct_passwd, monkeypatch: pytest.Mon
     assert result.status == "completed", (result, lines)
     assert lines[0] == str(nobody.pw_uid) and "hunter2" not in lines and "refused" in lines
     assert (outputs / "made").stat().st_uid == nobody.pw_uid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root may make device nodes")
+def test_a_root_job_cannot_make_a_device_node(tmp_path: Path) -> None:
+    """Found by the attacker pass on issue 10: a job of a root worker (no --job-user) made a
+    block device node in its outputs and read the host's disk through it."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs], readable=[],
+                                hidden=[], python="/usr/bin/python3")
+    assert policy is not None
+    lines: list[str] = []
+    make = ("import os, stat\n"
+            "for kind in (stat.S_IFBLK, stat.S_IFCHR):\n"
+            "    try:\n"
+            f"        os.mknod('{outputs}/node%d' % kind, kind | 0o600, os.makedev(7, 0))\n"
+            "        print('made', kind)\n"
+            "    except OSError as exc:\n"
+            "        print('refused', kind, exc.errno)\n")
+    result = run_process(
+        ["/usr/bin/python3", "-c", make], env={"PATH": "/usr/bin:/bin"}, cwd=Path("/"),
+        timeout_s=60, on_line=lambda _stream, line: lines.append(line),
+        sandbox=sandbox.prefix(policy))
+    assert result.status == "completed", (result, lines)
+    assert [line.split()[0] for line in lines] == ["refused", "refused"], lines
+    assert not list(outputs.iterdir())
