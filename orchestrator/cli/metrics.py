@@ -301,13 +301,9 @@ def _read(
         if after == "0-0" and count is None:
             raw = redis.xrange(stream, "-", "+")
         else:
-            reply: Any = redis.xread({stream: after}, count=count, block=block_ms)
-            if not reply:
-                return []
-            if isinstance(reply, dict):  # RESP3
-                raw = [e for batch in reply.values() for e in batch[0]]
-            else:
-                raw = [e for _stream, batch in reply for e in batch]
+            from orchestrator.queue.streams import entries
+
+            raw = entries(redis.xread({stream: after}, count=count, block=block_ms))
     except Exception as exc:  # redis-py's errors; the CLI prints one line
         raise ServiceUnavailable(f"cannot read live metrics from Redis: {exc}") from None
     return [(_text(entry_id), fields) for entry_id, fields in raw]

@@ -33,6 +33,7 @@ from orchestrator.queue.keys import (
     fence_key,
     heartbeat_key,
 )
+from orchestrator.queue.streams import entries
 from orchestrator.store.models import Model, Task, utcnow
 from orchestrator.tasks.states import FINISHED
 
@@ -142,12 +143,7 @@ class Ingest:
             reply = self.redis.xreadgroup(
                 REPORTS_GROUP, self.consumer, {REPORTS_STREAM: start}, count=count, block=block
             )
-        if not reply:
-            return []
-        raw = cast(Any, reply)
-        if isinstance(raw, dict):  # RESP3
-            return [(e[0], e[1]) for batch in raw.values() for e in batch[0]]
-        return [(e[0], e[1]) for _stream, batch in raw for e in batch]
+        return entries(reply)
 
     def _ensure_group(self) -> None:
         import redis as redis_lib
