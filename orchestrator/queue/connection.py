@@ -163,16 +163,25 @@ def _start(home: Path, state: Path) -> str:
         check=False,
     )
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not (socket.exists() and pidfile.exists()):
+    # redis-server creates its pid file before it writes the pid into it: an empty file is
+    # "not yet" (seen failing the demo in CI), not an error.
+    while not (socket.exists() and (pid := _pid_in(pidfile))):
         if started.returncode != 0 or time.monotonic() > deadline:
             raise ServiceUnavailable(
                 f"the embedded Redis did not start; see {data / 'redis.log'}, or set "
                 "RETRAIN_REDIS_URL=redis://HOST:6379/0"
             )
         time.sleep(0.01)
-    pid = int(pidfile.read_text().strip())
     url = f"unix://{socket}"
     tmp = state.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": pid, "url": url}))
     tmp.replace(state)
     return url
+
+
+def _pid_in(pidfile: Path) -> int:
+    """The pid redis-server wrote, or 0 while the file is missing, empty or half-written."""
+    try:
+        return int(pidfile.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
