@@ -92,7 +92,6 @@ class RedisView:
     refused: int = 0
     """Reports the scheduler refused (dead-lettered) and still keeps."""
     last_refused: Row | None = None
-    scheduler_signed: bool | None = None
     """Whether the last scheduler to start checks report signatures; None: no word yet."""
 
     @property
@@ -130,8 +129,7 @@ def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
     pipe.zrange(keys.WORKERS, 0, -1, withscores=True)
     pipe.xlen(keys.REPORTS_DEAD)
     pipe.xrevrange(keys.REPORTS_DEAD, count=1)
-    pipe.get(keys.SCHEDULER_SIGNING)
-    leader, pttl, queue_keys, members, refused, last_refused, signing = pipe.execute()
+    leader, pttl, queue_keys, members, refused, last_refused = pipe.execute()
 
     rq_keys = sorted(k for k in (_text(q) for q in queue_keys) if k.startswith(RQ_QUEUE_PREFIX))
     names = [(_text(m), float(score)) for m, score in members]
@@ -149,8 +147,6 @@ def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
         for key, n in zip(rq_keys, replies[: len(rq_keys)], strict=True)
     }
     view.refused = int(refused or 0)
-    signing = _text(signing) if signing is not None else None
-    view.scheduler_signed = {"signed": True, "unsigned": False}.get(signing or "")
     if last_refused:
         entry_id, entry = last_refused[0]
         fields_ = {_text(k): _text(v) for k, v in entry.items()}
@@ -281,7 +277,8 @@ def _scheduler_row(conn: Any) -> Row | None:
     rows = fetch(
         conn,
         "SELECT cursor, leader, heartbeat_at, last_poll_at, config_path, config_error, "
-        "config_loaded_at, config_problems, steps FROM scheduler_state WHERE name = %s",
+        "config_loaded_at, config_problems, steps, reports_signed FROM scheduler_state "
+        "WHERE name = %s",
         [SCHEDULER_STATE],
     )
     return rows[0] if rows else None
@@ -411,8 +408,8 @@ def collect(
     - `reports`: `refused` (worker reports the scheduler refused: malformed, oversized,
       unsigned, or not from the worker bound to the run's attempt; kept in
       `retrain:reports:dead` for inspection; null without Redis) and `last_refused`
-      ({`at`, `reason`}, or null), `scheduler_signed` (whether the last scheduler to start
-      checks signatures; null before one did, or without Redis) and `unsigned_workers`
+      ({`at`, `reason`}, or null), `scheduler_signed` (whether the leading scheduler
+      checks signatures, as it recorded in the store; null before one did) and `unsigned_workers`
       (names of workers that sign nothing: no worker secret).
     - `waiting`: triggers whose firings could not start and wait (see
       `orchestrator.scheduler.waiting.waiting_firings`): `trigger`, `reason`, `since`,
@@ -471,7 +468,10 @@ def collect(
         "reports": {
             "refused": redis.refused if redis.reachable else None,
             "last_refused": redis.last_refused,
-            "scheduler_signed": redis.scheduler_signed if redis.reachable else None,
+            "scheduler_signed": (
+                None if state is None or state["reports_signed"] is None
+                else bool(state["reports_signed"])
+            ),
             "unsigned_workers": sorted(
                 w["name"] for w in workers or [] if w.get("reports") == "unsigned"
             ),

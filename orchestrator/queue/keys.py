@@ -64,10 +64,6 @@ def events_channel(db: int) -> str:
 SCHEDULER_LEASE = f"{PREFIX}:scheduler:leader"
 """`SET NX PX` lease held by the one scheduler that fires triggers; the others stand by."""
 
-SCHEDULER_SIGNING = f"{PREFIX}:scheduler:signing"
-"""`signed` or `unsigned`: whether the last scheduler to start checks report signatures (has
-the worker secret). `retrain status` says "reports unsigned" when it does not."""
-
 REPORTS_STREAM = f"{PREFIX}:reports"
 """Stream of worker reports (started, heartbeat, finished) as JSON; workers never touch the
 database, the scheduler applies these to the store."""

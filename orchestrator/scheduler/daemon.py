@@ -430,7 +430,6 @@ class Scheduler:
             poll_interval=self.poll_interval,
             signed=bool(self.runtime.settings.worker_secret),
         )
-        self._say_signing()
         if not self.runtime.settings.worker_secret:
             log.warning(
                 "no worker secret: payloads and reports are not signed, so anyone with Redis "
@@ -531,6 +530,7 @@ class Scheduler:
         state.config_error = self._config_error
         state.config_loaded_at = self._loaded_at
         state.config_problems = list(self.problems)
+        state.reports_signed = bool(self.runtime.settings.worker_secret)
 
     def _record_config(self) -> None:
         """This scheduler's view of its file, now (the heartbeat repeats it), when leading."""
@@ -542,15 +542,6 @@ class Scheduler:
                 self._write_config(self._state_row(session))
 
         self._safely(write)
-
-    def _say_signing(self) -> None:
-        """Tell `retrain status` whether reports are checked (a failure is only logged: the
-        loop must start without it)."""
-        signing = "signed" if self.runtime.settings.worker_secret else "unsigned"
-        try:
-            self.redis.set(keys.SCHEDULER_SIGNING, signing)
-        except Exception as exc:
-            log.warning("could not record report signing in Redis", error=str(exc))
 
     def _health_detail(self) -> dict[str, Any]:
         """What `retrain health scheduler` judges besides liveness."""

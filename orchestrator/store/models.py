@@ -451,3 +451,6 @@ class SchedulerState(Base):
     config_problems: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
     """What the loaded triggers file refers to and cannot resolve (a template that does not
     exist), re-checked as the store changes."""
+    reports_signed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    """Whether the leader checks report signatures (it holds the worker secret): `retrain
+    status` warns when not. In the store, not in Redis, where anyone could claim it."""

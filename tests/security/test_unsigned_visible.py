@@ -90,3 +90,36 @@ def test_with_a_secret_nothing_is_said(
     assert data["workers"][0]["reports"] == "signed"
     assert "unsigned" not in plain + worker_health + scheduler_health
     json.dumps(data)
+
+
+def test_redis_access_cannot_make_status_claim_reports_are_signed(
+    cli: CLI, machine_redis: str, tmp_path: Path
+) -> None:
+    """Whether the scheduler checks signatures is its own fact, recorded in the store: a key
+    planted in Redis (which workers, and on a Redis without ACLs anyone, can write) must not
+    hide the "reports unsigned" warning."""
+    import redis
+
+    triggers = tmp_path / "triggers.yaml"
+    triggers.write_text("version: 1\ntriggers: []\n")
+    scheduler = _start("scheduler", "--triggers", str(triggers), "--poll-interval", "0.2")
+    try:
+        for _ in range(300):
+            data: Any = cli.json("status")
+            if data["reports"].get("scheduler_signed") is not None:
+                break
+            time.sleep(0.1)
+        assert data["reports"]["scheduler_signed"] is False, data["reports"]
+        attacker = redis.Redis.from_url(machine_redis)
+        for key in attacker.keys("retrain:scheduler:*"):
+            if attacker.type(key) == b"string" and attacker.get(key) in (b"unsigned",):
+                attacker.set(key, "signed")
+        attacker.set("retrain:scheduler:signing", "signed")
+        attacker.close()
+        time.sleep(1.0)  # let the scheduler take a few more turns of its loop
+        forged = cli.json("status")
+        plain = cli("status").out
+    finally:
+        _stop(scheduler)
+    assert forged["reports"]["scheduler_signed"] is False, forged["reports"]
+    assert "reports unsigned" in plain, plain
