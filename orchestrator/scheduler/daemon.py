@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestrator.errors import RetrainError
-from orchestrator.queue import keys
 from orchestrator.scheduler import schedules
 from orchestrator.scheduler.engine import STATE, Engine, PollResult
 from orchestrator.scheduler.lease import Lease
