@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestrator.queue import keys
+from orchestrator.queue.reports import MAX_MODEL_METADATA_BYTES, MAX_MODELS
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -153,6 +154,8 @@ class Channel:
         self._streamed = 0
         self._live_failed = False
         self._dropped_series = 0
+        self._dropped_models = 0
+        self._dropped_metadata = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,6 +192,16 @@ class Channel:
             self.say(f"retrain_run: {self.bad_lines} lines of the job's channel were no events")
         if self._dropped_series:
             self.say(f"retrain_run: {self._dropped_series} points past {MAX_SERIES} series dropped")
+        if self._dropped_models:
+            self.say(
+                f"retrain_run: {self._dropped_models} more log_model calls past {MAX_MODELS} "
+                "models dropped"
+            )
+        if self._dropped_metadata:
+            self.say(
+                f"retrain_run: the metadata of {self._dropped_metadata} log_model calls was over "
+                f"{MAX_MODEL_METADATA_BYTES} bytes and dropped"
+            )
         if self.redis is not None and (self._streamed or self.series):
             self._live([], end=status)
 
@@ -306,11 +319,18 @@ class Channel:
                 ):
                     self.defaults[key] = item
         elif kind == "model" and isinstance(event.get("path"), str):
+            path = event["path"][:4096]
+            if len(self.models) >= MAX_MODELS and path not in self.models:
+                # The report carries at most MAX_MODELS: holding more only costs memory.
+                self._dropped_models += 1
+                return
             metadata = event.get("metadata")
-            self.models[event["path"]] = {
-                "name": str(event.get("name") or "")[:256],
-                "metadata": metadata if isinstance(metadata, dict) else {},
-            }
+            if not isinstance(metadata, dict):
+                metadata = {}
+            elif len(json.dumps(metadata, default=str)) > MAX_MODEL_METADATA_BYTES:
+                self._dropped_metadata += 1
+                metadata = {}
+            self.models[path] = {"name": str(event.get("name") or "")[:256], "metadata": metadata}
         else:
             self.bad_lines += 1
 

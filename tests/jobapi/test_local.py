@@ -89,3 +89,27 @@ def test_downsampling_keeps_extremes_and_the_end() -> None:
     assert [5000, -50.0] in kept and kept[-1] == [9999, 99.0]
     assert max(v for _s, v in kept) == 99.0
     assert downsample(points[:3], 200) == [[0, 0.0], [1, 1.0], [2, 2.0]]
+
+
+def test_log_model_cannot_grow_the_work_horse_without_bound(tmp_path: Path) -> None:
+    """150 `log_model` calls with 900 KB of metadata each once cost the work horse 345 MB: the
+    channel keeps at most the report's model count, and metadata that could never fit in a
+    report is dropped as it arrives (named in the run's log), not held."""
+    from orchestrator.queue import reports
+
+    path = tmp_path / "run" / "channel.jsonl"
+    notes: list[str] = []
+    channel = Channel(path, "t" * 32, None, notes.append)
+    big = {"blob": "x" * 900_000}
+    with path.open("a") as job:
+        for i in range(150):
+            event = {"k": "model", "name": f"m{i}", "path": f"models/{i}.pkl", "metadata": big}
+            job.write(json.dumps(event) + "\n")
+        job.write(json.dumps({"k": "model", "name": "small", "path": "models/0.pkl",
+                              "metadata": {"a": 1}}) + "\n")
+    channel.finish("completed")
+    assert len(channel.models) == reports.MAX_MODELS
+    assert channel.models["models/0.pkl"] == {"name": "small", "metadata": {"a": 1}}
+    assert all(m["metadata"] == {} for p, m in channel.models.items() if p != "models/0.pkl")
+    assert any("50 more log_model" in n for n in notes), notes
+    assert any("metadata of 100 log_model" in n for n in notes), notes
