@@ -261,7 +261,7 @@ def _table(series: Mapping[str, Mapping[str, Any]]) -> Any:
     for name, s in sorted(series.items()):
         values = [float(p[1]) for p in s.get("points") or []]
         grid.add_row(
-            output.safe(name),
+            output.one_line(name),
             _number(s["last"]),
             _number(s["min"]),
             _number(s["max"]),

@@ -28,6 +28,16 @@ def safe(text: str) -> str:
     return _UNSAFE.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
+_LINE_BREAKS = re.compile("[\n\r\t\v\f\x85\u2028\u2029]")
+
+
+def one_line(text: Any) -> str:
+    """`text` made `safe` and kept on one line (line breaks shown escaped, `\\n`): for names
+    and keys that come from a job (metrics, parameters, series, paths), which must not print
+    lines of their own that read like retrain's."""
+    return safe(_LINE_BREAKS.sub(lambda m: ascii(m.group())[1:-1], str(text)))
+
+
 def safe_tree(value: Any) -> Any:
     """`value` (JSON-like data) with every string in it made `safe`, keys included: for
     renderables built from it (rich `Text`, tables), which `_SafeConsole` cannot see into."""

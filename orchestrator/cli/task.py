@@ -460,7 +460,9 @@ def show(
         if mapping:
             output.out.print(f"\n{title}:")
             for key, value in sorted(mapping.items()):
-                output.out.print(f"  {key} = {value}", markup=False)
+                output.out.print(
+                    f"  {output.one_line(key)} = {output.one_line(value)}", markup=False
+                )
     if traced.absorbed_events:
         output.out.print("\nabsorbed events (coalesced into this run, oldest first):")
         for absorbed in traced.absorbed_events:
@@ -469,24 +471,30 @@ def show(
         output.out.print("\nmodels registered:")
         for model in traced.models:
             output.out.print(
-                f"  {model.id}  {model.project}/{model.name}  {model.uri}", markup=False
+                f"  {model.id}  {model.project}/{model.name}  {output.one_line(model.uri)}",
+                markup=False,
             )
     if info.logged_params:
         output.out.print("\nparameters as logged:")
         for key, value in sorted(info.logged_params.items()):
-            output.out.print(f"  {key} = {value}", markup=False)
+            output.out.print(
+                f"  {output.one_line(key)} = {output.one_line(value)}", markup=False
+            )
     if series:
         output.out.print("\nseries (retrain metrics ID for sparklines):")
         for name, s in series.items():
             output.out.print(
-                f"  {name}: last {s['last']:.6g} at step {s['step']}, min {s['min']:.6g}, "
-                f"max {s['max']:.6g}, {s['count']} points",
+                f"  {output.one_line(name)}: last {s['last']:.6g} at step {s['step']}, "
+                f"min {s['min']:.6g}, max {s['max']:.6g}, {s['count']} points",
                 markup=False,
             )
     if info.artifacts:
         output.out.print("\nartifacts:")
         for artifact in info.artifacts:
-            output.out.print(f"  {artifact['path']}  {artifact['uri']}", markup=False)
+            output.out.print(
+                f"  {output.one_line(artifact['path'])}  {output.one_line(artifact['uri'])}",
+                markup=False,
+            )
     if spec["requirements"]:
         output.out.print("\nrequirements:")
         for line in spec["requirements"]:

@@ -88,3 +88,27 @@ def test_human_output_shows_escape_sequences_escaped(
     assert "\x1b" not in shown and "\u202e" not in shown and "\x07" not in shown, repr(shown)
     assert "boom \\x1b[2J\\x1b[31mred\\u202eevil" in shown, shown
     assert "worker\\x1b]0;owned\\x07" in shown
+
+
+def test_names_from_a_run_cannot_forge_lines_of_task_show(
+    cli: CLI, git_repo: Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A metric, parameter or series name is one line of `task show` however it is spelled:
+    a newline in it (a job reports any name it likes) must not print a line of its own that
+    reads like retrain's (a fake "models registered:" section)."""
+    url = machine_redis_url()
+    redis.Redis.from_url(url).flushdb()
+    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
+    task = cli("task", "create", "--project", "p", "--name", "t", "--repo", str(git_repo.path),
+               "--script", "train.py").out.strip()
+    tasks = Runtime().tasks
+    info = tasks.clone(task)
+    tasks.enqueue(info.id)
+    tasks.start(info.id, "w1")
+    forged = "acc\n\nmodels registered:\n  m-1  prod/model  s3://evil/model"
+    tasks.finish(info.id, "completed", exit_code=0, metrics={forged: 0.9},
+                 logged_params={"lr\rx": 1})
+    shown = cli("task", "show", info.id).out
+    assert "\nmodels registered:" not in shown, shown
+    assert "acc\\n\\nmodels registered:\\n  m-1" in shown, shown
+    assert "lr\\rx = 1" in shown, shown
