@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from orchestrator.triggers.schema import TagFilter, Trigger
+from orchestrator.triggers.schema import AGGREGATES, TagFilter, Trigger
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
@@ -152,7 +152,7 @@ def match(trigger: Trigger, event: EventView) -> Verdict:
     return MATCH
 
 
-_AGGREGATE = re.compile(r"^\s*(min|max|last)\((.+)\)\s*$")
+_AGGREGATE = re.compile(rf"^\s*({'|'.join(AGGREGATES)})\((.+)\)\s*$")
 
 
 def metric_value(payload: Any, name: str) -> Any:

@@ -36,6 +36,10 @@ from orchestrator.tasks.spec import (
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
+AGGREGATES = ("min", "max", "last")
+"""What a task trigger's metric condition may apply to a series: `min(loss)`, `max(val/acc)`,
+`last(loss)` (see `orchestrator.triggers.match.metric_value`)."""
+_CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\((.*)\)\s*$")
 _METRIC_TEST = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
 
 
@@ -106,6 +110,17 @@ class TaskSource(_Strict):
     @classmethod
     def _metrics(cls, value: dict[str, str]) -> dict[str, str]:
         for name, test in value.items():
+            call = _CALL.match(name)
+            if call is not None and call.group(1) not in AGGREGATES:
+                raise ValueError(
+                    f"metrics.{name}: unknown aggregate {call.group(1)!r}; use min(), max() or "
+                    "last() of a series, or the metric's plain name"
+                )
+            if call is not None and not call.group(2).strip():
+                raise ValueError(
+                    f"metrics.{name}: names no metric; use min(), max() or last() of a series, "
+                    "e.g. min(loss)"
+                )
             if not _METRIC_TEST.match(str(test)):
                 raise ValueError(f"metrics.{name}: {test!r} is not a comparison such as '>= 0.9'")
         return value

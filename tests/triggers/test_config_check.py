@@ -254,3 +254,43 @@ def test_check_takes_the_file_as_triggers_option_like_every_triggers_command(
     assert "broken.yaml:" in cli("triggers", "check", "--triggers", str(broken), expect=2).err
     err = cli("triggers", "check", str(path), "--triggers", str(broken), expect=2).err
     assert "give the file once" in err
+
+
+@pytest.mark.parametrize(("metric", "says"), [
+    ("avg(loss)", "avg(loss): unknown aggregate 'avg'"),
+    ("mean(val/acc)", "mean(val/acc): unknown aggregate 'mean'"),
+    ("max()", "max(): names no metric"),
+])
+def test_a_metric_condition_with_an_unknown_aggregate_fails_check(
+    cli: CLI, store: str, tmp_path: Path, metric: str, says: str
+) -> None:
+    """`avg(loss)` was taken as a metric literally named "avg(loss)": the trigger never fired
+    and nothing said why. Only min(), max() and last() are aggregates; anything else shaped like
+    a call is a typo the check names."""
+    path = tmp_path / "triggers.yaml"
+    text = HEAD + f"""\
+  - name: promote
+    on:
+      task: {{project: blog, metrics: {{"{metric}": "<= 0.2"}}}}
+    run: {{template: blog/train}}
+    allow_cycles: true
+"""
+    err = check(cli, path, text, expect=2)
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"{path}:"), line
+    assert says in line and "min(), max() or last()" in line, line
+
+
+def test_metric_conditions_with_known_aggregates_pass_check(
+    cli: CLI, store: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "triggers.yaml"
+    text = HEAD + """\
+  - name: promote
+    on:
+      task: {project: blog, metrics: {"min(loss)": "<= 0.2", "max( val/acc )": ">= 0.9",
+                                      "last(loss)": "< 1", "val/acc": "> 0"}}
+    run: {template: blog/train}
+    allow_cycles: true
+"""
+    check(cli, path, text, expect=0)
