@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -103,8 +104,18 @@ def embedded_url(settings: Settings, *, start: bool) -> str | None:
         if url:
             return url
         if running:
-            _stop(running[0])
+            pid = running[0]
+            _stop(pid)
+            if alive(pid):
+                raise ServiceUnavailable(
+                    f"the embedded Redis (pid {pid}, {home / 'redis'}) has no password and "
+                    "did not stop on SIGTERM; stop it, then run the command again"
+                )
             state.unlink(missing_ok=True)
+            sys.stderr.write(
+                f"retrain: restarted the embedded Redis of {home} with a password (pid {pid} "
+                "took none); its data is kept\n"
+            )
         return _start(home, state)
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,7 @@ def test_the_embedded_server_needs_a_password_that_ps_does_not_show(
     command_line = Path(f"/proc/{server_pid(retrain_home)}/cmdline").read_bytes()
     assert password.encode() not in command_line
     assert password not in (retrain_home / "redis.json").read_text()
+    assert password not in (retrain_home / "redis" / "redis.log").read_text()
 
     client = redis.Redis.from_url(url)
     assert client.ping()
@@ -96,7 +98,7 @@ def test_the_cli_uses_the_password_and_never_shows_it(cli: CLI, retrain_home: Pa
 
 
 def test_a_password_less_server_from_an_older_version_is_restarted_locked(
-    retrain_home: Path,
+    retrain_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A home whose redis.json names a running server started without a password (retrain
     before this change): the next start stops it (its append-only file keeps the data) and
@@ -113,16 +115,18 @@ def test_a_password_less_server_from_an_older_version_is_restarted_locked(
          "--daemonize", "yes", "--pidfile", str(pidfile), "--logfile", str(data / "redis.log")],
         check=True, timeout=30, stdin=subprocess.DEVNULL)
     old = redis.Redis(unix_socket_path=str(sock))
-    for _ in range(3000):
+    deadline = time.monotonic() + 60
+    while True:
         try:
             old.set("kept", "yes")
-            break
-        except redis.ConnectionError:
-            import time
-
-            time.sleep(0.01)
+            old_pid = int(pidfile.read_text().strip() or 0)
+            if old_pid:
+                break
+        except (redis.ConnectionError, OSError):
+            pass
+        assert time.monotonic() < deadline, "the password-less redis-server did not start"
+        time.sleep(0.05)
     old.close()
-    old_pid = int(pidfile.read_text())
     (retrain_home / "redis.json").write_text(
         json.dumps({"pid": old_pid, "url": f"unix://{sock}"}))
 
@@ -130,6 +134,8 @@ def test_a_password_less_server_from_an_older_version_is_restarted_locked(
     url = embedded_url(settings, start=True)
     assert url is not None
     assert server_pid(retrain_home) != old_pid
+    assert f"restarted the embedded Redis of {retrain_home} with a password (pid {old_pid}" \
+        in capsys.readouterr().err
     assert not Path(f"/proc/{old_pid}").exists() or b"redis" not in Path(
         f"/proc/{old_pid}/cmdline").read_bytes()
     anonymous = redis.Redis(unix_socket_path=socket_of(url))
