@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.defaults import ENV_PREFIX, home_from_env
 from orchestrator.queue import keys
+from orchestrator.queue.embedded_auth import STATE_FILE, state_url
 from orchestrator.scheduler.waiting import waiting_firings
 from orchestrator.store.lean import Row, fetch, placeholders
 
@@ -46,9 +47,9 @@ LOST_SHOWN_S = 24 * 3600
 FIRINGS = 10
 """How many trigger decisions `recent firings` shows, newest first."""
 
-REDIS_STATE_FILE = "redis.json"
-"""Where the embedded Redis records its URL (`orchestrator.queue.connection.STATE_FILE`,
-not imported: that module loads pydantic)."""
+REDIS_STATE_FILE = STATE_FILE
+"""Where the embedded Redis records its URL (`orchestrator.queue.embedded_auth`, which,
+unlike `orchestrator.queue.connection`, loads no pydantic)."""
 
 # RQ's own key names (`rq.Queue.redis_queue_namespace_prefix`, `redis_queues_keys`), not
 # imported for start-up time; a test checks they still match RQ.
@@ -67,11 +68,7 @@ def redis_url_from_env() -> str | None:
     url = os.environ.get(f"{ENV_PREFIX}REDIS_URL")
     if url:
         return url
-    try:
-        state = json.loads((home_from_env() / REDIS_STATE_FILE).read_text())
-        return str(state["url"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return state_url(home_from_env())
 
 
 # -- Redis ------------------------------------------------------------------------------------

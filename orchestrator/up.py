@@ -247,7 +247,8 @@ class Up:
     def _banner(self, redis_url: str) -> None:
         s = self.settings
         workers = [c for c in self.children if c.role == "worker"]
-        redis = redact_url(redis_url) if s.redis_url else f"embedded, {redis_url} (RETRAIN_HOME)"
+        redis = redact_url(redis_url)
+        redis = redis if s.redis_url else f"embedded, {redis} (RETRAIN_HOME)"
         lines = [
             f"retrain is up (RETRAIN_HOME={s.home})",
             f"  store      {redact_url(s.database_url)}",

@@ -104,6 +104,9 @@ def test_up_runs_the_loop_and_ctrl_c_leaves_nothing_behind(
     assert code == 0, output
     assert "retrain up: stopped" in output and "Traceback" not in output
     assert not [pid for pid in pids if alive(pid)], output  # scheduler, worker, Redis
+    if services == "embedded":  # its banner names the embedded Redis, not its password
+        assert "embedded, unix://" in output
+        assert (retrain_home / "redis" / "password").read_text().strip() not in output
     assert not (retrain_home / "redis.json").exists()
     assert not (retrain_home / "up.json").exists()
     assert "no running worker" in cli("health", "worker", expect=1).err

@@ -74,7 +74,7 @@ def redis_status() -> None:
         return
     url = embedded_url(settings, start=False)
     if url:
-        print(url)
+        print(redact_url(url))  # its password, too, is for retrain's processes only
         output.note(f"embedded Redis for {settings.home} is running")
     else:
         output.note(f"embedded Redis for {settings.home} is not running (it starts on demand)")

