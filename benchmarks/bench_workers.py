@@ -272,7 +272,7 @@ def report_signing() -> tuple[list[float], list[float]]:
     )
     signed_us: list[float] = []
     plain_us: list[float] = []
-    for i in range(2200):
+    for _ in range(2200):
         start = time.perf_counter()
         data = json.dumps(report, default=str, separators=(",", ":"))
         signature = signing.sign(SECRET, data.encode())
