@@ -219,6 +219,15 @@ def agent_class() -> type[Any]:
             advertised = getattr(self, "advertised", {})
             return {k: advertised[k] for k in ("sandbox", "reports") if k in advertised}
 
+        def main_work_horse(self, job: Any, queue: Any) -> None:
+            """The work horse: first made the subreaper of whatever its job starts, so that
+            a process that leaves the job's process group (setsid, a double fork) comes back
+            to it and dies when the job ends (`workers.runner.reap_orphans`)."""
+            from workers.runner import become_subreaper
+
+            become_subreaper()
+            super().main_work_horse(job, queue)
+
         def subscribe(self) -> None:
             """No RQ command channel: RQ's `kill-horse`, `stop-job` and `shutdown` arrive on a
             pub/sub channel anyone with Redis access can publish to, and kill-horse orphans the

@@ -59,3 +59,70 @@ def test_links_out_of_the_output_folder_are_not_uploaded(
     assert paths == ["alias.txt", "output.log", "real.txt"], paths
     assert shown["metrics"] == {}, shown["metrics"]
     assert cli.json("model", "list", "--project", "p") == []
+
+
+SWAPPER = """\
+import os, pathlib, sys, time
+out = pathlib.Path(os.environ["RETRAIN_OUTPUT_DIR"])
+tmp = pathlib.Path(os.environ["TMPDIR"])
+(out / "real.txt").write_text("mine")
+if os.fork() == 0:
+    os.setsid()  # leaves the job's process group, which the worker kills at the end
+    if os.fork():
+        os._exit(0)
+    (tmp / "pid").write_text(str(os.getpid()))
+    while True:  # swap the output for a link to the host's file and back, forever
+        os.symlink(SECRET, out / "swap")
+        os.replace(out / "swap", out / "real.txt")
+        (out / "back").write_text("mine")
+        os.replace(out / "back", out / "real.txt")
+while not (tmp / "pid").exists():
+    time.sleep(0.01)
+print("DAEMON", (tmp / "pid").read_text(), flush=True)
+"""
+
+
+def test_a_job_process_that_left_its_group_dies_before_the_outputs_are_read(
+    cli: CLI, git_repo: Repo, machine_redis: str, tmp_path: Path
+) -> None:
+    """Found by the attacker pass on issue 10 (F2): a grandchild that called setsid() outlived
+    its job and swapped an output for a link to a host file after the worker had listed the
+    outputs, so the host file was uploaded. It must be dead when the job ends."""
+    import hashlib
+
+    import redis
+
+    from orchestrator.queue import keys
+
+    secret = tmp_path / "host" / "shadow"
+    secret.parent.mkdir()
+    secret.write_text("the worker's secret")
+    (git_repo.path / "train.py").write_text(SWAPPER.replace("SECRET", repr(str(secret))))
+    (git_repo.path / "requirements.txt").write_text("")
+    run_git(git_repo.path, "commit", "-qam", "a daemon")
+    task = cli("task", "create", "--project", "p", "--name", "swap", "--repo",
+               str(git_repo.path), "--script", "train.py", "--queue", "gpu").out.strip()
+    run = cli("task", "run", task).out.strip()
+    done = subprocess.run(
+        [sys.executable, "-c", "from orchestrator.cli import main; main()", "worker",
+         "--queue", "gpu", "--gpus", "none", "--burst"],
+        env=os.environ.copy(), capture_output=True, text=True, timeout=110, check=False)
+    assert done.returncode == 0, done.stderr
+    client = redis.Redis.from_url(machine_redis)
+    lines = [e[1][b"line"].decode() for e in client.xrange(keys.logs_stream(run))]
+    client.close()
+    daemon = next(int(line.split()[1]) for line in lines if line.startswith("DAEMON "))
+    try:
+        os.kill(daemon, 0)
+        alive = Path(f"/proc/{daemon}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except ProcessLookupError:
+        alive = False
+    if alive:
+        os.kill(daemon, 9)
+    assert not alive, "the daemon outlived its job"
+    triggers = tmp_path / "triggers.yaml"
+    triggers.write_text("version: 1\ntriggers: []\n")
+    Scheduler(Runtime(), triggers, wakeup=False).ingest.step()
+    shown = cli.json("task", "show", run)
+    leaked = hashlib.sha256(secret.read_bytes()).hexdigest()
+    assert not [a for a in shown["artifacts"] if a["uri"].endswith(leaked)], shown["artifacts"]
