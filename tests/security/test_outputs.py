@@ -126,3 +126,53 @@ def test_a_job_process_that_left_its_group_dies_before_the_outputs_are_read(
     shown = cli.json("task", "show", run)
     leaked = hashlib.sha256(secret.read_bytes()).hexdigest()
     assert not [a for a in shown["artifacts"] if a["uri"].endswith(leaked)], shown["artifacts"]
+
+
+def _job(tmp_path: Path) -> tuple[object, Path, list[str]]:
+    from orchestrator.settings import Settings
+    from workers.job import Job
+
+    settings = Settings.load(home=tmp_path / "home", storage_url=(tmp_path / "blobs").as_uri())
+    job = Job({"task_id": "0" * 32, "spec": {}}, settings, None, "w")  # type: ignore[arg-type]
+    outputs = job.workdir / "outputs"
+    (outputs / "models").mkdir(parents=True)
+    notes: list[str] = []
+    job._log_line = lambda _stream, line: notes.append(line)  # type: ignore[method-assign]
+    return job, outputs, notes
+
+
+def test_an_output_swapped_for_a_link_after_the_listing_is_not_uploaded(tmp_path: Path) -> None:
+    """F2, second half: what was listed as a regular file is opened again without following
+    links, so a link put in its place (by anything still running) is not followed."""
+    import hashlib
+
+    from workers.job import output_files
+
+    job, outputs, notes = _job(tmp_path)
+    secret = tmp_path / "shadow"
+    secret.write_text("the worker's secret")
+    (outputs / "real.txt").write_text("mine")
+    (outputs / "models" / "m.bin").write_text("weights")
+    listed = output_files(outputs, notes.append)
+    assert sorted(p.name for p in listed) == ["m.bin", "real.txt"]
+    for name in ("real.txt", "models/m.bin"):
+        (outputs / name).unlink()
+        (outputs / name).symlink_to(secret)
+    leaked = hashlib.sha256(secret.read_bytes()).hexdigest()
+    uris = [job._upload(path) for path in listed]  # type: ignore[attr-defined]
+    assert not [u for u in uris if u and u.endswith(leaked)], uris
+    assert uris == [None, None], uris
+    assert len([n for n in notes if "skipped" in n]) == 2, notes
+    (outputs / "models").rename(outputs / "moved")
+    (outputs / "models").symlink_to(secret.parent)  # a folder on the way, not the file
+    assert job._upload(outputs / "models" / "shadow") is None  # type: ignore[attr-defined]
+
+
+def test_special_files_are_skipped_and_named(tmp_path: Path) -> None:
+    from workers.job import output_files
+
+    _, outputs, notes = _job(tmp_path)
+    (outputs / "real.txt").write_text("mine")
+    os.mkfifo(outputs / "pipe")
+    assert [p.name for p in output_files(outputs, notes.append)] == ["real.txt"]
+    assert any("pipe" in n and "not a regular file" in n for n in notes), notes
