@@ -34,7 +34,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.sandbox_exec import READ, WRITE, WRITE_FILE, landlock_abi
+from workers.sandbox_exec import (
+    READ,
+    READ_DIR,
+    READ_FILE,
+    TRUNCATE,
+    WRITE,
+    WRITE_FILE,
+    landlock_abi,
+)
 
 __all__ = [
     "MODES",
@@ -210,17 +218,50 @@ def prefix(policy: Policy | None) -> list[str]:
     return [*args, "--"]
 
 
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx", "kfd")
+"""Device files a job may read and write (`kfd`: AMD GPUs); nothing else in /dev but
+`DEVICE_FOLDERS`, `/dev/shm` and the GPUs (`GPU_PREFIX`)."""
+DEVICE_FOLDERS = ("pts", "dri", "nvidia-caps")
+GPU_PREFIX = "nvidia"
+"""nvidia0..., nvidiactl, nvidia-uvm, nvidia-uvm-tools, nvidia-modeset."""
+DEVICE = READ_FILE | WRITE_FILE | TRUNCATE | READ_DIR
+
+
 def rules(policy: Policy) -> dict[str, int]:
-    """Path -> access rights: `read` on everything but the hidden paths (each ancestor of a
-    hidden path is split into its other entries, as Landlock only allows, never denies),
-    then the policy's own paths, then the devices a program needs."""
-    granted = dict(_everything_but(tuple(sorted(policy.hidden))))
+    """Path -> access rights: `read` on everything but the hidden paths and /dev (each
+    ancestor of a hidden path is split into its other entries, as Landlock only allows,
+    never denies), then the policy's own paths, then the devices a program needs, by name:
+    a raw disk (`/dev/sda`, `/dev/loop0`) or the kernel log stays closed to a root job."""
+    granted = dict(_everything_but(_closed(policy.hidden)))
     for path in policy.read:
         granted[path] = granted.get(path, 0) | READ
+    granted["/dev"] = READ_DIR  # its names (`ls /dev`), none of its files
+    granted.update(device_rules())
     for path in ("/dev/shm", *policy.write):  # noqa: S108 (shared memory, as data loaders need)
         granted[path] = WRITE
-    granted["/dev"] = granted.get("/dev", 0) | READ | WRITE_FILE  # /dev/null, GPUs
     return granted
+
+
+def device_rules(dev: str = "/dev") -> dict[str, int]:
+    """The devices a job may open (read and write), those of them that exist now: listed
+    for each job, as a GPU's nodes may appear after the worker started. /dev/fd, stdin,
+    stdout and stderr are links into /proc, judged where they lead."""
+    try:
+        names = os.listdir(dev)
+    except OSError:
+        names = []
+    chosen = [
+        name
+        for name in names
+        if name in DEVICES or name in DEVICE_FOLDERS or name.startswith(GPU_PREFIX)
+    ]
+    return {f"{dev}/{name}": DEVICE for name in sorted(chosen)}
+
+
+def _closed(hidden: Sequence[str]) -> tuple[str, ...]:
+    """What the read-everything rules leave out: the hidden paths and /dev (its devices are
+    granted by name), as the key of `_everything_but`'s cache."""
+    return tuple(sorted({*map(str, hidden), "/dev"}))
 
 
 @functools.lru_cache(maxsize=4)
@@ -272,4 +313,4 @@ def hidden_for(home: Path, cache: Path, storage_url: str) -> list[Path]:
 def warm(hidden: Sequence[Path]) -> None:
     """Compute the walk once in the slot, before it forks work horses (see `rules`)."""
     if level().startswith("landlock"):
-        _everything_but(tuple(sorted(str(p) for p in hidden)))
+        _everything_but(_closed([str(p) for p in hidden]))

@@ -119,3 +119,60 @@ def test_a_root_job_cannot_make_a_device_node(tmp_path: Path) -> None:
     assert result.status == "completed", (result, lines)
     assert [line.split()[0] for line in lines] == ["refused", "refused"], lines
     assert not list(outputs.iterdir())
+
+
+RAW_DEVICES = ("/dev/kmsg", "/dev/loop0", "/dev/sda", "/dev/vda", "/dev/nvme0n1", "/dev/mem")
+
+PROBE = """
+import os, sys
+def probe(path, flags):
+    try:
+        os.close(os.open(path, flags | os.O_NONBLOCK))
+        return "open"
+    except OSError as exc:
+        return "refused" if exc.errno in (1, 13) else f"errno {exc.errno}"
+for path in sys.argv[1:]:
+    print(path, probe(path, os.O_RDONLY))
+for path in ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random"):
+    print(path, probe(path, os.O_RDWR))
+with open("/dev/null", "w") as null:
+    null.write("x")
+with open("/dev/shm/retrain-probe-%d" % os.getpid(), "w") as shm:
+    shm.write("x")
+os.unlink(shm.name)
+print("listed", "null" in os.listdir("/dev"))
+"""
+
+
+def _readable_here(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(sandbox.landlock_abi() < 1, reason="needs Landlock")
+def test_a_job_opens_only_the_devices_it_needs(tmp_path: Path) -> None:
+    """Found by the attacker pass on issue 10 (F3): Landlock granted the whole of /dev, so
+    a job of a root worker read the host's raw block devices (and anyone's, /dev/kmsg). Only
+    named devices are granted now; the ones a program needs still work."""
+    raw = [path for path in RAW_DEVICES if _readable_here(path)]
+    if not raw:
+        pytest.skip("no raw device here that this user can open")
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs], readable=[],
+                                hidden=[], python="/usr/bin/python3")
+    assert policy is not None
+    lines: list[str] = []
+    result = run_process(
+        ["/usr/bin/python3", "-c", PROBE, *raw], env={"PATH": "/usr/bin:/bin"}, cwd=Path("/"),
+        timeout_s=60, on_line=lambda _stream, line: lines.append(line),
+        sandbox=sandbox.prefix(policy))
+    assert result.status == "completed", (result, lines)
+    opened = dict(line.rsplit(" ", 1) for line in lines)
+    assert {path: opened[path] for path in raw} == {path: "refused" for path in raw}, lines
+    for path in ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random"):
+        assert opened[path] == "open", lines
+    assert opened["listed"] == "True", lines
