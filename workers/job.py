@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from orchestrator.settings import Settings
     from orchestrator.storage import BlobStore
     from workers.envs import EnvLease
+    from workers.sandbox_exec import Confinement
 
 HEARTBEAT_EVERY_S = 20.0
 ABORT_GRACE_S = 30.0  # spec.DEFAULT_ABORT_GRACE_S, for payloads queued before it existed
@@ -526,8 +527,8 @@ class Job:
 
     def _sandbox(
         self, python: str, source: Path, inputs: Mapping[str, Path], outputs: Path
-    ) -> list[str]:
-        """The wrapper that confines the job (`workers.sandbox`): it writes its outputs and
+    ) -> Confinement | None:
+        """What confines the job (`workers.sandbox`): it writes its outputs and
         tmp only; reads its checkout, environment, inputs and its repository's mirror (the
         checkout borrows its objects); never the worker's home, caches or storage."""
         from orchestrator.git import Mirror
@@ -554,7 +555,7 @@ class Job:
             hidden=hidden,
             python=python,
         )
-        return sandbox.prefix(policy)
+        return sandbox.confinement(policy)
 
     def _local_blobs(self) -> list[Path]:
         """Local blob storage, read-only: a job is given models and files by their storage

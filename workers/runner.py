@@ -33,9 +33,12 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 import structlog
+
+if TYPE_CHECKING:
+    from workers.sandbox_exec import Confinement
 
 __all__ = [
     "OUTPUT",
@@ -220,19 +223,16 @@ def reap_orphans(spared: set[_Child], timeout_s: float = REAP_TIMEOUT_S) -> list
             return left
 
 
-def _die_with_parent(
-    argv: Sequence[str], env: Mapping[str, str], cwd: Path, prefix: Sequence[str] = ()
-) -> list[str]:
+def _die_with_parent(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> list[str]:
     """`argv`, run so that the kernel SIGKILLs the command when the work horse that started it
     dies (a `kill -9` of the worker, an OOM kill): a lost run's training must not go on holding
     a GPU that its worker's lock no longer guards. util-linux's `setpriv --pdeathsig` sets that
     and then executes the command (a `preexec_fn` would do it too, but it makes Python fork the
     whole work horse instead of using vfork: about 15 ms more per job start). Without setpriv
-    (not Linux) the command runs as it is. `prefix` (the sandbox's wrapper) runs first and
-    execs `argv`."""
+    (not Linux) the command runs as it is. A sandboxed job asks for it in its confinement."""
     setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
     if setpriv is None:
-        return [*prefix, *argv]
+        return list(argv)
     # What exec would say about the command itself, said here: through setpriv it would be
     # an exit code instead of the OSError callers rely on ("nothing ran").
     command = argv[0]
@@ -244,7 +244,7 @@ def _die_with_parent(
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), command)
     elif shutil.which(command, path=env.get("PATH", os.defpath)) is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
-    return [setpriv, "--pdeathsig", "KILL", "--", *prefix, *argv]
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
 
 
 def run_process(
@@ -257,7 +257,7 @@ def run_process(
     abort: threading.Event | None = None,
     grace_s: float = 30.0,
     tail_lines: int = 50,
-    sandbox: Sequence[str] = (),
+    sandbox: Confinement | None = None,
 ) -> RunResult:
     """Run `argv` (never through a shell) with exactly `env` in `cwd`, and return how it ended.
 
@@ -270,8 +270,9 @@ def run_process(
     The run is stopped when `abort` is set (status "aborted") or after `timeout_s` seconds
     (status "timeout"), with `kill_group(pid, grace_s)`; if it was already set before the start,
     nothing is started. An `OSError` from starting the command (not found, not executable, `cwd`
-    missing) propagates: nothing ran. `sandbox` is a command that confines itself and then
-    execs `argv` (`workers.sandbox.wrap`).
+    missing) propagates: nothing ran. `sandbox` (`workers.sandbox.confinement`) is applied in
+    the command's process before it execs `argv`, and closed once it has started; if it cannot
+    be applied the command exits 126 without running.
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, not {timeout_s}")
@@ -292,15 +293,22 @@ def run_process(
     # A new session makes the command the leader of a new process group that all its children
     # and grandchildren join, so one killpg reaches every one of them; it also detaches them from
     # the agent's terminal, so a Ctrl-C meant for the agent is not delivered to the job as well.
-    proc = subprocess.Popen(
-        _die_with_parent(argv, env, cwd, sandbox),
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            # A confinement asks for the parent-death signal itself (and forks: a step
+            # between fork and exec cannot vfork); otherwise setpriv does (and it vforks).
+            list(argv) if sandbox is not None else _die_with_parent(argv, env, cwd),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=sandbox,  # takes no lock (sandbox_exec.Confinement)
+        )
+    finally:
+        if sandbox is not None:
+            sandbox.close()
     assert proc.stdout is not None
     readers = [_start_reader(proc.stdout, OUTPUT, output)]
     log.info("process started", pid=proc.pid, argv=list(argv), cwd=str(cwd))

@@ -8,8 +8,8 @@ jobs trust. Three layers keep the job away from them:
    `retrain worker` and inherited by its work horses): a process of the same uid cannot read
    its `/proc/<pid>/environ` or `mem`, nor ptrace it.
 2. Landlock (Linux 5.13+, `landlock_abi()`): the job's process is restricted between fork and
-   exec by a small wrapper (`workers/sandbox_exec.py`, run by the worker's own interpreter,
-   so the work horse keeps spawning with vfork). It may write only its outputs folder and a
+   exec (`workers/sandbox_exec.py`: the work horse builds the ruleset, the child applies it
+   before exec, with no second interpreter). It may write only its outputs folder and a
    private tmp; read (and execute) its checkout, its environment, its inputs and the rest of
    the system; it cannot read the worker's home (the secret, the database, the caches), other
    attempts' folders, the blob cache beyond its own inputs, or the worker user's credential
@@ -41,6 +41,7 @@ from workers.sandbox_exec import (
     TRUNCATE,
     WRITE,
     WRITE_FILE,
+    Confinement,
     landlock_abi,
 )
 
@@ -48,10 +49,10 @@ __all__ = [
     "MODES",
     "Policy",
     "SandboxUnavailable",
+    "confinement",
     "landlock_abi",
     "level",
     "make_undumpable",
-    "prefix",
 ]
 
 MODES = ("auto", "required", "off")
@@ -198,24 +199,23 @@ def _interpreter_prefixes(python: str) -> list[Path]:
     return found
 
 
-WRAPPER = Path(__file__).with_name("sandbox_exec.py")
-
-
-def prefix(policy: Policy | None) -> list[str]:
-    """What runs before a job's argv to put it under `policy` (nothing when None): this
-    interpreter in isolated mode without site, running the wrapper with the rules computed
-    here (the wrapper imports only os, sys and ctypes)."""
+def confinement(policy: Policy | None) -> Confinement | None:
+    """What puts a job's process under `policy` between fork and exec (None: nothing to do):
+    the Landlock ruleset is built here, in the work horse, once per job; the child only
+    applies it (`workers.sandbox_exec.Confinement`). Close it once the job has started."""
     if policy is None:
-        return []
-    args = [sys.executable, "-I", "-S", str(WRAPPER)]
+        return None
+    user = None
     if policy.uid is not None and policy.gid is not None:
-        groups = ",".join(map(str, policy.groups))
-        args += ["--user", str(policy.uid), str(policy.gid), groups]
+        user = (policy.uid, policy.gid, list(policy.groups))
+    landlock = None
     if policy.landlock:
-        args += ["--landlock", str(landlock_abi()), "1" if policy.scope else "0"]
-        for path, access in rules(policy).items():
-            args += ["--rule", str(access), path]
-    return [*args, "--"]
+        landlock = (
+            [(access, path) for path, access in rules(policy).items()],
+            landlock_abi(),
+            policy.scope,
+        )
+    return Confinement(user=user, landlock=landlock)
 
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx", "kfd")
