@@ -384,14 +384,19 @@ import ctypes, json, os, sys, threading, time
 from pathlib import Path
 assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
 from workers.runner import run_process
+import subprocess
 pid_file, mode, escaper = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 abort = threading.Event()
+# The caller's own children, from before the job and started while it runs: never touched.
+helpers = [subprocess.Popen(["sleep", "600"])]
 def watch():
     while not pid_file.exists():
         time.sleep(0.02)
-    abort.set()
-if mode == "stay":
-    threading.Thread(target=watch, daemon=True).start()
+    helpers.append(subprocess.Popen(["sleep", "600"]))
+    if mode == "stay":
+        abort.set()
+watcher = threading.Thread(target=watch, daemon=True)
+watcher.start()
 result = run_process([sys.executable, "-c", escaper, str(pid_file), mode],
                      env={"PATH": os.environ["PATH"]}, cwd=pid_file.parent, timeout_s=120,
                      abort=abort, grace_s=5.0)
@@ -402,7 +407,12 @@ try:
     os.kill(daemon, 9)
 except ProcessLookupError:
     alive = False
-print(json.dumps({"status": result.status, "alive": alive}))
+watcher.join()
+spared = all(helper.poll() is None for helper in helpers)
+for helper in helpers:
+    helper.kill()
+    helper.wait()
+print(json.dumps({"status": result.status, "alive": alive, "helpers spared": spared}))
 """
 
 
@@ -419,4 +429,5 @@ def test_a_process_that_left_the_group_dies_with_the_run(tmp_path: Path, mode: s
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {"status": "completed" if mode == "exit" else "aborted", "alive": False}
+    status = "completed" if mode == "exit" else "aborted"
+    assert result == {"status": status, "alive": False, "helpers spared": True}
