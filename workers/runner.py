@@ -45,6 +45,7 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "become_subreaper",
+    "children",
     "kill_group",
     "reap_orphans",
     "run_process",
@@ -155,7 +156,7 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
-def _children() -> dict[_Child, int]:
+def children() -> dict[_Child, int]:
     """This process's children, each with its session id. Read from every thread's
     `children` file, or where the kernel has none, from a scan of /proc."""
     me = os.getpid()
@@ -184,7 +185,7 @@ def _is_job_orphan(child: _Child, session: int, spared: set[_Child]) -> bool:
 def reap_exited(spared: set[_Child]) -> None:
     """Reap the job's orphans that have already exited (zombies reparented to this
     subreaper); running ones are left alone."""
-    for child, session in _children().items():
+    for child, session in children().items():
         if _is_job_orphan(child, session, spared):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(child[0], os.WNOHANG)
@@ -194,12 +195,12 @@ def reap_orphans(spared: set[_Child], timeout_s: float = REAP_TIMEOUT_S) -> list
     """SIGKILL and reap every process the job left behind that was reparented to this
     process (a subreaper: `become_subreaper`), round after round, since each one killed
     hands its own children to us, until none is left or `timeout_s` passes. `spared`: this
-    process's children from before the job (`_children()`), which are never touched.
+    process's children from before the job (`children()`), which are never touched.
     Returns the pids that survived (stuck in the kernel), an empty list when all died."""
     deadline = time.monotonic() + timeout_s
     left: list[int] = []
     while True:
-        victims = [c[0] for c, sid in _children().items() if _is_job_orphan(c, sid, spared)]
+        victims = [c[0] for c, sid in children().items() if _is_job_orphan(c, sid, spared)]
         if not victims:
             return []
         for pid in victims:
@@ -287,7 +288,7 @@ def run_process(
     # A subreaper (the work horse) kills everything the job leaves behind, in or out of its
     # process group; what was its child before the job is not the job's.
     reaper = _is_subreaper()
-    spared = set(_children()) if reaper else set()
+    spared = set(children()) if reaper else set()
     started = time.monotonic()
     deadline = started + timeout_s
     # A new session makes the command the leader of a new process group that all its children
