@@ -141,6 +141,12 @@ with open("/dev/shm/retrain-probe-%d" % os.getpid(), "w") as shm:
     shm.write("x")
 os.unlink(shm.name)
 print("listed", "null" in os.listdir("/dev"))
+with open("/dev/stdout", "w") as out:  # a link into /proc, judged where it leads
+    print("stdout open", file=out)
+os.openpty()  # /dev/ptmx and /dev/pts
+import multiprocessing
+multiprocessing.Lock()  # a POSIX semaphore in /dev/shm
+print("pty open")
 """
 
 
@@ -176,6 +182,7 @@ def test_a_job_opens_only_the_devices_it_needs(tmp_path: Path) -> None:
     for path in ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random"):
         assert opened[path] == "open", lines
     assert opened["listed"] == "True", lines
+    assert opened["stdout"] == "open" and opened["pty"] == "open", lines
 
 
 @pytest.mark.skipif(sandbox.landlock_abi() < 1, reason="needs Landlock")
