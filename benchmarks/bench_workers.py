@@ -7,6 +7,9 @@
   with the job sandbox as deployed (Landlock where the kernel has it) and with
   `--sandbox off` (the difference is the sandbox's cost), beside a bare RQ forking worker
   starting a job, and a Python child, on this machine.
+- A job's process started and ended (`/bin/true`), sandboxed (policy, Landlock ruleset,
+  confinement between fork and exec) and unconfined, interleaved, 200 samples each: the
+  sandbox's own cost, which the end-to-end figure above cannot resolve on a loaded machine.
 Uses RETRAIN_TEST_REDIS_URL (default: this machine's Redis, database 15).
 """
 
