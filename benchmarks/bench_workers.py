@@ -7,6 +7,9 @@
   with the job sandbox as deployed (Landlock where the kernel has it) and with
   `--sandbox off` (the difference is the sandbox's cost), beside a bare RQ forking worker
   starting a job, and a Python child, on this machine.
+- A job's process started and ended (`/bin/true`), sandboxed (policy, Landlock ruleset,
+  confinement between fork and exec) and unconfined, interleaved, 200 samples each: the
+  sandbox's own cost, which the end-to-end figure above cannot resolve on a loaded machine.
 Uses RETRAIN_TEST_REDIS_URL (default: this machine's Redis, database 15).
 """
 
@@ -107,6 +110,57 @@ def warm_checkout(work: Path) -> float:
         samples.append(time.perf_counter() - start)
         remove(work / f"tree{i}")
     return statistics.median(samples)
+
+
+def sandbox_start(work: Path, samples: int = 200) -> tuple[list[float], list[float]]:
+    """ms to start and end `/bin/true` as a work horse starts a job: unconfined (setpriv,
+    vfork) and confined (the job's policy and Landlock ruleset built, applied between fork
+    and exec), interleaved so that both see the same load. Empty where there is no
+    Landlock."""
+    from workers import sandbox
+    from workers.runner import _die_with_parent
+
+    if sandbox.landlock_abi() <= 0:
+        return [], []
+    home = work / "sandbox-home"
+    outputs = home / "cache" / "work" / "t.0" / "outputs"
+    outputs.mkdir(parents=True)
+    hidden = sandbox.hidden_for(home, home / "cache", (home / "storage").as_uri())
+    sandbox.warm(hidden)  # as the slot does before it forks
+    env = {"PATH": "/usr/bin:/bin"}
+    plain: list[float] = []
+    confined: list[float] = []
+    for _ in range(samples):
+        began = time.perf_counter()
+        subprocess.run(
+            _die_with_parent(["/bin/true"], env, work),
+            env=env,
+            check=True,
+            start_new_session=True,
+        )
+        plain.append((time.perf_counter() - began) * 1000)
+        began = time.perf_counter()
+        policy = sandbox.policy_for(
+            workdir=outputs.parent,
+            writable=[outputs],
+            readable=[],
+            hidden=hidden,
+            python=sys.executable,
+        )
+        confinement = sandbox.confinement(policy)
+        try:
+            subprocess.run(
+                ["/bin/true"],
+                env=env,
+                check=True,
+                start_new_session=True,
+                preexec_fn=confinement,
+            )
+        finally:
+            if confinement is not None:
+                confinement.close()
+        confined.append((time.perf_counter() - began) * 1000)
+    return plain, confined
 
 
 def start_latency(work: Path) -> tuple[list[float], list[float], list[float], list[float]]:
@@ -296,6 +350,7 @@ def main() -> bool:
     work = Path(tempfile.mkdtemp(prefix="retrain-bench-workers-"))
     try:
         ours, unconfined, bare_job, bare_child = start_latency(work)
+        plain_start, confined_start = sandbox_start(work)
         checkout_s = warm_checkout(work)
         uv_s, pip_s = cold_builds(work)
         hit_s = cache_hit(work)
@@ -338,6 +393,19 @@ def main() -> bool:
         f"  bare RQ job's child     p50 {pct(bare_child, 50):6.1f} ms   p99 "
         f"{pct(bare_child, 99):6.1f} ms"
     )
+    if confined_start:
+        print(
+            f"workers: a job's process started and ended, {len(plain_start)} samples each, "
+            "interleaved"
+        )
+        print(
+            f"  sandboxed               p50 {pct(confined_start, 50):6.1f} ms   p99 "
+            f"{pct(confined_start, 99):6.1f} ms   (policy, ruleset, fork, confine, exec)"
+        )
+        print(
+            f"  unconfined              p50 {pct(plain_start, 50):6.1f} ms   p99 "
+            f"{pct(plain_start, 99):6.1f} ms   (setpriv, vfork, exec)"
+        )
     print("workers: a finished report (50 metrics), serialize + parse, 2,000 samples")
     print(
         f"  signed and verified     p50 {pct(signed_us, 50):6.1f} µs   p99 {sign_p99:6.1f} µs"

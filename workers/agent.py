@@ -116,6 +116,11 @@ def run_slot(
             sandbox.hidden_for(settings.home, settings.resolved_cache_dir, settings.storage_url)
         )
         redis = client(settings)
+        # What a killed work horse's job leaves behind comes back to this process, which
+        # kills it (`Agent.execute_job`); the horse itself reaps its job's (`main_work_horse`).
+        from workers.runner import become_subreaper
+
+        become_subreaper()
         # Jobs are routed by the GPUs they need: this slot takes only those that fit it.
         names = [
             rq_name for queue in queues for rq_name in keys.rq_queues_in_order(queue, len(slot))
@@ -218,6 +223,28 @@ def agent_class() -> type[Any]:
             """What `retrain health worker` says besides liveness."""
             advertised = getattr(self, "advertised", {})
             return {k: advertised[k] for k in ("sandbox", "reports") if k in advertised}
+
+        def execute_job(self, job: Any, queue: Any) -> Any:
+            """Run one job in a work horse; then kill whatever of it is left here. The slot
+            is a subreaper too (`run_slot`): when the horse itself is killed (an OOM kill,
+            RQ's kill after the job's timeout), the job's processes that left its group come
+            back to the slot instead of to init, and die here."""
+            from workers import runner
+
+            spared = set(runner.children())
+            try:
+                return super().execute_job(job, queue)
+            finally:
+                runner.reap_orphans(spared)
+
+        def main_work_horse(self, job: Any, queue: Any) -> None:
+            """The work horse: first made the subreaper of whatever its job starts, so that
+            a process that leaves the job's process group (setsid, a double fork) comes back
+            to it and dies when the job ends (`workers.runner.reap_orphans`)."""
+            from workers.runner import become_subreaper
+
+            become_subreaper()
+            super().main_work_horse(job, queue)
 
         def subscribe(self) -> None:
             """No RQ command channel: RQ's `kill-horse`, `stop-job` and `shutdown` arrive on a

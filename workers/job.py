@@ -8,12 +8,14 @@ the worker's parent: this module is imported by the forked work horse.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from orchestrator.settings import Settings
     from orchestrator.storage import BlobStore
     from workers.envs import EnvLease
+    from workers.sandbox_exec import Confinement
 
 HEARTBEAT_EVERY_S = 20.0
 ABORT_GRACE_S = 30.0  # spec.DEFAULT_ABORT_GRACE_S, for payloads queued before it existed
@@ -123,6 +126,8 @@ class Job:
         self.channel: Any = None
         """The job API's channel (`workers.channel.Channel`) while the user's code runs."""
         self._env_lease: EnvLease | None = None
+        self._trees: set[Path] = set()
+        """Model folders uploaded as one tar each."""
         # Three beats per TTL: one lost message never makes a healthy job look dead.
         self._beat_every = min(HEARTBEAT_EVERY_S, settings.heartbeat_ttl_s / 3)
 
@@ -338,7 +343,7 @@ class Job:
         metrics: dict[str, float] = {}
         metrics_file = outputs / "metrics.json"
         if metrics_file in files:
-            data = json.loads(metrics_file.read_text())
+            data = json.loads(self._read_output(metrics_file) or b"{}")
             metrics = {
                 str(k): float(v)
                 for k, v in data.items()
@@ -348,30 +353,36 @@ class Job:
         folders = [
             outputs / rel
             for rel in logged
-            if (outputs / rel).is_dir()
-            and (outputs / "models") in (outputs / rel).parents
+            if (outputs / "models") in (outputs / rel).parents
+            and _real_dir(self.workdir, outputs / rel)
             and _inside(outputs / "models", rel.removeprefix("models/"))
         ]
         models = []
         for folder in folders:  # a model that is a folder (log_model of a directory)
-            models.append(self._model(outputs, folder, logged, self._upload_tree(folder)))
+            uri, size = self._upload_tree(folder)
+            models.append(self._model(outputs, folder, logged, uri, size))
         for path in files:
-            if (outputs / "models") in path.parents and not any(
-                f in path.parents for f in folders
-            ):
-                models.append(self._model(outputs, path, logged, self._upload(path)))
-        artifacts = [
-            {"path": path.relative_to(outputs).as_posix(), "uri": self._upload(path)}
-            for path in files
-            if path != metrics_file and (outputs / "models") not in path.parents
-        ]
+            if (outputs / "models") in path.parents and not any(f in path.parents for f in folders):
+                uploaded = self._upload(path)
+                if uploaded is not None:
+                    models.append(self._model(outputs, path, logged, *uploaded))
+        artifacts = []
+        for path in files:
+            if path != metrics_file and (outputs / "models") not in path.parents:
+                uploaded = self._upload(path)
+                if uploaded is not None:
+                    artifacts.append(
+                        {"path": path.relative_to(outputs).as_posix(), "uri": uploaded[0]}
+                    )
         if self._mlflow_external is None:
             found_models, found_artifacts = self._mlflow(store)
             models.extend(found_models)
             artifacts.extend(found_artifacts)
         log = self.workdir / "output.log"
         if log.exists():
-            artifacts.append({"path": "output.log", "uri": self._upload(log)})
+            uploaded = self._upload(log)
+            if uploaded is not None:
+                artifacts.append({"path": "output.log", "uri": uploaded[0]})
         return metrics, models, artifacts
 
     def _mlflow(self, store: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -389,8 +400,14 @@ class Job:
             for key, points in run.metrics.items():
                 self.channel.add_series(key, points)
             tags = {k: v[:1024] for k, v in run.tags.items() if not k.startswith(SYSTEM_TAG)}
-            runs.append({"run_id": run.run_id, "experiment_id": run.experiment_id,
-                         "name": run.name, "tags": dict(list(tags.items())[:100])})
+            runs.append(
+                {
+                    "run_id": run.run_id,
+                    "experiment_id": run.experiment_id,
+                    "name": run.name,
+                    "tags": dict(list(tags.items())[:100]),
+                }
+            )
         self.environment["mlflow"] = {"tracking_uri": "local file store", "runs": runs}
         artifacts = []
         several = len(found.runs) > 1
@@ -399,11 +416,13 @@ class Job:
                 assert run.artifact_root is not None
                 relative = path.relative_to(run.artifact_root).as_posix()
                 name = f"mlflow/{run.run_id}/{relative}" if several else f"mlflow/{relative}"
-                artifacts.append({"path": name, "uri": self._upload(path)})
+                uploaded = self._upload(path)
+                if uploaded is not None:
+                    artifacts.append({"path": name, "uri": uploaded[0]})
         models = [
             {
                 "name": model.name,
-                "uri": self._upload_tree(model.folder),
+                "uri": self._upload_tree(model.folder)[0],
                 "metadata": {**model.metadata, "format": "tar"},
             }
             for model in found.models
@@ -411,42 +430,47 @@ class Job:
         return models, artifacts
 
     def _model(
-        self, outputs: Path, path: Path, logged: Mapping[str, Any], uri: str
+        self, outputs: Path, path: Path, logged: Mapping[str, Any], uri: str, size: int
     ) -> dict[str, Any]:
         """A model entry: the name and metadata `log_model` gave, else the file's stem."""
         given = logged.get(path.relative_to(outputs).as_posix()) or {}
-        size = (
-            sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-            if path.is_dir()
-            else path.stat().st_size
-        )
         metadata = {
             **(given.get("metadata") or {}),
             "file": path.name,
             "size": size,
         }
-        if path.is_dir():
+        if path in self._trees:
             metadata["format"] = "tar"
         return {"name": given.get("name") or path.stem, "uri": uri, "metadata": metadata}
 
-    def _upload_tree(self, folder: Path) -> str:
+    def _upload_tree(self, folder: Path) -> tuple[str, int]:
         """A folder as one blob: an uncompressed tar of its regular files, in name order,
-        with fixed owners and times, so the same folder is the same blob."""
+        with fixed owners and times, so the same folder is the same blob. Each file is read
+        as `_upload` reads one (never through a link). Returns the URI and the files' size."""
         import tarfile
 
+        self._trees.add(folder)
         archive = self.workdir / f"{folder.name}.model.tar"
+        size = 0
         with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
             for path in output_files(folder, lambda note: self._log_line("retrain", note)):
-                info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
-                if not info.isfile():
+                handle = self._open_or_say(path)
+                if handle is None:
                     continue
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = 0
-                with path.open("rb") as handle:
+                with handle:
+                    info = tar.gettarinfo(
+                        arcname=path.relative_to(folder).as_posix(), fileobj=handle
+                    )
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    info.mtime = 0
+                    size += info.size
                     tar.addfile(info, handle)
         try:
-            return self._upload(archive)
+            uploaded = self._upload(archive)
+            if uploaded is None:
+                raise OSError(f"cannot read back {archive.name}")
+            return uploaded[0], size
         finally:
             archive.unlink(missing_ok=True)
 
@@ -503,8 +527,8 @@ class Job:
 
     def _sandbox(
         self, python: str, source: Path, inputs: Mapping[str, Path], outputs: Path
-    ) -> list[str]:
-        """The wrapper that confines the job (`workers.sandbox`): it writes its outputs and
+    ) -> Confinement | None:
+        """What confines the job (`workers.sandbox`): it writes its outputs and
         tmp only; reads its checkout, environment, inputs and its repository's mirror (the
         checkout borrows its objects); never the worker's home, caches or storage."""
         from orchestrator.git import Mirror
@@ -531,7 +555,7 @@ class Job:
             hidden=hidden,
             python=python,
         )
-        return sandbox.prefix(policy)
+        return sandbox.confinement(policy)
 
     def _local_blobs(self) -> list[Path]:
         """Local blob storage, read-only: a job is given models and files by their storage
@@ -635,32 +659,168 @@ class Job:
             self._blob_store = open_storage(self.settings)
         return self._blob_store
 
-    def _upload(self, path: Path) -> str:
-        from orchestrator.storage.base import blob_key, sha256_file
+    def _open_or_say(self, path: Path) -> Any:
+        """`path` below the work folder opened for reading as `open_output` does, or None
+        (said in the run's log) when it is a link out of the output folder or no regular
+        file (anything may have been put in its place since the listing)."""
+        try:
+            return os.fdopen(open_output(self.workdir, path, self.workdir / "outputs"), "rb")
+        except OSError as exc:
+            shown = (
+                path.relative_to(self.workdir / "outputs")
+                if (self.workdir / "outputs") in path.parents
+                else path.name
+            )
+            why = (
+                "a link out of the output folder"
+                if exc.errno == errno.ELOOP
+                else (exc.strerror or str(exc))
+            )
+            self._log_line("retrain", f"skipped {shown}: {why}")
+            return None
 
-        sha = sha256_file(path)
-        self._blobs().put_file(sha, path)
-        return f"{self.settings.storage_url.rstrip('/')}/{blob_key(sha)}"
+    def _read_output(self, path: Path) -> bytes | None:
+        handle = self._open_or_say(path)
+        if handle is None:
+            return None
+        with handle:
+            return bytes(handle.read())
+
+    def _upload(self, path: Path) -> tuple[str, int] | None:
+        """Upload the file at `path` (below the work folder, never through a link: see
+        `open_output`); its URI and size, or None when it was skipped (and said)."""
+        import hashlib
+
+        from orchestrator.storage.base import CHUNK, blob_key
+
+        handle = self._open_or_say(path)
+        if handle is None:
+            return None
+        with handle:
+            digest = hashlib.sha256()
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+            sha = digest.hexdigest()
+            # The storage reads the very file hashed, through its descriptor (which no
+            # rename or link can redirect); a change in between fails the upload.
+            self._blobs().put_file(sha, _fd_path(handle.fileno()))
+            size = os.fstat(handle.fileno()).st_size
+        return f"{self.settings.storage_url.rstrip('/')}/{blob_key(sha)}", size
+
+
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _fd_path(fd: int) -> Path:
+    """A path that opens the file `fd` is open on, whatever its name is now."""
+    proc = Path(f"/proc/self/fd/{fd}")
+    return proc if proc.parent.is_dir() else Path(f"/dev/fd/{fd}")
+
+
+def open_output(root: Path, path: Path, links_within: Path | None = None) -> int:
+    """A read-only descriptor of `path`, a regular file below `root` (a folder the worker
+    made), reached without following any link: every folder on the way is opened relative
+    to the one before with O_NOFOLLOW, and the file must be a regular one (fstat). A link
+    at the end is followed only when it names, lexically, a file below `links_within` that
+    is reached the same way (one link, never a chain). OSError otherwise: ELOOP for a link."""
+    parts = path.relative_to(root).parts
+    if not parts or any(part in (".", "..") for part in parts):
+        raise OSError(errno.EINVAL, "not a file below the work folder", str(path))
+    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, _FOLDER, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        mode = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode) and links_within is not None:
+            target = Path(os.path.normpath(path.parent / os.readlink(parts[-1], dir_fd=folder)))
+            if links_within in target.parents:
+                return open_output(root, target)
+        if stat.S_ISLNK(mode):
+            raise OSError(errno.ELOOP, "a link", str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        fd = os.open(
+            parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder
+        )
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _real_dir(root: Path, path: Path) -> bool:
+    """Whether `path` is a folder below `root` reached without following any link."""
+    try:
+        parts = path.relative_to(root).parts
+        folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (ValueError, OSError):
+        return False
+    try:
+        for part in parts:
+            if part in (".", ".."):
+                return False
+            inner = os.open(part, _FOLDER, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+    except OSError:
+        return False
+    finally:
+        os.close(folder)
+    return True
 
 
 def output_files(root: Path, say: Callable[[str], None]) -> list[Path]:
-    """The regular files below `root`, sorted, without following links out of it: the job is
-    user code and could point a link at any file of the worker's host. A link that resolves
-    inside `root` counts as the file it names; any other is skipped and said in the log."""
-    real_root = root.resolve()
+    """The regular files below `root`, sorted, found without following any link: the job is
+    user code and could point a link at any file of the worker's host. Folders are opened
+    relative to their parent with O_NOFOLLOW and listed from their descriptor. A link that
+    names (lexically) a regular file below `root` counts as that file; any other link, and
+    anything not a regular file or folder (a fifo, a socket), is skipped and said in the log.
+    Files are read later with `open_output`, under the same rule."""
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):  # never descends into linked folders
-        for name in sorted(dirnames + filenames):
-            path = Path(dirpath) / name
-            if not path.is_symlink():
-                if name in filenames and path.is_file():
-                    found.append(path)
-                continue
-            target = path.resolve()
-            if real_root not in target.parents or not target.is_file():
-                say(f"skipped {path.relative_to(root)}: a link out of the output folder")
-                continue
-            found.append(path)
+    links: list[Path] = []
+    try:
+        top = os.open(root, _FOLDER)
+    except OSError:
+        return []
+
+    def walk(folder: int, at: Path) -> None:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+        for entry in entries:
+            path = at / entry.name
+            if entry.is_symlink():
+                links.append(path)
+            elif entry.is_dir(follow_symlinks=False):
+                try:
+                    inner = os.open(entry.name, _FOLDER, dir_fd=folder)
+                except OSError:
+                    say(f"skipped {path.relative_to(root)}: not readable")
+                    continue
+                try:
+                    walk(inner, path)
+                finally:
+                    os.close(inner)
+            elif entry.is_file(follow_symlinks=False):
+                found.append(path)
+            else:
+                say(f"skipped {path.relative_to(root)}: not a regular file")
+
+    try:
+        walk(top, root)
+    finally:
+        os.close(top)
+    for link in links:
+        try:
+            os.close(open_output(root, link, root))
+        except (OSError, ValueError):
+            say(f"skipped {link.relative_to(root)}: a link out of the output folder")
+            continue
+        found.append(link)
     return sorted(found)
 
 

@@ -20,6 +20,7 @@ POSIX only (process groups, `os.killpg`, `os.waitid`), which is what GPU hosts r
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import os
 import shutil
@@ -32,11 +33,23 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 import structlog
 
-__all__ = ["OUTPUT", "RunResult", "RunStatus", "kill_group", "run_process"]
+if TYPE_CHECKING:
+    from workers.sandbox_exec import Confinement
+
+__all__ = [
+    "OUTPUT",
+    "RunResult",
+    "RunStatus",
+    "become_subreaper",
+    "children",
+    "kill_group",
+    "reap_orphans",
+    "run_process",
+]
 
 log = structlog.get_logger("retrain.worker.runner")
 
@@ -54,6 +67,10 @@ REAP_TIMEOUT_S = 10.0
 # Once the group is dead its pipes reach EOF at once; a process that escaped the group (it
 # called setsid itself) may keep them open, and the agent must not wait on it forever.
 READER_JOIN_TIMEOUT_S = 5.0
+# How often the supervising loop reaps the job's orphans that have exited (a subreaper's
+# zombies), so a job that daemonises many short-lived helpers cannot fill the pid table.
+ORPHAN_REAP_EVERY_S = 1.0
+PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
 # A line is cut into pieces of at most this many bytes, so that output without newlines (a
 # progress bar redrawn with "\r", a binary dump) cannot grow one line without bound in memory.
 MAX_LINE_BYTES = 64 * 1024
@@ -95,19 +112,128 @@ def kill_group(pid: int, grace_s: float) -> None:
     _signal_group(pid, signal.SIGKILL)
 
 
-def _die_with_parent(
-    argv: Sequence[str], env: Mapping[str, str], cwd: Path, prefix: Sequence[str] = ()
-) -> list[str]:
+def become_subreaper() -> bool:
+    """Make this process the reaper of its descendants' orphans (`PR_SET_CHILD_SUBREAPER`):
+    a job's process that leaves the job's session (`setsid`, a double fork) is reparented
+    here when its parent dies, instead of to init, so `reap_orphans` can find and kill it.
+    Called by the work horse (`workers.agent`); False where it cannot be done (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(None, use_errno=True)
+        return int(lib.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _is_subreaper() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        flag = ctypes.c_int(0)
+        lib = ctypes.CDLL(None, use_errno=True)
+        if lib.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0):
+            return False
+    except (OSError, AttributeError):
+        return False
+    return flag.value != 0
+
+
+_Child = tuple[int, int]
+"""(pid, start time in clock ticks since boot): a process, even after its pid is reused."""
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, session...)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].decode().split()
+    except (OSError, IndexError):
+        return None
+
+
+def children() -> dict[_Child, int]:
+    """This process's children, each with its session id. Read from every thread's
+    `children` file, or where the kernel has none, from a scan of /proc."""
+    me = os.getpid()
+    pids: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{me}/task"):
+            with open(f"/proc/{me}/task/{task}/children") as handle:
+                pids.update(int(pid) for pid in handle.read().split())
+    except OSError:
+        pids = {int(name) for name in os.listdir("/proc") if name.isdigit()}
+    found: dict[_Child, int] = {}
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is not None and int(fields[1]) == me:
+            found[(pid, int(fields[19]))] = int(fields[3])
+    return found
+
+
+def _is_job_orphan(child: _Child, session: int, spared: set[_Child]) -> bool:
+    """A child of this process that a job left behind: not there before the job started, and
+    in a session other than ours (a job's processes are in the session the job leads, or one
+    they made with setsid; no process can join this one)."""
+    return child not in spared and session != os.getsid(0)
+
+
+def reap_exited(spared: set[_Child]) -> None:
+    """Reap the job's orphans that have already exited (zombies reparented to this
+    subreaper); running ones are left alone."""
+    for child, session in children().items():
+        if _is_job_orphan(child, session, spared):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child[0], os.WNOHANG)
+
+
+def reap_orphans(spared: set[_Child], timeout_s: float = REAP_TIMEOUT_S) -> list[int]:
+    """SIGKILL and reap every process the job left behind that was reparented to this
+    process (a subreaper: `become_subreaper`), round after round, since each one killed
+    hands its own children to us, until none is left or `timeout_s` passes. `spared`: this
+    process's children from before the job (`children()`), which are never touched.
+    Returns the pids that survived (stuck in the kernel), an empty list when all died."""
+    deadline = time.monotonic() + timeout_s
+    left: list[int] = []
+    while True:
+        victims = [c[0] for c, sid in children().items() if _is_job_orphan(c, sid, spared)]
+        if not victims:
+            return []
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        left = []
+        for pid in victims:
+            while True:
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    break  # reaped (or not ours any more)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    left.append(pid)
+                    break
+                time.sleep(0.005)
+        if left:
+            log.error("job processes survived SIGKILL; leaving them", pids=left)
+            return left
+
+
+def _die_with_parent(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> list[str]:
     """`argv`, run so that the kernel SIGKILLs the command when the work horse that started it
     dies (a `kill -9` of the worker, an OOM kill): a lost run's training must not go on holding
     a GPU that its worker's lock no longer guards. util-linux's `setpriv --pdeathsig` sets that
     and then executes the command (a `preexec_fn` would do it too, but it makes Python fork the
     whole work horse instead of using vfork: about 15 ms more per job start). Without setpriv
-    (not Linux) the command runs as it is. `prefix` (the sandbox's wrapper) runs first and
-    execs `argv`."""
+    (not Linux) the command runs as it is. A sandboxed job asks for it in its confinement."""
     setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
     if setpriv is None:
-        return [*prefix, *argv]
+        return list(argv)
     # What exec would say about the command itself, said here: through setpriv it would be
     # an exit code instead of the OSError callers rely on ("nothing ran").
     command = argv[0]
@@ -119,7 +245,7 @@ def _die_with_parent(
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), command)
     elif shutil.which(command, path=env.get("PATH", os.defpath)) is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
-    return [setpriv, "--pdeathsig", "KILL", "--", *prefix, *argv]
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
 
 
 def run_process(
@@ -132,7 +258,7 @@ def run_process(
     abort: threading.Event | None = None,
     grace_s: float = 30.0,
     tail_lines: int = 50,
-    sandbox: Sequence[str] = (),
+    sandbox: Confinement | None = None,
 ) -> RunResult:
     """Run `argv` (never through a shell) with exactly `env` in `cwd`, and return how it ended.
 
@@ -145,8 +271,9 @@ def run_process(
     The run is stopped when `abort` is set (status "aborted") or after `timeout_s` seconds
     (status "timeout"), with `kill_group(pid, grace_s)`; if it was already set before the start,
     nothing is started. An `OSError` from starting the command (not found, not executable, `cwd`
-    missing) propagates: nothing ran. `sandbox` is a command that confines itself and then
-    execs `argv` (`workers.sandbox.wrap`).
+    missing) propagates: nothing ran. `sandbox` (`workers.sandbox.confinement`) is applied in
+    the command's process before it execs `argv`, and closed once it has started; if it cannot
+    be applied the command exits 126 without running.
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, not {timeout_s}")
@@ -158,38 +285,63 @@ def run_process(
         return RunResult(status="aborted", exit_code=None, duration_s=0.0, tail=[])
 
     output = _Output(on_line, tail_lines)
+    # A subreaper (the work horse) kills everything the job leaves behind, in or out of its
+    # process group; what was its child before the job is not the job's.
+    reaper = _is_subreaper()
+    spared = set(children()) if reaper else set()
     started = time.monotonic()
     deadline = started + timeout_s
     # A new session makes the command the leader of a new process group that all its children
     # and grandchildren join, so one killpg reaches every one of them; it also detaches them from
     # the agent's terminal, so a Ctrl-C meant for the agent is not delivered to the job as well.
-    proc = subprocess.Popen(
-        _die_with_parent(argv, env, cwd, sandbox),
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            # A confinement asks for the parent-death signal itself (and forks: a step
+            # between fork and exec cannot vfork); otherwise setpriv does (and it vforks).
+            list(argv) if sandbox is not None else _die_with_parent(argv, env, cwd),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=sandbox,  # takes no lock (sandbox_exec.Confinement)
+        )
+    finally:
+        if sandbox is not None:
+            sandbox.close()
     assert proc.stdout is not None
     readers = [_start_reader(proc.stdout, OUTPUT, output)]
     log.info("process started", pid=proc.pid, argv=list(argv), cwd=str(cwd))
 
     stopped_by: Literal["aborted", "timeout"] | None = None
-    while not _leader_exited(proc.pid):
-        if abort is not None and abort.is_set():
-            stopped_by = "aborted"
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            stopped_by = "timeout"
-            break
-        step = min(POLL_S, remaining)
-        if abort is not None:
-            abort.wait(step)  # wakes at once when abort is set
-        else:
-            time.sleep(step)
+    try:
+        next_reap = started + ORPHAN_REAP_EVERY_S
+        while not _leader_exited(proc.pid):
+            if abort is not None and abort.is_set():
+                stopped_by = "aborted"
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                stopped_by = "timeout"
+                break
+            if reaper and time.monotonic() >= next_reap:
+                reap_exited(spared)
+                next_reap = time.monotonic() + ORPHAN_REAP_EVERY_S
+            step = min(POLL_S, remaining)
+            if abort is not None:
+                abort.wait(step)  # wakes at once when abort is set
+            else:
+                time.sleep(step)
+    except BaseException:
+        # Interrupted here (RQ's job timeout raises in this thread, a Ctrl-C): the job must
+        # not outlive the call that started it.
+        _signal_group(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=REAP_TIMEOUT_S)
+        if reaper:
+            reap_orphans(spared)
+        raise
 
     if stopped_by is not None:
         log.info("stopping process group", pid=proc.pid, reason=stopped_by, grace_s=grace_s)
@@ -205,6 +357,10 @@ def run_process(
     except subprocess.TimeoutExpired:
         log.error("process survived SIGKILL; leaving it", pid=proc.pid)
         returncode = None
+    if reaper:
+        # What left the group (setsid, a double fork) was reparented here when its parent
+        # died: it dies too, before anyone reads the job's outputs.
+        reap_orphans(spared)
     for reader in readers:
         reader.join(READER_JOIN_TIMEOUT_S)
         if reader.is_alive():

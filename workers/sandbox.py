@@ -8,8 +8,8 @@ jobs trust. Three layers keep the job away from them:
    `retrain worker` and inherited by its work horses): a process of the same uid cannot read
    its `/proc/<pid>/environ` or `mem`, nor ptrace it.
 2. Landlock (Linux 5.13+, `landlock_abi()`): the job's process is restricted between fork and
-   exec by a small wrapper (`workers/sandbox_exec.py`, run by the worker's own interpreter,
-   so the work horse keeps spawning with vfork). It may write only its outputs folder and a
+   exec (`workers/sandbox_exec.py`: the work horse builds the ruleset, the child applies it
+   before exec, with no second interpreter). It may write only its outputs folder and a
    private tmp; read (and execute) its checkout, its environment, its inputs and the rest of
    the system; it cannot read the worker's home (the secret, the database, the caches), other
    attempts' folders, the blob cache beyond its own inputs, or the worker user's credential
@@ -34,16 +34,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.sandbox_exec import READ, WRITE, WRITE_FILE, landlock_abi
+from workers.sandbox_exec import (
+    READ,
+    READ_DIR,
+    READ_FILE,
+    TRUNCATE,
+    WRITE,
+    WRITE_FILE,
+    Confinement,
+    landlock_abi,
+)
 
 __all__ = [
     "MODES",
     "Policy",
     "SandboxUnavailable",
+    "confinement",
     "landlock_abi",
     "level",
     "make_undumpable",
-    "prefix",
 ]
 
 MODES = ("auto", "required", "off")
@@ -190,37 +199,69 @@ def _interpreter_prefixes(python: str) -> list[Path]:
     return found
 
 
-WRAPPER = Path(__file__).with_name("sandbox_exec.py")
-
-
-def prefix(policy: Policy | None) -> list[str]:
-    """What runs before a job's argv to put it under `policy` (nothing when None): this
-    interpreter in isolated mode without site, running the wrapper with the rules computed
-    here (the wrapper imports only os, sys and ctypes)."""
+def confinement(policy: Policy | None) -> Confinement | None:
+    """What puts a job's process under `policy` between fork and exec (None: nothing to do):
+    the Landlock ruleset is built here, in the work horse, once per job; the child only
+    applies it (`workers.sandbox_exec.Confinement`). Close it once the job has started."""
     if policy is None:
-        return []
-    args = [sys.executable, "-I", "-S", str(WRAPPER)]
+        return None
+    user = None
     if policy.uid is not None and policy.gid is not None:
-        groups = ",".join(map(str, policy.groups))
-        args += ["--user", str(policy.uid), str(policy.gid), groups]
+        user = (policy.uid, policy.gid, list(policy.groups))
+    landlock = None
     if policy.landlock:
-        args += ["--landlock", str(landlock_abi()), "1" if policy.scope else "0"]
-        for path, access in rules(policy).items():
-            args += ["--rule", str(access), path]
-    return [*args, "--"]
+        landlock = (
+            [(access, path) for path, access in rules(policy).items()],
+            landlock_abi(),
+            policy.scope,
+        )
+    return Confinement(user=user, landlock=landlock)
+
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx", "kfd")
+"""Device files a job may read and write (`kfd`: AMD GPUs); nothing else in /dev but
+`DEVICE_FOLDERS`, `/dev/shm` and the GPUs (`GPU_PREFIX`)."""
+DEVICE_FOLDERS = ("pts", "dri", "nvidia-caps")
+GPU_PREFIX = "nvidia"
+"""nvidia0..., nvidiactl, nvidia-uvm, nvidia-uvm-tools, nvidia-modeset."""
+DEVICE = READ_FILE | WRITE_FILE | TRUNCATE | READ_DIR
 
 
 def rules(policy: Policy) -> dict[str, int]:
-    """Path -> access rights: `read` on everything but the hidden paths (each ancestor of a
-    hidden path is split into its other entries, as Landlock only allows, never denies),
-    then the policy's own paths, then the devices a program needs."""
-    granted = dict(_everything_but(tuple(sorted(policy.hidden))))
+    """Path -> access rights: `read` on everything but the hidden paths and /dev (each
+    ancestor of a hidden path is split into its other entries, as Landlock only allows,
+    never denies), then the policy's own paths, then the devices a program needs, by name:
+    a raw disk (`/dev/sda`, `/dev/loop0`) or the kernel log stays closed to a root job."""
+    granted = dict(_everything_but(_closed(policy.hidden)))
     for path in policy.read:
         granted[path] = granted.get(path, 0) | READ
+    granted["/dev"] = READ_DIR  # its names (`ls /dev`), none of its files
+    granted.update(device_rules())
     for path in ("/dev/shm", *policy.write):  # noqa: S108 (shared memory, as data loaders need)
         granted[path] = WRITE
-    granted["/dev"] = granted.get("/dev", 0) | READ | WRITE_FILE  # /dev/null, GPUs
     return granted
+
+
+def device_rules(dev: str = "/dev") -> dict[str, int]:
+    """The devices a job may open (read and write), those of them that exist now: listed
+    for each job, as a GPU's nodes may appear after the worker started. /dev/fd, stdin,
+    stdout and stderr are links into /proc, judged where they lead."""
+    try:
+        names = os.listdir(dev)
+    except OSError:
+        names = []
+    chosen = [
+        name
+        for name in names
+        if name in DEVICES or name in DEVICE_FOLDERS or name.startswith(GPU_PREFIX)
+    ]
+    return {f"{dev}/{name}": DEVICE for name in sorted(chosen)}
+
+
+def _closed(hidden: Sequence[str]) -> tuple[str, ...]:
+    """What the read-everything rules leave out: the hidden paths and /dev (its devices are
+    granted by name), as the key of `_everything_but`'s cache."""
+    return tuple(sorted({*map(str, hidden), "/dev"}))
 
 
 @functools.lru_cache(maxsize=4)
@@ -272,4 +313,4 @@ def hidden_for(home: Path, cache: Path, storage_url: str) -> list[Path]:
 def warm(hidden: Sequence[Path]) -> None:
     """Compute the walk once in the slot, before it forks work horses (see `rules`)."""
     if level().startswith("landlock"):
-        _everything_but(tuple(sorted(str(p) for p in hidden)))
+        _everything_but(_closed([str(p) for p in hidden]))

@@ -1,19 +1,18 @@
-"""The job's side of the sandbox (`workers.sandbox`), run between fork and exec as
-
-    python -I -S workers/sandbox_exec.py [--user UID GID GROUPS] [--landlock ABI SCOPE]
-        [--rule ACCESS PATH]... -- ARGV...
-
-by the work horse: drop to the job user, drop a root job's dangerous capabilities, restrict
-this process with Landlock, then exec ARGV in its place (same pid). The work horse computes
-the rules; this file imports only `os`, `sys` and `ctypes`, so it costs one interpreter
-start and a few system calls. If a step fails the job is not started (exit 126): it never
-runs less confined than its worker said.
+"""The job's side of the sandbox (`workers.sandbox`): a `Confinement`, prepared by the work
+horse and applied in the job's process between fork and exec (`subprocess`'s `preexec_fn`):
+ask for the parent-death signal, drop to the job user, drop a root job's dangerous
+capabilities, restrict the process with the Landlock ruleset the work horse built, then let
+`subprocess` exec the job. The work horse builds the ruleset (the paths are opened there), so
+the child makes a handful of system calls through functions resolved beforehand: no second
+interpreter start, no import. If a step fails the job is not started (exit 126, the reason on
+its output): it never runs less confined than its worker said.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import sys
 
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446  # all architectures
@@ -68,27 +67,9 @@ def landlock_abi() -> int:
     return max(abi, 0)
 
 
-def become(uid: int, gid: int, groups: list[int]) -> None:
-    """Drop to the job user's uid and groups (a root worker's `--job-user`), then ask again
-    for the parent-death signal, which a change of credentials clears."""
-    os.setgroups(groups)
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    libc().prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
-    if os.getppid() == 1:  # the work horse died before we asked
-        os._exit(137)
-
-
-def drop_capabilities() -> None:
-    """Drop `ROOT_JOB_DROPS` from the bounding set; effective at exec. Raises OSError."""
-    lib = libc()
-    for cap in ROOT_JOB_DROPS:
-        if lib.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) and ctypes.get_errno() != 22:
-            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {cap}) failed")
-
-
-def restrict(rules: list[tuple[int, str]], abi: int, scope: bool) -> None:
-    """Restrict this process (and what it will exec and fork) to `rules`. Raises OSError."""
+def build_ruleset(rules: list[tuple[int, str]], abi: int, scope: bool) -> int:
+    """A Landlock ruleset holding `rules` (access, path), as a close-on-exec descriptor that
+    `Confinement` applies in the child. Raises OSError."""
     lib = libc()
     handled = READ | WRITE
     if abi < 2:
@@ -100,7 +81,7 @@ def restrict(rules: list[tuple[int, str]], abi: int, scope: bool) -> None:
     if abi >= 6 and scope:
         attr.scoped = SCOPE_SIGNAL | SCOPE_ABSTRACT_UNIX_SOCKET
         size = ctypes.sizeof(RulesetAttr)
-    ruleset = lib.syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
+    ruleset = int(lib.syscall(SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0))
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
@@ -110,56 +91,78 @@ def restrict(rules: list[tuple[int, str]], abi: int, scope: bool) -> None:
             except OSError:
                 continue  # gone since it was listed, or a dangling link
             try:
-                if not os.path.isdir(f"/proc/self/fd/{fd}"):
+                if not stat.S_ISDIR(os.fstat(fd).st_mode):
                     access &= FILE_RIGHTS
                 rule = PathBeneath(access & handled, fd)
                 if lib.syscall(SYS_ADD_RULE, ruleset, RULE_PATH_BENEATH, ctypes.byref(rule), 0):
                     raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path}")
             finally:
                 os.close(fd)
-        if lib.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-        if lib.syscall(SYS_RESTRICT_SELF, ruleset, 0):
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
-    finally:
+    except BaseException:
         os.close(ruleset)
+        raise
+    return ruleset
 
 
-def main(args: list[str]) -> None:
-    user: tuple[int, int, list[int]] | None = None
-    landlock: tuple[int, bool] | None = None
-    rules: list[tuple[int, str]] = []
-    i = 0
-    try:
-        while args[i] != "--":
-            if args[i] == "--user":
-                groups = [int(g) for g in args[i + 3].split(",") if g]
-                user, i = (int(args[i + 1]), int(args[i + 2]), groups), i + 4
-            elif args[i] == "--landlock":
-                landlock, i = (int(args[i + 1]), args[i + 2] == "1"), i + 3
-            elif args[i] == "--rule":
-                rules.append((int(args[i + 1]), args[i + 2]))
-                i += 3
-            else:
-                raise ValueError(args[i])
-        argv = args[i + 1 :]
-        if not argv:
-            raise ValueError("no command")
-    except (IndexError, ValueError) as exc:
-        sys.stderr.write(f"retrain sandbox: bad arguments ({exc}); the job was not started\n")
-        os._exit(2)
-    try:
-        if user is not None:
-            become(*user)
-        if os.geteuid() == 0:
-            drop_capabilities()
+class Confinement:
+    """What one job's process becomes before it execs: prepared here, in the work horse
+    (`__init__`: the ruleset built, libc's functions resolved), applied in the child by
+    calling the object (`subprocess.Popen(..., preexec_fn=confinement)`), which must not
+    import or allocate much: it runs between fork and exec. `close()` after the start."""
+
+    def __init__(
+        self,
+        *,
+        user: tuple[int, int, list[int]] | None,
+        landlock: tuple[list[tuple[int, str]], int, bool] | None,
+    ) -> None:
+        lib = libc()
+        self._prctl = lib.prctl
+        self._syscall = lib.syscall
+        self._get_errno = ctypes.get_errno
+        self.user = user
+        self.ruleset = -1
+        self.error = ""
         if landlock is not None:
-            restrict(rules, *landlock)
-    except OSError as exc:
-        sys.stderr.write(f"retrain sandbox: {exc}; the job was not started\n")
-        os._exit(126)
-    os.execvp(argv[0], argv)  # noqa: S606 (the job's argv, never through a shell)
+            try:
+                self.ruleset = build_ruleset(*landlock)
+            except OSError as exc:
+                self.error = str(exc)
+        self._drops = ROOT_JOB_DROPS
 
+    def close(self) -> None:
+        if self.ruleset >= 0:
+            os.close(self.ruleset)
+            self.ruleset = -1
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    def __call__(self) -> None:
+        """In the child, between fork and exec. Never returns on failure: exit 126."""
+        try:
+            self._apply()
+        except BaseException as exc:  # whatever it is, the job must not start
+            os.write(2, f"retrain sandbox: {exc}; the job was not started\n".encode())
+            os._exit(126)
+
+    def _apply(self) -> None:
+        if self.error:
+            raise OSError(self.error)
+        # The kernel SIGKILLs the job when the work horse dies (a kill -9 of the worker):
+        # a lost run must not go on holding a GPU.
+        self._prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+        if self.user is not None:
+            uid, gid, groups = self.user
+            os.setgroups(groups)
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            self._prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)  # a change of credentials clears it
+        if os.getppid() == 1:  # the work horse died before we asked
+            os._exit(137)
+        if os.geteuid() == 0:
+            for cap in self._drops:
+                if self._prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) and self._get_errno() != 22:
+                    raise OSError(self._get_errno(), f"prctl(PR_CAPBSET_DROP, {cap}) failed")
+        if self.ruleset >= 0:
+            if self._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
+                raise OSError(self._get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+            if self._syscall(SYS_RESTRICT_SELF, self.ruleset, 0):
+                raise OSError(self._get_errno(), "landlock_restrict_self failed")

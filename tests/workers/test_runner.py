@@ -6,6 +6,7 @@ asserts on wall-clock durations.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -351,3 +352,82 @@ def test_command_not_found_raises(tmp_path: Path) -> None:
         run_process(
             [str(tmp_path / "no-such-command")], env=base_env(), cwd=tmp_path, timeout_s=WAIT_S
         )
+
+
+ESCAPER = """
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    os.setsid()  # out of the job's session and process group
+    if os.fork():
+        os._exit(0)  # double fork: the daemon is orphaned at once
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    time.sleep(600)
+    os._exit(0)
+os.waitpid(pid, 0)
+deadline = time.monotonic() + 60
+while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+    time.sleep(0.02)
+print("escaped", flush=True)
+if sys.argv[2] == "stay":
+    time.sleep(600)
+"""
+
+ROOT = Path(__file__).parents[2]
+
+# Run in a process of its own that is a subreaper, as the work horse is (pytest's own
+# process must not become one: every orphan of the session would be reparented to it).
+HARNESS = """
+import ctypes, json, os, sys, threading, time
+from pathlib import Path
+assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+from workers.runner import run_process
+import subprocess
+pid_file, mode, escaper = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+abort = threading.Event()
+# The caller's own children, from before the job and started while it runs: never touched.
+helpers = [subprocess.Popen(["sleep", "600"])]
+def watch():
+    while not pid_file.exists():
+        time.sleep(0.02)
+    helpers.append(subprocess.Popen(["sleep", "600"]))
+    if mode == "stay":
+        abort.set()
+watcher = threading.Thread(target=watch, daemon=True)
+watcher.start()
+result = run_process([sys.executable, "-c", escaper, str(pid_file), mode],
+                     env={"PATH": os.environ["PATH"]}, cwd=pid_file.parent, timeout_s=120,
+                     abort=abort, grace_s=5.0)
+daemon = int(pid_file.read_text())
+try:
+    os.kill(daemon, 0)  # this process is its reaper: once reaped it is gone, no zombie
+    alive = True
+    os.kill(daemon, 9)
+except ProcessLookupError:
+    alive = False
+watcher.join()
+spared = all(helper.poll() is None for helper in helpers)
+for helper in helpers:
+    helper.kill()
+    helper.wait()
+print(json.dumps({"status": result.status, "alive": alive, "helpers spared": spared}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_CHILD_SUBREAPER")
+@pytest.mark.parametrize("mode", ["exit", "stay"])
+def test_a_process_that_left_the_group_dies_with_the_run(tmp_path: Path, mode: str) -> None:
+    """Found by the attacker pass on issue 10 (F2): a grandchild that called setsid() outlived
+    its job and swapped the job's outputs for links while the worker uploaded them. Whether
+    the leader exits by itself ("exit") or is aborted ("stay"), nothing of the job is left."""
+    done = subprocess.run(
+        [sys.executable, "-c", HARNESS, str(tmp_path / "daemon.pid"), mode, ESCAPER],
+        capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    status = "completed" if mode == "exit" else "aborted"
+    assert result == {"status": status, "alive": False, "helpers spared": True}
