@@ -218,10 +218,12 @@ def confinement(policy: Policy | None) -> Confinement | None:
     return Confinement(user=user, landlock=landlock)
 
 
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "ptmx", "kfd")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "kfd")
 """Device files a job may read and write (`kfd`: AMD GPUs); nothing else in /dev but
-`DEVICE_FOLDERS`, `/dev/shm` and the GPUs (`GPU_PREFIX`)."""
-DEVICE_FOLDERS = ("pts", "dri", "nvidia-caps")
+`DEVICE_FOLDERS`, `/dev/shm` and the GPUs (`GPU_PREFIX`). Not `/dev/pts` (nor `ptmx`): its
+entries are the terminals of the worker's user, where a job read what an operator typed and
+wrote into their screen; a job has no terminal (its output is a pipe) and cannot make one."""
+DEVICE_FOLDERS = ("dri", "nvidia-caps")
 GPU_PREFIX = "nvidia"
 """nvidia0..., nvidiactl, nvidia-uvm, nvidia-uvm-tools, nvidia-modeset."""
 DEVICE = READ_FILE | WRITE_FILE | TRUNCATE | READ_DIR

@@ -32,11 +32,37 @@ SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
 READ = EXECUTE | READ_FILE | READ_DIR
 WRITE = READ | WRITE_FILE | MAKE | REFER | TRUNCATE
 
-ROOT_JOB_DROPS = (2, 16, 17, 19, 21, 22, 27, 32, 33, 34, 38, 39, 40)
-"""Capabilities a job started as root loses (from the bounding set, so at exec): ptrace
-(with it root reads a non-dumpable process's environ, which Landlock does not stop), admin,
-modules, raw I/O, `open_by_handle_at` (DAC_READ_SEARCH, which would step around Landlock's
-paths), mknod (a device node for a disk), MAC, syslog, perf, BPF, checkpoint/restore."""
+CAP_SETPCAP = 8
+"""Needed to drop the others from the bounding set: dropped last."""
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+CAPABILITY_VERSION_3 = 0x20080522
+
+
+def root_job_drops() -> tuple[int, ...]:
+    """Every capability this kernel knows, CAP_SETPCAP last: a job started as root (a root
+    worker without --job-user) loses them all from its bounding set, so at exec it gains none
+    (root's file capabilities are the bounding set). Landlock does not govern chmod, chown,
+    setxattr or utime, nor does it stop a job with CAP_SETUID becoming another user, with
+    CAP_SYS_PTRACE reading a non-dumpable process, or with CAP_MKNOD making a disk's node:
+    such a job is root in name only (it owns root's files, nothing more)."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as known:
+            last = int(known.read())
+    except (OSError, ValueError):
+        last = 40
+    return (*(cap for cap in range(last + 1) if cap != CAP_SETPCAP), CAP_SETPCAP)
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 class PathBeneath(ctypes.Structure):
@@ -128,7 +154,11 @@ class Confinement:
                 self.ruleset = build_ruleset(*landlock)
             except OSError as exc:
                 self.error = str(exc)
-        self._drops = ROOT_JOB_DROPS
+        self._drops = root_job_drops()
+        self._capget = lib.capget
+        self._capset = lib.capset
+        self._cap_header = CapHeader(CAPABILITY_VERSION_3, 0)
+        self._cap_data = (CapData * 2)()
 
     def close(self) -> None:
         if self.ruleset >= 0:
@@ -142,6 +172,23 @@ class Confinement:
         except BaseException as exc:  # whatever it is, the job must not start
             os.write(2, f"retrain sandbox: {exc}; the job was not started\n".encode())
             os._exit(126)
+
+    def _drop_capabilities(self) -> None:
+        """A root job's bounding, ambient and inheritable sets emptied: exec gives it none."""
+        for cap in self._drops:
+            if self._prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) and self._get_errno() != 22:
+                raise OSError(self._get_errno(), f"prctl(PR_CAPBSET_DROP, {cap}) failed")
+        if self._prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) and (
+            self._get_errno() != 22
+        ):
+            raise OSError(self._get_errno(), "prctl(PR_CAP_AMBIENT_CLEAR_ALL) failed")
+        data = self._cap_data
+        if self._capget(ctypes.byref(self._cap_header), data):
+            raise OSError(self._get_errno(), "capget failed")
+        if data[0].inheritable or data[1].inheritable:
+            data[0].inheritable = data[1].inheritable = 0
+            if self._capset(ctypes.byref(self._cap_header), data):
+                raise OSError(self._get_errno(), "capset failed")
 
     def _apply(self) -> None:
         if self.error:
@@ -158,9 +205,7 @@ class Confinement:
         if os.getppid() == 1:  # the work horse died before we asked
             os._exit(137)
         if os.geteuid() == 0:
-            for cap in self._drops:
-                if self._prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) and self._get_errno() != 22:
-                    raise OSError(self._get_errno(), f"prctl(PR_CAPBSET_DROP, {cap}) failed")
+            self._drop_capabilities()
         if self.ruleset >= 0:
             if self._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
                 raise OSError(self._get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")

@@ -121,6 +121,56 @@ def test_a_root_job_cannot_make_a_device_node(tmp_path: Path) -> None:
     assert not list(outputs.iterdir())
 
 
+ROOT_CAPS = """
+import os
+caps = {}
+for line in open("/proc/self/status"):
+    if line.startswith("Cap"):
+        key, value = line.split(":")
+        caps[key] = int(value, 16)
+print("caps", " ".join(f"{k}={v:x}" for k, v in sorted(caps.items())))
+for name, act in (("chown", lambda p: os.chown(p, 65534, 65534)),
+                  ("chmod-other", lambda p: os.chmod(THEIRS, 0o666)),
+                  ("setuid", lambda p: os.setuid(65534))):
+    try:
+        act(OUT)
+        print(name, "done")
+    except OSError as exc:
+        print(name, "refused", exc.errno)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root worker's job starts as root")
+def test_a_root_job_holds_no_capability(tmp_path: Path) -> None:
+    """Attacker pass, second round: a job of a root worker (no --job-user) kept CAP_CHOWN,
+    FOWNER, SETUID, SETFCAP and more. Landlock does not govern chmod, chown or setxattr, so
+    it made the worker's secret world-readable and set file capabilities on a host binary.
+    A root job now starts with every capability set empty: root in name only."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "mine").write_text("x")
+    theirs = outputs / "theirs"  # another user's file: chmod needs CAP_FOWNER
+    theirs.write_text("x")
+    theirs.chmod(0o600)
+    os.chown(theirs, 65534, 65534)
+    policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs], readable=[],
+                                hidden=[], python="/usr/bin/python3")
+    assert policy is not None
+    lines: list[str] = []
+    code = f"OUT = {str(outputs / 'mine')!r}\nTHEIRS = {str(theirs)!r}\n" + ROOT_CAPS
+    result = run_process(
+        ["/usr/bin/python3", "-c", code], env={"PATH": "/usr/bin:/bin"}, cwd=Path("/"),
+        timeout_s=60, on_line=lambda _stream, line: lines.append(line),
+        sandbox=sandbox.confinement(policy))
+    assert result.status == "completed", (result, lines)
+    caps = dict(item.split("=") for item in lines[0].split()[1:])
+    assert caps == {k: "0" for k in ("CapAmb", "CapBnd", "CapEff", "CapInh", "CapPrm")}, lines
+    assert [line.split()[:2] for line in lines[1:]] == [
+        ["chown", "refused"], ["chmod-other", "refused"], ["setuid", "refused"]], lines
+    assert (outputs / "mine").stat().st_uid == 0
+    assert theirs.stat().st_mode & 0o777 == 0o600
+
+
 RAW_DEVICES = ("/dev/kmsg", "/dev/loop0", "/dev/sda", "/dev/vda", "/dev/nvme0n1", "/dev/mem")
 
 PROBE = """
@@ -143,10 +193,9 @@ os.unlink(shm.name)
 print("listed", "null" in os.listdir("/dev"))
 with open("/dev/stdout", "w") as out:  # a link into /proc, judged where it leads
     print("stdout open", file=out)
-os.openpty()  # /dev/ptmx and /dev/pts
 import multiprocessing
 multiprocessing.Lock()  # a POSIX semaphore in /dev/shm
-print("pty open")
+print("semaphore open")
 """
 
 
@@ -163,9 +212,10 @@ def test_a_job_opens_only_the_devices_it_needs(tmp_path: Path) -> None:
     """Found by the attacker pass on issue 10 (F3): Landlock granted the whole of /dev, so
     a job of a root worker read the host's raw block devices (and anyone's, /dev/kmsg). Only
     named devices are granted now; the ones a program needs still work."""
-    raw = [path for path in RAW_DEVICES if _readable_here(path)]
-    if not raw:
-        pytest.skip("no raw device here that this user can open")
+    # A terminal of the worker's user (an operator's shell): a job read what was typed in it
+    # and wrote into it through /dev/pts (attacker pass, second round).
+    terminal, terminal_peer = os.openpty()
+    raw = [path for path in RAW_DEVICES if _readable_here(path)] + [os.ttyname(terminal_peer)]
     outputs = tmp_path / "outputs"
     outputs.mkdir()
     policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs], readable=[],
@@ -182,7 +232,9 @@ def test_a_job_opens_only_the_devices_it_needs(tmp_path: Path) -> None:
     for path in ("/dev/null", "/dev/zero", "/dev/full", "/dev/urandom", "/dev/random"):
         assert opened[path] == "open", lines
     assert opened["listed"] == "True", lines
-    assert opened["stdout"] == "open" and opened["pty"] == "open", lines
+    assert opened["stdout"] == "open" and opened["semaphore"] == "open", lines
+    os.close(terminal)
+    os.close(terminal_peer)
 
 
 @pytest.mark.skipif(sandbox.landlock_abi() < 1, reason="needs Landlock")
