@@ -709,6 +709,8 @@ class Job:
 
 
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+SPARSE_FROM_BYTES = 64 * 1024 * 1024
+"""An output longer than this with under half of it on disk is a sparse file: skipped."""
 
 
 def _fd_path(fd: int) -> Path:
@@ -746,9 +748,18 @@ def open_output(root: Path, path: Path, links_within: Path | None = None) -> int
         )
     finally:
         os.close(folder)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file", str(path))
+    if found.st_size > SPARSE_FROM_BYTES and found.st_blocks * 512 < found.st_size // 2:
+        # A hole costs the job nothing and the worker a full read and a full blob.
+        os.close(fd)
+        raise OSError(
+            errno.EFBIG,
+            f"a sparse file ({found.st_size} bytes long, {found.st_blocks * 512} on disk)",
+            str(path),
+        )
     os.set_blocking(fd, True)
     return fd
 

@@ -176,3 +176,20 @@ def test_special_files_are_skipped_and_named(tmp_path: Path) -> None:
     os.mkfifo(outputs / "pipe")
     assert [p.name for p in output_files(outputs, notes.append)] == ["real.txt"]
     assert any("pipe" in n and "not a regular file" in n for n in notes), notes
+
+
+def test_a_sparse_output_is_not_expanded_into_storage(tmp_path: Path) -> None:
+    """Attacker pass, second round: `truncate(outputs/huge.bin, 3 GiB)` costs the job
+    nothing on disk, and the worker spent 25 s hashing and copying it and wrote 3.1 GB of
+    real blob storage (a 1 TB one fills it). A large file mostly made of holes is skipped
+    and said; a real file of the same kind of size is not affected (made small here)."""
+    job, outputs, notes = _job(tmp_path)
+    with open(outputs / "huge.bin", "wb") as huge:
+        huge.truncate(1024**3)
+    (outputs / "real.bin").write_bytes(os.urandom(4096))
+    assert job._upload(outputs / "huge.bin") is None  # type: ignore[attr-defined]
+    assert any("huge.bin" in n and "sparse" in n for n in notes), notes
+    stored = sum(p.stat().st_size for p in (tmp_path / "blobs").rglob("*") if p.is_file())
+    assert stored < 1024**2, stored
+    uploaded = job._upload(outputs / "real.bin")  # type: ignore[attr-defined]
+    assert uploaded is not None and uploaded[1] == 4096
