@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from secrets import token_hex
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.queue import keys, reports
@@ -107,9 +108,10 @@ class Job:
         self.attempt = int(payload.get("attempt") or 0)
         self.spec: dict[str, Any] = dict(payload["spec"])
         self.cache = settings.resolved_cache_dir
-        # One folder per attempt: a worker back from the dead never shares (or deletes) the
-        # folder of the attempt that replaced it.
-        self.workdir = self.cache / "work" / f"{self.task_id}.{self.attempt}"
+        # One folder per execution: a worker back from the dead never shares (or deletes) the
+        # folder of the attempt that replaced it, nor does a replayed copy of this payload
+        # (Redis access alone can push one) running beside it on the same host.
+        self.workdir = self.cache / "work" / f"{self.task_id}.{self.attempt}.{token_hex(4)}"
         self.abort = threading.Event()
         self.released = threading.Event()
         """Set when the worker stops before the task ended: no final report; the worker
@@ -285,8 +287,7 @@ class Job:
         from orchestrator.git import Mirror
         from workers.checkout import checkout
 
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        self.workdir.mkdir(parents=True)
+        self.workdir.mkdir(parents=True)  # new: its name is this execution's own
         return checkout(
             Mirror(self.cache / "git"),
             self.spec["repo"],

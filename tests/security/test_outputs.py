@@ -193,3 +193,20 @@ def test_a_sparse_output_is_not_expanded_into_storage(tmp_path: Path) -> None:
     assert stored < 1024**2, stored
     uploaded = job._upload(outputs / "real.bin")  # type: ignore[attr-defined]
     assert uploaded is not None and uploaded[1] == 4096
+
+
+def test_two_runs_of_one_payload_never_share_a_work_folder(tmp_path: Path) -> None:
+    """Attacker pass, second round: a job hash replayed onto the queue (Redis access alone)
+    while the real run was running was taken by a second worker on the same host, whose
+    checkout deleted the folder the first run was using; the legitimate run failed and an
+    output of the replay was recorded. Each execution has a folder of its own."""
+    from orchestrator.settings import Settings
+    from workers.job import Job
+
+    settings = Settings.load(home=tmp_path / "home", storage_url=(tmp_path / "blobs").as_uri())
+    payload = {"task_id": "0" * 32, "attempt": 0, "spec": {}}
+    first = Job(payload, settings, None, "w1")  # type: ignore[arg-type]
+    replay = Job(payload, settings, None, "w2")  # type: ignore[arg-type]
+    assert first.workdir != replay.workdir
+    assert first.workdir.parent == replay.workdir.parent
+    assert first.workdir.name.startswith("0" * 32 + ".0.")
