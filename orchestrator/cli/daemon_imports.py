@@ -15,8 +15,10 @@ SCHEDULER_FIRST_POLL = frozenset(
         "boto3",  # S3 storage: only when RETRAIN_STORAGE_URL is s3://
         "botocore",
         "prometheus_client",  # only with --metrics-port
+        "rich",  # structlog's console renderer: only on a terminal (orchestrator/logs.py)
         "rq",  # pushing a job (the first poll fired one) and reconcile, which follows the poll
     }
 )
 """What `retrain scheduler` loads only after its first poll, when that poll fires nothing, on a
-current store with local storage and a triggers file without cron or interval triggers."""
+current store with local storage and a triggers file without cron or interval triggers, and
+logging off a terminal."""
