@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.queue import keys
-from workers.gpus import claim, cuda_visible_devices, detect, parse_gpus, require_free, slots
+from workers.gpus import Gpu, claim, cuda_visible_devices, detect, parse_gpus, require_free, slots
 from workers.startup import announce
 
 PRELOAD = (
@@ -72,6 +72,7 @@ def run(
             burst=burst,
             max_jobs=max_jobs,
             abort_on_stop=abort_on_stop,
+            detected=detected,
         )
     return supervise(
         queues, chosen, name=name, burst=burst, max_jobs=max_jobs, abort_on_stop=abort_on_stop
@@ -86,13 +87,16 @@ def run_slot(
     burst: bool,
     max_jobs: int | None,
     abort_on_stop: bool = False,
+    detected: list[Gpu] | None = None,
 ) -> int:
-    """One forking RQ worker holding the claim on `slot`'s GPUs."""
+    """One forking RQ worker holding the claim on `slot`'s GPUs (`detected`: this host's GPUs,
+    when the caller has asked nvidia-smi already: each run delays the worker's start)."""
     from orchestrator.queue import rqjobs
     from orchestrator.queue.connection import client
     from orchestrator.settings import Settings
 
-    detected = detect()
+    if detected is None:
+        detected = detect()
     # Load what every job needs once, here: each job runs in a work horse forked from this
     # process, so these modules (pydantic settings above all) cost nothing per job. The
     # user's heavy imports (torch, CUDA) never happen in this process.

@@ -119,8 +119,14 @@ def scheduler(
         metrics=metrics,
     )
     if once:
-        daemon.reload(force=True)
-        report = daemon.tick()
+        try:
+            daemon.reload(force=True)
+            report = daemon.tick()
+        finally:
+            # Given back, as a stopping daemon does: a daemon started next leads at once
+            # instead of waiting out the lease as a standby.
+            with contextlib.suppress(Exception):
+                daemon.lease.release()
         output.note(
             f"{'leader' if report.leader else 'standby'}: {report.events} event(s), "
             f"{report.fired} task(s) started"

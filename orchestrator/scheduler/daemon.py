@@ -68,6 +68,8 @@ class TickReport:
     fired: int = 0
     pushed: int = 0
     firing: bool = False
+    reconcile_deferred: bool = False
+    """This was the first poll (see `Scheduler.run`): the reconcile pass is the next tick's."""
 
 
 class Scheduler:
@@ -129,7 +131,12 @@ class Scheduler:
         self.woken = threading.Event()
         """Set by the Redis listener and by schedule ticks: poll now."""
         self.schedules: Any = None
-        """APScheduler's BackgroundScheduler for cron and interval triggers (set by run)."""
+        """APScheduler's BackgroundScheduler for cron and interval triggers: started by the
+        first reload that has one, once `run` has begun (a file without any never loads
+        APScheduler)."""
+        self._running = False
+        self._first_poll_pending = False
+        """Set by `run`: the first leading tick polls before the first reconcile pass."""
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -170,6 +177,11 @@ class Scheduler:
         self.config = config
         self._loaded_at = utcnow()
         _return_freed_memory()
+        if plan and self.schedules is None and self._running:
+            from apscheduler.schedulers.background import BackgroundScheduler
+
+            self.schedules = BackgroundScheduler(timezone="UTC")
+            self.schedules.start()
         if self.schedules is not None:
             schedules.apply(self.schedules, self._scheduled, plan, self._tick_schedule)
         self._config_ok()
@@ -366,7 +378,14 @@ class Scheduler:
             if polled is not None:
                 report.events, report.fired = polled
             report.pushed = self.steps.run("release", self.release) or 0
-        self.reconcile()
+        if self._first_poll_pending:
+            # The daemon's first poll comes first (a standby's takeover waits on it): the
+            # reconcile pass, and RQ, which it loads, follow in the next tick, which `run`
+            # starts at once.
+            self._first_poll_pending = False
+            report.reconcile_deferred = True
+        else:
+            self.reconcile()
         self.steps.run("heartbeat", self.heartbeat)
         if self.metrics is not None:
             for step in self.steps.snapshot():
@@ -412,13 +431,13 @@ class Scheduler:
     # -- running ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Until `stop()` (SIGINT/SIGTERM): tick, then wait for a wake-up or the interval."""
-        from apscheduler.schedulers.background import BackgroundScheduler
-
+        """Until `stop()` (SIGINT/SIGTERM): tick, then wait for a wake-up or the interval.
+        The first poll comes as early as it can: nothing it does not need is loaded or
+        started before it (`orchestrator.cli.daemon_imports`)."""
         from orchestrator.queue.wakeup import Listener
 
-        self.schedules = BackgroundScheduler(timezone="UTC")
-        self.schedules.start()
+        self._running = True
+        self._first_poll_pending = True
         listener = Listener(self.redis, self.woken)
         if self.wakeup:
             listener.start()
@@ -448,6 +467,8 @@ class Scheduler:
                     beaten = time.monotonic()
                 if report is not None and report.leader and report.events:
                     continue  # more may have arrived while we worked
+                if report is not None and report.reconcile_deferred:
+                    continue  # the first reconcile pass, now
                 interval = (
                     self.poll_interval
                     if report is None or report.leader
@@ -464,7 +485,8 @@ class Scheduler:
             health.forget(home, "scheduler", beat_name)
             if self.wakeup:
                 listener.stop()
-            self.schedules.shutdown(wait=False)
+            if self.schedules is not None:
+                self.schedules.shutdown(wait=False)
             self._safely(self.lease.release)
             log.info("scheduler stopped")
 
@@ -576,12 +598,10 @@ def _return_freed_memory() -> None:
     """Give memory freed after parsing a large triggers file back to the OS (glibc keeps it
     otherwise, and the daemon's resident size would stay at the parsing peak)."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
     try:
-        ctypes.CDLL(name).malloc_trim(0)
+        # The C library is already loaded: look the symbol up in this process, rather than
+        # finding its file (`ctypes.util.find_library` runs ldconfig, a fork and exec).
+        ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         return

@@ -26,12 +26,8 @@ Plan = dict[str, tuple[Key, Any]]
 
 def plan(config: Config) -> Plan:
     """Every enabled schedule trigger's APScheduler trigger; `FileError` naming each one
-    APScheduler refuses (all of them, not just the first)."""
-    from apscheduler.triggers.cron import CronTrigger
-    from apscheduler.triggers.interval import IntervalTrigger
-
-    from orchestrator.tasks.spec import parse_duration
-
+    APScheduler refuses (all of them, not just the first). APScheduler is imported only for
+    a file that has one (a daemon without cron or interval triggers never loads it)."""
     out: Plan = {}
     problems: list[str] = []
     places: Places | None = None
@@ -39,6 +35,11 @@ def plan(config: Config) -> Plan:
         spec = trigger.on.schedule
         if spec is None or not trigger.enabled:
             continue
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        from orchestrator.tasks.spec import parse_duration
+
         try:
             when = (
                 CronTrigger.from_crontab(spec.cron, timezone=spec.timezone)
