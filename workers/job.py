@@ -106,6 +106,9 @@ class Job:
         self.worker = worker
         self.task_id = str(payload["task_id"])
         self.attempt = int(payload.get("attempt") or 0)
+        execution = payload.get("execution")
+        self.execution = str(execution) if execution else None
+        """Which execution of the attempt this is (`tasks.views.execution_id`): in every report."""
         self.spec: dict[str, Any] = dict(payload["spec"])
         self.cache = settings.resolved_cache_dir
         # One folder per execution: a worker back from the dead never shares (or deletes) the
@@ -639,6 +642,8 @@ class Job:
     def _send(self, report: Mapping[str, Any]) -> None:
         """Every report goes through the protocol's builders and `send` (never by hand),
         signed with the worker secret."""
+        if self.execution is not None:
+            report = {**report, "execution": self.execution}
         reports.send(
             self.redis,
             report,

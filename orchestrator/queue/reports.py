@@ -356,7 +356,7 @@ def _check_limits(report: Mapping[str, Any]) -> None:
     def refuse(what: str) -> BadReport:
         return BadReport(f"{report['kind']} report for {str(task)[:64]}: {what}")
 
-    for field in ("task_id", "worker", "reason", "status", "time"):
+    for field in ("task_id", "worker", "reason", "status", "time", "execution"):
         value = report.get(field)
         if value is not None and len(str(value)) > MAX_TEXT_CHARS:
             raise refuse(f"{field} is longer than {MAX_TEXT_CHARS} characters")

@@ -36,6 +36,7 @@ from orchestrator.queue.keys import (
 from orchestrator.queue.streams import entries
 from orchestrator.store.models import Model, Task, utcnow
 from orchestrator.tasks.states import FINISHED
+from orchestrator.tasks.views import execution_id
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -200,6 +201,12 @@ class Ingest:
             raise reports.BadReport(
                 f"{kind} report for {task_id}: attempt {attempt}, but the task is on attempt "
                 f"{info.attempt} (a stale or forged report)"
+            )
+        execution = report.get("execution")
+        if execution is not None and str(execution) != execution_id(info.queued_at):
+            raise reports.BadReport(
+                f"{kind} report for {task_id}: from an earlier execution of attempt {attempt} "
+                "(the run was queued again since; a stale or replayed report)"
             )
         if kind == "started":
             if status == "queued":

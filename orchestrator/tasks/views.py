@@ -101,6 +101,16 @@ class TaskInfo(BaseModel):
         )
 
 
+def execution_id(queued_at: dt.datetime | None) -> str | None:
+    """Which execution of its attempt a job is: the time the task was (re-)queued, which every
+    enqueue and every requeue (a released run goes back with the same attempt) renews. It is
+    in the signed payload and the worker puts it in each report, so the reports of an earlier
+    execution (replayed by anyone with Redis access) are told from the current one's."""
+    if queued_at is None:
+        return None
+    return queued_at.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
 def payload(row: Task) -> dict[str, Any]:
     """The job's only argument: everything a worker needs, with no database access. Built from
     the task's columns alone, so reconcile rebuilds exactly the same job after a Redis loss."""
@@ -108,6 +118,7 @@ def payload(row: Task) -> dict[str, Any]:
         "version": PAYLOAD_VERSION,
         "task_id": row.id,
         "attempt": row.attempt or 0,
+        "execution": execution_id(row.queued_at),
         "project": row.project.path,
         "name": row.name,
         "type": row.type,

@@ -257,3 +257,54 @@ def test_a_worker_back_from_the_dead_cannot_overwrite_the_attempt_that_replaced_
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(int((marks / "attempt-0").read_text()), signal.SIGKILL)
         scheduler.runtime.close()
+
+
+def test_reports_of_an_earlier_execution_are_refused_after_a_release(
+    cli: CLI, git_repo: Repo, runtime: Runtime
+) -> None:
+    """Attacker pass, second round (Redis access only): w1 started the run, then stopped and
+    released it (the run went back to its queue, same attempt). A byte-identical copy of w1's
+    signed `started`, replayed, bound the run again to w1, which was gone: the worker that
+    really ran it next had every report refused and its result discarded; a replayed
+    `released` re-queued it at will. Each execution of an attempt has its own id, in the
+    signed payload and in every report: an earlier execution's reports are refused."""
+    run = queued(cli, git_repo)
+    adapter = QueueAdapter(runtime.redis, secret=SECRET)
+    first = adapter.job(run)
+    assert first is not None
+    execution = first.args[0].get("execution")
+    send = lambda report: reports.send(runtime.redis, report, secret=SECRET)  # noqa: E731
+
+    def report(kind: str, worker: str, payload_execution: object) -> dict[str, object]:
+        made = {
+            "started": lambda: reports.started(run, worker, 0),
+            "released": lambda: reports.released(run, worker, "stopping", 0),
+            "finished": lambda: reports.finished(run, worker, "completed", exit_code=0,
+                                                 metrics={"acc": 0.5}),
+        }[kind]()
+        if payload_execution is not None:
+            made["execution"] = payload_execution
+        return made
+
+    old_started = report("started", "w1", execution)
+    old_released = report("released", "w1", execution)
+    send(old_started)
+    send(old_released)
+    ingest(runtime).step()
+    shown = cli.json("task", "show", run)
+    assert shown["status"] == "queued" and shown["worker"] is None, shown
+    second = adapter.job(run)
+    assert second is not None
+    now = second.args[0].get("execution")
+    assert now and now != execution, (execution, now)
+    # The replay: the same signed bytes again, then the worker that really runs it now.
+    send(old_started)
+    send(old_released)
+    send(report("started", "w2", now))
+    send(report("finished", "w2", now))
+    ingest(runtime).step()
+    shown = cli.json("task", "show", run)
+    assert shown["status"] == "completed" and shown["worker"] == "w2", shown
+    assert shown["metrics"] == {"acc": 0.5}
+    replayed = [r for r in refused(runtime) if "earlier execution" in r]
+    assert len(replayed) == 2, refused(runtime)
