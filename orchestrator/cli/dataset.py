@@ -7,8 +7,9 @@ it) and a human summary on stderr; listings print a table, or JSON with `--json`
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -18,6 +19,8 @@ from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
     from orchestrator.datasets.views import ChangeSummary, VersionInfo
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Create, change, finalize, tag and fetch dataset versions.", no_args_is_help=True
@@ -56,18 +59,21 @@ def create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a draft version holding its parents' files; prints its id."""
-    meta = _json_object(metadata, "--metadata")
-    info = runtime().datasets.create(
-        project,
-        name,
-        version=version,
-        parents=parents,
-        tags=tags,
-        description=description,
-        metadata=meta,
-    )
-    drafts().remember(info.id)
-    _print_version(info, as_json, f"created draft {info.label} with {info.file_count} file(s)")
+    from orchestrator.datasets import records
+
+    options: dict[str, Any] = {
+        "version": version,
+        "parents": parents,
+        "tags": tags,
+        "description": description,
+        "metadata": _json_object(metadata, "--metadata"),
+    }
+    info = _lean_write(lambda conn: records.create(conn, project, name, **options))
+    if info is None:
+        info = runtime().datasets.create(project, name, **options).model_dump(mode="json")
+    drafts().remember(info["id"])
+    message = f"created draft {records.label(info)} with {info['file_count']} file(s)"
+    _print_version(info, as_json, message)
 
 
 @app.command()
@@ -239,8 +245,12 @@ def tag(
     as_json: JsonFlag = False,
 ) -> None:
     """Add tags to a version (each addition is an event triggers can react to)."""
-    info = runtime().datasets.tag(version_id, tags)
-    _print_version(info, as_json, f"{info.label} tags: {', '.join(info.tags) or '-'}")
+    from orchestrator.datasets import records
+
+    info = _lean_write(lambda conn: records.tag(conn, version_id, tags))
+    if info is None:
+        info = runtime().datasets.tag(version_id, tags).model_dump(mode="json")
+    _print_version(info, as_json, f"{records.label(info)} tags: {', '.join(info['tags']) or '-'}")
 
 
 @app.command()
@@ -280,11 +290,23 @@ def search(
     as_json: JsonFlag = False,
 ) -> None:
     """Find versions, newest first, with their ids."""
+    from orchestrator.datasets import records
+    from orchestrator.store.lean import Unavailable, connect
+
     if status not in (None, "draft", "final"):
         raise UserError(f"--status: {status!r} is not draft or final")
-    found = runtime().datasets.search(
-        project=project, name=name, tags=tags, status=status, limit=limit
-    )
+    options: dict[str, Any] = {
+        "project": project,
+        "name": name,
+        "tags": tags,
+        "status": status,
+        "limit": limit,
+    }
+    try:
+        with connect(runtime().settings.database_url) as conn:
+            found = records.search(conn, **options)
+    except Unavailable:  # a fresh or older database, an unusual URL: the full store answers
+        found = [v.model_dump(mode="json") for v in runtime().datasets.search(**options)]
     if as_json:
         output.print_json(found)
         return
@@ -293,15 +315,15 @@ def search(
         ["id", "project", "name", "version", "status", "tags", "files", "size", "created"],
         [
             (
-                v.id,
-                v.project,
-                v.name,
-                v.version,
-                v.status + ("*" if v.published else ""),
-                v.tags,
-                v.file_count,
-                output.size(v.total_size),
-                v.created_at,
+                v["id"],
+                v["project"],
+                v["name"],
+                v["version"],
+                v["status"] + ("*" if v["published"] else ""),
+                v["tags"],
+                v["file_count"],
+                output.size(v["total_size"]),
+                v["created_at"],
             )
             for v in found
         ],
@@ -339,12 +361,36 @@ def get(
         print(path)
 
 
-def _print_version(info: VersionInfo, as_json: bool, message: str) -> None:
+def _print_version(info: VersionInfo | dict[str, Any], as_json: bool, message: str) -> None:
+    """A version (a `VersionInfo`, or its JSON-ready record from the bare-driver path)."""
     if as_json:
         output.print_json(info)
     else:
-        print(info.id)
+        print(info["id"] if isinstance(info, dict) else info.id)
         output.note(message)
+
+
+def _lean_write(work: Callable[[Any], tuple[T, bool]]) -> T | None:
+    """`work(conn)` in one transaction on the bare database driver (no SQLAlchemy, no
+    pydantic), then the scheduler's wake-up when it wrote events; None when only the full
+    store can do it (a fresh or older database, an unusual URL), nothing written then."""
+    from orchestrator.queue.wakeup import publisher
+    from orchestrator.store.lean import Unavailable, is_integrity_error, writer
+
+    settings = runtime().settings
+    for remaining in range(3, 0, -1):
+        try:
+            with writer(settings.database_url) as conn:
+                result, wrote_events = work(conn)
+            break
+        except Unavailable:
+            return None
+        except Exception as exc:  # a concurrent create took the same name or number first
+            if remaining == 1 or not is_integrity_error(exc):
+                raise
+    if wrote_events:
+        publisher(settings)()  # after the commit, as the full store's hook does
+    return result
 
 
 def _print_change(summary: ChangeSummary, as_json: bool) -> None:

@@ -43,13 +43,14 @@ _NEVER = frozenset(
 """What no everyday command needs on a current store with local storage."""
 
 NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
-    # Writes of one version: the store (SQLAlchemy, pydantic views) and nothing of Redis but
-    # the wake-up, which is one PUBLISH on a plain socket.
-    ("dataset", "create", "--json"): _NEVER | {"redis", "rich"},
+    # Nothing of Redis but the wake-up after a write, which is one PUBLISH on a plain socket.
+    # create, tag, search: SQL on the bare driver (datasets/records.py, which the ORM path
+    # runs too). add, close: still the full store (SQLAlchemy, pydantic views).
+    ("dataset", "create", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "add", "--json"): _NEVER | {"redis", "rich"},
     ("dataset", "close", "--json"): _NEVER | {"redis", "rich"},
-    ("dataset", "tag", "--json"): _NEVER | {"redis", "rich"},
-    ("dataset", "search", "--json"): _NEVER | {"redis", "rich"},
+    ("dataset", "tag", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
+    ("dataset", "search", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "show", "--json"): _NEVER | {"redis", "rich"},
     ("task", "show", "--json"): _NEVER | {"redis", "rich"},
     # Queues a job: RQ is the one place jobs are written (queue/adapter.py).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -58,45 +57,6 @@ def find_dataset(session: Session, project: str, name: str) -> Dataset | None:
     return session.scalars(
         select(Dataset).join(Project).where(Project.path == project, Dataset.name == name)
     ).first()
-
-
-def search(
-    session: Session,
-    *,
-    project: str | None = None,
-    name: str | None = None,
-    tags: Iterable[str] = (),
-    status: str | None = None,
-    limit: int | None = None,
-) -> list[DatasetVersion]:
-    """Versions newest first. `project` and `name` are globs (`*` crosses `/` in projects,
-    so `Team/**` and `Team/*` both reach sub-projects); every tag in `tags` must be present."""
-    datasets = session.execute(select(Dataset.id, Project.path, Dataset.name).join(Project)).all()
-    wanted = [
-        ds_id
-        for ds_id, ds_project, ds_name in datasets
-        if (project is None or fnmatch.fnmatchcase(ds_project, project))
-        and (name is None or fnmatch.fnmatchcase(ds_name, name))
-    ]
-    if not wanted:
-        return []
-    query = (
-        select(DatasetVersion)
-        .where(DatasetVersion.dataset_id.in_(wanted))
-        .options(*_VERSION_LOADS)
-        .order_by(
-            DatasetVersion.created_at.desc(),
-            DatasetVersion.major.desc(),
-            DatasetVersion.minor.desc(),
-            DatasetVersion.patch.desc(),
-        )
-    )
-    query = _with_all_tags(query, tags)
-    if status:
-        query = query.where(DatasetVersion.status == status)
-    if limit:
-        query = query.limit(limit)
-    return list(session.scalars(query))
 
 
 def newest_final(

@@ -18,18 +18,10 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
-from orchestrator.datasets import manifest, queries
+from orchestrator.datasets import manifest, queries, records
 from orchestrator.datasets.manifest import FileEntry
 from orchestrator.datasets.materialize import materialize
 from orchestrator.datasets.scan import LocalFile, collect, collect_folder
-from orchestrator.datasets.validate import (
-    check_name,
-    check_project,
-    check_tag,
-    format_version,
-    next_version,
-    parse_version,
-)
 from orchestrator.datasets.views import (
     ChangeSummary,
     FinalizeResult,
@@ -41,14 +33,12 @@ from orchestrator.paths import normalize_relpath
 from orchestrator.progress import NullReporter, Reporter
 from orchestrator.storage.base import BlobStore, sha256_bytes, sha256_file
 from orchestrator.storage.cache import BlobCache
-from orchestrator.store import Store, rows
+from orchestrator.store import Store
 from orchestrator.store import events as ev
+from orchestrator.store.lean import is_integrity_error
 from orchestrator.store.models import (
-    Dataset,
     DatasetVersion,
     VersionFile,
-    VersionParent,
-    VersionTag,
     utcnow,
 )
 
@@ -85,58 +75,20 @@ class DatasetService:
         metadata: dict[str, Any] | None = None,
     ) -> VersionInfo:
         """A new draft holding its parents' merged files (later parents win on a path)."""
-        project = check_project(project)
-        name = check_name(name)
-        tag_list = sorted({check_tag(t) for t in tags})
-        wanted = parse_version(version) if version else None
-        if len(set(parents)) != len(parents):
-            raise UserError("--parents: the same parent is named twice")
 
         def attempt(session: Session) -> VersionInfo:
-            dataset = self._dataset(session, project, name)
-            parent_rows = [self._final_parent(session, pid) for pid in parents]
-            existing = [
-                (r.major, r.minor, r.patch)
-                for r in session.scalars(
-                    select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id)
-                )
-            ]
-            if wanted is not None and wanted in existing:
-                raise Conflict(
-                    f"--version: {project}/{name} already has version {format_version(wanted)}"
-                )
-            parts = wanted or next_version(existing)
-            files = queries.parents_manifest(session, [p.id for p in parent_rows])
-            row = DatasetVersion(
-                dataset=dataset,
-                version=format_version(parts),
-                major=parts[0],
-                minor=parts[1],
-                patch=parts[2],
-                status="draft",
-                published=False,
+            record, _ = records.create(
+                _driver(session),
+                project,
+                name,
+                version=version,
+                parents=parents,
+                tags=tags,
                 description=description,
-                meta=metadata or {},
-                file_count=len(files),
-                total_size=sum(f.size for f in files.values()),
-                created_at=utcnow(),
+                metadata=metadata,
             )
-            row.parent_links = [
-                VersionParent(position=i, parent_id=p.id) for i, p in enumerate(parent_rows)
-            ]
-            row.tag_rows = [VersionTag(tag=t) for t in tag_list]
-            session.add(row)
-            session.flush()
-            self._insert_files(session, row.id, files.values())
-            info = VersionInfo.of(row)
-            self._event(
-                session,
-                ev.DATASET_VERSION_CREATED,
-                info,
-                parents=info.parents,
-                file_count=info.file_count,
-            )
-            return info
+            session.info[ev.WROTE_EVENTS] = True
+            return VersionInfo(**record)
 
         return self._retrying(attempt)
 
@@ -265,20 +217,11 @@ class DatasetService:
 
     def tag(self, version_id: str, tags: Iterable[str]) -> VersionInfo:
         """Add tags (an event when any is new; tags already there are left as they are)."""
-        wanted = sorted({check_tag(t) for t in tags})
-        if not wanted:
-            raise UserError("name at least one tag")
         with self.store.session() as session:
-            row = queries.load_version(session, version_id, for_update=True)
-            added = [t for t in wanted if t not in row.tags]
-            if added:
-                # Kept in tag order in memory (the relationship's order), not re-read.
-                row.tag_rows = sorted(
-                    [*row.tag_rows, *(VersionTag(tag=t) for t in added)], key=lambda r: r.tag
-                )
-                info = VersionInfo.of(row)
-                self._event(session, ev.DATASET_VERSION_TAGGED, info, added=added)
-            return VersionInfo.of(row)
+            record, wrote = records.tag(_driver(session), version_id, tags)
+            if wrote:
+                session.info[ev.WROTE_EVENTS] = True
+            return VersionInfo(**record)
 
     def untag(self, version_id: str, tags: Iterable[str]) -> VersionInfo:
         """Remove tags; naming a tag the version does not have is an error (likely a typo)."""
@@ -342,10 +285,10 @@ class DatasetService:
         limit: int | None = None,
     ) -> list[VersionInfo]:
         with self.store.reader() as session:
-            rows = queries.search(
-                session, project=project, name=name, tags=tags, status=status, limit=limit
+            found = records.search(
+                _driver(session), project=project, name=name, tags=tags, status=status, limit=limit
             )
-            return [VersionInfo.of(r) for r in rows]
+            return [VersionInfo(**r) for r in found]
 
     def list_files(self, version_id: str, pattern: str | None = None) -> list[FileEntry]:
         with self.store.reader() as session:
@@ -399,25 +342,13 @@ class DatasetService:
             try:
                 with self.store.session() as session:
                     return attempt(session)
-            except DBIntegrityError:
-                if remaining == 1:
+            except Exception as exc:
+                # SQLAlchemy's, or the driver's own from the SQL in `records`.
+                if remaining == 1 or not (
+                    isinstance(exc, DBIntegrityError) or is_integrity_error(exc)
+                ):
                     raise
         raise AssertionError("unreachable")
-
-    def _dataset(self, session: Session, project: str, name: str) -> Dataset:
-        dataset = queries.find_dataset(session, project, name)
-        if dataset is not None:
-            return dataset
-        dataset = Dataset(project=rows.project(session, project), name=name, created_at=utcnow())
-        session.add(dataset)
-        session.flush()
-        return dataset
-
-    def _final_parent(self, session: Session, parent_id: str) -> DatasetVersion:
-        row = queries.load_version(session, parent_id)
-        if row.status != "final":
-            raise Conflict(f"--parents: {parent_id} is a draft; finalize it first")
-        return row
 
     def _draft(
         self, session: Session, version_id: str, *, for_update: bool = False
@@ -497,14 +428,6 @@ class DatasetService:
         if new_rows:
             session.execute(insert(VersionFile), new_rows)
 
-    def _insert_files(self, session: Session, version_id: str, files: Iterable[FileEntry]) -> None:
-        rows = [
-            {"version_id": version_id, "path": f.path, "size": f.size, "sha256": f.sha256}
-            for f in files
-        ]
-        if rows:
-            session.execute(insert(VersionFile), rows)
-
     def _delete_files(self, session: Session, version_id: str, paths: Sequence[str]) -> None:
         for start in range(0, len(paths), 500):
             chunk = paths[start : start + 500]
@@ -550,15 +473,10 @@ class DatasetService:
 
     @staticmethod
     def _event(session: Session, kind: str, info: VersionInfo, **payload: Any) -> None:
-        ev.record_for(
-            session,
-            kind,
-            info,
-            {
-                "version": info.version,
-                "status": info.status,
-                "published": info.published,
-                "manifest_sha256": info.manifest_sha256,
-                **payload,
-            },
-        )
+        ev.record_for(session, kind, info, records.event_payload(info.__dict__, **payload))
+
+
+def _driver(session: Session) -> Any:
+    """The database driver's own connection under `session`, in its transaction: for the SQL
+    that `orchestrator.datasets.records` shares with the commands that run without SQLAlchemy."""
+    return session.connection().connection.driver_connection

@@ -1,0 +1,288 @@
+"""Dataset versions as plain JSON-ready records, read and tagged with SQL on a bare driver
+connection: the one data path of `retrain dataset tag` and `dataset search`, whether the
+connection comes from `orchestrator.store.lean` (no SQLAlchemy, no pydantic imported) or
+from under a SQLAlchemy session (`DatasetService`, which wraps the records in `VersionInfo`).
+
+A record has `VersionInfo`'s fields, in its order, with times as pydantic writes them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from orchestrator.datasets.validate import (
+    check_name,
+    check_project,
+    check_tag,
+    format_version,
+    next_version,
+    parse_version,
+)
+from orchestrator.errors import Conflict, NotFound, UserError
+from orchestrator.store import eventlog
+from orchestrator.store.lean import (
+    Row,
+    execute,
+    executemany,
+    fetch,
+    is_sqlite,
+    json_time,
+    json_value,
+    placeholders,
+    stamp,
+    utcnow,
+)
+
+VERSION_SQL = (
+    "SELECT v.id, p.path AS project, d.name AS name, v.version, v.status, v.published, "
+    "v.description, v.metadata, v.file_count, v.total_size, v.created_at, v.finalized_at, "
+    "v.manifest_sha256 "
+    "FROM dataset_versions v JOIN datasets d ON d.id = v.dataset_id "
+    "JOIN projects p ON p.id = d.project_id"
+)
+TAGS_SQL = "SELECT version_id, tag FROM dataset_version_tags WHERE version_id IN ({}) ORDER BY tag"
+PARENTS_SQL = (
+    "SELECT version_id, parent_id FROM dataset_version_parents WHERE version_id IN ({}) "
+    "ORDER BY position"
+)
+INSERT_TAG_SQL = "INSERT INTO dataset_version_tags (version_id, tag) VALUES (%s, %s)"
+DATASETS_SQL = (
+    "SELECT d.id, p.path AS project, d.name FROM datasets d JOIN projects p ON p.id = d.project_id"
+)
+HAVING_ALL_TAGS_SQL = (
+    "SELECT version_id FROM dataset_version_tags WHERE tag IN ({}) "
+    "GROUP BY version_id HAVING count(*) = %s"
+)
+PROJECT_SQL = "SELECT id FROM projects WHERE path = %s"
+INSERT_PROJECT_SQL = "INSERT INTO projects (path, created_at) VALUES (%s, %s) RETURNING id"
+DATASET_SQL = (
+    "SELECT d.id FROM datasets d JOIN projects p ON p.id = d.project_id "
+    "WHERE p.path = %s AND d.name = %s"
+)
+INSERT_DATASET_SQL = (
+    "INSERT INTO datasets (id, project_id, name, created_at) VALUES (%s, %s, %s, %s)"
+)
+VERSION_NUMBERS_SQL = "SELECT major, minor, patch FROM dataset_versions WHERE dataset_id = %s"
+INSERT_VERSION_SQL = (
+    "INSERT INTO dataset_versions (id, dataset_id, version, major, minor, patch, status, "
+    "published, description, metadata, file_count, total_size, created_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, 'draft', %s, %s, %s, %s, %s, %s)"
+)
+INSERT_PARENT_SQL = (
+    "INSERT INTO dataset_version_parents (version_id, position, parent_id) VALUES (%s, %s, %s)"
+)
+MANIFEST_SQL = "SELECT path, size, sha256 FROM dataset_version_files WHERE version_id = %s"
+INSERT_FILE_SQL = (
+    "INSERT INTO dataset_version_files (version_id, path, size, sha256) VALUES (%s, %s, %s, %s)"
+)
+NEWEST_FIRST = "v.created_at DESC, v.major DESC, v.minor DESC, v.patch DESC"
+NOT_FOUND_HINT = "list versions with: retrain dataset search"
+
+
+def label(record: Row) -> str:
+    """`project/name 1.0.1`, as `VersionInfo.label`."""
+    return f"{record['project']}/{record['name']} {record['version']}"
+
+
+def load(conn: Any, version_id: str, *, for_update: bool = False) -> Row:
+    """The version's record, or `NotFound` with a hint to search. `for_update` locks its row
+    until commit on PostgreSQL (SQLite writers run one at a time already)."""
+    lock = " FOR UPDATE OF v" if for_update and not is_sqlite(conn) else ""
+    rows = fetch(conn, f"{VERSION_SQL} WHERE v.id = %s{lock}", [version_id])
+    if not rows:
+        raise NotFound("dataset version", version_id, NOT_FOUND_HINT)
+    return _records(conn, rows)[0]
+
+
+def search(
+    conn: Any,
+    *,
+    project: str | None = None,
+    name: str | None = None,
+    tags: Iterable[str] = (),
+    status: str | None = None,
+    limit: int | None = None,
+) -> list[Row]:
+    """Versions newest first. `project` and `name` are globs (`*` crosses `/` in projects,
+    so `Team/**` and `Team/*` both reach sub-projects); every tag in `tags` must be present."""
+    wanted = [
+        r["id"]
+        for r in fetch(conn, DATASETS_SQL, ())
+        if (project is None or fnmatch.fnmatchcase(r["project"], project))
+        and (name is None or fnmatch.fnmatchcase(r["name"], name))
+    ]
+    if not wanted:
+        return []
+    where = [f"v.dataset_id IN ({placeholders(len(wanted))})"]
+    params: list[Any] = list(wanted)
+    tag_list = sorted(set(tags))
+    if tag_list:
+        where.append(f"v.id IN ({HAVING_ALL_TAGS_SQL.format(placeholders(len(tag_list)))})")
+        params += [*tag_list, len(tag_list)]
+    if status:
+        where.append("v.status = %s")
+        params.append(status)
+    sql = f"{VERSION_SQL} WHERE {' AND '.join(where)} ORDER BY {NEWEST_FIRST}"
+    if limit:
+        sql += " LIMIT %s"
+        params.append(limit)
+    return _records(conn, fetch(conn, sql, params))
+
+
+def tag(conn: Any, version_id: str, tags: Iterable[str]) -> tuple[Row, bool]:
+    """Add tags, in the open write transaction of `conn`, with their event when any is new
+    (tags already there are left as they are). Returns the record and whether it wrote an
+    event (its commit then wakes the scheduler)."""
+    wanted = sorted({check_tag(t) for t in tags})
+    if not wanted:
+        raise UserError("name at least one tag")
+    record = load(conn, version_id, for_update=True)
+    added = [t for t in wanted if t not in record["tags"]]
+    if not added:
+        return record, False
+    executemany(conn, INSERT_TAG_SQL, [(record["id"], t) for t in added])
+    record["tags"] = sorted([*record["tags"], *added])
+    record_event(conn, eventlog.DATASET_VERSION_TAGGED, record, added=added)
+    return record, True
+
+
+def create(
+    conn: Any,
+    project: str,
+    name: str,
+    *,
+    version: str | None = None,
+    parents: Sequence[str] = (),
+    tags: Iterable[str] = (),
+    description: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> tuple[Row, bool]:
+    """A new draft holding its parents' merged files (later parents win on a path), with its
+    event, in the open write transaction of `conn`. Two creates racing for the same new
+    project, dataset or version number: the loser's insert fails with the driver's
+    IntegrityError, and its caller runs the whole transaction again."""
+    project = check_project(project)
+    name = check_name(name)
+    tag_list = sorted({check_tag(t) for t in tags})
+    wanted = parse_version(version) if version else None
+    if len(set(parents)) != len(parents):
+        raise UserError("--parents: the same parent is named twice")
+    now = stamp(conn, utcnow())
+    found = fetch(conn, DATASET_SQL, [project, name])
+    if found:
+        dataset_id = found[0]["id"]
+    else:
+        projects = fetch(conn, PROJECT_SQL, [project]) or fetch(
+            conn, INSERT_PROJECT_SQL, [project, now]
+        )
+        dataset_id = uuid.uuid4().hex
+        execute(conn, INSERT_DATASET_SQL, [dataset_id, projects[0]["id"], name, now])
+    for parent_id in parents:
+        if load(conn, parent_id)["status"] != "final":
+            raise Conflict(f"--parents: {parent_id} is a draft; finalize it first")
+    existing = [
+        (r["major"], r["minor"], r["patch"]) for r in fetch(conn, VERSION_NUMBERS_SQL, [dataset_id])
+    ]
+    if wanted is not None and wanted in existing:
+        raise Conflict(f"--version: {project}/{name} already has version {format_version(wanted)}")
+    parts = wanted or next_version(existing)
+    files: dict[str, tuple[str, int, str]] = {}
+    for parent_id in parents:
+        for r in fetch(conn, MANIFEST_SQL, [parent_id]):
+            files[r["path"]] = (r["path"], int(r["size"]), r["sha256"])
+    version_id = uuid.uuid4().hex
+    execute(
+        conn,
+        INSERT_VERSION_SQL,
+        [
+            version_id,
+            dataset_id,
+            format_version(parts),
+            *parts,
+            False,
+            description,
+            json.dumps(metadata or {}),
+            len(files),
+            sum(f[1] for f in files.values()),
+            now,
+        ],
+    )
+    executemany(conn, INSERT_PARENT_SQL, [(version_id, i, p) for i, p in enumerate(parents)])
+    executemany(conn, INSERT_TAG_SQL, [(version_id, t) for t in tag_list])
+    executemany(conn, INSERT_FILE_SQL, [(version_id, *f) for f in files.values()])
+    record = load(conn, version_id)
+    record_event(
+        conn,
+        eventlog.DATASET_VERSION_CREATED,
+        record,
+        parents=record["parents"],
+        file_count=record["file_count"],
+    )
+    return record, True
+
+
+def event_payload(record: Row, **extra: Any) -> dict[str, Any]:
+    """What every dataset event carries about its version, then what is particular to it."""
+    return {
+        "version": record["version"],
+        "status": record["status"],
+        "published": record["published"],
+        "manifest_sha256": record["manifest_sha256"],
+        **extra,
+    }
+
+
+def record_event(conn: Any, kind: str, record: Row, **extra: Any) -> None:
+    eventlog.record_event(
+        conn,
+        kind,
+        entity_id=record["id"],
+        project=record["project"],
+        name=record["name"],
+        tags=record["tags"],
+        payload=event_payload(record, **extra),
+    )
+
+
+def _records(conn: Any, rows: Sequence[Row]) -> list[Row]:
+    """Rows of `VERSION_SQL` with their tags and parents, as records."""
+    if not rows:
+        return []
+    ids = [r["id"] for r in rows]
+    tags: dict[str, list[str]] = {i: [] for i in ids}
+    parents: dict[str, list[str]] = {i: [] for i in ids}
+    for start in range(0, len(ids), 500):  # keep IN lists within every backend's limits
+        chunk = ids[start : start + 500]
+        for r in fetch(conn, TAGS_SQL.format(placeholders(len(chunk))), chunk):
+            tags[r["version_id"]].append(r["tag"])
+        for r in fetch(conn, PARENTS_SQL.format(placeholders(len(chunk))), chunk):
+            parents[r["version_id"]].append(r["parent_id"])
+    out = []
+    for r in rows:
+        metadata = json_value(r["metadata"])
+        final = r["status"] == "final"
+        out.append(
+            {
+                "id": r["id"],
+                "project": r["project"],
+                "name": r["name"],
+                "version": r["version"],
+                "status": r["status"],
+                "published": bool(r["published"]),
+                "tags": tags[r["id"]],
+                "parents": parents[r["id"]],
+                "description": r["description"],
+                "metadata": dict(metadata) if isinstance(metadata, dict) else {},
+                "file_count": int(r["file_count"]),
+                "total_size": int(r["total_size"]),
+                "created_at": json_time(r["created_at"]),
+                "finalized_at": json_time(r["finalized_at"]),
+                # A draft may name the manifest it is about to store; only a final one has it.
+                "manifest_sha256": r["manifest_sha256"] if final else None,
+            }
+        )
+    return out
