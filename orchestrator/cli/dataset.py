@@ -150,57 +150,70 @@ def show(
 ) -> None:
     """Show a version: status, tags, lineage, what it changed relative to its parents, the
     runs that used it and the models they registered."""
-    from orchestrator.tasks.lineage import version_usage
+    from orchestrator.datasets import records
+    from orchestrator.store.lean import Unavailable, connect
 
-    detail = runtime().datasets.show(version_id)
-    usage = version_usage(runtime().store, version_id)
+    limit = records.RUN_LIMIT
+    try:
+        with connect(runtime().settings.database_url) as conn:
+            detail = records.detail(conn, version_id)
+            usage = records.usage(conn, version_id, limit=limit)
+    except Unavailable:  # a fresh or older database, an unusual URL: the full store answers
+        from orchestrator.tasks.lineage import version_usage
+
+        detail = runtime().datasets.show(version_id).model_dump(mode="json")
+        usage = version_usage(runtime().store, version_id, limit=limit).model_dump(mode="json")
     if as_json:
-        output.print_json({**detail.model_dump(mode="json"), **usage.model_dump(mode="json")})
+        output.print_json({**detail, **usage})
         return
-    v = detail.version
+    v = detail["version"]
     rows: list[tuple[str, Any]] = [
-        ("id", v.id),
-        ("dataset", f"{v.project}/{v.name}"),
-        ("version", v.version),
-        ("status", v.status + (" (published)" if v.published else "")),
-        ("tags", v.tags),
-        ("files", f"{v.file_count} ({output.size(v.total_size)})"),
-        ("created", v.created_at),
-        ("finalized", v.finalized_at),
-        ("manifest", v.manifest_sha256),
-        ("description", v.description or None),
+        ("id", v["id"]),
+        ("dataset", f"{v['project']}/{v['name']}"),
+        ("version", v["version"]),
+        ("status", v["status"] + (" (published)" if v["published"] else "")),
+        ("tags", v["tags"]),
+        ("files", f"{v['file_count']} ({output.size(v['total_size'])})"),
+        ("created", v["created_at"]),
+        ("finalized", v["finalized_at"]),
+        ("manifest", v["manifest_sha256"]),
+        ("description", v["description"] or None),
     ]
     output.table(None, ["field", "value"], rows)
     output.out.print("\nlineage:")
-    for entry in detail.lineage:
-        output.out.print(f"  {'  ' * entry.depth}{entry.label}  {entry.id}", markup=False)
+    for entry in detail["lineage"]:
+        output.out.print(f"  {'  ' * entry['depth']}{entry['label']}  {entry['id']}", markup=False)
+    added, modified, removed = detail["added"], detail["modified"], detail["removed"]
     output.out.print(
-        f"\nchanges vs parents: {len(detail.added)} added, {len(detail.modified)} modified, "
-        f"{len(detail.removed)} removed ({output.size(detail.added_bytes)} new)"
+        f"\nchanges vs parents: {len(added)} added, {len(modified)} modified, "
+        f"{len(removed)} removed ({output.size(detail['added_bytes'])} new)"
     )
-    for label, paths in (("+", detail.added), ("~", detail.modified), ("-", detail.removed)):
+    for label, paths in (("+", added), ("~", modified), ("-", removed)):
         for path in paths[:20]:
             output.out.print(f"  {label} {path}", markup=False)
         if len(paths) > 20:
             output.out.print(f"  {label} ... and {len(paths) - 20} more")
-    _print_usage(v.id, usage)
+    _print_usage(v["id"], usage)
 
 
-def _print_usage(version_id: str, usage: Any) -> None:
+def _print_usage(version_id: str, usage: dict[str, Any]) -> None:
     """The runs that used the version (how: which inputs, or as their trigger's entity), and
     the models those runs registered."""
-    output.out.print(f"\nruns that used it: {len(usage.runs) or 'none'}")
-    for run in usage.runs:
-        how = [f"input {name}" for name in run.inputs]
-        if run.trigger_entity and run.trigger_entity.id == version_id:
-            how.append(f"fired {run.trigger}")
+    runs, models = usage["runs"], usage["models"]
+    output.out.print(f"\nruns that used it: {len(runs) or 'none'}")
+    for run in runs:
+        how = [f"input {name}" for name in run["inputs"]]
+        if run["trigger_entity"] and run["trigger_entity"]["id"] == version_id:
+            how.append(f"fired {run['trigger']}")
         output.out.print(
-            f"  {run.id}  {run.project}/{run.name}  {run.status}  {', '.join(how)}", markup=False
+            f"  {run['id']}  {run['project']}/{run['name']}  {run['status']}  {', '.join(how)}",
+            markup=False,
         )
-    output.out.print(f"\nmodels trained by those runs: {len(usage.models) or 'none'}")
-    for model in usage.models:
+    output.out.print(f"\nmodels trained by those runs: {len(models) or 'none'}")
+    for model in models:
         output.out.print(
-            f"  {model.id}  {model.project}/{model.name}  run {model.task_id}  {model.uri}",
+            f"  {model['id']}  {model['project']}/{model['name']}  run {model['task_id']}  "
+            f"{model['uri']}",
             markup=False,
         )
 

@@ -44,14 +44,14 @@ _NEVER = frozenset(
 
 NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     # Nothing of Redis but the wake-up after a write, which is one PUBLISH on a plain socket.
-    # create, tag, search: SQL on the bare driver (datasets/records.py, which the ORM path
+    # create, tag, search, show: SQL on the bare driver (datasets/records.py, which the ORM path
     # runs too). add, close: still the full store (SQLAlchemy, pydantic views).
     ("dataset", "create", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "add", "--json"): _NEVER | {"redis", "rich"},
     ("dataset", "close", "--json"): _NEVER | {"redis", "rich"},
     ("dataset", "tag", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "search", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
-    ("dataset", "show", "--json"): _NEVER | {"redis", "rich"},
+    ("dataset", "show", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("task", "show", "--json"): _NEVER | {"redis", "rich"},
     # Queues a job: RQ is the one place jobs are written (queue/adapter.py).
     ("task", "run", "--json"): (_NEVER - {"rq"}) | {"rich"},

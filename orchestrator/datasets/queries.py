@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.datasets.manifest import FileEntry, Manifest
-from orchestrator.datasets.views import LineageEntry
 from orchestrator.errors import NotFound
 from orchestrator.store import rows
 from orchestrator.store.models import (
@@ -43,14 +42,6 @@ def load_manifest(session: Session, version_id: str) -> Manifest:
         )
     )
     return {path: FileEntry(path, size, sha) for path, size, sha in rows}
-
-
-def parents_manifest(session: Session, parent_ids: Sequence[str]) -> Manifest:
-    """Parents merged in order: on a path two parents share, the later parent wins."""
-    merged: Manifest = {}
-    for parent_id in parent_ids:
-        merged.update(load_manifest(session, parent_id))
-    return merged
 
 
 def find_dataset(session: Session, project: str, name: str) -> Dataset | None:
@@ -96,28 +87,6 @@ def _with_all_tags(query: S, tags: Iterable[str]) -> S:
         .having(func.count() == len(tag_list))
     )
     return query.where(DatasetVersion.id.in_(having_all))
-
-
-def lineage(session: Session, version: DatasetVersion) -> list[LineageEntry]:
-    """The version and all its ancestors, breadth first, each once, with its depth."""
-    out: list[LineageEntry] = []
-    seen = {version.id}
-    frontier = [(version, 0)]
-    while frontier:
-        row, depth = frontier.pop(0)
-        out.append(
-            LineageEntry(
-                id=row.id,
-                label=f"{row.dataset.project.path}/{row.dataset.name} {row.version}",
-                depth=depth,
-                parents=row.parent_ids,
-            )
-        )
-        for parent_id in row.parent_ids:
-            if parent_id not in seen:
-                seen.add(parent_id)
-                frontier.append((load_version(session, parent_id), depth + 1))
-    return out
 
 
 def known_stored(session: Session, hashes: Iterable[str]) -> set[str]:

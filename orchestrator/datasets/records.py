@@ -286,3 +286,113 @@ def _records(conn: Any, rows: Sequence[Row]) -> list[Row]:
             }
         )
     return out
+
+
+# -- `dataset show` ------------------------------------------------------------------------
+
+RUN_LIMIT = 200
+"""The most runs (and their models) `dataset show` lists; `task list --dataset` pages further."""
+
+USAGE_RUNS_SQL = (
+    "SELECT t.id, p.path AS project, t.name, t.status, t.parent_id, t.trigger_name, "
+    "t.trigger_entity_kind, t.trigger_entity_id, t.created_at "
+    "FROM tasks t JOIN projects p ON p.id = t.project_id "
+    # A union of two index lookups (an OR across tables would scan every task).
+    "WHERE t.id IN (SELECT task_id FROM task_inputs WHERE version_id = %s "
+    "UNION SELECT id FROM tasks WHERE trigger_entity_id = %s) "
+    "ORDER BY t.created_at DESC, t.id LIMIT %s"
+)
+USAGE_INPUTS_SQL = "SELECT task_id, name FROM task_inputs WHERE version_id = %s AND task_id IN ({})"
+USAGE_MODELS_SQL = (
+    "SELECT m.id, p.path AS project, m.name, m.uri, m.task_id, m.created_at "
+    "FROM models m JOIN projects p ON p.id = m.project_id WHERE m.task_id IN ({}) "
+    "ORDER BY m.created_at DESC, m.id"
+)
+
+
+def manifest(conn: Any, version_id: str) -> dict[str, tuple[str, int, str]]:
+    """A version's files: path -> (path, size, sha256)."""
+    return {
+        r["path"]: (r["path"], int(r["size"]), r["sha256"])
+        for r in fetch(conn, MANIFEST_SQL, [version_id])
+    }
+
+
+def detail(conn: Any, version_id: str) -> Row:
+    """`VersionDetail` as a record: the version, its ancestry breadth first (each once, with
+    its depth), and what it adds, changes and removes relative to its merged parents."""
+    record = load(conn, version_id)
+    files = manifest(conn, record["id"])
+    base: dict[str, tuple[str, int, str]] = {}
+    for parent_id in record["parents"]:  # later parents win on a shared path
+        base.update(manifest(conn, parent_id))
+    added = sorted(p for p in files if p not in base)
+    removed = sorted(p for p in base if p not in files)
+    modified = sorted(p for p in files if p in base and files[p][2] != base[p][2])
+    lineage = []
+    seen = {record["id"]}
+    frontier = [(record, 0)]
+    while frontier:
+        row, depth = frontier.pop(0)
+        lineage.append(
+            {"id": row["id"], "label": label(row), "depth": depth, "parents": row["parents"]}
+        )
+        for parent_id in row["parents"]:
+            if parent_id not in seen:
+                seen.add(parent_id)
+                frontier.append((load(conn, parent_id), depth + 1))
+    return {
+        "version": record,
+        "lineage": lineage,
+        "added": added,
+        "modified": modified,
+        "removed": removed,
+        "added_bytes": sum(files[p][1] for p in added + modified),
+    }
+
+
+def usage(conn: Any, version_id: str, *, limit: int) -> Row:
+    """`VersionUsage` as a record: the runs that took the version as an input or were fired
+    by an event about it, newest first, and the models those runs registered."""
+    load(conn, version_id)
+    runs = fetch(conn, USAGE_RUNS_SQL, [version_id, version_id, limit])
+    ids = [r["id"] for r in runs]
+    names: dict[str, list[str]] = {}
+    models: list[Row] = []
+    if ids:
+        inputs = USAGE_INPUTS_SQL.format(placeholders(len(ids)))
+        for r in fetch(conn, inputs, [version_id, *ids]):
+            names.setdefault(r["task_id"], []).append(r["name"])
+        models = fetch(conn, USAGE_MODELS_SQL.format(placeholders(len(ids))), ids)
+    return {
+        "runs": [
+            {
+                "id": r["id"],
+                "project": r["project"],
+                "name": r["name"],
+                "status": r["status"],
+                "template": r["parent_id"],
+                "trigger": r["trigger_name"],
+                "trigger_entity": {
+                    "kind": r["trigger_entity_kind"] or "",
+                    "id": r["trigger_entity_id"],
+                }
+                if r["trigger_entity_id"]
+                else None,
+                "inputs": sorted(names.get(r["id"], ())),
+                "created_at": json_time(r["created_at"]),
+            }
+            for r in runs
+        ],
+        "models": [
+            {
+                "id": m["id"],
+                "project": m["project"],
+                "name": m["name"],
+                "uri": m["uri"],
+                "task_id": m["task_id"],
+                "created_at": json_time(m["created_at"]),
+            }
+            for m in models
+        ],
+    }

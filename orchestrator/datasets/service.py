@@ -303,18 +303,7 @@ class DatasetService:
 
     def show(self, version_id: str) -> VersionDetail:
         with self.store.reader() as session:
-            row = queries.load_version(session, version_id)
-            files = queries.load_manifest(session, row.id)
-            base = queries.parents_manifest(session, row.parent_ids)
-            change = manifest.diff(base, files)
-            return VersionDetail(
-                version=VersionInfo.of(row),
-                lineage=queries.lineage(session, row),
-                added=change.added,
-                modified=change.modified,
-                removed=change.removed,
-                added_bytes=sum(files[p].size for p in change.added + change.modified),
-            )
+            return VersionDetail(**records.detail(_driver(session), version_id))
 
     def local_copy(self, version_id: str) -> Path:
         """A read-only copy in the shared cache, built from blob storage alone."""

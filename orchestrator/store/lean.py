@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
+from orchestrator.errors import RetrainError
 from orchestrator.store.revision import SCHEMA_REVISION
 
 Row = dict[str, Any]
@@ -45,7 +46,7 @@ def connect(url: str) -> Iterator[Any]:
     try:
         _check_revision(conn)
         yield conn
-    except Unavailable:
+    except (Unavailable, RetrainError):  # the block's own answer (a NotFound, say)
         raise
     except Exception as exc:  # any driver error: let the full store report it properly
         raise Unavailable(str(exc)) from exc

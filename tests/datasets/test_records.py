@@ -199,3 +199,45 @@ def test_cli_errors_stay_one_line(cli: CLI, database_url: str, monkeypatch: Any)
         assert err.startswith("retrain: error: ") and message in err, err
         assert err.count("\n") == 1, err
     assert cli("dataset", "tag", version, "x").out.strip() == version
+
+
+def test_show_is_the_same_on_both_paths(
+    runtime: Any, tmp_path: Path, cli: CLI, monkeypatch: Any
+) -> None:
+    """`dataset show` on the bare driver answers what the full store answers: a child of two
+    parents (the later wins on a shared path), its lineage and its changes."""
+    from orchestrator.tasks.lineage import version_usage
+
+    ds = runtime.datasets
+    finals = []
+    for text in ("one", "two"):
+        (tmp_path / "same.csv").write_text(text)
+        (tmp_path / f"{text}.csv").write_text(text * 3)
+        v = ds.create("p", "src")
+        ds.add_files(v.id, [str(tmp_path / "same.csv"), str(tmp_path / f"{text}.csv")])
+        finals.append(ds.finalize(v.id).version)
+    child = ds.create("p", "child", parents=[f.id for f in finals])
+    (tmp_path / "same.csv").write_text("three")
+    (tmp_path / "new.csv").write_text("new")
+    ds.add_files(child.id, [str(tmp_path / "same.csv"), str(tmp_path / "new.csv")])
+    ds.remove_files(child.id, "one.csv")
+    shown = cli.json("dataset", "show", child.id)
+    full = {
+        **ds.show(child.id).model_dump(mode="json"),
+        **version_usage(runtime.store, child.id).model_dump(mode="json"),
+    }
+    assert shown == full
+    assert (shown["added"], shown["modified"], shown["removed"]) == (  # type: ignore[index]
+        ["new.csv"],
+        ["same.csv"],
+        ["one.csv"],
+    )
+    assert shown["added_bytes"] == len("new") + len("three")  # type: ignore[index]
+    assert [(e["label"], e["depth"]) for e in shown["lineage"]] == [  # type: ignore[index]
+        ("p/child 1.0.0", 0),
+        ("p/src 1.0.0", 1),
+        ("p/src 1.0.1", 1),
+    ]
+    assert cli("dataset", "show", "nope", expect=2).err.startswith(
+        "retrain: error: no dataset version 'nope'"
+    )
