@@ -18,7 +18,7 @@ from orchestrator.cli.context import drafts, runtime
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
-    from orchestrator.datasets.views import ChangeSummary, VersionInfo
+    from orchestrator.datasets.views import VersionInfo
 
 T = TypeVar("T")
 
@@ -86,8 +86,31 @@ def add(
     as_json: JsonFlag = False,
 ) -> None:
     """Add files to a draft (uploaded when it is finalized)."""
+    from orchestrator.datasets import records
+    from orchestrator.datasets.scan import collect
+    from orchestrator.progress import reporter_for_terminal
+    from orchestrator.store.lean import Unavailable, connect
+
     target = drafts().resolve(version_id)
-    _print_change(runtime().datasets.add_files(target, files, dataset_path=dataset_path), as_json)
+    if not files:
+        raise UserError("--files: name at least one file, folder or glob")
+    local = collect(files, dataset_path)
+    try:  # the same steps as DatasetService.add_files, on the bare driver
+        with connect(runtime().settings.database_url) as conn:
+            staged = records.staged(conn, records.draft(conn, target)["id"])
+    except Unavailable:  # a fresh or older database, an unusual URL: the full store does it
+        summary = runtime().datasets.add_files(target, files, dataset_path=dataset_path)
+        _print_change(summary.model_dump(mode="json"), as_json)
+        return
+    hashed = records.hash_files(local, staged, reporter_for_terminal())
+    change = _lean_write(lambda conn: (records.change_files(conn, target, hashed), False))
+    if change is None:
+        change = (
+            runtime()
+            .datasets.add_files(target, files, dataset_path=dataset_path)
+            .model_dump(mode="json")
+        )
+    _print_change(change, as_json)
 
 
 @app.command()
@@ -98,7 +121,7 @@ def remove(
 ) -> None:
     """Remove files from a draft."""
     target = drafts().resolve(version_id)
-    _print_change(runtime().datasets.remove_files(target, pattern), as_json)
+    _print_change(runtime().datasets.remove_files(target, pattern).model_dump(mode="json"), as_json)
 
 
 @app.command()
@@ -111,7 +134,7 @@ def sync(
     """Make a draft match a folder: add new, replace changed, remove missing files."""
     target = drafts().resolve(version_id)
     summary = runtime().datasets.sync_folder(target, folder, dataset_path=dataset_path)
-    _print_change(summary, as_json)
+    _print_change(summary.model_dump(mode="json"), as_json)
 
 
 @app.command("list")
@@ -406,15 +429,17 @@ def _lean_write(work: Callable[[Any], tuple[T, bool]]) -> T | None:
     return result
 
 
-def _print_change(summary: ChangeSummary, as_json: bool) -> None:
+def _print_change(summary: dict[str, Any], as_json: bool) -> None:
+    """A `ChangeSummary` as its JSON-ready record."""
     if as_json:
         output.print_json(summary)
         return
-    print(summary.version_id)
+    print(summary["version_id"])
     output.note(
-        f"draft {summary.version_id}: {len(summary.added)} added, {len(summary.modified)} "
-        f"modified, {len(summary.removed)} removed, {summary.unchanged} unchanged; now "
-        f"{summary.file_count} file(s), {output.size(summary.total_size)}"
+        f"draft {summary['version_id']}: {len(summary['added'])} added, "
+        f"{len(summary['modified'])} modified, {len(summary['removed'])} removed, "
+        f"{summary['unchanged']} unchanged; now {summary['file_count']} file(s), "
+        f"{output.size(summary['total_size'])}"
     )
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import uuid
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from orchestrator.datasets.validate import (
     check_name,
@@ -36,6 +36,10 @@ from orchestrator.store.lean import (
     stamp,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.datasets.scan import LocalFile
+    from orchestrator.progress import Reporter
 
 VERSION_SQL = (
     "SELECT v.id, p.path AS project, d.name AS name, v.version, v.status, v.published, "
@@ -396,3 +400,122 @@ def usage(conn: Any, version_id: str, *, limit: int) -> Row:
             for m in models
         ],
     }
+
+
+# -- changing a draft's files --------------------------------------------------------------
+
+STAGED_SQL = (
+    "SELECT path, size, sha256, source, mtime_ns FROM dataset_version_files "
+    "WHERE version_id = %s AND source IS NOT NULL"
+)
+DELETE_FILES_SQL = "DELETE FROM dataset_version_files WHERE version_id = %s AND path IN ({})"
+INSERT_STAGED_SQL = (
+    "INSERT INTO dataset_version_files (version_id, path, size, sha256, source, mtime_ns) "
+    "VALUES (%s, %s, %s, %s, %s, %s)"
+)
+RECOUNT_SQL = "UPDATE dataset_versions SET file_count = %s, total_size = %s WHERE id = %s"
+
+
+class Staged(NamedTuple):
+    """A draft's file that is still local (not uploaded yet)."""
+
+    path: str
+    size: int
+    sha256: str
+    source: str | None
+    mtime_ns: int | None
+
+
+def final_conflict(version_id: str, label: str) -> Conflict:
+    return Conflict(
+        f"version {version_id} ({label}) is final and cannot change; make a child version "
+        f"with `retrain dataset create --project ... --name ... --parents {version_id}`"
+    )
+
+
+def draft(conn: Any, version_id: str, *, for_update: bool = False) -> Row:
+    """The draft's record; a final version is a `Conflict` that says what to do instead."""
+    record = load(conn, version_id, for_update=for_update)
+    if record["status"] != "draft":
+        raise final_conflict(version_id, label(record))
+    return record
+
+
+def staged(conn: Any, version_id: str) -> dict[str, Staged]:
+    return {
+        r["path"]: Staged(r["path"], int(r["size"]), r["sha256"], r["source"], r["mtime_ns"])
+        for r in fetch(conn, STAGED_SQL, [version_id])
+    }
+
+
+def hash_files(
+    local: Sequence[LocalFile], staged: Mapping[str, Any], reporter: Reporter
+) -> list[tuple[LocalFile, str]]:
+    """Hash local files, reusing the hash of a file staged from the same place with the
+    same size and modification time (repeated `sync` of a large folder stays cheap)."""
+    from orchestrator.storage.base import sha256_file
+
+    out: list[tuple[LocalFile, str]] = []
+    with reporter.task("hashing", sum(f.size for f in local)) as advance:
+        for f in local:
+            row = staged.get(f.path)
+            if (
+                row is not None
+                and row.source == str(f.source)
+                and row.size == f.size
+                and row.mtime_ns == f.mtime_ns
+            ):
+                out.append((f, row.sha256))
+            else:
+                out.append((f, sha256_file(f.source)))
+            advance(f.size)
+    return out
+
+
+def change_files(
+    conn: Any,
+    version_id: str,
+    hashed: Sequence[tuple[LocalFile, str]] = (),
+    *,
+    remove: Callable[[list[str]], list[str]] | None = None,
+) -> Row:
+    """In the open write transaction of `conn`: stage `hashed` files into the draft (new
+    paths added, changed content replaced) after removing the paths `remove` picks from the
+    draft's current ones; recount the draft. Returns `ChangeSummary` as a record."""
+    record = draft(conn, version_id, for_update=True)
+    known = manifest(conn, record["id"])
+    removed = sorted(remove(list(known))) if remove is not None else []
+    _delete_files(conn, record["id"], removed)
+    added: list[str] = []
+    modified: list[str] = []
+    unchanged = 0
+    new_rows = []
+    for local, sha in hashed:
+        before = known.get(local.path)
+        if before is not None and before[2] == sha:
+            unchanged += 1
+            continue
+        (added if before is None else modified).append(local.path)
+        new_rows.append(
+            (record["id"], local.path, local.size, sha, str(local.source), local.mtime_ns)
+        )
+    _delete_files(conn, record["id"], modified)
+    executemany(conn, INSERT_STAGED_SQL, new_rows)
+    files = manifest(conn, record["id"])
+    total = sum(f[1] for f in files.values())
+    execute(conn, RECOUNT_SQL, [len(files), total, record["id"]])
+    return {
+        "version_id": version_id,
+        "added": added,
+        "modified": modified,
+        "removed": removed,
+        "unchanged": unchanged,
+        "file_count": len(files),
+        "total_size": total,
+    }
+
+
+def _delete_files(conn: Any, version_id: str, paths: Sequence[str]) -> None:
+    for start in range(0, len(paths), 500):  # keep IN lists within every backend's limits
+        chunk = paths[start : start + 500]
+        execute(conn, DELETE_FILES_SQL.format(placeholders(len(chunk))), [version_id, *chunk])

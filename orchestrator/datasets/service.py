@@ -14,14 +14,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
 from orchestrator.datasets import manifest, queries, records
 from orchestrator.datasets.manifest import FileEntry
 from orchestrator.datasets.materialize import materialize
-from orchestrator.datasets.scan import LocalFile, collect, collect_folder
+from orchestrator.datasets.scan import collect, collect_folder
 from orchestrator.datasets.views import (
     ChangeSummary,
     FinalizeResult,
@@ -31,7 +31,7 @@ from orchestrator.datasets.views import (
 from orchestrator.errors import Conflict, UserError
 from orchestrator.paths import normalize_relpath
 from orchestrator.progress import NullReporter, Reporter
-from orchestrator.storage.base import BlobStore, sha256_bytes, sha256_file
+from orchestrator.storage.base import BlobStore, sha256_bytes
 from orchestrator.storage.cache import BlobCache
 from orchestrator.store import Store
 from orchestrator.store import events as ev
@@ -102,29 +102,26 @@ class DatasetService:
             raise UserError("--files: name at least one file, folder or glob")
         local = collect(paths, dataset_path)
         with self.store.reader() as session:
-            staged = self._staged(session, self._draft(session, version_id).id)
-        hashed = self._hash(local, staged)
-        summary = ChangeSummary(version_id=version_id)
+            conn = _driver(session)
+            staged = records.staged(conn, records.draft(conn, version_id)["id"])
+        hashed = records.hash_files(local, staged, self.reporter)
         with self.store.session() as session:
-            draft = self._draft(session, version_id, for_update=True)
-            known = queries.load_manifest(session, draft.id)
-            self._apply(session, draft, known, hashed, summary)
-            self._recount(session, draft, summary)
-        return summary
+            return ChangeSummary(**records.change_files(_driver(session), version_id, hashed))
 
     def remove_files(self, version_id: str, pattern: str) -> ChangeSummary:
         """Remove the files matching a glob, or everything under a folder, from a draft."""
-        with self.store.session() as session:
-            draft = self._draft(session, version_id, for_update=True)
-            paths = list(queries.load_manifest(session, draft.id))
-            folder = pattern.strip("/") + "/"
-            doomed = [p for p in paths if fnmatch.fnmatchcase(p, pattern) or p.startswith(folder)]
-            if not doomed:
+        folder = pattern.strip("/") + "/"
+
+        def doomed(paths: list[str]) -> list[str]:
+            found = [p for p in paths if fnmatch.fnmatchcase(p, pattern) or p.startswith(folder)]
+            if not found:
                 raise UserError(f"no file of draft {version_id} matches {pattern!r}")
-            self._delete_files(session, draft.id, doomed)
-            summary = ChangeSummary(version_id=version_id, removed=sorted(doomed))
-            self._recount(session, draft, summary)
-        return summary
+            return found
+
+        with self.store.session() as session:
+            return ChangeSummary(
+                **records.change_files(_driver(session), version_id, remove=doomed)
+            )
 
     def sync_folder(
         self, version_id: str, folder: Path, *, dataset_path: str | None = None
@@ -134,20 +131,18 @@ class DatasetService:
         prefix = normalize_relpath(dataset_path) + "/" if dataset_path else ""
         local = collect_folder(folder, dataset_path)
         with self.store.reader() as session:
-            self._draft(session, version_id)
-            staged = self._staged(session, version_id)
-        hashed = self._hash(local, staged)
-        summary = ChangeSummary(version_id=version_id)
+            conn = _driver(session)
+            records.draft(conn, version_id)
+            staged = records.staged(conn, version_id)
+        hashed = records.hash_files(local, staged, self.reporter)
+        present = {f.path for f, _ in hashed}
+
+        def gone(paths: list[str]) -> list[str]:
+            return [p for p in paths if p.startswith(prefix) and p not in present]
+
         with self.store.session() as session:
-            draft = self._draft(session, version_id, for_update=True)
-            known = queries.load_manifest(session, draft.id)
-            present = {f.path for f, _ in hashed}
-            gone = sorted(p for p in known if p.startswith(prefix) and p not in present)
-            self._delete_files(session, draft.id, gone)
-            summary.removed = gone
-            self._apply(session, draft, known, hashed, summary)
-            self._recount(session, draft, summary)
-        return summary
+            summary = records.change_files(_driver(session), version_id, hashed, remove=gone)
+            return ChangeSummary(**summary)
 
     # -- finalize --------------------------------------------------------------------------
 
@@ -344,11 +339,8 @@ class DatasetService:
     ) -> DatasetVersion:
         row = queries.load_version(session, version_id, for_update=for_update)
         if row.status != "draft":
-            raise Conflict(
-                f"version {version_id} ({row.dataset.project.path}/{row.dataset.name} "
-                f"{row.version}) is final and cannot change; make a child version with "
-                f"`retrain dataset create --project ... --name ... --parents {version_id}`"
-            )
+            label = f"{row.dataset.project.path}/{row.dataset.name} {row.version}"
+            raise records.final_conflict(version_id, label)
         return row
 
     def _final(self, version_id: str) -> VersionInfo:
@@ -364,74 +356,6 @@ class DatasetService:
             )
         )
         return {row.path: row for row in rows}
-
-    def _hash(
-        self, local: Sequence[LocalFile], staged: dict[str, VersionFile]
-    ) -> list[tuple[LocalFile, str]]:
-        """Hash local files, reusing the hash of a file staged from the same place with the
-        same size and modification time (repeated `sync` of a large folder stays cheap)."""
-        out: list[tuple[LocalFile, str]] = []
-        with self.reporter.task("hashing", sum(f.size for f in local)) as advance:
-            for f in local:
-                row = staged.get(f.path)
-                if (
-                    row is not None
-                    and row.source == str(f.source)
-                    and row.size == f.size
-                    and row.mtime_ns == f.mtime_ns
-                ):
-                    out.append((f, row.sha256))
-                else:
-                    out.append((f, sha256_file(f.source)))
-                advance(f.size)
-        return out
-
-    def _apply(
-        self,
-        session: Session,
-        draft: DatasetVersion,
-        known: dict[str, FileEntry],
-        hashed: Sequence[tuple[LocalFile, str]],
-        summary: ChangeSummary,
-    ) -> None:
-        new_rows: list[dict[str, Any]] = []
-        for local, sha in hashed:
-            before = known.get(local.path)
-            if before is not None and before.sha256 == sha:
-                summary.unchanged += 1
-                continue
-            row = {
-                "version_id": draft.id,
-                "path": local.path,
-                "size": local.size,
-                "sha256": sha,
-                "source": str(local.source),
-                "mtime_ns": local.mtime_ns,
-            }
-            if before is None:
-                summary.added.append(local.path)
-            else:
-                summary.modified.append(local.path)
-            new_rows.append(row)
-        self._delete_files(session, draft.id, summary.modified)
-        if new_rows:
-            session.execute(insert(VersionFile), new_rows)
-
-    def _delete_files(self, session: Session, version_id: str, paths: Sequence[str]) -> None:
-        for start in range(0, len(paths), 500):
-            chunk = paths[start : start + 500]
-            session.execute(
-                delete(VersionFile).where(
-                    VersionFile.version_id == version_id, VersionFile.path.in_(chunk)
-                )
-            )
-
-    def _recount(self, session: Session, draft: DatasetVersion, summary: ChangeSummary) -> None:
-        files = queries.load_manifest(session, draft.id)
-        draft.file_count = len(files)
-        draft.total_size = sum(f.size for f in files.values())
-        summary.file_count = draft.file_count
-        summary.total_size = draft.total_size
 
     def _unchanged_source(self, row: VersionFile) -> Path:
         assert row.source is not None

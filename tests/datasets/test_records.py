@@ -241,3 +241,38 @@ def test_show_is_the_same_on_both_paths(
     assert cli("dataset", "show", "nope", expect=2).err.startswith(
         "retrain: error: no dataset version 'nope'"
     )
+
+
+def test_add_is_the_same_on_both_paths(
+    runtime: Any, tmp_path: Path, cli: CLI, monkeypatch: Any
+) -> None:
+    """`dataset add` on the bare driver stages what the full store stages, and says so alike."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text("a")
+    (tmp_path / "in" / "b.csv").write_text("bb")
+    drafts = [runtime.datasets.create("p", "d").id for _ in range(2)]
+    lean_out = cli.json("dataset", "add", "--id", drafts[0], "--files", "in")
+    full_out = runtime.datasets.add_files(drafts[1], ["in"]).model_dump(mode="json")
+    assert lean_out == {**full_out, "version_id": drafts[0]}
+    assert lean_out["added"] == ["a.csv", "b.csv"] and lean_out["total_size"] == 3  # type: ignore[index]
+    (tmp_path / "in" / "b.csv").write_text("changed")
+    again = cli.json("dataset", "add", "--id", drafts[0], "--files", "in", "--dataset-path", "x")
+    assert again["added"] == ["x/a.csv", "x/b.csv"]  # type: ignore[index]
+    again = cli.json("dataset", "add", "--id", drafts[0], "--files", "in")
+    assert (again["modified"], again["unchanged"], again["file_count"]) == (  # type: ignore[index]
+        ["b.csv"],
+        1,
+        4,
+    )
+    with runtime.store.reader() as session:
+        from orchestrator.datasets import queries
+
+        files = queries.load_manifest(session, drafts[0])
+        row = queries.load_version(session, drafts[0])
+    assert (row.file_count, row.total_size) == (4, 1 + 7 + 1 + 7)
+    assert sorted(files) == ["a.csv", "b.csv", "x/a.csv", "x/b.csv"]
+    # The draft closes with what was staged last.
+    closed = cli.json("dataset", "close", "--id", drafts[0])
+    assert closed["status"] == "final" and closed["file_count"] == 4  # type: ignore[index]
+    err = cli("dataset", "add", "--id", drafts[0], "--files", "in", expect=2).err
+    assert "is final and cannot change" in err and err.count("\n") == 1, err
