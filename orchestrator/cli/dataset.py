@@ -7,7 +7,8 @@ it) and a human summary on stderr; listings print a table, or JSON with `--json`
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -244,15 +245,38 @@ def _print_usage(version_id: str, usage: dict[str, Any]) -> None:
 @app.command()
 def finalize(version_id: DraftId = None, as_json: JsonFlag = False) -> None:
     """Upload the draft's new files and make it final (immutable), atomically."""
+    from orchestrator.datasets import records
+    from orchestrator.progress import reporter_for_terminal
+    from orchestrator.store.lean import Unavailable, connect
+
     target = drafts().resolve(version_id)
-    result = runtime().datasets.finalize(target)
+    rt = runtime()
+    url = rt.settings.database_url
+
+    @contextmanager
+    def write(events: bool) -> Iterator[Any]:
+        from orchestrator.queue.wakeup import publisher
+        from orchestrator.store.lean import writer
+
+        with writer(url) as conn:
+            yield conn
+        if events:
+            publisher(rt.settings)()  # after the commit, as the full store's hook does
+
+    try:  # the steps of DatasetService.finalize, on the bare driver
+        result = records.finalize(
+            lambda: connect(url), write, rt.blobs, reporter_for_terminal(), target
+        )
+    except Unavailable:  # a fresh or older database, an unusual URL: the full store does it
+        result = rt.datasets.finalize(target).model_dump(mode="json")
     drafts().forget(target)
+    final = result["version"]
     _print_version(
-        result.version,
+        final,
         as_json,
-        f"finalized {result.version.label}: {result.version.file_count} file(s), uploaded "
-        f"{result.uploaded_blobs} new blob(s) ({output.size(result.uploaded_bytes)}), "
-        f"reused {result.reused_blobs}",
+        f"finalized {records.label(final)}: {final['file_count']} file(s), uploaded "
+        f"{result['uploaded_blobs']} new blob(s) ({output.size(result['uploaded_bytes'])}), "
+        f"reused {result['reused_blobs']}",
     )
 
 

@@ -44,11 +44,10 @@ _NEVER = frozenset(
 
 NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     # Nothing of Redis but the wake-up after a write, which is one PUBLISH on a plain socket.
-    # create, add, tag, search, show: SQL on the bare driver (datasets/records.py, which the
-    # ORM path runs too). close: still the full store (SQLAlchemy, pydantic views).
+    # SQL on the bare driver (datasets/records.py, which the ORM path runs too).
     ("dataset", "create", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "add", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
-    ("dataset", "close", "--json"): _NEVER | {"redis", "rich"},
+    ("dataset", "close", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "tag", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "search", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "show", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},

@@ -12,6 +12,9 @@ import fnmatch
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from orchestrator.datasets.validate import (
@@ -40,6 +43,7 @@ from orchestrator.store.lean import (
 if TYPE_CHECKING:
     from orchestrator.datasets.scan import LocalFile
     from orchestrator.progress import Reporter
+    from orchestrator.storage.base import BlobStore
 
 VERSION_SQL = (
     "SELECT v.id, p.path AS project, d.name AS name, v.version, v.status, v.published, "
@@ -519,3 +523,120 @@ def _delete_files(conn: Any, version_id: str, paths: Sequence[str]) -> None:
     for start in range(0, len(paths), 500):  # keep IN lists within every backend's limits
         chunk = paths[start : start + 500]
         execute(conn, DELETE_FILES_SQL.format(placeholders(len(chunk))), [version_id, *chunk])
+
+
+# -- finalize ------------------------------------------------------------------------------
+
+KNOWN_STORED_SQL = (
+    "SELECT DISTINCT f.sha256 FROM dataset_version_files f "
+    "JOIN dataset_versions v ON v.id = f.version_id "
+    "WHERE f.sha256 IN ({}) AND v.status = 'final'"
+)
+SET_MANIFEST_SQL = "UPDATE dataset_versions SET manifest_sha256 = %s WHERE id = %s"
+CLEAR_SOURCES_SQL = (
+    "UPDATE dataset_version_files SET source = NULL, mtime_ns = NULL WHERE version_id = %s"
+)
+MAKE_FINAL_SQL = (
+    "UPDATE dataset_versions SET status = 'final', finalized_at = %s, manifest_sha256 = %s "
+    "WHERE id = %s"
+)
+
+Read = Callable[[], AbstractContextManager[Any]]
+"""Opens a driver connection to read in."""
+Write = Callable[[bool], AbstractContextManager[Any]]
+"""Opens a driver connection in a write transaction committed at its end; the argument says
+whether it writes events (its commit then wakes the scheduler)."""
+
+
+def known_stored(conn: Any, hashes: Iterable[str]) -> set[str]:
+    """Hashes already held by a final version, so certainly in blob storage (uploads happen
+    before a version is committed as final)."""
+    wanted = sorted(set(hashes))
+    found: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        sql = KNOWN_STORED_SQL.format(placeholders(len(chunk)))
+        found.update(r["sha256"] for r in fetch(conn, sql, chunk))
+    return found
+
+
+def finalize(
+    read: Read, write: Write, blobs: BlobStore, reporter: Reporter, version_id: str
+) -> Row:
+    """Upload what the draft holds locally, store its manifest blob, then mark it final, in
+    that order: a crash at any point leaves a draft, never a final version missing blobs.
+    Returns `FinalizeResult` as a record."""
+    from orchestrator.datasets import manifest as manifests
+    from orchestrator.datasets.manifest import FileEntry
+    from orchestrator.storage.base import sha256_bytes
+
+    with read() as conn:
+        record = draft(conn, version_id)
+        files = manifest(conn, record["id"])
+        staged_files = staged(conn, record["id"])
+        needed = {row.sha256 for row in staged_files.values()}
+        needed -= known_stored(conn, needed)
+    missing = blobs.missing(needed)
+    uploads: dict[str, Staged] = {}
+    for row in staged_files.values():
+        if row.sha256 in missing:
+            uploads.setdefault(row.sha256, row)
+    total = sum(row.size for row in uploads.values())
+    with reporter.task(f"uploading {label(record)}", total) as advance:
+        blobs.put_many(
+            [(sha, partial(unchanged_source, row)) for sha, row in uploads.items()],
+            progress=advance,
+        )
+    header = {k: record[k] for k in ("id", "project", "name", "version", "parents")}
+    body = manifests.encode(header, [FileEntry(*f) for f in files.values()])
+    manifest_sha = sha256_bytes(body)
+    # Name the manifest on the draft before storing it, so `storage gc` sees it referenced
+    # in the moment between its upload and the commit below.
+    with write(False) as conn:
+        draft(conn, version_id, for_update=True)
+        execute(conn, SET_MANIFEST_SQL, [manifest_sha, record["id"]])
+    if not blobs.exists(manifest_sha):
+        blobs.put_bytes(manifest_sha, body)
+    with write(True) as conn:
+        draft(conn, version_id, for_update=True)
+        if manifest(conn, record["id"]) != files:
+            raise Conflict(
+                f"draft {version_id} changed while it was being finalized; run finalize again"
+            )
+        execute(conn, CLEAR_SOURCES_SQL, [record["id"]])
+        execute(conn, MAKE_FINAL_SQL, [stamp(conn, utcnow()), manifest_sha, record["id"]])
+        final = load(conn, version_id)
+        record_event(
+            conn,
+            eventlog.DATASET_VERSION_FINALIZED,
+            final,
+            manifest_sha256=manifest_sha,
+            file_count=final["file_count"],
+            total_size=final["total_size"],
+            parents=final["parents"],
+        )
+    return {
+        "version": final,
+        "uploaded_blobs": len(uploads),
+        "uploaded_bytes": total,
+        "reused_blobs": len({f[2] for f in files.values()}) - len(uploads),
+    }
+
+
+def unchanged_source(row: Staged) -> Path:
+    """The local file a staged row names, checked to be as it was when it was added."""
+    assert row.source is not None
+    source = Path(row.source)
+    try:
+        stat = source.stat()
+    except OSError:
+        raise UserError(
+            f"{source} (dataset path {row.path!r}) is gone since it was added; "
+            "add it again or remove it from the draft"
+        ) from None
+    if stat.st_size != row.size or stat.st_mtime_ns != row.mtime_ns:
+        raise UserError(
+            f"{source} (dataset path {row.path!r}) changed since it was added; "
+            "run `retrain dataset add` (or sync) again before finalizing"
+        )
+    return source

@@ -9,12 +9,12 @@ the transaction, so a failure leaves the store as it was.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
-from functools import partial
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,7 +31,7 @@ from orchestrator.datasets.views import (
 from orchestrator.errors import Conflict, UserError
 from orchestrator.paths import normalize_relpath
 from orchestrator.progress import NullReporter, Reporter
-from orchestrator.storage.base import BlobStore, sha256_bytes
+from orchestrator.storage.base import BlobStore
 from orchestrator.storage.cache import BlobCache
 from orchestrator.store import Store
 from orchestrator.store import events as ev
@@ -39,7 +39,6 @@ from orchestrator.store.lean import is_integrity_error
 from orchestrator.store.models import (
     DatasetVersion,
     VersionFile,
-    utcnow,
 )
 
 T = TypeVar("T")
@@ -149,64 +148,21 @@ class DatasetService:
     def finalize(self, version_id: str) -> FinalizeResult:
         """Upload what the draft holds locally, store its manifest blob, then mark it final, in
         that order: a crash at any point leaves a draft, never a final version missing blobs."""
-        with self.store.reader() as session:
-            draft = self._draft(session, version_id)
-            info = VersionInfo.of(draft)
-            files = queries.load_manifest(session, draft.id)
-            staged = self._staged(session, draft.id)
-            needed = {row.sha256 for row in staged.values()}
-            needed -= queries.known_stored(session, needed)
-        missing = self.blobs.missing(needed)
-        uploads: dict[str, VersionFile] = {}
-        for row in staged.values():
-            if row.sha256 in missing:
-                uploads.setdefault(row.sha256, row)
-        total = sum(row.size for row in uploads.values())
-        with self.reporter.task(f"uploading {info.label}", total) as advance:
-            self.blobs.put_many(
-                [(sha, partial(self._unchanged_source, row)) for sha, row in uploads.items()],
-                progress=advance,
-            )
-        body = manifest.encode(self._manifest_header(info), files.values())
-        manifest_sha = sha256_bytes(body)
-        # Name the manifest on the draft before storing it, so `storage gc` sees it referenced
-        # in the moment between its upload and the commit below.
-        with self.store.session() as session:
-            self._draft(session, version_id, for_update=True).manifest_sha256 = manifest_sha
-        if not self.blobs.exists(manifest_sha):
-            self.blobs.put_bytes(manifest_sha, body)
-        with self.store.session() as session:
-            draft = self._draft(session, version_id, for_update=True)
-            current = queries.load_manifest(session, draft.id)
-            if current != files:
-                raise Conflict(
-                    f"draft {version_id} changed while it was being finalized; run finalize again"
-                )
-            session.execute(
-                update(VersionFile)
-                .where(VersionFile.version_id == draft.id)
-                .values(source=None, mtime_ns=None)
-            )
-            draft.status = "final"
-            draft.finalized_at = utcnow()
-            draft.manifest_sha256 = manifest_sha
-            session.flush()
-            final = VersionInfo.of(draft)
-            self._event(
-                session,
-                ev.DATASET_VERSION_FINALIZED,
-                final,
-                manifest_sha256=manifest_sha,
-                file_count=final.file_count,
-                total_size=final.total_size,
-                parents=final.parents,
-            )
-        return FinalizeResult(
-            version=final,
-            uploaded_blobs=len(uploads),
-            uploaded_bytes=total,
-            reused_blobs=len({f.sha256 for f in files.values()}) - len(uploads),
-        )
+
+        @contextmanager
+        def read() -> Iterator[Any]:
+            with self.store.reader() as session:
+                yield _driver(session)
+
+        @contextmanager
+        def write(events: bool) -> Iterator[Any]:
+            with self.store.session() as session:
+                yield _driver(session)
+                if events:
+                    session.info[ev.WROTE_EVENTS] = True
+
+        result = records.finalize(read, write, self.blobs, self.reporter, version_id)
+        return FinalizeResult(**result)
 
     # -- tags, publish ---------------------------------------------------------------------
 
@@ -348,41 +304,6 @@ class DatasetService:
         if info.status != "final":
             raise Conflict(f"version {version_id} is a draft; finalize it before fetching it")
         return info
-
-    def _staged(self, session: Session, version_id: str) -> dict[str, VersionFile]:
-        rows = session.scalars(
-            select(VersionFile).where(
-                VersionFile.version_id == version_id, VersionFile.source.is_not(None)
-            )
-        )
-        return {row.path: row for row in rows}
-
-    def _unchanged_source(self, row: VersionFile) -> Path:
-        assert row.source is not None
-        source = Path(row.source)
-        try:
-            stat = source.stat()
-        except OSError:
-            raise UserError(
-                f"{source} (dataset path {row.path!r}) is gone since it was added; "
-                "add it again or remove it from the draft"
-            ) from None
-        if stat.st_size != row.size or stat.st_mtime_ns != row.mtime_ns:
-            raise UserError(
-                f"{source} (dataset path {row.path!r}) changed since it was added; "
-                "run `retrain dataset add` (or sync) again before finalizing"
-            )
-        return source
-
-    @staticmethod
-    def _manifest_header(info: VersionInfo) -> dict[str, Any]:
-        return {
-            "id": info.id,
-            "project": info.project,
-            "name": info.name,
-            "version": info.version,
-            "parents": info.parents,
-        }
 
     @staticmethod
     def _event(session: Session, kind: str, info: VersionInfo, **payload: Any) -> None:
