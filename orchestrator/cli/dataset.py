@@ -7,7 +7,7 @@ it) and a human summary on stderr; listings print a table, or JSON with `--json`
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -16,10 +16,11 @@ import typer
 
 from orchestrator.cli import output
 from orchestrator.cli.context import drafts, runtime
+from orchestrator.cli.lean import lean_write, print_version
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
-    from orchestrator.datasets.views import VersionInfo
+    pass
 
 T = TypeVar("T")
 
@@ -69,12 +70,12 @@ def create(
         "description": description,
         "metadata": _json_object(metadata, "--metadata"),
     }
-    info = _lean_write(lambda conn: records.create(conn, project, name, **options))
+    info = lean_write(lambda conn: records.create(conn, project, name, **options))
     if info is None:
         info = runtime().datasets.create(project, name, **options).model_dump(mode="json")
     drafts().remember(info["id"])
     message = f"created draft {records.label(info)} with {info['file_count']} file(s)"
-    _print_version(info, as_json, message)
+    print_version(info, as_json, message)
 
 
 @app.command()
@@ -104,7 +105,7 @@ def add(
         _print_change(summary.model_dump(mode="json"), as_json)
         return
     hashed = records.hash_files(local, staged, reporter_for_terminal())
-    change = _lean_write(lambda conn: (records.change_files(conn, target, hashed), False))
+    change = lean_write(lambda conn: (records.change_files(conn, target, hashed), False))
     if change is None:
         change = (
             runtime()
@@ -271,7 +272,7 @@ def finalize(version_id: DraftId = None, as_json: JsonFlag = False) -> None:
         result = rt.datasets.finalize(target).model_dump(mode="json")
     drafts().forget(target)
     final = result["version"]
-    _print_version(
+    print_version(
         final,
         as_json,
         f"finalized {records.label(final)}: {final['file_count']} file(s), uploaded "
@@ -291,7 +292,7 @@ def delete(
     """Discard a draft. Final versions cannot be deleted (runs and children refer to them)."""
     info = runtime().datasets.delete_draft(version_id)
     drafts().forget(version_id)
-    _print_version(
+    print_version(
         info,
         as_json,
         f"deleted draft {info.label}; `retrain storage gc` frees blobs nothing else uses",
@@ -305,12 +306,9 @@ def tag(
     as_json: JsonFlag = False,
 ) -> None:
     """Add tags to a version (each addition is an event triggers can react to)."""
-    from orchestrator.datasets import records
+    from orchestrator.cli.lean import tag_version
 
-    info = _lean_write(lambda conn: records.tag(conn, version_id, tags))
-    if info is None:
-        info = runtime().datasets.tag(version_id, tags).model_dump(mode="json")
-    _print_version(info, as_json, f"{records.label(info)} tags: {', '.join(info['tags']) or '-'}")
+    tag_version(version_id, tags, as_json)
 
 
 @app.command()
@@ -321,7 +319,7 @@ def untag(
 ) -> None:
     """Remove tags from a version."""
     info = runtime().datasets.untag(version_id, tags)
-    _print_version(info, as_json, f"{info.label} tags: {', '.join(info.tags) or '-'}")
+    print_version(info, as_json, f"{info.label} tags: {', '.join(info.tags) or '-'}")
 
 
 @app.command()
@@ -331,7 +329,7 @@ def publish(
 ) -> None:
     """Mark a final version as published."""
     info = runtime().datasets.publish(version_id)
-    _print_version(info, as_json, f"published {info.label}")
+    print_version(info, as_json, f"published {info.label}")
 
 
 @app.command()
@@ -419,38 +417,6 @@ def get(
         )
     else:
         print(path)
-
-
-def _print_version(info: VersionInfo | dict[str, Any], as_json: bool, message: str) -> None:
-    """A version (a `VersionInfo`, or its JSON-ready record from the bare-driver path)."""
-    if as_json:
-        output.print_json(info)
-    else:
-        print(info["id"] if isinstance(info, dict) else info.id)
-        output.note(message)
-
-
-def _lean_write(work: Callable[[Any], tuple[T, bool]]) -> T | None:
-    """`work(conn)` in one transaction on the bare database driver (no SQLAlchemy, no
-    pydantic), then the scheduler's wake-up when it wrote events; None when only the full
-    store can do it (a fresh or older database, an unusual URL), nothing written then."""
-    from orchestrator.queue.wakeup import publisher
-    from orchestrator.store.lean import Unavailable, is_integrity_error, writer
-
-    settings = runtime().settings
-    for remaining in range(3, 0, -1):
-        try:
-            with writer(settings.database_url) as conn:
-                result, wrote_events = work(conn)
-            break
-        except Unavailable:
-            return None
-        except Exception as exc:  # a concurrent create took the same name or number first
-            if remaining == 1 or not is_integrity_error(exc):
-                raise
-    if wrote_events:
-        publisher(settings)()  # after the commit, as the full store's hook does
-    return result
 
 
 def _print_change(summary: dict[str, Any], as_json: bool) -> None:

@@ -13,6 +13,7 @@ HEAVY = frozenset(
         "alembic",  # migrations: only when the schema is behind
         "apscheduler",  # the scheduler's cron and interval triggers
         "boto3",  # S3 storage: only when RETRAIN_STORAGE_URL is s3://
+        "click",  # typer's base
         "botocore",
         "prometheus_client",  # the scheduler's /metrics
         "pydantic_settings",  # settings are a plain dataclass
@@ -22,6 +23,7 @@ HEAVY = frozenset(
         "sqlalchemy",  # the store's ORM: every command that reads through store/lean.py avoids it
         "pydantic",
         "structlog",  # daemons' logging
+        "typer",  # the command tree: not for `dataset tag`'s plain form (cli/lean.py)
         "yaml",  # triggers and task files
     }
 )
@@ -48,7 +50,9 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     ("dataset", "create", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "add", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "close", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
-    ("dataset", "tag", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
+    # The tag from the labelling tool or a script: no typer either (cli/lean.fast_command).
+    ("dataset", "tag", "--json"): _NEVER
+    | {"redis", "rich", "sqlalchemy", "pydantic", "typer", "click"},
     ("dataset", "search", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "show", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("task", "show", "--json"): _NEVER | {"redis", "rich"},

@@ -5,6 +5,7 @@ transaction, the store's SQLite settings, and anything unusual left to the full 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -276,3 +277,32 @@ def test_add_is_the_same_on_both_paths(
     assert closed["status"] == "final" and closed["file_count"] == 4  # type: ignore[index]
     err = cli("dataset", "add", "--id", drafts[0], "--files", "in", expect=2).err
     assert "is final and cannot change" in err and err.count("\n") == 1, err
+
+
+def test_the_plain_tag_runs_without_typer_and_answers_as_typer_does(cli: CLI) -> None:
+    from orchestrator.cli.lean import fast_command
+
+    for args in (
+        ["dataset", "tag", "v"],  # no tag: typer says what is missing
+        ["dataset", "tag", "v", "x", "--help"],
+        ["dataset", "tag", "v", "x", "--json", "--json"],
+        ["dataset", "tag", "v", "--", "x"],
+        ["dataset", "untag", "v", "x"],
+        ["dataset", "tags", "v", "x"],
+    ):
+        assert fast_command(args) is None, args
+    assert fast_command(["dataset", "tag", "v", "x", "--json", "y"]) is not None
+    version = cli("dataset", "create", "--project", "p", "--name", "d").out.strip()
+    fast = cli("dataset", "tag", version, "a")
+    typer = cli("dataset", "tag", version, "--", "b")  # `--`: only typer parses that
+    assert fast.out == typer.out == f"{version}\n"
+    assert (fast.err, typer.err) == ("p/d 1.0.0 tags: a\n", "p/d 1.0.0 tags: a, b\n")
+    as_json = [
+        cli.json("dataset", "tag", version, "c"),
+        json.loads(cli("dataset", "tag", "--json", "--", version, "c").out),
+    ]
+    assert as_json[0] == as_json[1] and as_json[0]["tags"] == ["a", "b", "c"]  # type: ignore[index]
+    err = cli("dataset", "tag", "nope", "x", expect=2).err
+    hint = "list versions with: retrain dataset search"
+    assert err == f"retrain: error: no dataset version 'nope' ({hint})\n"
+    assert "Missing argument" in cli("dataset", "tag", version, expect=2).err
