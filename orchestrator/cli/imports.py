@@ -59,7 +59,8 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     # Queues a job: RQ is the one place jobs are written (queue/adapter.py).
     ("task", "run", "--json"): (_NEVER - {"rq"}) | {"rich"},
     ("task", "list", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
-    ("model", "list", "--json"): _NEVER | {"redis", "rich"},
+    # SQL on the bare driver (models/records.py, which ModelService.list runs too).
+    ("model", "list", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     # Reads through store/lean.py (scheduler/history.py: one SQL for both paths).
     ("history", "--json"): _NEVER | {"redis", "rich", "pydantic", "sqlalchemy"},
     # The status snapshot reads the store through store/lean.py and Redis directly.
