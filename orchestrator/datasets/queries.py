@@ -87,21 +87,3 @@ def _with_all_tags(query: S, tags: Iterable[str]) -> S:
         .having(func.count() == len(tag_list))
     )
     return query.where(DatasetVersion.id.in_(having_all))
-
-
-def known_stored(session: Session, hashes: Iterable[str]) -> set[str]:
-    """Hashes already held by a final version, so certainly in blob storage (uploads happen
-    before a version is committed as final)."""
-    wanted = sorted(set(hashes))
-    found: set[str] = set()
-    for start in range(0, len(wanted), 500):  # keep IN lists within every backend's limits
-        chunk = wanted[start : start + 500]
-        found.update(
-            session.scalars(
-                select(VersionFile.sha256)
-                .join(DatasetVersion, DatasetVersion.id == VersionFile.version_id)
-                .where(VersionFile.sha256.in_(chunk), DatasetVersion.status == "final")
-                .distinct()
-            )
-        )
-    return found
