@@ -36,11 +36,12 @@ def expand_variadic(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `retrain` console script (`argv` None: this process is the command,
     and it ends when this returns)."""
-    from orchestrator.cli.app import for_args
-
     args = expand_variadic(sys.argv[1:] if argv is None else argv)
     try:
-        for_args(args)(args=args, prog_name="retrain")
+        if not _run_fast(args):
+            from orchestrator.cli.app import for_args
+
+            for_args(args)(args=args, prog_name="retrain")
     except RetrainError as exc:
         sys.stderr.write(f"retrain: error: {exc}\n")
         sys.exit(exc.exit_code)
@@ -50,6 +51,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         if argv is None:
             leave_quickly()
+
+
+def _run_fast(args: list[str]) -> bool:
+    """Run the command without building typer's tree when it is one that can (see
+    `orchestrator.cli.lean.fast_command`); False when typer must parse it."""
+    from orchestrator.cli import context
+    from orchestrator.cli.lean import fast_command
+
+    command = fast_command(args)
+    if command is None:
+        return False
+    context.reset()  # as the root command's callback does: the environment as it is now
+    try:
+        command()
+    finally:
+        context.reset()
+    return True
 
 
 def leave_quickly() -> None:

@@ -7,17 +7,22 @@ it) and a human summary on stderr; listings print a table, or JSON with `--json`
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from orchestrator.cli import output
 from orchestrator.cli.context import drafts, runtime
+from orchestrator.cli.lean import lean_write, print_version
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
-    from orchestrator.datasets.views import ChangeSummary, VersionInfo
+    pass
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Create, change, finalize, tag and fetch dataset versions.", no_args_is_help=True
@@ -56,18 +61,21 @@ def create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a draft version holding its parents' files; prints its id."""
-    meta = _json_object(metadata, "--metadata")
-    info = runtime().datasets.create(
-        project,
-        name,
-        version=version,
-        parents=parents,
-        tags=tags,
-        description=description,
-        metadata=meta,
-    )
-    drafts().remember(info.id)
-    _print_version(info, as_json, f"created draft {info.label} with {info.file_count} file(s)")
+    from orchestrator.datasets import records
+
+    options: dict[str, Any] = {
+        "version": version,
+        "parents": parents,
+        "tags": tags,
+        "description": description,
+        "metadata": _json_object(metadata, "--metadata"),
+    }
+    info = lean_write(lambda conn: records.create(conn, project, name, **options))
+    if info is None:
+        info = runtime().datasets.create(project, name, **options).model_dump(mode="json")
+    drafts().remember(info["id"])
+    message = f"created draft {records.label(info)} with {info['file_count']} file(s)"
+    print_version(info, as_json, message)
 
 
 @app.command()
@@ -80,8 +88,31 @@ def add(
     as_json: JsonFlag = False,
 ) -> None:
     """Add files to a draft (uploaded when it is finalized)."""
+    from orchestrator.datasets import records
+    from orchestrator.datasets.scan import collect
+    from orchestrator.progress import reporter_for_terminal
+    from orchestrator.store.lean import Unavailable, connect
+
     target = drafts().resolve(version_id)
-    _print_change(runtime().datasets.add_files(target, files, dataset_path=dataset_path), as_json)
+    if not files:
+        raise UserError("--files: name at least one file, folder or glob")
+    local = collect(files, dataset_path)
+    try:  # the same steps as DatasetService.add_files, on the bare driver
+        with connect(runtime().settings.database_url) as conn:
+            staged = records.staged(conn, records.draft(conn, target)["id"])
+    except Unavailable:  # a fresh or older database, an unusual URL: the full store does it
+        summary = runtime().datasets.add_files(target, files, dataset_path=dataset_path)
+        _print_change(summary.model_dump(mode="json"), as_json)
+        return
+    hashed = records.hash_files(local, staged, reporter_for_terminal())
+    change = lean_write(lambda conn: (records.change_files(conn, target, hashed), False))
+    if change is None:
+        change = (
+            runtime()
+            .datasets.add_files(target, files, dataset_path=dataset_path)
+            .model_dump(mode="json")
+        )
+    _print_change(change, as_json)
 
 
 @app.command()
@@ -92,7 +123,7 @@ def remove(
 ) -> None:
     """Remove files from a draft."""
     target = drafts().resolve(version_id)
-    _print_change(runtime().datasets.remove_files(target, pattern), as_json)
+    _print_change(runtime().datasets.remove_files(target, pattern).model_dump(mode="json"), as_json)
 
 
 @app.command()
@@ -105,7 +136,7 @@ def sync(
     """Make a draft match a folder: add new, replace changed, remove missing files."""
     target = drafts().resolve(version_id)
     summary = runtime().datasets.sync_folder(target, folder, dataset_path=dataset_path)
-    _print_change(summary, as_json)
+    _print_change(summary.model_dump(mode="json"), as_json)
 
 
 @app.command("list")
@@ -144,57 +175,70 @@ def show(
 ) -> None:
     """Show a version: status, tags, lineage, what it changed relative to its parents, the
     runs that used it and the models they registered."""
-    from orchestrator.tasks.lineage import version_usage
+    from orchestrator.datasets import records
+    from orchestrator.store.lean import Unavailable, connect
 
-    detail = runtime().datasets.show(version_id)
-    usage = version_usage(runtime().store, version_id)
+    limit = records.RUN_LIMIT
+    try:
+        with connect(runtime().settings.database_url) as conn:
+            detail = records.detail(conn, version_id)
+            usage = records.usage(conn, version_id, limit=limit)
+    except Unavailable:  # a fresh or older database, an unusual URL: the full store answers
+        from orchestrator.tasks.lineage import version_usage
+
+        detail = runtime().datasets.show(version_id).model_dump(mode="json")
+        usage = version_usage(runtime().store, version_id, limit=limit).model_dump(mode="json")
     if as_json:
-        output.print_json({**detail.model_dump(mode="json"), **usage.model_dump(mode="json")})
+        output.print_json({**detail, **usage})
         return
-    v = detail.version
+    v = detail["version"]
     rows: list[tuple[str, Any]] = [
-        ("id", v.id),
-        ("dataset", f"{v.project}/{v.name}"),
-        ("version", v.version),
-        ("status", v.status + (" (published)" if v.published else "")),
-        ("tags", v.tags),
-        ("files", f"{v.file_count} ({output.size(v.total_size)})"),
-        ("created", v.created_at),
-        ("finalized", v.finalized_at),
-        ("manifest", v.manifest_sha256),
-        ("description", v.description or None),
+        ("id", v["id"]),
+        ("dataset", f"{v['project']}/{v['name']}"),
+        ("version", v["version"]),
+        ("status", v["status"] + (" (published)" if v["published"] else "")),
+        ("tags", v["tags"]),
+        ("files", f"{v['file_count']} ({output.size(v['total_size'])})"),
+        ("created", v["created_at"]),
+        ("finalized", v["finalized_at"]),
+        ("manifest", v["manifest_sha256"]),
+        ("description", v["description"] or None),
     ]
     output.table(None, ["field", "value"], rows)
     output.out.print("\nlineage:")
-    for entry in detail.lineage:
-        output.out.print(f"  {'  ' * entry.depth}{entry.label}  {entry.id}", markup=False)
+    for entry in detail["lineage"]:
+        output.out.print(f"  {'  ' * entry['depth']}{entry['label']}  {entry['id']}", markup=False)
+    added, modified, removed = detail["added"], detail["modified"], detail["removed"]
     output.out.print(
-        f"\nchanges vs parents: {len(detail.added)} added, {len(detail.modified)} modified, "
-        f"{len(detail.removed)} removed ({output.size(detail.added_bytes)} new)"
+        f"\nchanges vs parents: {len(added)} added, {len(modified)} modified, "
+        f"{len(removed)} removed ({output.size(detail['added_bytes'])} new)"
     )
-    for label, paths in (("+", detail.added), ("~", detail.modified), ("-", detail.removed)):
+    for label, paths in (("+", added), ("~", modified), ("-", removed)):
         for path in paths[:20]:
             output.out.print(f"  {label} {path}", markup=False)
         if len(paths) > 20:
             output.out.print(f"  {label} ... and {len(paths) - 20} more")
-    _print_usage(v.id, usage)
+    _print_usage(v["id"], usage)
 
 
-def _print_usage(version_id: str, usage: Any) -> None:
+def _print_usage(version_id: str, usage: dict[str, Any]) -> None:
     """The runs that used the version (how: which inputs, or as their trigger's entity), and
     the models those runs registered."""
-    output.out.print(f"\nruns that used it: {len(usage.runs) or 'none'}")
-    for run in usage.runs:
-        how = [f"input {name}" for name in run.inputs]
-        if run.trigger_entity and run.trigger_entity.id == version_id:
-            how.append(f"fired {run.trigger}")
+    runs, models = usage["runs"], usage["models"]
+    output.out.print(f"\nruns that used it: {len(runs) or 'none'}")
+    for run in runs:
+        how = [f"input {name}" for name in run["inputs"]]
+        if run["trigger_entity"] and run["trigger_entity"]["id"] == version_id:
+            how.append(f"fired {run['trigger']}")
         output.out.print(
-            f"  {run.id}  {run.project}/{run.name}  {run.status}  {', '.join(how)}", markup=False
+            f"  {run['id']}  {run['project']}/{run['name']}  {run['status']}  {', '.join(how)}",
+            markup=False,
         )
-    output.out.print(f"\nmodels trained by those runs: {len(usage.models) or 'none'}")
-    for model in usage.models:
+    output.out.print(f"\nmodels trained by those runs: {len(models) or 'none'}")
+    for model in models:
         output.out.print(
-            f"  {model.id}  {model.project}/{model.name}  run {model.task_id}  {model.uri}",
+            f"  {model['id']}  {model['project']}/{model['name']}  run {model['task_id']}  "
+            f"{model['uri']}",
             markup=False,
         )
 
@@ -202,15 +246,38 @@ def _print_usage(version_id: str, usage: Any) -> None:
 @app.command()
 def finalize(version_id: DraftId = None, as_json: JsonFlag = False) -> None:
     """Upload the draft's new files and make it final (immutable), atomically."""
+    from orchestrator.datasets import records
+    from orchestrator.progress import reporter_for_terminal
+    from orchestrator.store.lean import Unavailable, connect
+
     target = drafts().resolve(version_id)
-    result = runtime().datasets.finalize(target)
+    rt = runtime()
+    url = rt.settings.database_url
+
+    @contextmanager
+    def write(events: bool) -> Iterator[Any]:
+        from orchestrator.queue.wakeup import publisher
+        from orchestrator.store.lean import writer
+
+        with writer(url) as conn:
+            yield conn
+        if events:
+            publisher(rt.settings)()  # after the commit, as the full store's hook does
+
+    try:  # the steps of DatasetService.finalize, on the bare driver
+        result = records.finalize(
+            lambda: connect(url), write, rt.blobs, reporter_for_terminal(), target
+        )
+    except Unavailable:  # a fresh or older database, an unusual URL: the full store does it
+        result = rt.datasets.finalize(target).model_dump(mode="json")
     drafts().forget(target)
-    _print_version(
-        result.version,
+    final = result["version"]
+    print_version(
+        final,
         as_json,
-        f"finalized {result.version.label}: {result.version.file_count} file(s), uploaded "
-        f"{result.uploaded_blobs} new blob(s) ({output.size(result.uploaded_bytes)}), "
-        f"reused {result.reused_blobs}",
+        f"finalized {records.label(final)}: {final['file_count']} file(s), uploaded "
+        f"{result['uploaded_blobs']} new blob(s) ({output.size(result['uploaded_bytes'])}), "
+        f"reused {result['reused_blobs']}",
     )
 
 
@@ -225,7 +292,7 @@ def delete(
     """Discard a draft. Final versions cannot be deleted (runs and children refer to them)."""
     info = runtime().datasets.delete_draft(version_id)
     drafts().forget(version_id)
-    _print_version(
+    print_version(
         info,
         as_json,
         f"deleted draft {info.label}; `retrain storage gc` frees blobs nothing else uses",
@@ -239,8 +306,9 @@ def tag(
     as_json: JsonFlag = False,
 ) -> None:
     """Add tags to a version (each addition is an event triggers can react to)."""
-    info = runtime().datasets.tag(version_id, tags)
-    _print_version(info, as_json, f"{info.label} tags: {', '.join(info.tags) or '-'}")
+    from orchestrator.cli.lean import tag_version
+
+    tag_version(version_id, tags, as_json)
 
 
 @app.command()
@@ -251,7 +319,7 @@ def untag(
 ) -> None:
     """Remove tags from a version."""
     info = runtime().datasets.untag(version_id, tags)
-    _print_version(info, as_json, f"{info.label} tags: {', '.join(info.tags) or '-'}")
+    print_version(info, as_json, f"{info.label} tags: {', '.join(info.tags) or '-'}")
 
 
 @app.command()
@@ -261,7 +329,7 @@ def publish(
 ) -> None:
     """Mark a final version as published."""
     info = runtime().datasets.publish(version_id)
-    _print_version(info, as_json, f"published {info.label}")
+    print_version(info, as_json, f"published {info.label}")
 
 
 @app.command()
@@ -280,11 +348,23 @@ def search(
     as_json: JsonFlag = False,
 ) -> None:
     """Find versions, newest first, with their ids."""
+    from orchestrator.datasets import records
+    from orchestrator.store.lean import Unavailable, connect
+
     if status not in (None, "draft", "final"):
         raise UserError(f"--status: {status!r} is not draft or final")
-    found = runtime().datasets.search(
-        project=project, name=name, tags=tags, status=status, limit=limit
-    )
+    options: dict[str, Any] = {
+        "project": project,
+        "name": name,
+        "tags": tags,
+        "status": status,
+        "limit": limit,
+    }
+    try:
+        with connect(runtime().settings.database_url) as conn:
+            found = records.search(conn, **options)
+    except Unavailable:  # a fresh or older database, an unusual URL: the full store answers
+        found = [v.model_dump(mode="json") for v in runtime().datasets.search(**options)]
     if as_json:
         output.print_json(found)
         return
@@ -293,15 +373,15 @@ def search(
         ["id", "project", "name", "version", "status", "tags", "files", "size", "created"],
         [
             (
-                v.id,
-                v.project,
-                v.name,
-                v.version,
-                v.status + ("*" if v.published else ""),
-                v.tags,
-                v.file_count,
-                output.size(v.total_size),
-                v.created_at,
+                v["id"],
+                v["project"],
+                v["name"],
+                v["version"],
+                v["status"] + ("*" if v["published"] else ""),
+                v["tags"],
+                v["file_count"],
+                output.size(v["total_size"]),
+                v["created_at"],
             )
             for v in found
         ],
@@ -339,23 +419,17 @@ def get(
         print(path)
 
 
-def _print_version(info: VersionInfo, as_json: bool, message: str) -> None:
-    if as_json:
-        output.print_json(info)
-    else:
-        print(info.id)
-        output.note(message)
-
-
-def _print_change(summary: ChangeSummary, as_json: bool) -> None:
+def _print_change(summary: dict[str, Any], as_json: bool) -> None:
+    """A `ChangeSummary` as its JSON-ready record."""
     if as_json:
         output.print_json(summary)
         return
-    print(summary.version_id)
+    print(summary["version_id"])
     output.note(
-        f"draft {summary.version_id}: {len(summary.added)} added, {len(summary.modified)} "
-        f"modified, {len(summary.removed)} removed, {summary.unchanged} unchanged; now "
-        f"{summary.file_count} file(s), {output.size(summary.total_size)}"
+        f"draft {summary['version_id']}: {len(summary['added'])} added, "
+        f"{len(summary['modified'])} modified, {len(summary['removed'])} removed, "
+        f"{summary['unchanged']} unchanged; now {summary['file_count']} file(s), "
+        f"{output.size(summary['total_size'])}"
     )
 
 

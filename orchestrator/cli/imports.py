@@ -13,6 +13,7 @@ HEAVY = frozenset(
         "alembic",  # migrations: only when the schema is behind
         "apscheduler",  # the scheduler's cron and interval triggers
         "boto3",  # S3 storage: only when RETRAIN_STORAGE_URL is s3://
+        "click",  # typer's base
         "botocore",
         "prometheus_client",  # the scheduler's /metrics
         "pydantic_settings",  # settings are a plain dataclass
@@ -22,6 +23,7 @@ HEAVY = frozenset(
         "sqlalchemy",  # the store's ORM: every command that reads through store/lean.py avoids it
         "pydantic",
         "structlog",  # daemons' logging
+        "typer",  # the command tree: not for `dataset tag`'s plain form (cli/lean.py)
         "yaml",  # triggers and task files
     }
 )
@@ -43,19 +45,22 @@ _NEVER = frozenset(
 """What no everyday command needs on a current store with local storage."""
 
 NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
-    # Writes of one version: the store (SQLAlchemy, pydantic views) and nothing of Redis but
-    # the wake-up, which is one PUBLISH on a plain socket.
-    ("dataset", "create", "--json"): _NEVER | {"redis", "rich"},
-    ("dataset", "add", "--json"): _NEVER | {"redis", "rich"},
-    ("dataset", "close", "--json"): _NEVER | {"redis", "rich"},
-    ("dataset", "tag", "--json"): _NEVER | {"redis", "rich"},
-    ("dataset", "search", "--json"): _NEVER | {"redis", "rich"},
-    ("dataset", "show", "--json"): _NEVER | {"redis", "rich"},
+    # Nothing of Redis but the wake-up after a write, which is one PUBLISH on a plain socket.
+    # SQL on the bare driver (datasets/records.py, which the ORM path runs too).
+    ("dataset", "create", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
+    ("dataset", "add", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
+    ("dataset", "close", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
+    # The tag from the labelling tool or a script: no typer either (cli/lean.fast_command).
+    ("dataset", "tag", "--json"): _NEVER
+    | {"redis", "rich", "sqlalchemy", "pydantic", "typer", "click"},
+    ("dataset", "search", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
+    ("dataset", "show", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("task", "show", "--json"): _NEVER | {"redis", "rich"},
     # Queues a job: RQ is the one place jobs are written (queue/adapter.py).
     ("task", "run", "--json"): (_NEVER - {"rq"}) | {"rich"},
     ("task", "list", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
-    ("model", "list", "--json"): _NEVER | {"redis", "rich"},
+    # SQL on the bare driver (models/records.py, which ModelService.list runs too).
+    ("model", "list", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     # Reads through store/lean.py (scheduler/history.py: one SQL for both paths).
     ("history", "--json"): _NEVER | {"redis", "rich", "pydantic", "sqlalchemy"},
     # The status snapshot reads the store through store/lean.py and Redis directly.

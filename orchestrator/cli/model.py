@@ -153,9 +153,21 @@ def list_models(
     as_json: JsonFlag = False,
 ) -> None:
     """Models, newest first, with their ids and producing tasks."""
-    found = runtime().models.list(
-        project=project, name=name, tag=tag, published=published, limit=limit
-    )
+    from orchestrator.models import records
+    from orchestrator.store.lean import Unavailable, connect
+
+    options: dict[str, Any] = {
+        "project": project,
+        "name": name,
+        "tag": tag,
+        "published": published,
+        "limit": limit,
+    }
+    try:
+        with connect(runtime().settings.database_url) as conn:
+            found = records.list_models(conn, **options)
+    except Unavailable:  # a fresh or older database, an unusual URL: the full store answers
+        found = [m.model_dump(mode="json") for m in runtime().models.list(**options)]
     if as_json:
         output.print_json(found)
         return
@@ -164,13 +176,13 @@ def list_models(
         ["id", "project", "name", "tags", "published", "task", "created"],
         [
             (
-                m.id,
-                m.project,
-                m.name,
-                m.tags,
-                "yes" if m.published else "no",
+                m["id"],
+                m["project"],
+                m["name"],
+                m["tags"],
+                "yes" if m["published"] else "no",
                 _task_cell(m, short=True),
-                m.created_at,
+                m["created_at"],
             )
             for m in found
         ],
@@ -179,12 +191,13 @@ def list_models(
         output.note("no model matches")
 
 
-def _task_cell(info: ModelInfo, *, short: bool = False) -> str | None:
+def _task_cell(info: ModelInfo | dict[str, Any], *, short: bool = False) -> str | None:
     """`project/name (id)` of the producing task; the id cut to 8 characters in listings."""
-    if not info.task_id:
+    record = info if isinstance(info, dict) else info.model_dump()
+    if not record["task_id"]:
         return None
-    task_id = info.task_id[:8] if short else info.task_id
-    return f"{info.task_name} ({task_id})"
+    task_id = record["task_id"][:8] if short else record["task_id"]
+    return f"{record['task_name']} ({task_id})"
 
 
 def _print_model(info: ModelInfo, as_json: bool, message: str) -> None:

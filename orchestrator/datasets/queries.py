@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.datasets.manifest import FileEntry, Manifest
-from orchestrator.datasets.views import LineageEntry
 from orchestrator.errors import NotFound
 from orchestrator.store import rows
 from orchestrator.store.models import (
@@ -46,57 +44,10 @@ def load_manifest(session: Session, version_id: str) -> Manifest:
     return {path: FileEntry(path, size, sha) for path, size, sha in rows}
 
 
-def parents_manifest(session: Session, parent_ids: Sequence[str]) -> Manifest:
-    """Parents merged in order: on a path two parents share, the later parent wins."""
-    merged: Manifest = {}
-    for parent_id in parent_ids:
-        merged.update(load_manifest(session, parent_id))
-    return merged
-
-
 def find_dataset(session: Session, project: str, name: str) -> Dataset | None:
     return session.scalars(
         select(Dataset).join(Project).where(Project.path == project, Dataset.name == name)
     ).first()
-
-
-def search(
-    session: Session,
-    *,
-    project: str | None = None,
-    name: str | None = None,
-    tags: Iterable[str] = (),
-    status: str | None = None,
-    limit: int | None = None,
-) -> list[DatasetVersion]:
-    """Versions newest first. `project` and `name` are globs (`*` crosses `/` in projects,
-    so `Team/**` and `Team/*` both reach sub-projects); every tag in `tags` must be present."""
-    datasets = session.execute(select(Dataset.id, Project.path, Dataset.name).join(Project)).all()
-    wanted = [
-        ds_id
-        for ds_id, ds_project, ds_name in datasets
-        if (project is None or fnmatch.fnmatchcase(ds_project, project))
-        and (name is None or fnmatch.fnmatchcase(ds_name, name))
-    ]
-    if not wanted:
-        return []
-    query = (
-        select(DatasetVersion)
-        .where(DatasetVersion.dataset_id.in_(wanted))
-        .options(*_VERSION_LOADS)
-        .order_by(
-            DatasetVersion.created_at.desc(),
-            DatasetVersion.major.desc(),
-            DatasetVersion.minor.desc(),
-            DatasetVersion.patch.desc(),
-        )
-    )
-    query = _with_all_tags(query, tags)
-    if status:
-        query = query.where(DatasetVersion.status == status)
-    if limit:
-        query = query.limit(limit)
-    return list(session.scalars(query))
 
 
 def newest_final(
@@ -136,43 +87,3 @@ def _with_all_tags(query: S, tags: Iterable[str]) -> S:
         .having(func.count() == len(tag_list))
     )
     return query.where(DatasetVersion.id.in_(having_all))
-
-
-def lineage(session: Session, version: DatasetVersion) -> list[LineageEntry]:
-    """The version and all its ancestors, breadth first, each once, with its depth."""
-    out: list[LineageEntry] = []
-    seen = {version.id}
-    frontier = [(version, 0)]
-    while frontier:
-        row, depth = frontier.pop(0)
-        out.append(
-            LineageEntry(
-                id=row.id,
-                label=f"{row.dataset.project.path}/{row.dataset.name} {row.version}",
-                depth=depth,
-                parents=row.parent_ids,
-            )
-        )
-        for parent_id in row.parent_ids:
-            if parent_id not in seen:
-                seen.add(parent_id)
-                frontier.append((load_version(session, parent_id), depth + 1))
-    return out
-
-
-def known_stored(session: Session, hashes: Iterable[str]) -> set[str]:
-    """Hashes already held by a final version, so certainly in blob storage (uploads happen
-    before a version is committed as final)."""
-    wanted = sorted(set(hashes))
-    found: set[str] = set()
-    for start in range(0, len(wanted), 500):  # keep IN lists within every backend's limits
-        chunk = wanted[start : start + 500]
-        found.update(
-            session.scalars(
-                select(VersionFile.sha256)
-                .join(DatasetVersion, DatasetVersion.id == VersionFile.version_id)
-                .where(VersionFile.sha256.in_(chunk), DatasetVersion.status == "final")
-                .distinct()
-            )
-        )
-    return found

@@ -9,27 +9,19 @@ the transaction, so a failure leaves the store as it was.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
-from functools import partial
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
-from orchestrator.datasets import manifest, queries
+from orchestrator.datasets import manifest, queries, records
 from orchestrator.datasets.manifest import FileEntry
 from orchestrator.datasets.materialize import materialize
-from orchestrator.datasets.scan import LocalFile, collect, collect_folder
-from orchestrator.datasets.validate import (
-    check_name,
-    check_project,
-    check_tag,
-    format_version,
-    next_version,
-    parse_version,
-)
+from orchestrator.datasets.scan import collect, collect_folder
 from orchestrator.datasets.views import (
     ChangeSummary,
     FinalizeResult,
@@ -39,17 +31,14 @@ from orchestrator.datasets.views import (
 from orchestrator.errors import Conflict, UserError
 from orchestrator.paths import normalize_relpath
 from orchestrator.progress import NullReporter, Reporter
-from orchestrator.storage.base import BlobStore, sha256_bytes, sha256_file
+from orchestrator.storage.base import BlobStore
 from orchestrator.storage.cache import BlobCache
-from orchestrator.store import Store, rows
+from orchestrator.store import Store
 from orchestrator.store import events as ev
+from orchestrator.store.lean import is_integrity_error
 from orchestrator.store.models import (
-    Dataset,
     DatasetVersion,
     VersionFile,
-    VersionParent,
-    VersionTag,
-    utcnow,
 )
 
 T = TypeVar("T")
@@ -85,58 +74,20 @@ class DatasetService:
         metadata: dict[str, Any] | None = None,
     ) -> VersionInfo:
         """A new draft holding its parents' merged files (later parents win on a path)."""
-        project = check_project(project)
-        name = check_name(name)
-        tag_list = sorted({check_tag(t) for t in tags})
-        wanted = parse_version(version) if version else None
-        if len(set(parents)) != len(parents):
-            raise UserError("--parents: the same parent is named twice")
 
         def attempt(session: Session) -> VersionInfo:
-            dataset = self._dataset(session, project, name)
-            parent_rows = [self._final_parent(session, pid) for pid in parents]
-            existing = [
-                (r.major, r.minor, r.patch)
-                for r in session.scalars(
-                    select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id)
-                )
-            ]
-            if wanted is not None and wanted in existing:
-                raise Conflict(
-                    f"--version: {project}/{name} already has version {format_version(wanted)}"
-                )
-            parts = wanted or next_version(existing)
-            files = queries.parents_manifest(session, [p.id for p in parent_rows])
-            row = DatasetVersion(
-                dataset=dataset,
-                version=format_version(parts),
-                major=parts[0],
-                minor=parts[1],
-                patch=parts[2],
-                status="draft",
-                published=False,
+            record, _ = records.create(
+                _driver(session),
+                project,
+                name,
+                version=version,
+                parents=parents,
+                tags=tags,
                 description=description,
-                meta=metadata or {},
-                file_count=len(files),
-                total_size=sum(f.size for f in files.values()),
-                created_at=utcnow(),
+                metadata=metadata,
             )
-            row.parent_links = [
-                VersionParent(position=i, parent_id=p.id) for i, p in enumerate(parent_rows)
-            ]
-            row.tag_rows = [VersionTag(tag=t) for t in tag_list]
-            session.add(row)
-            session.flush()
-            self._insert_files(session, row.id, files.values())
-            info = VersionInfo.of(row)
-            self._event(
-                session,
-                ev.DATASET_VERSION_CREATED,
-                info,
-                parents=info.parents,
-                file_count=info.file_count,
-            )
-            return info
+            session.info[ev.WROTE_EVENTS] = True
+            return VersionInfo(**record)
 
         return self._retrying(attempt)
 
@@ -150,29 +101,26 @@ class DatasetService:
             raise UserError("--files: name at least one file, folder or glob")
         local = collect(paths, dataset_path)
         with self.store.reader() as session:
-            staged = self._staged(session, self._draft(session, version_id).id)
-        hashed = self._hash(local, staged)
-        summary = ChangeSummary(version_id=version_id)
+            conn = _driver(session)
+            staged = records.staged(conn, records.draft(conn, version_id)["id"])
+        hashed = records.hash_files(local, staged, self.reporter)
         with self.store.session() as session:
-            draft = self._draft(session, version_id, for_update=True)
-            known = queries.load_manifest(session, draft.id)
-            self._apply(session, draft, known, hashed, summary)
-            self._recount(session, draft, summary)
-        return summary
+            return ChangeSummary(**records.change_files(_driver(session), version_id, hashed))
 
     def remove_files(self, version_id: str, pattern: str) -> ChangeSummary:
         """Remove the files matching a glob, or everything under a folder, from a draft."""
-        with self.store.session() as session:
-            draft = self._draft(session, version_id, for_update=True)
-            paths = list(queries.load_manifest(session, draft.id))
-            folder = pattern.strip("/") + "/"
-            doomed = [p for p in paths if fnmatch.fnmatchcase(p, pattern) or p.startswith(folder)]
-            if not doomed:
+        folder = pattern.strip("/") + "/"
+
+        def doomed(paths: list[str]) -> list[str]:
+            found = [p for p in paths if fnmatch.fnmatchcase(p, pattern) or p.startswith(folder)]
+            if not found:
                 raise UserError(f"no file of draft {version_id} matches {pattern!r}")
-            self._delete_files(session, draft.id, doomed)
-            summary = ChangeSummary(version_id=version_id, removed=sorted(doomed))
-            self._recount(session, draft, summary)
-        return summary
+            return found
+
+        with self.store.session() as session:
+            return ChangeSummary(
+                **records.change_files(_driver(session), version_id, remove=doomed)
+            )
 
     def sync_folder(
         self, version_id: str, folder: Path, *, dataset_path: str | None = None
@@ -182,103 +130,49 @@ class DatasetService:
         prefix = normalize_relpath(dataset_path) + "/" if dataset_path else ""
         local = collect_folder(folder, dataset_path)
         with self.store.reader() as session:
-            self._draft(session, version_id)
-            staged = self._staged(session, version_id)
-        hashed = self._hash(local, staged)
-        summary = ChangeSummary(version_id=version_id)
+            conn = _driver(session)
+            records.draft(conn, version_id)
+            staged = records.staged(conn, version_id)
+        hashed = records.hash_files(local, staged, self.reporter)
+        present = {f.path for f, _ in hashed}
+
+        def gone(paths: list[str]) -> list[str]:
+            return [p for p in paths if p.startswith(prefix) and p not in present]
+
         with self.store.session() as session:
-            draft = self._draft(session, version_id, for_update=True)
-            known = queries.load_manifest(session, draft.id)
-            present = {f.path for f, _ in hashed}
-            gone = sorted(p for p in known if p.startswith(prefix) and p not in present)
-            self._delete_files(session, draft.id, gone)
-            summary.removed = gone
-            self._apply(session, draft, known, hashed, summary)
-            self._recount(session, draft, summary)
-        return summary
+            summary = records.change_files(_driver(session), version_id, hashed, remove=gone)
+            return ChangeSummary(**summary)
 
     # -- finalize --------------------------------------------------------------------------
 
     def finalize(self, version_id: str) -> FinalizeResult:
         """Upload what the draft holds locally, store its manifest blob, then mark it final, in
         that order: a crash at any point leaves a draft, never a final version missing blobs."""
-        with self.store.reader() as session:
-            draft = self._draft(session, version_id)
-            info = VersionInfo.of(draft)
-            files = queries.load_manifest(session, draft.id)
-            staged = self._staged(session, draft.id)
-            needed = {row.sha256 for row in staged.values()}
-            needed -= queries.known_stored(session, needed)
-        missing = self.blobs.missing(needed)
-        uploads: dict[str, VersionFile] = {}
-        for row in staged.values():
-            if row.sha256 in missing:
-                uploads.setdefault(row.sha256, row)
-        total = sum(row.size for row in uploads.values())
-        with self.reporter.task(f"uploading {info.label}", total) as advance:
-            self.blobs.put_many(
-                [(sha, partial(self._unchanged_source, row)) for sha, row in uploads.items()],
-                progress=advance,
-            )
-        body = manifest.encode(self._manifest_header(info), files.values())
-        manifest_sha = sha256_bytes(body)
-        # Name the manifest on the draft before storing it, so `storage gc` sees it referenced
-        # in the moment between its upload and the commit below.
-        with self.store.session() as session:
-            self._draft(session, version_id, for_update=True).manifest_sha256 = manifest_sha
-        if not self.blobs.exists(manifest_sha):
-            self.blobs.put_bytes(manifest_sha, body)
-        with self.store.session() as session:
-            draft = self._draft(session, version_id, for_update=True)
-            current = queries.load_manifest(session, draft.id)
-            if current != files:
-                raise Conflict(
-                    f"draft {version_id} changed while it was being finalized; run finalize again"
-                )
-            session.execute(
-                update(VersionFile)
-                .where(VersionFile.version_id == draft.id)
-                .values(source=None, mtime_ns=None)
-            )
-            draft.status = "final"
-            draft.finalized_at = utcnow()
-            draft.manifest_sha256 = manifest_sha
-            session.flush()
-            final = VersionInfo.of(draft)
-            self._event(
-                session,
-                ev.DATASET_VERSION_FINALIZED,
-                final,
-                manifest_sha256=manifest_sha,
-                file_count=final.file_count,
-                total_size=final.total_size,
-                parents=final.parents,
-            )
-        return FinalizeResult(
-            version=final,
-            uploaded_blobs=len(uploads),
-            uploaded_bytes=total,
-            reused_blobs=len({f.sha256 for f in files.values()}) - len(uploads),
-        )
+
+        @contextmanager
+        def read() -> Iterator[Any]:
+            with self.store.reader() as session:
+                yield _driver(session)
+
+        @contextmanager
+        def write(events: bool) -> Iterator[Any]:
+            with self.store.session() as session:
+                yield _driver(session)
+                if events:
+                    session.info[ev.WROTE_EVENTS] = True
+
+        result = records.finalize(read, write, self.blobs, self.reporter, version_id)
+        return FinalizeResult(**result)
 
     # -- tags, publish ---------------------------------------------------------------------
 
     def tag(self, version_id: str, tags: Iterable[str]) -> VersionInfo:
         """Add tags (an event when any is new; tags already there are left as they are)."""
-        wanted = sorted({check_tag(t) for t in tags})
-        if not wanted:
-            raise UserError("name at least one tag")
         with self.store.session() as session:
-            row = queries.load_version(session, version_id, for_update=True)
-            added = [t for t in wanted if t not in row.tags]
-            if added:
-                # Kept in tag order in memory (the relationship's order), not re-read.
-                row.tag_rows = sorted(
-                    [*row.tag_rows, *(VersionTag(tag=t) for t in added)], key=lambda r: r.tag
-                )
-                info = VersionInfo.of(row)
-                self._event(session, ev.DATASET_VERSION_TAGGED, info, added=added)
-            return VersionInfo.of(row)
+            record, wrote = records.tag(_driver(session), version_id, tags)
+            if wrote:
+                session.info[ev.WROTE_EVENTS] = True
+            return VersionInfo(**record)
 
     def untag(self, version_id: str, tags: Iterable[str]) -> VersionInfo:
         """Remove tags; naming a tag the version does not have is an error (likely a typo)."""
@@ -342,10 +236,10 @@ class DatasetService:
         limit: int | None = None,
     ) -> list[VersionInfo]:
         with self.store.reader() as session:
-            rows = queries.search(
-                session, project=project, name=name, tags=tags, status=status, limit=limit
+            found = records.search(
+                _driver(session), project=project, name=name, tags=tags, status=status, limit=limit
             )
-            return [VersionInfo.of(r) for r in rows]
+            return [VersionInfo(**r) for r in found]
 
     def list_files(self, version_id: str, pattern: str | None = None) -> list[FileEntry]:
         with self.store.reader() as session:
@@ -360,18 +254,7 @@ class DatasetService:
 
     def show(self, version_id: str) -> VersionDetail:
         with self.store.reader() as session:
-            row = queries.load_version(session, version_id)
-            files = queries.load_manifest(session, row.id)
-            base = queries.parents_manifest(session, row.parent_ids)
-            change = manifest.diff(base, files)
-            return VersionDetail(
-                version=VersionInfo.of(row),
-                lineage=queries.lineage(session, row),
-                added=change.added,
-                modified=change.modified,
-                removed=change.removed,
-                added_bytes=sum(files[p].size for p in change.added + change.modified),
-            )
+            return VersionDetail(**records.detail(_driver(session), version_id))
 
     def local_copy(self, version_id: str) -> Path:
         """A read-only copy in the shared cache, built from blob storage alone."""
@@ -399,36 +282,21 @@ class DatasetService:
             try:
                 with self.store.session() as session:
                     return attempt(session)
-            except DBIntegrityError:
-                if remaining == 1:
+            except Exception as exc:
+                # SQLAlchemy's, or the driver's own from the SQL in `records`.
+                if remaining == 1 or not (
+                    isinstance(exc, DBIntegrityError) or is_integrity_error(exc)
+                ):
                     raise
         raise AssertionError("unreachable")
-
-    def _dataset(self, session: Session, project: str, name: str) -> Dataset:
-        dataset = queries.find_dataset(session, project, name)
-        if dataset is not None:
-            return dataset
-        dataset = Dataset(project=rows.project(session, project), name=name, created_at=utcnow())
-        session.add(dataset)
-        session.flush()
-        return dataset
-
-    def _final_parent(self, session: Session, parent_id: str) -> DatasetVersion:
-        row = queries.load_version(session, parent_id)
-        if row.status != "final":
-            raise Conflict(f"--parents: {parent_id} is a draft; finalize it first")
-        return row
 
     def _draft(
         self, session: Session, version_id: str, *, for_update: bool = False
     ) -> DatasetVersion:
         row = queries.load_version(session, version_id, for_update=for_update)
         if row.status != "draft":
-            raise Conflict(
-                f"version {version_id} ({row.dataset.project.path}/{row.dataset.name} "
-                f"{row.version}) is final and cannot change; make a child version with "
-                f"`retrain dataset create --project ... --name ... --parents {version_id}`"
-            )
+            label = f"{row.dataset.project.path}/{row.dataset.name} {row.version}"
+            raise records.final_conflict(version_id, label)
         return row
 
     def _final(self, version_id: str) -> VersionInfo:
@@ -437,128 +305,12 @@ class DatasetService:
             raise Conflict(f"version {version_id} is a draft; finalize it before fetching it")
         return info
 
-    def _staged(self, session: Session, version_id: str) -> dict[str, VersionFile]:
-        rows = session.scalars(
-            select(VersionFile).where(
-                VersionFile.version_id == version_id, VersionFile.source.is_not(None)
-            )
-        )
-        return {row.path: row for row in rows}
-
-    def _hash(
-        self, local: Sequence[LocalFile], staged: dict[str, VersionFile]
-    ) -> list[tuple[LocalFile, str]]:
-        """Hash local files, reusing the hash of a file staged from the same place with the
-        same size and modification time (repeated `sync` of a large folder stays cheap)."""
-        out: list[tuple[LocalFile, str]] = []
-        with self.reporter.task("hashing", sum(f.size for f in local)) as advance:
-            for f in local:
-                row = staged.get(f.path)
-                if (
-                    row is not None
-                    and row.source == str(f.source)
-                    and row.size == f.size
-                    and row.mtime_ns == f.mtime_ns
-                ):
-                    out.append((f, row.sha256))
-                else:
-                    out.append((f, sha256_file(f.source)))
-                advance(f.size)
-        return out
-
-    def _apply(
-        self,
-        session: Session,
-        draft: DatasetVersion,
-        known: dict[str, FileEntry],
-        hashed: Sequence[tuple[LocalFile, str]],
-        summary: ChangeSummary,
-    ) -> None:
-        new_rows: list[dict[str, Any]] = []
-        for local, sha in hashed:
-            before = known.get(local.path)
-            if before is not None and before.sha256 == sha:
-                summary.unchanged += 1
-                continue
-            row = {
-                "version_id": draft.id,
-                "path": local.path,
-                "size": local.size,
-                "sha256": sha,
-                "source": str(local.source),
-                "mtime_ns": local.mtime_ns,
-            }
-            if before is None:
-                summary.added.append(local.path)
-            else:
-                summary.modified.append(local.path)
-            new_rows.append(row)
-        self._delete_files(session, draft.id, summary.modified)
-        if new_rows:
-            session.execute(insert(VersionFile), new_rows)
-
-    def _insert_files(self, session: Session, version_id: str, files: Iterable[FileEntry]) -> None:
-        rows = [
-            {"version_id": version_id, "path": f.path, "size": f.size, "sha256": f.sha256}
-            for f in files
-        ]
-        if rows:
-            session.execute(insert(VersionFile), rows)
-
-    def _delete_files(self, session: Session, version_id: str, paths: Sequence[str]) -> None:
-        for start in range(0, len(paths), 500):
-            chunk = paths[start : start + 500]
-            session.execute(
-                delete(VersionFile).where(
-                    VersionFile.version_id == version_id, VersionFile.path.in_(chunk)
-                )
-            )
-
-    def _recount(self, session: Session, draft: DatasetVersion, summary: ChangeSummary) -> None:
-        files = queries.load_manifest(session, draft.id)
-        draft.file_count = len(files)
-        draft.total_size = sum(f.size for f in files.values())
-        summary.file_count = draft.file_count
-        summary.total_size = draft.total_size
-
-    def _unchanged_source(self, row: VersionFile) -> Path:
-        assert row.source is not None
-        source = Path(row.source)
-        try:
-            stat = source.stat()
-        except OSError:
-            raise UserError(
-                f"{source} (dataset path {row.path!r}) is gone since it was added; "
-                "add it again or remove it from the draft"
-            ) from None
-        if stat.st_size != row.size or stat.st_mtime_ns != row.mtime_ns:
-            raise UserError(
-                f"{source} (dataset path {row.path!r}) changed since it was added; "
-                "run `retrain dataset add` (or sync) again before finalizing"
-            )
-        return source
-
-    @staticmethod
-    def _manifest_header(info: VersionInfo) -> dict[str, Any]:
-        return {
-            "id": info.id,
-            "project": info.project,
-            "name": info.name,
-            "version": info.version,
-            "parents": info.parents,
-        }
-
     @staticmethod
     def _event(session: Session, kind: str, info: VersionInfo, **payload: Any) -> None:
-        ev.record_for(
-            session,
-            kind,
-            info,
-            {
-                "version": info.version,
-                "status": info.status,
-                "published": info.published,
-                "manifest_sha256": info.manifest_sha256,
-                **payload,
-            },
-        )
+        ev.record_for(session, kind, info, records.event_payload(info.__dict__, **payload))
+
+
+def _driver(session: Session) -> Any:
+    """The database driver's own connection under `session`, in its transaction: for the SQL
+    that `orchestrator.datasets.records` shares with the commands that run without SQLAlchemy."""
+    return session.connection().connection.driver_connection

@@ -9,7 +9,6 @@ to a tag going away.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -230,29 +229,14 @@ class ModelService:
         """Models newest first. `project` and `name` are globs (`*` crosses `/` in projects,
         so `team/*` reaches sub-projects); `tag` must be present; `published` filters on the
         flag when given."""
-        if limit < 1:
-            raise UserError("--limit: must be at least 1")
+        from orchestrator.models import records
+
         with self.store.reader() as session:
-            query = select(Model).options(selectinload(Model.tag_rows))
-            if project is not None:
-                paths = session.execute(select(Project.id, Project.path)).all()
-                ids = [pid for pid, path in paths if fnmatch.fnmatchcase(path, project)]
-                query = query.where(Model.project_id.in_(ids))
-            if name is not None:
-                names = session.scalars(select(Model.name).distinct()).all()
-                query = query.where(
-                    Model.name.in_([n for n in names if fnmatch.fnmatchcase(n, name)])
-                )
-            if tag is not None:
-                query = query.where(
-                    Model.id.in_(select(ModelTag.model_id).where(ModelTag.tag == tag))
-                )
-            if published is not None:
-                query = query.where(Model.published == published)
-            query = query.order_by(Model.created_at.desc(), Model.id.desc()).limit(limit)
-            rows = session.scalars(query).all()
-            task_names = _task_names(session, [r.task_id for r in rows if r.task_id])
-            return [ModelInfo.of(r, task_names.get(r.task_id or "")) for r in rows]
+            conn = session.connection().connection.driver_connection
+            found = records.list_models(
+                conn, project=project, name=name, tag=tag, published=published, limit=limit
+            )
+            return [ModelInfo(**r) for r in found]
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -22,9 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.redact import redact_url
 from orchestrator.store.events import WROTE_EVENTS
+from orchestrator.store.lean import SQLITE_BUSY_TIMEOUT_MS, SQLITE_PRAGMAS
 from orchestrator.store.revision import SCHEMA_REVISION
-
-SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 class Store:
@@ -136,10 +135,8 @@ def _configure_sqlite(engine: Engine, *, immediate: bool) -> None:
         # Take transaction control from the driver so that our BEGIN below is the one used.
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        for pragma in SQLITE_PRAGMAS:  # the same settings as the bare-driver writer's
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -16,31 +16,54 @@ from typing import Any, Protocol
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+# The names live in eventlog, importable without SQLAlchemy.
+from orchestrator.store.eventlog import (
+    DATASET_VERSION_CREATED,
+    DATASET_VERSION_DELETED,
+    DATASET_VERSION_FINALIZED,
+    DATASET_VERSION_PUBLISHED,
+    DATASET_VERSION_TAGGED,
+    DATASET_VERSION_UNTAGGED,
+    EVENT_LOCK_ID,
+    MODEL_PUBLISHED,
+    MODEL_REGISTERED,
+    MODEL_TAGGED,
+    SCHEDULE_FIRED,
+    TASK_ABORTED,
+    TASK_COMPLETED,
+    TASK_CREATED,
+    TASK_FAILED,
+    TASK_QUEUED,
+    TASK_STARTED,
+    WROTE_EVENTS,
+)
 from orchestrator.store.models import Event
 
-EVENT_LOCK_ID = 0x6576_656E  # "even"
-WROTE_EVENTS = "retrain.wrote_events"
-"""Session flag: this transaction wrote events, so its commit notifies listeners."""
-
-DATASET_VERSION_CREATED = "dataset.version.created"
-DATASET_VERSION_FINALIZED = "dataset.version.finalized"
-DATASET_VERSION_TAGGED = "dataset.version.tagged"
-DATASET_VERSION_UNTAGGED = "dataset.version.untagged"
-DATASET_VERSION_PUBLISHED = "dataset.version.published"
-DATASET_VERSION_DELETED = "dataset.version.deleted"
-
-TASK_CREATED = "task.created"
-TASK_QUEUED = "task.queued"
-TASK_STARTED = "task.started"
-TASK_COMPLETED = "task.completed"
-TASK_FAILED = "task.failed"
-TASK_ABORTED = "task.aborted"
-
-MODEL_REGISTERED = "model.registered"
-MODEL_TAGGED = "model.tagged"
-MODEL_PUBLISHED = "model.published"
-
-SCHEDULE_FIRED = "schedule.fired"
+__all__ = [  # with the names from eventlog, which this module re-exports
+    "DATASET_VERSION_CREATED",
+    "DATASET_VERSION_DELETED",
+    "DATASET_VERSION_FINALIZED",
+    "DATASET_VERSION_PUBLISHED",
+    "DATASET_VERSION_TAGGED",
+    "DATASET_VERSION_UNTAGGED",
+    "EVENT_LOCK_ID",
+    "MODEL_PUBLISHED",
+    "MODEL_REGISTERED",
+    "MODEL_TAGGED",
+    "SCHEDULE_FIRED",
+    "TASK_ABORTED",
+    "TASK_COMPLETED",
+    "TASK_CREATED",
+    "TASK_FAILED",
+    "TASK_QUEUED",
+    "TASK_STARTED",
+    "WROTE_EVENTS",
+    "Entity",
+    "last_sequence",
+    "read_events",
+    "record_event",
+    "record_for",
+]
 
 
 def record_event(

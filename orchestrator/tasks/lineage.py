@@ -15,16 +15,14 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select, union
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orchestrator.datasets import queries as dataset_queries
+from orchestrator.datasets import records
+from orchestrator.datasets.records import RUN_LIMIT as RUN_LIMIT
 from orchestrator.errors import NotFound
 from orchestrator.store import Store
-from orchestrator.store.models import Event, Model, Project, Task, TaskInput
-
-RUN_LIMIT = 200
-"""The most runs (and their models) `dataset show` lists; `task list --dataset` pages further."""
+from orchestrator.store.models import Event, Model, Project, Task
 
 
 class TriggerCause(NamedTuple):
@@ -178,33 +176,8 @@ def version_usage(store: Store, version_id: str, *, limit: int = RUN_LIMIT) -> V
     """Runs that took the version as an input or were fired by an event about it, newest
     first, and the models those runs registered. Unknown version: `NotFound`."""
     with store.reader() as session:
-        dataset_queries.load_version(session, version_id)
-        # A union of two index lookups (an OR across tables would scan every task).
-        used = union(
-            select(TaskInput.task_id).where(TaskInput.version_id == version_id),
-            select(Task.id).where(Task.trigger_entity_id == version_id),
-        )
-        runs = list(
-            session.scalars(
-                select(Task)
-                .where(Task.id.in_(select(used.subquery().c[0])))
-                .order_by(Task.created_at.desc(), Task.id)
-                .limit(limit)
-            )
-        )
-        ids = [r.id for r in runs]
-        names: dict[str, list[str]] = {}
-        if ids:
-            for task_id, name in session.execute(
-                select(TaskInput.task_id, TaskInput.name).where(
-                    TaskInput.version_id == version_id, TaskInput.task_id.in_(ids)
-                )
-            ):
-                names.setdefault(task_id, []).append(name)
-        return VersionUsage(
-            runs=[RunRef.of(r, names.get(r.id, ())) for r in runs],
-            models=[ModelRef.of(m) for m in _models_of(session, ids)],
-        )
+        driver = session.connection().connection.driver_connection
+        return VersionUsage(**records.usage(driver, version_id, limit=limit))
 
 
 def model_lineage(store: Store, model_id: str) -> ModelLineage:
