@@ -236,6 +236,7 @@ def agent_class() -> type[Any]:
             from workers import runner
 
             spared = set(runner.children())
+            self._slot_pid = os.getpid()  # the work horse's parent, checked in the horse
             try:
                 return super().execute_job(job, queue)
             finally:
@@ -245,8 +246,14 @@ def agent_class() -> type[Any]:
             """The work horse: first made the subreaper of whatever its job starts, so that
             a process that leaves the job's process group (setsid, a double fork) comes back
             to it and dies when the job ends (`workers.runner.reap_orphans`)."""
+            from orchestrator.lifeline import parent_death_signal
             from workers.runner import become_subreaper
 
+            # The horse dies with its slot: a `kill -9` of the worker left it (and its job,
+            # which dies with the horse) running under init until the task's timeout.
+            parent_death_signal(signal.SIGKILL)
+            if os.getppid() != getattr(self, "_slot_pid", os.getppid()):
+                os._exit(137)  # the slot died before the signal was asked for
             become_subreaper()
             super().main_work_horse(job, queue)
 
@@ -256,6 +263,7 @@ def agent_class() -> type[Any]:
             user's processes. retrain stops jobs through its own abort flag and signals."""
 
         def register_birth(self) -> None:
+            self._take_over_leftover()
             super().register_birth()  # type: ignore[no-untyped-call]
             health.beat(self.home, "worker", self.name, self._health_detail())
             with self.connection.pipeline() as pipe:
@@ -271,6 +279,27 @@ def agent_class() -> type[Any]:
                     **getattr(self, "advertised", {}),
                 )
                 pipe.execute()
+
+        def _take_over_leftover(self) -> None:
+            """RQ refuses a name whose record is in Redis and not marked dead; a worker killed
+            outright (or whose Redis was stopped under it) leaves one for its TTL. A record
+            from this host whose process is gone is this name's own leftover: removed. Any
+            other is a worker that may be running: a one-line error."""
+            from orchestrator.errors import UserError
+            from orchestrator.processes import alive
+
+            raw = self.connection.hmget(self.key, ["hostname", "pid", "death"])
+            host, pid, death = (v.decode(errors="replace") if v else None for v in raw)
+            if (host is None and pid is None) or death:
+                return
+            here = host == socket.gethostname()
+            if here and pid is not None and pid.isdigit() and not alive(int(pid)):
+                self.connection.delete(self.key)
+                return
+            raise UserError(
+                f"a worker named {self.name!r} is already running (host {host}, pid {pid}); "
+                "stop it, or give this one another --name"
+            )
 
         def register_death(self) -> None:
             super().register_death()  # type: ignore[no-untyped-call]

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CLI
 from tests.security.test_report_binding import alive, children
 from tests.tasks import conftest as task_fixtures
@@ -27,9 +29,13 @@ time.sleep(300)
 
 
 
+@pytest.mark.parametrize("killed", ["worker and work horse", "worker alone"])
 def test_killing_a_worker_outright_ends_its_jobs_process(
-    cli: CLI, git_repo: Repo, machine_redis: str, tmp_path: Path
+    cli: CLI, git_repo: Repo, machine_redis: str, tmp_path: Path, killed: str
 ) -> None:
+    """"worker alone" (new-user pass): `kill -9` of the worker's own pid, as a user or
+    `retrain up` does it, left its work horse running, re-parented to init, and with it the
+    job, holding its GPU until the task's timeout (24 h by default)."""
     (tmp_path / "marks").mkdir()
     pidfile = tmp_path / "marks" / "job.pid"  # the job may write there: --sandbox-write
     (git_repo.path / "train.py").write_text(SLEEPER)
@@ -51,7 +57,8 @@ def test_killing_a_worker_outright_ends_its_jobs_process(
             assert time.monotonic() < deadline, "the job never started"
             time.sleep(0.1)
         job = int(pidfile.read_text())
-        for pid in [*children(worker.pid), worker.pid]:  # the work horse, then the worker
+        victims = [*children(worker.pid), worker.pid] if killed != "worker alone" else []
+        for pid in victims or [worker.pid]:  # the work horse, then the worker
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         worker.wait(timeout=30)

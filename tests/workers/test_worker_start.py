@@ -44,3 +44,47 @@ def test_a_worker_runs_nvidia_smi_once_before_it_is_ready(
         client.flushdb()
         client.close()
     assert calls.read_text().splitlines() == ["run"]
+
+
+def _worker(name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from orchestrator.cli import main; main()", "worker",
+         "--queue", "gpu", "--gpus", "none", "--name", name, "--burst"],
+        env=os.environ.copy(), capture_output=True, text=True, timeout=110,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_a_worker_name_left_by_a_dead_worker_is_taken_over_and_a_live_one_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New-user pass: after `retrain redis stop` (or a worker killed outright) RQ's record of
+    the worker stays in Redis for its TTL, and for about two minutes every `retrain up` and
+    `retrain worker --name` of that name died with a traceback ("There exists an active worker
+    named 'vm-up1' already"). A record whose process is gone from this host is the worker's
+    own leftover and is taken over; one of a live worker is a one-line error, exit 2."""
+    import socket
+
+    url = machine_redis_url()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    monkeypatch.setenv("RETRAIN_REDIS_URL", url)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        client.hset("rq:worker:w-stale", mapping={
+            "hostname": socket.gethostname(), "pid": str(gone.pid), "birth": "2026-12-02"})
+        client.expire("rq:worker:w-stale", 300)
+        done = _worker("w-stale")
+        assert done.returncode == 0, done.stderr
+        client.hset("rq:worker:w-live", mapping={
+            "hostname": "another-host", "pid": "4242", "birth": "2026-12-02"})
+        client.expire("rq:worker:w-live", 300)
+        done = _worker("w-live")
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        assert "a worker named 'w-live' is already running (host another-host" in done.stderr
+    finally:
+        client.flushdb()
+        client.close()
