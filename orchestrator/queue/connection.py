@@ -105,6 +105,14 @@ def embedded_url(settings: Settings, *, start: bool) -> str | None:
             return url
         if running:
             pid = running[0]
+            users = _clients_of(running[1])
+            if users:
+                raise ServiceUnavailable(
+                    f"the embedded Redis of {home} (pid {pid}) was started by an older retrain "
+                    f"without a password and is still in use ({users} connection(s): an older "
+                    "`retrain up`, worker or scheduler?); stop them, then run this again, and "
+                    "it is restarted with a password"
+                )
             _stop(pid)
             if alive(pid):
                 raise ServiceUnavailable(
@@ -152,6 +160,20 @@ def _running(state: Path) -> tuple[int, str, bool] | None:
         return None
     socket = url.removeprefix("unix://")
     return (pid, url, locked) if alive(pid) and os.path.exists(socket) else None
+
+
+def _clients_of(url: str) -> int:
+    """How many clients besides us a password-less server has (0 if it does not answer)."""
+    import redis
+
+    try:
+        client_ = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            return max(0, len(client_.client_list()) - 1)
+        finally:
+            client_.close()
+    except redis.RedisError:
+        return 0
 
 
 def _usable(home: Path, running: tuple[int, str, bool] | None) -> str | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from orchestrator.errors import ServiceUnavailable
 from orchestrator.queue import keys
 from orchestrator.queue.connection import embedded_url, stop_embedded
 from orchestrator.settings import Settings, ensure_worker_secret
@@ -97,12 +98,9 @@ def test_the_cli_uses_the_password_and_never_shows_it(cli: CLI, retrain_home: Pa
     assert socket_of(url) in status["redis"]["url"]
 
 
-def test_a_password_less_server_from_an_older_version_is_restarted_locked(
-    retrain_home: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A home whose redis.json names a running server started without a password (retrain
-    before this change): the next start stops it (its append-only file keeps the data) and
-    starts a locked one in its place."""
+def _old_server(retrain_home: Path) -> tuple[int, Path]:
+    """A password-less redis-server for this home, as retrain before the lock started it,
+    holding the key `kept`; (its pid, its socket)."""
     from orchestrator.queue.connection import redis_server_binary
 
     data = retrain_home / "redis"
@@ -130,6 +128,17 @@ def test_a_password_less_server_from_an_older_version_is_restarted_locked(
     (retrain_home / "redis.json").write_text(
         json.dumps({"pid": old_pid, "url": f"unix://{sock}"}))
 
+    return old_pid, sock
+
+
+def test_a_password_less_server_from_an_older_version_is_restarted_locked(
+    retrain_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A home whose redis.json names a running server started without a password (retrain
+    before this change): the next start stops it (its append-only file keeps the data) and
+    starts a locked one in its place."""
+    old_pid, _sock = _old_server(retrain_home)
+
     settings = Settings.load()
     url = embedded_url(settings, start=True)
     assert url is not None
@@ -145,6 +154,29 @@ def test_a_password_less_server_from_an_older_version_is_restarted_locked(
     client = redis.Redis.from_url(url)
     assert client.get("kept") == b"yes"
     client.close()
+    assert stop_embedded(settings)
+
+
+def test_a_password_less_server_still_in_use_is_not_restarted_under_its_users(
+    retrain_home: Path,
+) -> None:
+    """New-user pass: an older `retrain up` still running on the home (its scheduler and
+    workers connected) was taken down by the first new command, which restarted its Redis
+    with a password under it. While anything is connected, the new command refuses with a
+    one-line error and leaves the server, its data and its users alone."""
+    old_pid, sock = _old_server(retrain_home)
+    user = redis.Redis(unix_socket_path=str(sock))
+    user.ping()  # an older retrain's daemon, connected
+    settings = Settings.load()
+    try:
+        with pytest.raises(ServiceUnavailable, match="still in use"):
+            embedded_url(settings, start=True)
+        assert Path(f"/proc/{old_pid}").exists()
+        assert user.get("kept") == b"yes"
+    finally:
+        user.close()
+    url = embedded_url(settings, start=True)  # nothing connected now: restarted locked
+    assert url is not None and server_pid(retrain_home) != old_pid
     assert stop_embedded(settings)
 
 
