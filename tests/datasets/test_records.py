@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator.datasets import records
 from orchestrator.store import lean
+from orchestrator.store.revision import SCHEMA_REVISION
 from tests.conftest import CLI
 
 
@@ -170,8 +171,10 @@ def test_an_older_or_missing_store_is_left_to_the_full_store(cli: CLI, retrain_h
         pass
     assert not path.exists()  # the full store creates and migrates it, not the lean path
     version = cli("dataset", "create", "--project", "p", "--name", "d").out.strip()
-    # Back to the schema before 0010 (its downgrade), as the previous release left a store.
+    # Back to the schema before 0010 (the downgrades of 0011 and 0010), as an older release
+    # left a store.
     with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE scheduler_state DROP COLUMN reports_signed")
         conn.execute("ALTER TABLE tasks DROP COLUMN logged_params")
         conn.execute("DROP TABLE metric_series")
         conn.execute("UPDATE alembic_version SET version_num = '0009'")
@@ -179,7 +182,9 @@ def test_an_older_or_missing_store_is_left_to_the_full_store(cli: CLI, retrain_h
         pass
     assert cli.json("dataset", "tag", version, "x")["tags"] == ["x"]  # type: ignore[index]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0010",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (SCHEMA_REVISION,)
+        ]
     found = cli.json("dataset", "search", "--tags", "x")
     assert [v["id"] for v in found] == [version]  # type: ignore[union-attr,index]
 
