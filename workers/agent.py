@@ -289,7 +289,10 @@ def agent_class() -> type[Any]:
             from orchestrator.processes import alive
 
             raw = self.connection.hmget(self.key, ["hostname", "pid", "death"])
-            host, pid, death = (v.decode(errors="replace") if v else None for v in raw)
+            host, pid, death = (
+                (v.decode(errors="replace") if isinstance(v, bytes) else str(v)) if v else None
+                for v in raw
+            )
             if (host is None and pid is None) or death:
                 return
             here = host == socket.gethostname()
