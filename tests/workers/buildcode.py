@@ -12,7 +12,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-BACKEND = '''\
+BACKEND = """\
 import base64, hashlib, json, os, pathlib, zipfile
 
 MARKER = {marker!r}
@@ -63,7 +63,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         record.append("evilpkg-0.1.0.dist-info/RECORD,,")
         archive.writestr("evilpkg-0.1.0.dist-info/RECORD", "\\n".join(record) + "\\n")
     return name
-'''
+"""
 
 PYPROJECT = """\
 [build-system]
