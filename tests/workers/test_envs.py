@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import zipfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ import pytest
 from filelock import FileLock
 
 from tests.workers import buildcode
-from workers import envs
+from workers import envs, sandbox
 from workers.envs import MARKER, EnvBuildError, EnvCache, EnvResult, env_key
+from workers.sandbox_exec import Confinement
 
 TINY = "tinypkg==0.1.0"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -476,3 +478,28 @@ def test_listing_an_environment_runs_its_code_without_the_workers_credentials(
     assert "hunter2" not in text
     if tool == "pip":
         assert text.splitlines() and set(text.splitlines()) == {"None"}, text
+
+
+@pytest.mark.skipif(sandbox.landlock_abi() <= 0, reason="needs Landlock")
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_a_confined_build_reads_no_hidden_file_and_writes_only_its_own_folders(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str
+) -> None:
+    if tool == "pip":
+        monkeypatch.setattr(envs, "find_uv", lambda: None)
+    monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / "pip-cache"))
+    home = tmp_path / "worker-home"
+    home.mkdir()
+    source = buildcode.evil_package(tmp_path / "evilpkg", tmp_path / "built-marker",
+                                    home / "worker.secret")
+    (home / "worker.secret").write_text("s3cr3t")
+
+    def confine(writable: Sequence[Path]) -> Confinement | None:
+        return sandbox.confinement(sandbox.build_policy(writable=writable, hidden=[home]))
+
+    built = EnvCache(root, allow_builds=True, confine=confine).ensure(
+        [f"evilpkg @ {source.as_uri()}"]
+    )
+    seen = json.loads(run_python(built, "import evilpkg; print(evilpkg.SEEN)"))
+    assert seen["secret"] == "PermissionError" and seen["marker"] == "PermissionError", seen
+    assert not (tmp_path / "built-marker").exists()
