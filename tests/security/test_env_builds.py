@@ -38,9 +38,9 @@ TRAIN = "import evilpkg\nprint('SEEN ' + evilpkg.SEEN)\n"
 
 def run_with_evil_requirement(
     cli: CLI, repo: Repo, url: str, home: Path, tmp_path: Path, *worker_args: str
-) -> tuple[dict[str, object], list[str]]:
+) -> tuple[dict[str, object], list[str], str]:
     """Create and run a task needing `evilpkg` (an in-tree build backend) through a real
-    worker; the task as `task show` has it, and its live log."""
+    worker; the task as `task show` has it, its live log and the worker's stderr."""
     secret = ensure_worker_secret(home)
     source = buildcode.evil_package(
         tmp_path / "evilpkg", tmp_path / "built-marker", home / "worker.secret"
@@ -101,13 +101,16 @@ def run_with_evil_requirement(
     client = redis.Redis.from_url(url)
     lines = [e[1][b"line"].decode() for e in client.xrange(keys.logs_stream(run))]
     client.close()
-    return shown, lines
+    return shown, lines, worker.stderr
 
 
 def test_a_package_that_needs_building_fails_the_run_and_never_runs(
     cli: CLI, git_repo: Repo, machine_redis: str, retrain_home: Path, tmp_path: Path
 ) -> None:
-    shown, _lines = run_with_evil_requirement(cli, git_repo, machine_redis, retrain_home, tmp_path)
+    shown, _lines, started = run_with_evil_requirement(
+        cli, git_repo, machine_redis, retrain_home, tmp_path
+    )
+    assert "builds allowed" not in started, started
     assert shown["status"] == "failed", shown
     error = str(shown["error"])
     assert error.startswith("environment failed:"), error
@@ -119,10 +122,11 @@ def test_a_package_that_needs_building_fails_the_run_and_never_runs(
 def test_an_allowed_build_gets_none_of_the_workers_credentials(
     cli: CLI, git_repo: Repo, machine_redis: str, retrain_home: Path, tmp_path: Path
 ) -> None:
-    shown, lines = run_with_evil_requirement(
+    shown, lines, started = run_with_evil_requirement(
         cli, git_repo, machine_redis, retrain_home, tmp_path, "--allow-builds"
     )
     assert shown["status"] == "completed", shown["error"]
+    assert "builds allowed" in started, started  # said in the worker's start line
     found = [line for line in lines if line.startswith("SEEN ")]
     assert found, lines
     seen = json.loads(found[-1][len("SEEN ") :])
