@@ -174,7 +174,7 @@ def run_slot(
 def sandbox_level() -> str:
     """What this worker's jobs run in (`workers.sandbox`), for its advertisement and start
     line: `landlock-abi-N`, `none` (said as a warning: the kernel has no Landlock) or `off`,
-    with `, as USER` for `--job-user`."""
+    with `, as USER` for `--job-user` and `, builds allowed` for `--allow-builds`."""
     import structlog
 
     from workers import sandbox
@@ -186,7 +186,8 @@ def sandbox_level() -> str:
             "refuse to start without it)"
         )
     user = sandbox.job_user()
-    return f"{level}, as {user.pw_name}" if user is not None else level
+    shown = f"{level}, as {user.pw_name}" if user is not None else level
+    return f"{shown}, builds allowed" if sandbox.allow_builds() else shown
 
 
 _AGENT_CLASS: type[Any] | None = None

@@ -20,6 +20,16 @@ lock that eviction must take exclusively, so only unused environments are ever r
 least recently used first (the marker's mtime, touched when a job takes and gives back its
 lease). The lock is taken before the hit is checked, so an environment cannot disappear
 between a job finding it and using it; the kernel drops it when a job's process dies.
+
+A build never runs a package's code as the worker. Packages come as wheels only (`uv pip
+install --no-build`, pip's `--only-binary=:all:`, and a direct URL that is not a wheel is
+refused before any tool runs): building an sdist, a local folder or a git URL runs the
+package's own build backend, so a pin that needs one fails with a message naming it and the
+operator's opt-in (`retrain worker --allow-builds`). Every step runs with an allow-listed
+environment (`build_environment`: no cloud keys, no `RETRAIN_*`), and once the new
+environment exists (an installed wheel's `.pth` file runs whenever its interpreter starts, as
+the listing of what is installed does) under the worker's `confine` hook: the job sandbox's
+confinement, writing only the build's folders and the tool's cache.
 """
 
 from __future__ import annotations
@@ -37,18 +47,24 @@ import sysconfig
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock, Timeout
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from orchestrator.errors import RetrainError
+from orchestrator.redact import redact_url
+
+if TYPE_CHECKING:
+    from workers.sandbox_exec import Confinement
 
 MARKER = ".retrain-complete"
 """File name of the completion marker inside an environment."""
@@ -58,6 +74,16 @@ _KEY_FORMAT = 1  # bump to invalidate every cached environment after a layout ch
 
 Tool = Literal["uv", "pip"]
 LogCallback = Callable[[str], None]
+Confine = Callable[[Sequence[Path]], "Confinement | None"]
+"""Given the folders a build step may write, what confines it (None: nothing to do)."""
+
+ALLOW_BUILDS = (
+    "this worker installs wheels only: building it from source would run the package's own "
+    "build code; publish a wheel of it, or start the worker with --allow-builds "
+    "(RETRAIN_ALLOW_BUILDS=1) to let such builds run, confined"
+)
+_NEEDS_BUILD = re.compile(r"(?:attempted to build|Wheels are required for) `([^`]+)`")
+_TOOL_SETTINGS = ("UV_", "PIP_")
 
 _CREATE = "creating the environment"
 _INSTALL = "installing requirements"
@@ -229,6 +255,8 @@ class EnvCache:
     never the one just built, one being built, nor one a job holds (`acquire`): the cache may
     stay over a bound while its environments are in use. `tool` forces `"uv"` or `"pip"`;
     `"auto"` uses uv when it is installed. `timeout` bounds each step of a build, in seconds.
+    `allow_builds` lets packages be built from source (their build code runs); `confine`
+    confines the build steps that may run a package's code (see the module docstring).
     """
 
     def __init__(
@@ -239,6 +267,8 @@ class EnvCache:
         max_bytes: int | None = None,
         tool: Literal["auto", "uv", "pip"] = "auto",
         timeout: float = 3600.0,
+        allow_builds: bool = False,
+        confine: Confine | None = None,
     ) -> None:
         if max_envs < 1:
             raise ValueError("max_envs must be at least 1")
@@ -247,6 +277,8 @@ class EnvCache:
         self.max_bytes = max_bytes
         self.tool = tool
         self.timeout = timeout
+        self.allow_builds = allow_builds
+        self.confine = confine
         self._interpreters: dict[str, _Interpreter] = {}
         self._interpreters_lock = threading.Lock()
 
@@ -326,6 +358,8 @@ class EnvCache:
                 )
                 return cached
             self._clear_leftovers(key, final)
+            if not self.allow_builds:
+                _refuse_source_urls(key, reqs)
             tool: Tool = self._choose_tool()
             say(f"environment {key}: building with {tool} (python {interpreter.version})")
             start = time.monotonic()
@@ -431,10 +465,12 @@ class EnvCache:
         if uv is None:
             raise EnvBuildError(f"environment {key}: uv is not installed")
         build = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{key}-"))
+        confinement: Confinement | None = None
         try:
             venv = build / "venv"
             reqfile = build / "requirements.txt"
             reqfile.write_text("".join(f"{line}\n" for line in reqs))
+            env = build_environment(os.environ, build / "tmp")
             self._run(
                 [
                     uv,
@@ -449,20 +485,34 @@ class EnvCache:
                 _CREATE,
                 "uv",
                 say,
+                env,
             )
             python = str(venv_python(venv))
+            confinement = self._confinement([build, *self._uv_cache(uv, env)])
             if reqs:
-                self._run(
-                    [uv, "pip", "install", "--no-progress", "--python", python, "-r", str(reqfile)],
-                    key,
-                    _INSTALL,
-                    "uv",
-                    say,
-                )
-            frozen = self._freeze([uv, "pip", "freeze", "--python", python], key, "uv")
+                install = [uv, "pip", "install", "--no-progress", "--python", python]
+                if not self.allow_builds:
+                    install.append("--no-build")
+                try:
+                    self._run(
+                        [*install, "-r", str(reqfile)], key, _INSTALL, "uv", say, env, confinement
+                    )
+                except EnvBuildError as exc:
+                    found = _NEEDS_BUILD.search(str(exc))
+                    if found is None or self.allow_builds:
+                        raise
+                    raise EnvBuildError(
+                        f"environment {key}: {_INSTALL} failed: {found.group(1)} has no wheel "
+                        f"for this platform; {ALLOW_BUILDS}"
+                    ) from None
+            frozen = self._freeze(
+                [uv, "pip", "freeze", "--python", python], key, "uv", env, confinement
+            )
             self._write_marker(venv, key, interpreter, reqs, frozen, "uv")
             os.rename(venv, final)
         finally:
+            if confinement is not None:
+                confinement.close()
             shutil.rmtree(build, ignore_errors=True)
         return frozen
 
@@ -479,32 +529,78 @@ class EnvCache:
                 )
             executable = found
         build = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{key}-"))
+        confinement: Confinement | None = None
         try:
             reqfile = build / "requirements.txt"
             reqfile.write_text("".join(f"{line}\n" for line in reqs))
+            env = build_environment(os.environ, build / "tmp")
             # Plain venvs hold absolute paths, so this one is built where it will stay; the
             # marker, written last, is what makes it count as complete.
-            self._run([executable, "-m", "venv", str(final)], key, _CREATE, "pip", say)
+            self._run([executable, "-m", "venv", str(final)], key, _CREATE, "pip", say, env)
             python = str(venv_python(final))
+            confinement = self._confinement([build, final, _pip_cache(env)])
             pip = [python, "-m", "pip", "--disable-pip-version-check", "--no-input"]
             if reqs:
-                self._run(
-                    [*pip, "install", "--progress-bar", "off", "-r", str(reqfile)],
-                    key,
-                    _INSTALL,
-                    "pip",
-                    say,
-                )
-            frozen = self._freeze([*pip, "freeze"], key, "pip")
+                install = [*pip, "install", "--progress-bar", "off"]
+                if not self.allow_builds:
+                    install.append("--only-binary=:all:")
+                try:
+                    self._run(
+                        [*install, "-r", str(reqfile)], key, _INSTALL, "pip", say, env, confinement
+                    )
+                except EnvBuildError as exc:
+                    if self.allow_builds:
+                        raise
+                    raise EnvBuildError(f"{exc}\n({ALLOW_BUILDS})") from None
+            frozen = self._freeze([*pip, "freeze"], key, "pip", env, confinement)
             self._write_marker(final, key, interpreter, reqs, frozen, "pip")
         except BaseException:
             _remove(final)
             raise
         finally:
+            if confinement is not None:
+                confinement.close()
             shutil.rmtree(build, ignore_errors=True)
         return frozen
 
-    def _run(self, command: list[str], key: str, step: str, tool: Tool, say: LogCallback) -> None:
+    def _confinement(self, writable: Sequence[Path]) -> Confinement | None:
+        """The confinement of the steps that may run a package's code, writing only
+        `writable` (made first: a rule needs its folder to exist)."""
+        if self.confine is None:
+            return None
+        for folder in writable:
+            folder.mkdir(parents=True, exist_ok=True)
+        return self.confine(list(writable))
+
+    def _uv_cache(self, uv: str, env: Mapping[str, str]) -> list[Path]:
+        """uv's cache folder under `env` (it writes there), as uv itself says."""
+        if self.confine is None:
+            return []
+        try:
+            result = subprocess.run(
+                [uv, "cache", "dir"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                env=dict(env),
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        folder = result.stdout.strip()
+        return [Path(folder)] if result.returncode == 0 and folder else []
+
+    def _run(
+        self,
+        command: list[str],
+        key: str,
+        step: str,
+        tool: Tool,
+        say: LogCallback,
+        env: Mapping[str, str] | None = None,
+        confinement: Confinement | None = None,
+    ) -> None:
         """Run one build step, streaming its output to `say`; `EnvBuildError` with the last
         lines of output if it fails or runs past the timeout."""
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
@@ -517,6 +613,8 @@ class EnvCache:
                 stderr=subprocess.STDOUT,
                 text=True,
                 errors="replace",
+                env=None if env is None else dict(env),
+                preexec_fn=confinement,
             )
         except OSError as exc:
             raise EnvBuildError(
@@ -555,12 +653,21 @@ class EnvCache:
                 + _format_tail(tail)
             )
 
-    def _freeze(self, command: list[str], key: str, tool: Tool) -> list[str]:
+    def _freeze(
+        self,
+        command: list[str],
+        key: str,
+        tool: Tool,
+        env: Mapping[str, str] | None = None,
+        confinement: Confinement | None = None,
+    ) -> list[str]:
         try:
             result = subprocess.run(
                 command,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
+                env=None if env is None else dict(env),
+                preexec_fn=confinement,
                 text=True,
                 errors="replace",
                 timeout=min(self.timeout, 300.0),
@@ -676,6 +783,50 @@ class EnvCache:
         with self._interpreters_lock:
             self._interpreters[python] = interpreter
         return interpreter
+
+
+def build_environment(worker_env: Mapping[str, str], tmp: Path) -> dict[str, str]:
+    """What a build step sees of the worker's environment: the job's allow-list
+    (`workers.jobenv`: PATH, HOME, locale, certificates, proxies without credentials), the
+    uv and pip settings (`UV_*`, `PIP_*`: index, cache, find-links, and an index's
+    credentials, which the tool needs), and a private tmp. Never `RETRAIN_*`, cloud keys or
+    the operator's `--pass-env` names, which are for jobs."""
+    from workers.jobenv import job_environment
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    placed = {"TMPDIR": str(tmp), "TMP": str(tmp), "TEMP": str(tmp)}
+    env = job_environment(worker_env, {}, placed)
+    env.update({k: v for k, v in worker_env.items() if k.startswith(_TOOL_SETTINGS)})
+    env.update(placed)
+    return env
+
+
+def _pip_cache(env: Mapping[str, str]) -> Path:
+    """pip's cache folder under `env` (PIP_CACHE_DIR, else the XDG default)."""
+    if env.get("PIP_CACHE_DIR"):
+        return Path(env["PIP_CACHE_DIR"])
+    base = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME") or "/", ".cache")
+    return Path(base) / "pip"
+
+
+def _refuse_source_urls(key: str, reqs: Sequence[str]) -> None:
+    """`EnvBuildError` for the first requirement naming a URL that is not a wheel (a folder,
+    an sdist, a git repository): installing it would run its build code. pip builds these
+    even with `--only-binary=:all:`, so they are refused before any tool runs."""
+    for line in reqs:
+        words = [w for w in line.split() if not w.startswith("--")]
+        try:
+            requirement = Requirement(" ".join(words))
+        except InvalidRequirement:
+            continue  # the tool says what is wrong with it
+        if requirement.url is None:
+            continue
+        path = urllib.parse.urlsplit(requirement.url).path
+        if not path.endswith(".whl"):
+            raise EnvBuildError(
+                f"environment {key}: {_INSTALL} failed: {requirement.name} comes from "
+                f"{redact_url(requirement.url)}, which is not a wheel; {ALLOW_BUILDS}"
+            )
 
 
 def _ignore(_line: str) -> None:

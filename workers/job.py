@@ -300,12 +300,20 @@ class Job:
         )
 
     def _environment(self) -> str:
+        from workers import sandbox
         from workers.envs import EnvCache
 
+        # Wheels only unless the operator allows builds; either way the steps that may run a
+        # package's code are confined as a job is, writing only the new environment.
+        hidden = sandbox.hidden_for(self.settings.home, self.cache, self.settings.storage_url)
         cache = EnvCache(
             self.cache / "envs",
             max_envs=self.settings.env_cache_max_count,
             max_bytes=self.settings.env_cache_max_bytes,
+            allow_builds=sandbox.allow_builds(),
+            confine=lambda writable: sandbox.confinement(
+                sandbox.build_policy(writable=writable, hidden=hidden)
+            ),
         )
         # Held until the job ends (see `run`), so no other job's build evicts it mid-run.
         self._env_lease = cache.acquire(

@@ -63,6 +63,9 @@ SANDBOX_ENV = "RETRAIN_SANDBOX"
 WRITE_ENV = "RETRAIN_SANDBOX_WRITE"
 """Extra folders jobs may write (`--sandbox-write`, space-separated): a scratch disk."""
 JOB_USER_ENV = "RETRAIN_JOB_USER"
+ALLOW_BUILDS_ENV = "RETRAIN_ALLOW_BUILDS"
+"""`--allow-builds`: environments may build packages from source, which runs their build
+code (confined by `build_policy`); without it they are installed from wheels only."""
 
 HIDDEN_IN_HOME = (
     ".aws",
@@ -116,6 +119,11 @@ def level(wanted: str | None = None, abi: int | None = None) -> str:
             )
         return "none"
     return f"landlock-abi-{abi}"
+
+
+def allow_builds() -> bool:
+    """Whether this worker lets environments build packages from source (`--allow-builds`)."""
+    return os.environ.get(ALLOW_BUILDS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def job_user() -> pwd.struct_passwd | None:
@@ -180,6 +188,24 @@ def policy_for(
             os.chown(path, user.pw_uid, user.pw_gid)
         del workdir  # only its listed parts are the job's
     return policy
+
+
+def build_policy(*, writable: Sequence[Path], hidden: Sequence[Path]) -> Policy | None:
+    """The policy of an environment build's steps that may run a package's code (its build
+    backend, a wheel's `.pth` file): write only `writable` (the new environment, the tool's
+    cache, a private tmp), read the rest but `hidden` (`hidden_for`). Run as the worker's
+    user, never `--job-user`: an environment a job's user owned, a later job could change.
+    None when sandboxing is off or there is nothing to do (as `policy_for`)."""
+    lvl = level()
+    if lvl == "off" or (lvl == "none" and os.geteuid() != 0):
+        return None
+    return Policy(
+        write=[str(p) for p in writable],
+        read=[],
+        hidden=[str(Path(p).absolute()) for p in hidden],
+        scope=True,
+        landlock=lvl.startswith("landlock"),
+    )
 
 
 def _interpreter_prefixes(python: str) -> list[Path]:

@@ -72,6 +72,16 @@ def worker(
             "tmp folders are theirs, caches stay read-only to them.",
         ),
     ] = None,
+    allow_builds: Annotated[
+        bool,
+        typer.Option(
+            "--allow-builds",
+            envvar="RETRAIN_ALLOW_BUILDS",
+            help="Let job environments build packages from source (sdists, local folders, "
+            "git URLs): this runs each package's own build code on this machine, confined "
+            "and without the worker's credentials. Default: wheels only.",
+        ),
+    ] = False,
 ) -> None:
     """Run a worker agent: one forking RQ worker per GPU slot, each pinned to its devices.
 
@@ -117,6 +127,7 @@ def worker(
     os.environ[confine.SANDBOX_ENV] = sandbox
     os.environ[confine.WRITE_ENV] = " ".join(sandbox_write)
     os.environ[confine.JOB_USER_ENV] = job_user or ""
+    os.environ[confine.ALLOW_BUILDS_ENV] = "1" if allow_builds else ""
     try:
         confine.level()
         confine.job_user()

@@ -6,6 +6,7 @@ file and line. `resolve()` pins a loose file with uv's resolver instead.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +16,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from orchestrator.errors import UserError
 
 _ALLOWED_OPTIONS = ("--hash=",)
+_NEEDS_BUILD = re.compile(r"(?:attempted to build|Wheels are required for) `([^`]+)`")
 
 
 def _logical_lines(text: str) -> list[tuple[int, str]]:
@@ -87,7 +89,9 @@ def read_file(path: Path) -> list[str]:
 
 
 def resolve(path: Path, python: str | None = None) -> list[str]:
-    """Pin a loose requirements file with `uv pip compile` (uv ships as a Python package)."""
+    """Pin a loose requirements file with `uv pip compile` (uv ships as a Python package),
+    never building a package to read its metadata: that would run the package's build code
+    on this machine (`--no-build`)."""
     try:
         from uv import find_uv_bin
 
@@ -102,13 +106,20 @@ def resolve(path: Path, python: str | None = None) -> list[str]:
         "--quiet",
         "--no-header",
         "--no-annotate",
-        "--output-file",
-        "-",
+        # The pins go to stdout (uv's default); `--output-file -` with --quiet prints nothing.
+        "--no-build",
     ]
     if python:
         command += ["--python-version", python]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     if result.returncode != 0:
         message = result.stderr.strip().splitlines()
+        found = _NEEDS_BUILD.search(result.stderr)
+        if found:
+            raise UserError(
+                f"--resolve: uv could not pin {path}: {found.group(1)} has no wheel, and "
+                "reading its metadata would run its build code on this machine; pin it by "
+                "hand (workers then need --allow-builds to install it)"
+            )
         raise UserError(f"--resolve: uv could not pin {path}: {message[-1] if message else '?'}")
     return parse_text(result.stdout, f"{path} (resolved)")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import zipfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ from typing import Any
 import pytest
 from filelock import FileLock
 
-from workers import envs
+from tests.workers import buildcode
+from workers import envs, sandbox
 from workers.envs import MARKER, EnvBuildError, EnvCache, EnvResult, env_key
+from workers.sandbox_exec import Confinement
 
 TINY = "tinypkg==0.1.0"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -403,3 +406,100 @@ def test_cache_limits_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RETRAIN_ENV_CACHE_MAX_COUNT", "0")
     with pytest.raises(ConfigError, match=r"^RETRAIN_ENV_CACHE_MAX_COUNT: "):
         Settings.load()
+
+
+# -- packages that would run their own code --------------------------------------------------
+
+
+def _evil_requirement(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`evilpkg` as a local folder, its sdist by URL, or a pin that only an sdist satisfies."""
+    source = buildcode.evil_package(
+        tmp_path / "evilpkg", tmp_path / "built-marker", tmp_path / "worker.secret"
+    )
+    if kind == "folder":
+        return f"evilpkg @ {source.as_uri()}"
+    sdist = buildcode.evil_sdist(source, tmp_path / "sdists")
+    if kind == "sdist":
+        return f"evilpkg @ {sdist.as_uri()}"
+    monkeypatch.setenv("UV_FIND_LINKS", str(sdist.parent))
+    monkeypatch.setenv("PIP_FIND_LINKS", str(sdist.parent))
+    return "evilpkg==0.1.0"
+
+
+@pytest.mark.parametrize("kind", ["folder", "sdist", "pin"])
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_a_package_that_needs_building_is_refused_and_its_code_never_runs(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str, kind: str
+) -> None:
+    if tool == "pip":
+        monkeypatch.setattr(envs, "find_uv", lambda: None)
+    requirement = _evil_requirement(kind, tmp_path, monkeypatch)
+    with pytest.raises(EnvBuildError) as failure:
+        EnvCache(root).ensure([requirement])
+    message = str(failure.value)
+    assert "evilpkg" in message and "--allow-builds" in message, message
+    assert not (tmp_path / "built-marker").exists(), "the package's build code ran"
+    assert entries(root) == []
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_allowed_builds_run_without_the_workers_credentials(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str
+) -> None:
+    if tool == "pip":
+        monkeypatch.setattr(envs, "find_uv", lambda: None)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    monkeypatch.setenv("RETRAIN_WORKER_SECRET", "hunter2")
+    requirement = _evil_requirement("folder", tmp_path, monkeypatch)
+    built = EnvCache(root, allow_builds=True).ensure([requirement])
+    seen = json.loads(run_python(built, "import evilpkg; print(evilpkg.SEEN)"))
+    assert seen["aws"] is None and seen["retrain"] == [], seen
+    assert json.loads((tmp_path / "built-marker").read_text())["aws"] is None
+
+
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_listing_an_environment_runs_its_code_without_the_workers_credentials(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str
+) -> None:
+    """A wheel needs no build, but its `.pth` file runs whenever the environment's interpreter
+    starts, as it does when the build lists what is installed."""
+    if tool == "pip":
+        monkeypatch.setattr(envs, "find_uv", lambda: None)
+    seen = tmp_path / "pth-seen"
+    buildcode.pth_wheel(tmp_path / "pth-wheels", seen)
+    monkeypatch.setenv("UV_FIND_LINKS", str(tmp_path / "pth-wheels"))
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "pth-wheels"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    built = EnvCache(root).ensure(["pthpkg==0.1.0"])
+    assert built.frozen == ["pthpkg==0.1.0"]
+    # Whenever the build started the new interpreter (pip's listing always does; uv's when
+    # it has not cached what the interpreter is), its .pth ran with no cloud key.
+    text = seen.read_text() if seen.exists() else ""
+    assert "hunter2" not in text
+    if tool == "pip":
+        assert text.splitlines() and set(text.splitlines()) == {"None"}, text
+
+
+@pytest.mark.skipif(sandbox.landlock_abi() <= 0, reason="needs Landlock")
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_a_confined_build_reads_no_hidden_file_and_writes_only_its_own_folders(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str
+) -> None:
+    if tool == "pip":
+        monkeypatch.setattr(envs, "find_uv", lambda: None)
+    monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / "pip-cache"))
+    home = tmp_path / "worker-home"
+    home.mkdir()
+    source = buildcode.evil_package(tmp_path / "evilpkg", tmp_path / "built-marker",
+                                    home / "worker.secret")
+    (home / "worker.secret").write_text("s3cr3t")
+
+    def confine(writable: Sequence[Path]) -> Confinement | None:
+        return sandbox.confinement(sandbox.build_policy(writable=writable, hidden=[home]))
+
+    built = EnvCache(root, allow_builds=True, confine=confine).ensure(
+        [f"evilpkg @ {source.as_uri()}"]
+    )
+    seen = json.loads(run_python(built, "import evilpkg; print(evilpkg.SEEN)"))
+    assert seen["secret"] == "PermissionError" and seen["marker"] == "PermissionError", seen
+    assert not (tmp_path / "built-marker").exists()
