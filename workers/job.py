@@ -239,8 +239,8 @@ class Job:
             sandbox=confine,
         )
         self.channel.finish("released" if self.released.is_set() else run.status)
-        self._log_file.close()
-        self._log_file = None
+        # output.log stays open while the outputs are read: what is skipped there (a link out
+        # of the folder, a sparse file) is said in it; `_outputs` closes it before its upload.
         metrics, models, artifacts = self._step("outputs", lambda: self._outputs(outputs))
         from orchestrator.queue.reports import MAX_SERIES_POINTS
 
@@ -390,6 +390,9 @@ class Job:
             found_models, found_artifacts = self._mlflow(store)
             models.extend(found_models)
             artifacts.extend(found_artifacts)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
         log = self.workdir / "output.log"
         if log.exists():
             uploaded = self._upload(log)

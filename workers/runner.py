@@ -191,12 +191,15 @@ def reap_exited(spared: set[_Child]) -> None:
                 os.waitpid(child[0], os.WNOHANG)
 
 
-def reap_orphans(spared: set[_Child], timeout_s: float = REAP_TIMEOUT_S) -> list[int]:
+def reap_orphans(
+    spared: set[_Child], timeout_s: float = REAP_TIMEOUT_S, killed: list[int] | None = None
+) -> list[int]:
     """SIGKILL and reap every process the job left behind that was reparented to this
     process (a subreaper: `become_subreaper`), round after round, since each one killed
     hands its own children to us, until none is left or `timeout_s` passes. `spared`: this
     process's children from before the job (`children()`), which are never touched.
-    Returns the pids that survived (stuck in the kernel), an empty list when all died."""
+    Returns the pids that survived (stuck in the kernel), an empty list when all died;
+    `killed` gets the pids it signalled."""
     deadline = time.monotonic() + timeout_s
     left: list[int] = []
     while True:
@@ -206,6 +209,8 @@ def reap_orphans(spared: set[_Child], timeout_s: float = REAP_TIMEOUT_S) -> list
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        if killed is not None:
+            killed.extend(victims)
         left = []
         for pid in victims:
             while True:
@@ -357,15 +362,24 @@ def run_process(
     except subprocess.TimeoutExpired:
         log.error("process survived SIGKILL; leaving it", pid=proc.pid)
         returncode = None
+    killed: list[int] = []
     if reaper:
         # What left the group (setsid, a double fork) was reparented here when its parent
-        # died: it dies too, before anyone reads the job's outputs.
-        reap_orphans(spared)
+        # died: it dies too, before anyone reads the job's outputs, and the run's log says so.
+        reap_orphans(spared, killed=killed)
     for reader in readers:
         reader.join(READER_JOIN_TIMEOUT_S)
         if reader.is_alive():
             # Something outside the group holds the pipe open; the daemon thread ends with it.
             log.warning("output still open after the run ended", pid=proc.pid, stream=reader.name)
+    if killed and on_line is not None:  # after the readers: `on_line` is called in order
+        count = f"{len(killed)} process" + ("es" if len(killed) > 1 else "")
+        with contextlib.suppress(Exception):
+            on_line(
+                "retrain",
+                f"killed {count} the job left running after it ended "
+                f"(pids {', '.join(map(str, killed[:20]))})",
+            )
     duration_s = time.monotonic() - started
 
     status: RunStatus

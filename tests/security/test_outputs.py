@@ -59,6 +59,10 @@ def test_links_out_of_the_output_folder_are_not_uploaded(
     assert paths == ["alias.txt", "output.log", "real.txt"], paths
     assert shown["metrics"] == {}, shown["metrics"]
     assert cli.json("model", "list", "--project", "p") == []
+    # New-user pass: the skips were said only to the live log, after output.log was closed;
+    # the run's log (what `retrain logs` shows once it ended) says them now.
+    logged = cli("logs", run).out
+    assert "skipped metrics.json: a link out of the output folder" in logged, logged[-2000:]
 
 
 SWAPPER = """\

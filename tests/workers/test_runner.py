@@ -397,9 +397,10 @@ def watch():
         abort.set()
 watcher = threading.Thread(target=watch, daemon=True)
 watcher.start()
+lines = []
 result = run_process([sys.executable, "-c", escaper, str(pid_file), mode],
                      env={"PATH": os.environ["PATH"]}, cwd=pid_file.parent, timeout_s=120,
-                     abort=abort, grace_s=5.0)
+                     abort=abort, grace_s=5.0, on_line=lambda _s, line: lines.append(line))
 daemon = int(pid_file.read_text())
 try:
     os.kill(daemon, 0)  # this process is its reaper: once reaped it is gone, no zombie
@@ -412,7 +413,9 @@ spared = all(helper.poll() is None for helper in helpers)
 for helper in helpers:
     helper.kill()
     helper.wait()
-print(json.dumps({"status": result.status, "alive": alive, "helpers spared": spared}))
+said = any("killed 1 process the job left running" in line for line in lines)
+print(json.dumps({"status": result.status, "alive": alive, "helpers spared": spared,
+                  "said": said}))
 """
 
 
@@ -430,4 +433,5 @@ def test_a_process_that_left_the_group_dies_with_the_run(tmp_path: Path, mode: s
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     status = "completed" if mode == "exit" else "aborted"
-    assert result == {"status": status, "alive": False, "helpers spared": True}
+    # New-user pass: the kill went unsaid; the run's log (output.log) says it now.
+    assert result == {"status": status, "alive": False, "helpers spared": True, "said": True}
