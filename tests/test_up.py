@@ -545,3 +545,25 @@ def test_a_dead_guard_is_replaced_and_a_dead_redis_stops_up(
     assert "retrain up: stopped" in output
     wait_for(lambda: not [p for p in pids if alive(p)], "everything to end", timeout=60,
              describe=lambda: {p: (r, _state(p)) for p, r in pids.items() if alive(p)})
+
+
+def test_redis_stop_refuses_while_up_uses_it(cli: CLI, retrain_home: Path) -> None:
+    """New-user pass: `retrain redis stop` while `up` ran took the whole `up` down with
+    connection tracebacks, without a word. It refuses now (exit 2, one line), unless --force."""
+    from filelock import FileLock
+
+    from orchestrator.queue.connection import embedded_url
+    from orchestrator.settings import Settings
+
+    assert embedded_url(Settings.load(), start=True)
+    lock = FileLock(str(retrain_home / "up.lock"))  # what a running `up` holds
+    lock.acquire(timeout=5)
+    try:
+        err = cli("redis", "stop", expect=2).err
+        assert err.startswith("retrain: error: ") and err.count("\n") == 1, err
+        assert "retrain up is running" in err and "--force" in err, err
+        assert embedded_url(Settings.load(), start=False)  # still running
+        cli("redis", "stop", "--force")
+        assert embedded_url(Settings.load(), start=False) is None
+    finally:
+        lock.release()

@@ -81,9 +81,27 @@ def redis_status() -> None:
 
 
 @redis_app.command("stop")
-def redis_stop() -> None:
+def redis_stop(
+    force: Annotated[
+        bool, typer.Option("--force", help="Stop it even while `retrain up` uses it.")
+    ] = False,
+) -> None:
     """Stop this home's embedded Redis; its data is kept and reloaded on the next start."""
+    from filelock import FileLock, Timeout
+
+    from orchestrator.errors import UserError
     from orchestrator.queue.connection import stop_embedded
 
-    stopped = stop_embedded(runtime().settings)
+    settings = runtime().settings
+    if not force and (settings.home / "up.lock").exists():
+        up_lock = FileLock(str(settings.home / "up.lock"))
+        try:
+            up_lock.acquire(timeout=0)
+            up_lock.release()
+        except Timeout:
+            raise UserError(
+                f"retrain up is running for RETRAIN_HOME={settings.home} and uses this Redis: "
+                "stopping it stops up; stop up with Ctrl-C instead, or pass --force"
+            ) from None
+    stopped = stop_embedded(settings)
     output.note("stopped the embedded Redis" if stopped else "the embedded Redis is not running")
