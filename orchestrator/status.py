@@ -86,9 +86,6 @@ class RedisView:
     """Jobs waiting per RQ queue name (`gpu`, `gpu:high`, ...)."""
     workers: list[Row] = field(default_factory=list)
     lost_hidden: int = 0
-    refused: int = 0
-    """Reports the scheduler refused (dead-lettered) and still keeps."""
-    last_refused: Row | None = None
     """Whether the last scheduler to start checks report signatures; None: no word yet."""
 
     @property
@@ -124,9 +121,7 @@ def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
     pipe.pttl(keys.SCHEDULER_LEASE)
     pipe.smembers(RQ_QUEUES)
     pipe.zrange(keys.WORKERS, 0, -1, withscores=True)
-    pipe.xlen(keys.REPORTS_DEAD)
-    pipe.xrevrange(keys.REPORTS_DEAD, count=1)
-    leader, pttl, queue_keys, members, refused, last_refused = pipe.execute()
+    leader, pttl, queue_keys, members = pipe.execute()
 
     rq_keys = sorted(k for k in (_text(q) for q in queue_keys) if k.startswith(RQ_QUEUE_PREFIX))
     names = [(_text(m), float(score)) for m, score in members]
@@ -143,12 +138,6 @@ def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
         key.removeprefix(RQ_QUEUE_PREFIX): int(n)
         for key, n in zip(rq_keys, replies[: len(rq_keys)], strict=True)
     }
-    view.refused = int(refused or 0)
-    if last_refused:
-        entry_id, entry = last_refused[0]
-        fields_ = {_text(k): _text(v) for k, v in entry.items()}
-        at = _entry_time(_text(entry_id))
-        view.last_refused = {"at": _iso(at), "reason": fields_.get("reason", "")[:500]}
     for (name, score), fields in zip(names, replies[len(rq_keys) :], strict=True):
         # Anyone with Redis access writes these: a score or field that makes no sense is
         # shown as it is, never a traceback.
@@ -216,14 +205,6 @@ def _epoch(seconds: float) -> dt.datetime | None:
         return None
 
 
-def _entry_time(entry_id: str) -> dt.datetime | None:
-    """A stream entry's time, from its id (`<milliseconds>-<seq>`)."""
-    try:
-        return _epoch(int(entry_id.split("-", 1)[0]) / 1000)
-    except ValueError:
-        return None
-
-
 def _worker(name: str, fields: dict[str, str]) -> Row:
     return {
         "name": fields.get("name") or name,
@@ -274,7 +255,8 @@ def _scheduler_row(conn: Any) -> Row | None:
     rows = fetch(
         conn,
         "SELECT cursor, leader, heartbeat_at, last_poll_at, config_path, config_error, "
-        "config_loaded_at, config_problems, steps, reports_signed FROM scheduler_state "
+        "config_loaded_at, config_problems, steps, reports_signed, reports_refused, "
+        "last_refused_at, last_refused_reason FROM scheduler_state "
         "WHERE name = %s",
         [SCHEDULER_STATE],
     )
@@ -403,8 +385,9 @@ def collect(
       coalesced, superseded), `reason`, `event` ({`seq`, `kind`, `project`, `name`,
       `version`, `tags`}), `task`, `task_status`.
     - `reports`: `refused` (worker reports the scheduler refused: malformed, oversized,
-      unsigned, or not from the worker bound to the run's attempt; kept in
-      `retrain:reports:dead` for inspection; null without Redis) and `last_refused`
+      unsigned, or not from the worker bound to the run's attempt), as the leading scheduler
+      counted them in the store (the entries are in `retrain:reports:dead` for inspection;
+      null before a scheduler ran) and `last_refused`
       ({`at`, `reason`}, or null), `scheduler_signed` (whether the leading scheduler
       checks signatures, as it recorded in the store; null before one did) and `unsigned_workers`
       (names of workers that sign nothing: no worker secret).
@@ -463,8 +446,15 @@ def collect(
         "firings": _firings(conn, firings),
         "waiting": waiting_firings(conn),
         "reports": {
-            "refused": redis.refused if redis.reachable else None,
-            "last_refused": redis.last_refused,
+            "refused": int(state["reports_refused"] or 0) if state else None,
+            "last_refused": (
+                {
+                    "at": _iso(_utc(state["last_refused_at"])),
+                    "reason": str(state["last_refused_reason"])[:500],
+                }
+                if state and state["last_refused_reason"]
+                else None
+            ),
             "scheduler_signed": (
                 None if state is None or state["reports_signed"] is None
                 else bool(state["reports_signed"])

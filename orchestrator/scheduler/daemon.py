@@ -352,6 +352,13 @@ class Scheduler:
             state.heartbeat_at = utcnow()
             self._write_config(state)
             state.steps = self.steps.snapshot()
+            refused = self.ingest.refused_since_recorded
+            if refused:
+                state.reports_refused = (state.reports_refused or 0) + refused
+                if self.ingest.last_refused is not None:
+                    state.last_refused_at, state.last_refused_reason = self.ingest.last_refused
+        # Counted once it is committed (a failed heartbeat adds them at the next one).
+        self.ingest.refused_since_recorded -= refused
 
     def tick(self, now: dt.datetime | None = None) -> TickReport:
         """One iteration; a standby (not the lease holder) does nothing. Without Redis the

@@ -74,6 +74,9 @@ class Ingest:
         self.secret = secret
         """The worker secret: with it, only reports signed with it are applied."""
         self._group_ready = False
+        self.refused_since_recorded = 0
+        """Refusals not yet added to the store's count (`Scheduler.heartbeat` does)."""
+        self.last_refused: tuple[dt.datetime, str] | None = None
 
     def step(
         self, count: int = BATCH, block_ms: int = 0, *, max_entries: int = MAX_PER_STEP
@@ -175,6 +178,10 @@ class Ingest:
 
     def _dead_letter(self, ident: str, fields: Mapping[Any, Any] | None, reason: str) -> None:
         log.warning("report refused", entry=ident, reason=reason)
+        # For the store (the daemon's heartbeat adds them there): Redis access alone must not
+        # be able to hide a refusal from `retrain status`.
+        self.refused_since_recorded += 1
+        self.last_refused = (utcnow(), reason[:1000])
         raw = (fields or {}).get(reports.FIELD, (fields or {}).get(reports.FIELD.encode(), b""))
         data = raw if isinstance(raw, (bytes, str)) else repr(raw)
         self.redis.xadd(

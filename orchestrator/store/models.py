@@ -454,3 +454,8 @@ class SchedulerState(Base):
     reports_signed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     """Whether the leader checks report signatures (it holds the worker secret): `retrain
     status` warns when not. In the store, not in Redis, where anyone could claim it."""
+    reports_refused: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Reports the leaders refused (dead-lettered), counted with each heartbeat: Redis's
+    dead-letter stream keeps the entries, but anyone with Redis access could delete it."""
+    last_refused_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_refused_reason: Mapped[str | None] = mapped_column(Text, nullable=True)

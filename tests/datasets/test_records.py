@@ -174,7 +174,9 @@ def test_an_older_or_missing_store_is_left_to_the_full_store(cli: CLI, retrain_h
     # Back to the schema before 0010 (the downgrades of 0011 and 0010), as an older release
     # left a store.
     with sqlite3.connect(path) as conn:
-        conn.execute("ALTER TABLE scheduler_state DROP COLUMN reports_signed")
+        for column in ("reports_signed", "reports_refused", "last_refused_at",
+                       "last_refused_reason"):
+            conn.execute(f"ALTER TABLE scheduler_state DROP COLUMN {column}")
         conn.execute("ALTER TABLE tasks DROP COLUMN logged_params")
         conn.execute("DROP TABLE metric_series")
         conn.execute("UPDATE alembic_version SET version_num = '0009'")

@@ -308,3 +308,26 @@ def test_reports_of_an_earlier_execution_are_refused_after_a_release(
     assert shown["metrics"] == {"acc": 0.5}
     replayed = [r for r in refused(runtime) if "earlier execution" in r]
     assert len(replayed) == 2, refused(runtime)
+
+
+def test_redis_access_cannot_hide_refused_reports_from_status(
+    cli: CLI, git_repo: Repo, runtime: Runtime, tmp_path: Path
+) -> None:
+    """Attacker pass, second round: `DEL retrain:reports:dead` made `retrain status` say no
+    report was ever refused. The leading scheduler counts refusals in the store (with the
+    last reason), where Redis access cannot reach; the dead-letter stream stays for reading
+    the refused entries themselves."""
+    run = queued(cli, git_repo)
+    forged = reports.finished(run, "attacker", "completed", exit_code=0)
+    runtime.redis.xadd(keys.REPORTS_STREAM, {reports.FIELD: json.dumps(forged)})  # unsigned
+    triggers = tmp_path / "triggers.yaml"
+    triggers.write_text("version: 1\ntriggers: []\n")
+    scheduler = Scheduler(Runtime(), triggers, wakeup=False)
+    scheduler.ingest.step()
+    scheduler.heartbeat()
+    runtime.redis.delete(keys.REPORTS_DEAD)  # the attacker's clean-up
+    shown = cli.json("status")["reports"]
+    assert shown["refused"] == 1, shown
+    assert "not signed" in shown["last_refused"]["reason"], shown
+    scheduler.heartbeat()  # counted once, not at every heartbeat
+    assert cli.json("status")["reports"]["refused"] == 1
