@@ -240,6 +240,14 @@ class Ingest:
                     self.tasks.requeue(task_id, f"re-queued: {reason}", attempt=False)
             return
         # finished
+        if status in FINISHED and (status == "completed" or info.duration_s is not None):
+            # Only a final report completes a run or gives it its duration: this one's was
+            # applied. Another (a replayed payload that ran again, a replayed report) would
+            # register its models as new versions of a run that ended.
+            raise reports.BadReport(
+                f"finished report for {task_id}: the run already ended ({status}) and its "
+                "final report was applied (a repeated or replayed report)"
+            )
         final = str(report["status"])
         environment = reports.clean_environment(report.get("environment"))
         artifacts = reports.clean_artifacts(report.get("artifacts"))

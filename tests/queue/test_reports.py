@@ -375,9 +375,11 @@ def test_series_are_stored_with_the_run_and_compared(
     [completed] = [p for k, i, p in events(rt) if k == "task.completed" and i == first]
     assert completed["series"]["loss"] == {"last": 0.1, "min": 0.1, "max": 1.0}
 
-    # Applying the same report again changes nothing.
+    # Applying the same report again changes nothing: it is refused (a final report is
+    # applied once; a repeat would register its models again).
     before = state(rt, first), rt.tasks.series(first)
-    ingest(rt).apply(reports.parse({"data": json.dumps(sent[first])}))
+    with pytest.raises(reports.BadReport, match="already ended"):
+        ingest(rt).apply(reports.parse({"data": json.dumps(sent[first])}))
     assert (state(rt, first), rt.tasks.series(first)) == before
 
     compared = cli.json("task", "compare", first, second)

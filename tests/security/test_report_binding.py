@@ -331,3 +331,33 @@ def test_redis_access_cannot_hide_refused_reports_from_status(
     assert "not signed" in shown["last_refused"]["reason"], shown
     scheduler.heartbeat()  # counted once, not at every heartbeat
     assert cli.json("status")["reports"]["refused"] == 1
+
+
+def test_a_replayed_run_cannot_register_models_on_a_finished_run(
+    cli: CLI, git_repo: Repo, runtime: Runtime
+) -> None:
+    """Attacker pass, third round (Redis access only): the saved job hash of a completed run,
+    pushed back on its queue, ran again on the same worker, and its second `finished` (same
+    worker, same execution) registered a second model version on the completed run, firing
+    model triggers again. A run's final report is applied once: a second is refused."""
+    run = queued(cli, git_repo)
+    execution = QueueAdapter(runtime.redis, secret=SECRET).job(run).args[0]["execution"]
+
+    def signed(report: dict[str, object]) -> None:
+        reports.send(runtime.redis, {**report, "execution": execution}, secret=SECRET)
+
+    model = {"name": "detector", "uri": "s3://bucket/models/first.pt", "metadata": {}}
+    signed(reports.started(run, "w1", 0))
+    signed(reports.finished(run, "w1", "completed", exit_code=0, duration_s=5.0,
+                            models=[model]))
+    ingest(runtime).step()
+    assert [m.uri for m in runtime.models.list()] == [model["uri"]]
+    replayed = {**model, "uri": "s3://bucket/models/second.pt"}
+    signed(reports.started(run, "w1", 0))
+    signed(reports.finished(run, "w1", "completed", exit_code=0, duration_s=6.0,
+                            models=[replayed], metrics={"acc": 0.1}))
+    ingest(runtime).step()
+    assert [m.uri for m in runtime.models.list()] == [model["uri"]]
+    shown = cli.json("task", "show", run)
+    assert shown["duration_s"] == 5.0 and shown["metrics"] == {}, shown
+    assert any("already ended" in r for r in refused(runtime)), refused(runtime)
