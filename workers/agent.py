@@ -187,6 +187,13 @@ def sandbox_level() -> str:
         )
     user = sandbox.job_user()
     shown = f"{level}, as {user.pw_name}" if user is not None else level
+    if user is None and os.geteuid() == 0 and level != "off":
+        shown = f"{level}, as root"
+        structlog.get_logger("retrain.worker").warning(
+            "jobs run as root: with no capabilities, but owning root's files, which Landlock "
+            "does not stop them from chmod-ing (a job could make a root-owned binary setuid); "
+            "run untrusted jobs with --job-user USER"
+        )
     return f"{shown}, builds allowed" if sandbox.allow_builds() else shown
 
 

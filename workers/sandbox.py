@@ -78,8 +78,19 @@ HIDDEN_IN_HOME = (
     ".netrc",
     ".pgpass",
     ".ssh",
+    ".cache/uv",  # other tasks' wheels (private indexes), hard-linked into environments
+    ".cache/pip",
+    ".config/retrain",
 )
 """Credential files of the worker's user that no job may read, below its home folder."""
+HIDDEN_ON_HOST = ("/etc/retrain", "/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
+"""Host files no job may read: `/etc/retrain` holds the deployed workers' environment file
+(`deploy/`: the worker secret, the Redis and S3 credentials), readable by the workers' user,
+which is the jobs' user unless `--job-user`; the shadow files are root's (a root job owns
+them)."""
+HIDE_ENV = "RETRAIN_SANDBOX_HIDE"
+"""More paths no job may read (`--sandbox-hide`, space-separated): where an operator keeps
+the worker's credentials elsewhere (a systemd EnvironmentFile, a mounted secret)."""
 
 
 class SandboxUnavailable(RuntimeError):
@@ -326,8 +337,9 @@ def _everything_but(hidden_paths: tuple[str, ...]) -> tuple[tuple[str, int], ...
 
 def hidden_for(home: Path, cache: Path, storage_url: str) -> list[Path]:
     """What no job may read or write: the worker's home (secret, database, embedded Redis),
-    its cache (other runs' folders, environments, mirrors, blobs), local blob storage, and
-    the worker user's credential files."""
+    its cache (other runs' folders, environments, mirrors, blobs), local blob storage, the
+    worker user's credential files, the host's (`HIDDEN_ON_HOST`) and the operator's own
+    (`--sandbox-hide`)."""
     from urllib.parse import urlsplit
 
     hidden = [home, cache]
@@ -335,6 +347,8 @@ def hidden_for(home: Path, cache: Path, storage_url: str) -> list[Path]:
         hidden.append(Path(urlsplit(storage_url).path))
     worker_home = Path(pwd.getpwuid(os.geteuid()).pw_dir)
     hidden += [worker_home / name for name in HIDDEN_IN_HOME]
+    hidden += [Path(name) for name in HIDDEN_ON_HOST]
+    hidden += [Path(name) for name in os.environ.get(HIDE_ENV, "").split()]
     return [p.absolute() for p in hidden]
 
 

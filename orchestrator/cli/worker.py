@@ -62,6 +62,17 @@ def worker(
             "environment: space-separated).",
         ),
     ] = [],  # noqa: B006
+    sandbox_hide: Annotated[
+        list[str],
+        typer.Option(
+            "--sandbox-hide",
+            metavar="PATH",
+            envvar="RETRAIN_SANDBOX_HIDE",
+            help="A file or folder jobs may not read, such as where the worker's credentials "
+            "are kept outside its home and /etc/retrain (repeatable; in the environment: "
+            "space-separated).",
+        ),
+    ] = [],  # noqa: B006
     job_user: Annotated[
         str | None,
         typer.Option(
@@ -126,6 +137,10 @@ def worker(
                     )
     os.environ[confine.SANDBOX_ENV] = sandbox
     os.environ[confine.WRITE_ENV] = " ".join(sandbox_write)
+    for path in sandbox_hide:
+        if not os.path.isabs(path):
+            raise UserError(f"--sandbox-hide {path}: must be an absolute path")
+    os.environ[confine.HIDE_ENV] = " ".join(sandbox_hide)
     os.environ[confine.JOB_USER_ENV] = job_user or ""
     os.environ[confine.ALLOW_BUILDS_ENV] = "1" if allow_builds else ""
     try:

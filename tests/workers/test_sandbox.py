@@ -280,3 +280,39 @@ def test_the_walk_is_done_once_per_worker(tmp_path: Path) -> None:
     sandbox.rules(policy)
     after = sandbox._everything_but.cache_info()
     assert (after.hits, after.misses) == (before.hits + 1, before.misses)
+
+
+@pytest.mark.skipif(sandbox.landlock_abi() < 1, reason="needs Landlock")
+def test_the_deployed_credentials_file_and_named_paths_are_hidden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attacker pass, third round: the documented systemd setup keeps the worker secret, the
+    Redis password and the S3 keys in /etc/retrain/retrain.env, readable by the workers' user,
+    which is the jobs' user, and a job read it. /etc/retrain (and root's shadow files) are
+    hidden on every host; `--sandbox-hide` hides the operator's own places."""
+    env_file = tmp_path / "etc" / "retrain.env"  # stands for a credentials file elsewhere
+    env_file.parent.mkdir()
+    env_file.write_text("RETRAIN_WORKER_SECRET=s3cr3t\n")
+    monkeypatch.setenv(sandbox.HIDE_ENV, str(env_file.parent))
+    hidden = sandbox.hidden_for(tmp_path / "home", tmp_path / "cache", "s3://bucket")
+    assert Path("/etc/retrain") in hidden and Path("/etc/shadow") in hidden
+    assert env_file.parent in hidden
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    policy = sandbox.policy_for(workdir=tmp_path / "work", writable=[outputs], readable=[],
+                                hidden=hidden, python="/usr/bin/python3")
+    assert policy is not None
+    lines: list[str] = []
+    probe = ("import sys\n"
+             "for path in sys.argv[1:]:\n"
+             "    try:\n"
+             "        open(path).read(); print(path, 'read')\n"
+             "    except OSError as exc:\n"
+             "        print(path, 'refused', exc.errno)\n")
+    targets = [str(env_file), *(p for p in ("/etc/shadow",) if os.path.exists(p))]
+    result = run_process(
+        ["/usr/bin/python3", "-c", probe, *targets], env={"PATH": "/usr/bin:/bin"},
+        cwd=Path("/"), timeout_s=60, on_line=lambda _stream, line: lines.append(line),
+        sandbox=sandbox.confinement(policy))
+    assert result.status == "completed", (result, lines)
+    assert [line.split()[1] for line in lines] == ["refused"] * len(targets), lines

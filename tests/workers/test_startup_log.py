@@ -52,3 +52,9 @@ def test_worker_logs_what_it_serves_as_json_lines(
         name.startswith(("gpu", "cpu")) for name in record["rq_queues"]
     )
     assert record["storage"].startswith("file://") and record["redis"] == url
+    if os.geteuid() == 0 and not record["sandbox"].startswith(("none", "off")):
+        # Attacker pass, third round: a root job without --job-user owns root's files and
+        # made a root-owned binary setuid (Landlock does not govern chmod). Said, not silent.
+        assert record["sandbox"].endswith(", as root"), record
+        warned = [r for r in records if r.get("level") == "warning"]
+        assert any("--job-user" in r.get("event", "") for r in warned), records
