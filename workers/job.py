@@ -375,17 +375,31 @@ class Job:
             models.append(self._model(outputs, folder, logged, uri, size))
         for path in files:
             if (outputs / "models") in path.parents and not any(f in path.parents for f in folders):
+                if len(models) >= reports.MAX_MODELS:
+                    self._log_line("retrain", f"skipped model {path.name}: past the "
+                                   f"{reports.MAX_MODELS} models a run registers")
+                    continue
                 uploaded = self._upload(path)
                 if uploaded is not None:
                     models.append(self._model(outputs, path, logged, *uploaded))
         artifacts = []
+        beyond = 0
         for path in files:
             if path != metrics_file and (outputs / "models") not in path.parents:
+                if len(artifacts) >= reports.MAX_ARTIFACTS - 1:  # output.log comes last
+                    beyond += 1  # a report carries no more: uploading them only fills storage
+                    continue
                 uploaded = self._upload(path)
                 if uploaded is not None:
                     artifacts.append(
                         {"path": path.relative_to(outputs).as_posix(), "uri": uploaded[0]}
                     )
+        if beyond:
+            self._log_line(
+                "retrain",
+                f"skipped {beyond} more output files past the {reports.MAX_ARTIFACTS} a run "
+                "records (put them in one archive or folder model instead)",
+            )
         if self._mlflow_external is None:
             found_models, found_artifacts = self._mlflow(store)
             models.extend(found_models)
@@ -726,8 +740,8 @@ class Job:
 
 
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-SPARSE_FROM_BYTES = 64 * 1024 * 1024
-"""An output longer than this with under half of it on disk is a sparse file: skipped."""
+SPARSE_FROM_BYTES = 1024 * 1024
+"""An output this long or longer with under half of it on disk is a sparse file: skipped."""
 
 
 def _fd_path(fd: int) -> Path:
@@ -769,7 +783,7 @@ def open_output(root: Path, path: Path, links_within: Path | None = None) -> int
     if not stat.S_ISREG(found.st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file", str(path))
-    if found.st_size > SPARSE_FROM_BYTES and found.st_blocks * 512 < found.st_size // 2:
+    if found.st_size >= SPARSE_FROM_BYTES and found.st_blocks * 512 < found.st_size // 2:
         # A hole costs the job nothing and the worker a full read and a full blob.
         os.close(fd)
         raise OSError(

@@ -193,6 +193,14 @@ def test_a_sparse_output_is_not_expanded_into_storage(tmp_path: Path) -> None:
     (outputs / "real.bin").write_bytes(os.urandom(4096))
     assert job._upload(outputs / "huge.bin") is None  # type: ignore[attr-defined]
     assert any("huge.bin" in n and "sparse" in n for n in notes), notes
+    # Third round: one real byte, then a hole to exactly the old threshold, got through.
+    from workers.job import SPARSE_FROM_BYTES
+
+    with open(outputs / "edge.bin", "wb") as edge:
+        edge.write(b"x")
+        edge.truncate(64 * 1024 * 1024)
+    assert SPARSE_FROM_BYTES <= 1024 * 1024
+    assert job._upload(outputs / "edge.bin") is None  # type: ignore[attr-defined]
     stored = sum(p.stat().st_size for p in (tmp_path / "blobs").rglob("*") if p.is_file())
     assert stored < 1024**2, stored
     uploaded = job._upload(outputs / "real.bin")  # type: ignore[attr-defined]
@@ -214,3 +222,18 @@ def test_two_runs_of_one_payload_never_share_a_work_folder(tmp_path: Path) -> No
     assert first.workdir != replay.workdir
     assert first.workdir.parent == replay.workdir.parent
     assert first.workdir.name.startswith("0" * 32 + ".0.")
+
+
+def test_outputs_past_what_a_report_records_are_not_uploaded(tmp_path: Path) -> None:
+    """Attacker pass, third round: nothing bounded how many outputs were uploaded, while a
+    report records at most MAX_ARTIFACTS of them: the rest only filled blob storage."""
+    from orchestrator.queue import reports
+
+    job, outputs, notes = _job(tmp_path)
+    for i in range(reports.MAX_ARTIFACTS + 20):
+        (outputs / f"f{i:05d}.txt").write_text(str(i))
+    _metrics, _models, artifacts = job._outputs(outputs)  # type: ignore[attr-defined]
+    assert len(artifacts) <= reports.MAX_ARTIFACTS
+    stored = [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+    assert len(stored) <= reports.MAX_ARTIFACTS, len(stored)
+    assert any("more output files past the" in n for n in notes), notes[-3:]
