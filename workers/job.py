@@ -382,7 +382,7 @@ class Job:
                 uploaded = self._upload(path)
                 if uploaded is not None:
                     models.append(self._model(outputs, path, logged, *uploaded))
-        artifacts = []
+        artifacts: list[dict[str, Any]] = []
         beyond = 0
         for path in files:
             if path != metrics_file and (outputs / "models") not in path.parents:
