@@ -814,6 +814,15 @@ def _refuse_source_urls(key: str, reqs: Sequence[str]) -> None:
     an sdist, a git repository): installing it would run its build code. pip builds these
     even with `--only-binary=:all:`, so they are refused before any tool runs."""
     for line in reqs:
+        options = [w for w in line.split() if w.startswith("-")]
+        if any(not o.startswith("--hash=") for o in options):
+            # `task create` accepts none but --hash=; a pip option such as --no-binary or
+            # --find-links on a requirement line would override wheels-only (pip applies
+            # requirement-file options over its command line).
+            raise EnvBuildError(
+                f"environment {key}: {_INSTALL} failed: the requirement {line.split()[0]!r} "
+                f"carries an option other than --hash= ({options[0]}); {ALLOW_BUILDS}"
+            )
         words = [w for w in line.split() if not w.startswith("--")]
         try:
             requirement = Requirement(" ".join(words))

@@ -423,10 +423,12 @@ def _evil_requirement(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         return f"evilpkg @ {sdist.as_uri()}"
     monkeypatch.setenv("UV_FIND_LINKS", str(sdist.parent))
     monkeypatch.setenv("PIP_FIND_LINKS", str(sdist.parent))
-    return "evilpkg==0.1.0"
+    # "option" (attacker pass, third round): pip applies a requirement line's own options
+    # over its command line's --only-binary.
+    return "evilpkg==0.1.0 --no-binary=:all:" if kind == "option" else "evilpkg==0.1.0"
 
 
-@pytest.mark.parametrize("kind", ["folder", "sdist", "pin"])
+@pytest.mark.parametrize("kind", ["folder", "sdist", "pin", "option"])
 @pytest.mark.parametrize("tool", ["uv", "pip"])
 def test_a_package_that_needs_building_is_refused_and_its_code_never_runs(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str, kind: str
