@@ -63,8 +63,9 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     ("model", "list", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     # Reads through store/lean.py (scheduler/history.py: one SQL for both paths).
     ("history", "--json"): _NEVER | {"redis", "rich", "pydantic", "sqlalchemy"},
-    # The status snapshot reads the store through store/lean.py and Redis directly.
-    ("status", "--json"): _NEVER | {"rich", "sqlalchemy", "pydantic"},
+    # The status snapshot reads the store through store/lean.py, and Redis over a socket of
+    # its own (queue/plain.py): redis-py only for a URL it cannot serve (TLS, options).
+    ("status", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
 }
 """Per command (its words, ending with the option that picks its output): the packages it
 must not load."""
