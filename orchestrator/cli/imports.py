@@ -55,7 +55,8 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     | {"redis", "rich", "sqlalchemy", "pydantic", "typer", "click"},
     ("dataset", "search", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "show", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
-    ("task", "show", "--json"): _NEVER | {"redis", "rich"},
+    # SQL on the bare driver (tasks/records.py, which TaskService.lookup and run_lineage run).
+    ("task", "show", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     # Queues a job: RQ is the one place jobs are written (queue/adapter.py).
     ("task", "run", "--json"): (_NEVER - {"rq"}) | {"rich"},
     ("task", "list", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},

@@ -388,6 +388,20 @@ def _lean_list(options: dict[str, Any]) -> list[dict[str, Any]] | None:
         return None
 
 
+def _lean_show(ref: str) -> dict[str, Any] | None:
+    """`task show --json` straight from the database driver (tasks/records.py, the SQL the
+    full store's path runs too), or None when only the full store can answer."""
+    from orchestrator.defaults import database_url_from_env
+    from orchestrator.store.lean import Unavailable, connect
+    from orchestrator.tasks import records
+
+    try:
+        with connect(database_url_from_env()) as conn:
+            return records.show(conn, ref)
+    except Unavailable:
+        return None
+
+
 @app.command()
 def show(
     ref: Annotated[str, typer.Argument(help="Task id, or a template reference.")],
@@ -395,6 +409,11 @@ def show(
 ) -> None:
     """A task's spec, resolved parameters, inputs and lineage (template, parent, trigger,
     event, models), metric series; for a template, also its revisions and latest runs."""
+    if as_json:
+        shown = _lean_show(ref)
+        if shown is not None:
+            output.print_json(shown)
+            return
     from orchestrator.tasks.lineage import run_lineage
 
     rt = runtime()
