@@ -134,8 +134,9 @@ class EventRef(BaseModel):
 
     @property
     def label(self) -> str:
-        what = f"{self.project}/{self.name} {self.version or ''}".strip()
-        return f"event {self.seq} {self.kind}: {what} ({self.entity.id})"
+        from orchestrator.tasks.records import event_label
+
+        return event_label(self.model_dump())
 
 
 class VersionUsage(BaseModel):

@@ -199,6 +199,12 @@ def lineage(conn: Any, info: Row) -> Row:
     }
 
 
+def event_label(event: Row) -> str:
+    """An event record as `task show` names it (`EventRef.label`)."""
+    what = f"{event['project']}/{event['name']} {event['version'] or ''}".strip()
+    return f"event {event['seq']} {event['kind']}: {what} ({event['entity']['id']})"
+
+
 def show(conn: Any, ref: str) -> Row:
     """`task show REF --json`: the task, its lineage, its series' summaries and, for a
     template, its revisions and latest runs."""

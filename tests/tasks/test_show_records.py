@@ -143,8 +143,16 @@ def test_task_show_json_is_what_the_orm_views_printed(
     assert [m["name"] for m in shown["models"]] and shown["series"]["loss"]["step"] == 2
     assert shown["cause"]["seq"] and len(shown["absorbed_events"]) == 1
     assert shown["tags"] == ["alpha", "zeta"]
-    # The human form and the Python API read the same records.
-    assert run_id in cli("task", "show", run_id).out
+    # The human form prints the same record, whichever path read it.
+    from orchestrator.cli import task as task_cli
+
+    for ref in (template, run_id):
+        lean = cli("task", "show", ref).out
+        with monkeypatch.context() as m:
+            m.setattr(task_cli, "_lean_show", lambda _ref: None)
+            assert cli("task", "show", ref).out == lean
+    assert "event " in lean and "models registered:" in lean and "models/occ.txt" in lean
+    assert "2026-12-02 09:30:00" in lean and "12.0 s" in lean
     assert runtime.tasks.lookup("team/show/train@candidate").id == template
     missing = cli("task", "show", "team/show/nothing", "--json", expect=2)
     assert "team/show/nothing" in missing.err and missing.err.count("\n") == 1
