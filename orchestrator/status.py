@@ -28,6 +28,8 @@ from orchestrator.store.lean import Row, fetch, placeholders
 if TYPE_CHECKING:
     from redis import Redis
 
+    from orchestrator.queue.plain import PlainRedis
+
 Status = dict[str, Any]
 
 SCHEDULER_STATE = "main"
@@ -101,6 +103,16 @@ def read_redis(url: str | None, now: dt.datetime) -> RedisView:
             error="RETRAIN_REDIS_URL is not set and the embedded Redis is not running "
             "(it starts with the first command that queues a task)",
         )
+    from orchestrator.queue.plain import PlainRedis
+
+    plain = PlainRedis.of(url)  # no redis-py import (most of this command's start-up)
+    if plain is not None:
+        try:
+            return _read_redis(plain, url, now)
+        except (OSError, ValueError) as exc:
+            return RedisView(url, error=str(exc) or type(exc).__name__)
+        finally:
+            plain.close()
     import redis
 
     try:
@@ -115,7 +127,7 @@ def read_redis(url: str | None, now: dt.datetime) -> RedisView:
         client.close()
 
 
-def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
+def _read_redis(client: Redis | PlainRedis, url: str, now: dt.datetime) -> RedisView:
     pipe = client.pipeline(transaction=False)
     pipe.get(keys.SCHEDULER_LEASE)
     pipe.pttl(keys.SCHEDULER_LEASE)
@@ -153,7 +165,7 @@ def _read_redis(client: Redis, url: str, now: dt.datetime) -> RedisView:
     return view
 
 
-def _latest_points(client: Redis, workers: list[Row]) -> None:
+def _latest_points(client: Redis | PlainRedis, workers: list[Row]) -> None:
     """Each busy worker's task's newest live metric point (`metric`: name, step, value),
     from the tail of its live metrics stream (one round trip for all of them). The stream is
     written by workers: an entry that does not parse is skipped, never a traceback."""

@@ -584,3 +584,50 @@ def test_names_it_shares_with_other_modules_agree() -> None:
     assert Queue.redis_queue_namespace_prefix == status.RQ_QUEUE_PREFIX
     assert Queue.redis_queues_keys == status.RQ_QUEUES
     assert (STATE_FILE, STATE) == (status.REDIS_STATE_FILE, status.SCHEDULER_STATE)
+
+
+def test_the_plain_redis_client_reads_what_redis_py_reads(machine_redis: redis.Redis) -> None:
+    """`status` reads Redis over a socket of its own (no redis-py import): the view is the one
+    redis-py gives, on the same data, including fields a stranger wrote; an unreachable Redis
+    and a wrong password are one line, and a URL it cannot serve goes to redis-py."""
+    from orchestrator.queue import keys
+    from orchestrator.queue.plain import PlainRedis
+    from orchestrator.status import RQ_QUEUES, _read_redis, read_redis
+
+    client = machine_redis
+    url = machine_redis_url()
+    now = dt.datetime.now(dt.timezone.utc)
+    client.set(keys.SCHEDULER_LEASE, "host-1:123", px=60_000)
+    client.sadd(RQ_QUEUES, "rq:queue:gpu", "rq:queue:cpu", "not-a-queue")
+    client.rpush("rq:queue:gpu", "a", "b", "c")
+    client.zadd(keys.WORKERS, {"w1": now.timestamp(), "w2": now.timestamp() - 5, "odd": 1.5})
+    client.hset(
+        keys.worker_key("w1"),
+        mapping={"queues": "gpu", "task": "t1", "state": "busy", "gpus": "0,1", "é": "ü"},
+    )
+    client.xadd(keys.metrics_stream("t1"), {"p": json.dumps({"loss": [[1, 2], [0.5, 0.25]]})})
+    client.xadd(keys.metrics_stream("t1"), {"p": "not json"})
+    plain = PlainRedis.of(url)
+    assert plain is not None
+    try:
+        lean = _read_redis(plain, url, now)
+    finally:
+        plain.close()
+    full = _read_redis(client, url, now)
+    for view in (lean, full):  # the lease's time left moves between the two reads
+        assert view.lease_ttl_s is not None and 0 < view.lease_ttl_s <= 60
+        view.lease_ttl_s = None
+    assert lean == full
+    assert lean.leader == "host-1:123" and lean.waiting == {"gpu": 3, "cpu": 0}
+    assert [w["metric"] for w in lean.workers if w["name"] == "w1"] == [
+        {"name": "loss", "step": 2, "value": 0.25}
+    ]
+    again = read_redis(url, now)
+    again.lease_ttl_s = None
+    assert again == full
+    dead = read_redis(dead_redis_url(), now)
+    assert dead.error and "\n" not in dead.error
+    wrong = read_redis(url.replace("redis://", "redis://nobody:wrong@", 1), now)
+    assert wrong.error and ("WRONGPASS" in wrong.error or "AUTH" in wrong.error)
+    assert PlainRedis.of("rediss://localhost:6380/0") is None
+    assert PlainRedis.of("redis://localhost:6379/0?health_check_interval=5") is None

@@ -55,7 +55,8 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     | {"redis", "rich", "sqlalchemy", "pydantic", "typer", "click"},
     ("dataset", "search", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     ("dataset", "show", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
-    ("task", "show", "--json"): _NEVER | {"redis", "rich"},
+    # SQL on the bare driver (tasks/records.py, which TaskService.lookup and run_lineage run).
+    ("task", "show", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     # Queues a job: RQ is the one place jobs are written (queue/adapter.py).
     ("task", "run", "--json"): (_NEVER - {"rq"}) | {"rich"},
     ("task", "list", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
@@ -63,8 +64,9 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     ("model", "list", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
     # Reads through store/lean.py (scheduler/history.py: one SQL for both paths).
     ("history", "--json"): _NEVER | {"redis", "rich", "pydantic", "sqlalchemy"},
-    # The status snapshot reads the store through store/lean.py and Redis directly.
-    ("status", "--json"): _NEVER | {"rich", "sqlalchemy", "pydantic"},
+    # The status snapshot reads the store through store/lean.py, and Redis over a socket of
+    # its own (queue/plain.py): redis-py only for a URL it cannot serve (TLS, options).
+    ("status", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
 }
 """Per command (its words, ending with the option that picks its output): the packages it
 must not load."""

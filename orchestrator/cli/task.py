@@ -388,6 +388,20 @@ def _lean_list(options: dict[str, Any]) -> list[dict[str, Any]] | None:
         return None
 
 
+def _lean_show(ref: str) -> dict[str, Any] | None:
+    """`task show --json` straight from the database driver (tasks/records.py, the SQL the
+    full store's path runs too), or None when only the full store can answer."""
+    from orchestrator.defaults import database_url_from_env
+    from orchestrator.store.lean import Unavailable, connect
+    from orchestrator.tasks import records
+
+    try:
+        with connect(database_url_from_env()) as conn:
+            return records.show(conn, ref)
+    except Unavailable:
+        return None
+
+
 @app.command()
 def show(
     ref: Annotated[str, typer.Argument(help="Task id, or a template reference.")],
@@ -395,6 +409,17 @@ def show(
 ) -> None:
     """A task's spec, resolved parameters, inputs and lineage (template, parent, trigger,
     event, models), metric series; for a template, also its revisions and latest runs."""
+    shown = _lean_show(ref)
+    if shown is None:  # only the full store can answer (a fresh database, say)
+        shown = _full_show(ref)
+    if as_json:
+        output.print_json(shown)
+        return
+    _print_show(shown)
+
+
+def _full_show(ref: str) -> dict[str, Any]:
+    """What `_lean_show` returns, through the full store (which migrates or explains)."""
     from orchestrator.tasks.lineage import run_lineage
 
     rt = runtime()
@@ -403,28 +428,33 @@ def show(
     overview = tasks.overview(info) if info.kind == "template" else None
     traced = run_lineage(rt.store, info.id)
     series = tasks.series(info.id) if info.status != "draft" else {}
-    if as_json:
-        shown = {**info.model_dump(mode="json"), **traced.model_dump(mode="json")}
-        shown["series"] = {
-            name: {k: v for k, v in s.items() if k != "points"} for name, s in series.items()
-        }
-        if overview is not None:
-            shown.update(overview)
-        output.print_json(shown)
-        return
-    spec = info.spec
+    shown = {**info.model_dump(mode="json"), **traced.model_dump(mode="json")}
+    shown["series"] = {
+        name: {k: v for k, v in s.items() if k != "points"} for name, s in series.items()
+    }
+    if overview is not None:
+        shown.update(overview)
+    return shown
+
+
+def _print_show(info: dict[str, Any]) -> None:
+    """`task show` for people, from the record `--json` prints."""
+    from orchestrator.tasks.records import event_label
+
+    cause = info["cause"]
+    spec = info["spec"]
     entry = spec["entry"].get("script") or f"-m {spec['entry'].get('module')}"
     rows: list[tuple[str, Any]] = [
-        ("id", info.id),
-        ("task", info.label),
-        ("type", info.type),
-        ("status", info.status),
-        ("tags", info.tags),
-        ("kind", f"template, revision {info.revision}" if info.kind == "template" else "run"),
-        ("template", info.template),
-        ("parent", info.parent if info.parent != info.template else None),
-        ("trigger", f"{info.trigger} ({traced.cause.label})" if traced.cause else info.trigger),
-        ("queue", f"{info.queue} ({info.priority})"),
+        ("id", info["id"]),
+        ("task", f"{info['project']}/{info['name']}"),
+        ("type", info["type"]),
+        ("status", info["status"]),
+        ("tags", info["tags"]),
+        ("kind", f"template, revision {info['revision']}" if info["kind"] == "template" else "run"),
+        ("template", info["template"]),
+        ("parent", info["parent"] if info["parent"] != info["template"] else None),
+        ("trigger", f"{info['trigger']} ({event_label(cause)})" if cause else info["trigger"]),
+        ("queue", f"{info['queue']} ({info['priority']})"),
         ("repo", spec["repo"]),
         ("branch", spec.get("branch")),
         ("commit", spec.get("commit")),
@@ -438,24 +468,24 @@ def show(
         ("timeout", f"{spec['timeout_s']} s (abort grace {spec.get('abort_grace_s', 30)} s)"),
         (
             "retries",
-            f"{info.attempt} of {spec.get('retries', 0)} used" if spec.get("retries") else None,
+            f"{info['attempt']} of {spec.get('retries', 0)} used" if spec.get("retries") else None,
         ),
-        ("created", info.created_at),
-        ("queued", info.queued_at),
-        ("started", info.started_at),
-        ("finished", info.finished_at),
-        ("worker", info.worker),
-        ("duration", f"{info.duration_s:.1f} s" if info.duration_s is not None else None),
-        ("exit code", info.exit_code),
-        ("error", info.error),
-        ("environment", _environment_line(info.environment)),
+        ("created", info["created_at"]),
+        ("queued", info["queued_at"]),
+        ("started", info["started_at"]),
+        ("finished", info["finished_at"]),
+        ("worker", info["worker"]),
+        ("duration", f"{info['duration_s']:.1f} s" if info["duration_s"] is not None else None),
+        ("exit code", info["exit_code"]),
+        ("error", info["error"]),
+        ("environment", _environment_line(info["environment"])),
     ]
     output.table(None, ["field", "value"], rows)
     for title, mapping in (
-        ("parameters", info.parameters),
-        ("inputs", info.inputs),
-        ("resolved inputs", info.resolved_inputs),
-        ("metrics", info.metrics),
+        ("parameters", info["parameters"]),
+        ("inputs", info["inputs"]),
+        ("resolved inputs", info["resolved_inputs"]),
+        ("metrics", info["metrics"]),
     ):
         if mapping:
             output.out.print(f"\n{title}:")
@@ -463,34 +493,35 @@ def show(
                 output.out.print(
                     f"  {output.one_line(key)} = {output.one_line(value)}", markup=False
                 )
-    if traced.absorbed_events:
+    if info["absorbed_events"]:
         output.out.print("\nabsorbed events (coalesced into this run, oldest first):")
-        for absorbed in traced.absorbed_events:
-            output.out.print(f"  {absorbed.label}", markup=False)
-    if traced.models:
+        for absorbed in info["absorbed_events"]:
+            output.out.print(f"  {event_label(absorbed)}", markup=False)
+    if info["models"]:
         output.out.print("\nmodels registered:")
-        for model in traced.models:
+        for model in info["models"]:
             output.out.print(
-                f"  {model.id}  {model.project}/{model.name}  {output.one_line(model.uri)}",
+                f"  {model['id']}  {model['project']}/{model['name']}  "
+                f"{output.one_line(model['uri'])}",
                 markup=False,
             )
-    if info.logged_params:
+    if info["logged_params"]:
         output.out.print("\nparameters as logged:")
-        for key, value in sorted(info.logged_params.items()):
+        for key, value in sorted(info["logged_params"].items()):
             output.out.print(
                 f"  {output.one_line(key)} = {output.one_line(value)}", markup=False
             )
-    if series:
+    if info["series"]:
         output.out.print("\nseries (retrain metrics ID for sparklines):")
-        for name, s in series.items():
+        for name, s in info["series"].items():
             output.out.print(
                 f"  {output.one_line(name)}: last {s['last']:.6g} at step {s['step']}, "
                 f"min {s['min']:.6g}, max {s['max']:.6g}, {s['count']} points",
                 markup=False,
             )
-    if info.artifacts:
+    if info["artifacts"]:
         output.out.print("\nartifacts:")
-        for artifact in info.artifacts:
+        for artifact in info["artifacts"]:
             output.out.print(
                 f"  {output.one_line(artifact['path'])}  {output.one_line(artifact['uri'])}",
                 markup=False,
@@ -499,8 +530,8 @@ def show(
         output.out.print("\nrequirements:")
         for line in spec["requirements"]:
             output.out.print(f"  {line}", markup=False)
-    if overview is not None:
-        _print_overview(overview)
+    if info["kind"] == "template":
+        _print_overview(info)
 
 
 def _print_overview(overview: dict[str, Any]) -> None:

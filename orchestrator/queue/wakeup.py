@@ -11,14 +11,13 @@ through redis-py.
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from orchestrator.queue import keys
+from orchestrator.queue.plain import PlainRedis
 from orchestrator.settings import Settings
 
 if TYPE_CHECKING:
@@ -63,56 +62,18 @@ def publisher(settings: Settings) -> Callable[[], None]:
 def publish_plain(url: str) -> bool:
     """Announce on `url`'s channel over a socket of our own; False when the URL needs
     redis-py (TLS, options other than `db`). Raises OSError when Redis is unreachable."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    if set(query) - {"db"}:
+    client = PlainRedis.of(url, select=False)
+    if client is None:
         return False
-    if parts.scheme == "unix":
-        db = query.get("db", "0")
-    elif parts.scheme == "redis":
-        db = query.get("db", parts.path.strip("/") or "0")
-    else:
-        return False
-    if not db.isdigit():
-        return False
-    commands: list[list[str]] = []
-    if parts.password is not None:
-        password = unquote(parts.password)
-        user = unquote(parts.username) if parts.username else ""
-        commands.append(["AUTH", user, password] if user else ["AUTH", password])
-    commands.append(["PUBLISH", keys.events_channel(int(db)), "1"])
-    if parts.scheme == "unix":
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.settimeout(TIMEOUT_S)
-        try:
-            conn.connect(unquote(parts.path))
-        except OSError:
-            conn.close()
-            raise
-    else:
-        address = (parts.hostname or "localhost", parts.port or 6379)
-        conn = socket.create_connection(address, timeout=TIMEOUT_S)
-    with conn:
-        conn.sendall(b"".join(_command(c) for c in commands))
-        replies = b""
-        while replies.count(b"\r\n") < len(commands):
-            chunk = conn.recv(4096)
-            if not chunk:
-                raise OSError("Redis closed the connection")
-            replies += chunk
-    for reply in replies.split(b"\r\n"):
-        if reply.startswith(b"-"):  # an error (wrong password, say)
-            raise OSError(reply.decode(errors="replace"))
+    try:
+        (reply,) = client.execute(
+            [["PUBLISH", keys.events_channel(client.db), "1"]], timeout=TIMEOUT_S
+        )
+    finally:
+        client.close()
+    if isinstance(reply, OSError):  # an error reply (a wrong password, say)
+        raise reply
     return True
-
-
-def _command(words: list[str]) -> bytes:
-    """One command in Redis's wire protocol (RESP): an array of bulk strings."""
-    out = [b"*%d\r\n" % len(words)]
-    for word in words:
-        data = word.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
 
 
 def channel_of(redis: Redis) -> str:

@@ -12,10 +12,9 @@ from sqlalchemy.orm import Session
 from orchestrator import templating
 from orchestrator.datasets import queries as dataset_queries
 from orchestrator.errors import Conflict, NotFound, UserError
+from orchestrator.tasks.records import ID as ID
 from orchestrator.tasks.spec import ExecutionSpec
 
-ID = re.compile(r"^[0-9a-f]{32}$")
-"""What every entity id looks like."""
 PARAM_REF = re.compile(r"^\$\{\s*params\.([^}]+?)\s*\}$")
 
 

@@ -134,8 +134,9 @@ class EventRef(BaseModel):
 
     @property
     def label(self) -> str:
-        what = f"{self.project}/{self.name} {self.version or ''}".strip()
-        return f"event {self.seq} {self.kind}: {what} ({self.entity.id})"
+        from orchestrator.tasks.records import event_label
+
+        return event_label(self.model_dump())
 
 
 class VersionUsage(BaseModel):
@@ -195,22 +196,15 @@ def model_lineage(store: Store, model_id: str) -> ModelLineage:
 
 
 def run_lineage(store: Store, task_id: str) -> RunLineage:
+    """(`tasks/records.lineage`, the queries `task show` runs without SQLAlchemy too.)"""
+    from orchestrator.tasks import records as task_records
+
     with store.reader() as session:
-        run = session.get(Task, task_id)
-        if run is None:
+        driver = session.connection().connection.driver_connection
+        info = task_records.task(driver, task_id)
+        if info is None:
             raise NotFound("task", task_id, "list tasks with: retrain task list")
-        seqs = [int(s) for s in run.coalesced_events or ()]
-        if run.trigger_event_seq is not None:
-            seqs.append(run.trigger_event_seq)
-        events = {
-            e.seq: EventRef.of(e)
-            for e in (session.scalars(select(Event).where(Event.seq.in_(seqs))) if seqs else ())
-        }
-        return RunLineage(
-            cause=events.get(run.trigger_event_seq or -1),
-            absorbed_events=[events[s] for s in run.coalesced_events or () if s in events],
-            models=[ModelRef.of(m) for m in _models_of(session, [run.id])],
-        )
+        return RunLineage(**task_records.lineage(driver, info))
 
 
 def _models_of(session: Session, task_ids: list[str]) -> list[Model]:

@@ -13,8 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.errors import NotFound, UserError
-from orchestrator.store.models import Project, Task, TaskTag
+from orchestrator.store.models import Task
+from orchestrator.tasks import records
 from orchestrator.tasks.inputs import ID
+from orchestrator.tasks.records import split_ref as split_ref
 
 TEMPLATE = "template"
 RUN = "run"
@@ -57,30 +59,13 @@ def resolve_template(session: Session, ref: str) -> Task:
             raise NotATemplate(row, template_of(session, row))
         return row
     project, name, tag = split_ref(ref)
-    query = (
-        select(Task)
-        .join(Project)
-        .where(Project.path == project, Task.name == name, Task.kind == TEMPLATE)
-        .order_by(Task.revision.desc(), Task.created_at.desc())
-        .limit(1)
-    )
-    if tag:
-        query = query.where(Task.id.in_(select(TaskTag.task_id).where(TaskTag.tag == tag)))
-    row = session.scalars(query).first()
+    session.flush()  # the query below runs on the session's connection, under the ORM
+    driver = session.connection().connection.driver_connection
+    found = records.template_id(driver, project, name, tag)
+    row = session.get(Task, found) if found is not None else None
     if row is None:
         raise NotFound("template", ref, "list templates with: retrain task list --templates")
     return row
-
-
-def split_ref(ref: str) -> tuple[str, str, str]:
-    """`project/name@tag` -> (project, name, tag); the tag may be empty."""
-    path, at, tag = ref.partition("@")
-    project, _, name = path.rpartition("/")
-    if not project or not name:
-        raise UserError(f"template {ref!r}: expected an id, project/name or project/name@tag")
-    if at and not tag.strip():
-        raise UserError(f"template {ref!r}: an empty tag after '@' (project/name@tag)")
-    return project, name, tag
 
 
 def template_of(session: Session, row: Task) -> Task | None:

@@ -14,21 +14,12 @@ from orchestrator.store.models import MetricSeries
 
 
 def series_of(session: Session, task_id: str) -> dict[str, dict[str, Any]]:
-    """A run's stored metric series: name -> {count, last, step, min, max, points}."""
-    rows_ = session.scalars(
-        select(MetricSeries).where(MetricSeries.task_id == task_id).order_by(MetricSeries.name)
-    )
-    return {
-        r.name: {
-            "count": r.count,
-            "last": r.last,
-            "step": int(r.step) if r.step is not None and float(r.step).is_integer() else r.step,
-            "min": r.min,
-            "max": r.max,
-            "points": list(r.points or []),
-        }
-        for r in rows_
-    }
+    """A run's stored metric series: name -> {count, last, step, min, max, points}
+    (`records.series`, the query `task show` runs without SQLAlchemy too)."""
+    from orchestrator.tasks import records
+
+    session.flush()
+    return records.series(session.connection().connection.driver_connection, task_id)
 
 
 def has_series(session: Session, task_id: str) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from orchestrator.errors import NotFound, ServiceUnavailable, UserError
+from orchestrator.errors import ServiceUnavailable, UserError
 from orchestrator.git import Mirror
 from orchestrator.queue.adapter import QueueAdapter
 from orchestrator.store import Store
@@ -37,9 +37,8 @@ from orchestrator.store import events as ev
 from orchestrator.store.models import Task
 from orchestrator.tasks import dispatch, lifecycle, listing, queueing, registration
 from orchestrator.tasks.cloning import CloneOptions, new_row
-from orchestrator.tasks.inputs import ID
 from orchestrator.tasks.lifecycle import EVENT_OF_STATUS, load, record_event
-from orchestrator.tasks.resolution import resolve_source, resolve_template, split_ref
+from orchestrator.tasks.resolution import resolve_source, resolve_template
 from orchestrator.tasks.series import series_of
 from orchestrator.tasks.spec import Priority, TaskDefinition
 from orchestrator.tasks.states import TRANSITIONS
@@ -252,15 +251,12 @@ class TaskService:
 
     def lookup(self, ref: str) -> TaskInfo:
         """Any task by id, or a template by reference: what `task show` shows."""
+        from orchestrator.tasks import records
+
         with self.store.reader() as session:
-            if not ID.match(ref):
-                try:
-                    split_ref(ref)
-                except UserError:
-                    raise NotFound(
-                        "task", ref, "name a task by its id, project/name or project/name@tag"
-                    ) from None
-            return TaskInfo.of(resolve_source(session, ref))
+            found = records.lookup(session.connection().connection.driver_connection, ref)
+        del found["_coalesced"]
+        return TaskInfo(**found)
 
     def series(self, task_id: str) -> dict[str, dict[str, Any]]:
         """The run's stored metric series (empty until its worker reported)."""

@@ -1,0 +1,226 @@
+"""Redis over a socket of our own, for the commands that must start fast: redis-py's import
+costs about 80 ms, more than the rest of `retrain status --json`. Only what those commands
+send: a few read commands, pipelined, and `PUBLISH` (`wakeup.publish_plain`). Replies are
+parsed as RESP2 into bytes, ints, lists and None, exactly what redis-py returns without
+`decode_responses`; nothing in them is unpickled or executed.
+
+`PlainRedis.of(url)` is None for a URL it does not serve (TLS, options other than `db`):
+the caller then uses redis-py.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+TIMEOUT_S = 5.0
+
+MAX_REPLY_BYTES = 64 << 20
+"""The most one bulk reply may announce (a Redis that claims more is treated as broken)."""
+
+
+class ReplyError(OSError):
+    """Redis answered a command with an error (`-ERR ...`)."""
+
+
+def encode(words: list[str]) -> bytes:
+    """One command in Redis's wire protocol (RESP): an array of bulk strings."""
+    out = [b"*%d\r\n" % len(words)]
+    for word in words:
+        data = word.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class PlainRedis:
+    """A connection opened on first use; `pipeline()` batches commands in one round trip."""
+
+    def __init__(
+        self, address: str | tuple[str, int], db: int, auth: list[str], *, select: bool = True
+    ) -> None:
+        self.address = address
+        self.db = db
+        self._auth = auth
+        self._select = select and db != 0
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    @classmethod
+    def of(cls, url: str, *, select: bool = True) -> PlainRedis | None:
+        """A client for `url`, None when redis-py must serve it. `select=False` for a client
+        that only publishes (channels are not per database; no `SELECT` round trip)."""
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        if set(query) - {"db"}:
+            return None
+        address: str | tuple[str, int]
+        if parts.scheme == "unix":
+            db = query.get("db", "0")
+            address = unquote(parts.path)
+        elif parts.scheme == "redis":
+            db = query.get("db", parts.path.strip("/") or "0")
+            try:
+                address = (parts.hostname or "localhost", parts.port or 6379)
+            except ValueError:  # a port that is not a number: redis-py says so
+                return None
+        else:
+            return None
+        if not db.isdigit():
+            return None
+        auth: list[str] = []
+        if parts.password is not None:
+            password = unquote(parts.password)
+            user = unquote(parts.username) if parts.username else ""
+            auth = ["AUTH", user, password] if user else ["AUTH", password]
+        return cls(address, int(db), auth, select=select)
+
+    def _connect(self, timeout: float) -> socket.socket:
+        try:
+            if isinstance(self.address, str):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(self.address)
+                except OSError:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection(self.address, timeout=timeout)
+        except OSError as exc:  # as redis-py words it: where, and why
+            address = self.address
+            where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+            raise OSError(f"Error connecting to {where}: {exc.strerror or exc}") from exc
+        self._sock = sock
+        setup = ([self._auth] if self._auth else []) + ([["SELECT", str(self.db)]] * self._select)
+        if setup:
+            sock.sendall(b"".join(encode(c) for c in setup))
+            for _ in setup:
+                reply = self._reply()
+                if isinstance(reply, ReplyError):
+                    raise reply
+        return sock
+
+    def execute(self, commands: list[list[str]], *, timeout: float = TIMEOUT_S) -> list[Any]:
+        """Send `commands` at once; their replies in order (an error reply as `ReplyError`)."""
+        sock = self._sock or self._connect(timeout)
+        sock.sendall(b"".join(encode(c) for c in commands))
+        return [self._reply() for _ in commands]
+
+    def pipeline(self, transaction: bool = False) -> Pipeline:
+        return Pipeline(self)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # -- RESP2 -----------------------------------------------------------------------------
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self._buf:
+            self._fill()
+        line, _, self._buf = self._buf.partition(b"\r\n")
+        return line
+
+    def _fill(self) -> None:
+        assert self._sock is not None
+        chunk = self._sock.recv(65536)
+        if not chunk:
+            raise OSError("Redis closed the connection")
+        self._buf += chunk
+
+    def _reply(self) -> Any:
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            return ReplyError(rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            if size < 0:
+                return None
+            if size > MAX_REPLY_BYTES:
+                raise OSError(f"Redis announced a {size}-byte reply")
+            while len(self._buf) < size + 2:
+                self._fill()
+            data, self._buf = self._buf[:size], self._buf[size + 2 :]
+            return data
+        if kind == b"*":
+            count = int(rest)
+            return None if count < 0 else [self._reply() for _ in range(count)]
+        raise OSError(f"not a Redis reply: {line[:40]!r}")
+
+
+class Pipeline:
+    """The few commands `retrain status` pipelines, with redis-py's reply shapes."""
+
+    def __init__(self, client: PlainRedis) -> None:
+        self._client = client
+        self._commands: list[list[str]] = []
+        self._shapes: list[str] = []
+
+    def _add(self, shape: str, *words: Any) -> Pipeline:
+        self._commands.append([str(w) for w in words])
+        self._shapes.append(shape)
+        return self
+
+    def get(self, key: str) -> Pipeline:
+        return self._add("", "GET", key)
+
+    def pttl(self, key: str) -> Pipeline:
+        return self._add("", "PTTL", key)
+
+    def llen(self, key: str) -> Pipeline:
+        return self._add("", "LLEN", key)
+
+    def smembers(self, key: str) -> Pipeline:
+        return self._add("set", "SMEMBERS", key)
+
+    def hgetall(self, key: str) -> Pipeline:
+        return self._add("dict", "HGETALL", key)
+
+    def zrange(self, key: str, start: int, end: int, withscores: bool = False) -> Pipeline:
+        if withscores:
+            return self._add("scores", "ZRANGE", key, start, end, "WITHSCORES")
+        return self._add("", "ZRANGE", key, start, end)
+
+    def xrevrange(self, key: str, count: int) -> Pipeline:
+        return self._add("stream", "XREVRANGE", key, "+", "-", "COUNT", count)
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        commands, shapes = self._commands, self._shapes
+        self._commands, self._shapes = [], []
+        if not commands:
+            return []
+        replies = self._client.execute(commands)
+        out: list[Any] = []
+        for shape, reply in zip(shapes, replies, strict=True):
+            if isinstance(reply, ReplyError):
+                if raise_on_error:
+                    raise reply
+                out.append(reply)
+            else:
+                out.append(_shaped(shape, reply))
+        return out
+
+
+def _shaped(shape: str, reply: Any) -> Any:
+    if shape == "set":
+        return set(reply or ())
+    if shape == "dict":
+        return _pairs(reply)
+    if shape == "scores":
+        items = list(reply or ())
+        return [(items[i], float(items[i + 1])) for i in range(0, len(items) - 1, 2)]
+    if shape == "stream":
+        return [(entry[0], _pairs(entry[1])) for entry in reply or ()]
+    return reply
+
+
+def _pairs(reply: Any) -> dict[Any, Any]:
+    items = list(reply or ())
+    return {items[i]: items[i + 1] for i in range(0, len(items) - 1, 2)}
