@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from orchestrator.queue import keys, reports
 from orchestrator.runtime import Runtime
-from orchestrator.scheduler.ingest import Ingest
+from orchestrator.scheduler.daemon import Scheduler
 from tests.conftest import CLI
 
 
@@ -23,7 +24,7 @@ def attacker(machine_redis: str) -> Iterator[redis.Redis]:
 
 
 def test_status_survives_hostile_advertisements_and_counts_refused_reports(
-    cli: CLI, attacker: redis.Redis
+    cli: CLI, attacker: redis.Redis, tmp_path: Path
 ) -> None:
     attacker.zadd(keys.WORKERS, {"far-future": 1e300, "nan": float("-inf"), "evil": 1.0})
     attacker.hset(keys.worker_key("far-future"), mapping={"name": "x", "heartbeat": "no"})
@@ -34,7 +35,13 @@ def test_status_survives_hostile_advertisements_and_counts_refused_reports(
         "heartbeat": "2026-13-45T99:99:99", "pid": "-1"})
     attacker.xadd(keys.REPORTS_STREAM, {reports.FIELD: "{not json"})
     runtime = Runtime()
-    Ingest(runtime.redis, runtime.tasks, runtime.models, "scheduler").step()
+    # The leader counts what it refused in the store, with its heartbeat (Redis access could
+    # delete the dead-letter stream).
+    triggers = tmp_path / "triggers.yaml"
+    triggers.write_text("version: 1\ntriggers: []\n")
+    scheduler = Scheduler(runtime, triggers, wakeup=False)
+    scheduler.ingest.step()
+    scheduler.heartbeat()
     runtime.close()
 
     shown = cli("status").out
