@@ -167,6 +167,7 @@ NOT_BLOB_REFERENCES: dict[str, str] = {
     "scheduler_state.config_error": "an error message",
     "scheduler_state.config_problems": "messages about the loaded triggers file",
     "scheduler_state.steps": "the daemon's loop steps: names, times, errors",
+    "scheduler_state.last_refused_reason": "why a worker report was refused",
 }
 """Columns that could hold a blob reference by their type but hold none, and why."""
 
