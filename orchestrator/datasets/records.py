@@ -26,6 +26,7 @@ from orchestrator.datasets.validate import (
     parse_version,
 )
 from orchestrator.errors import Conflict, NotFound, UserError
+from orchestrator.models.records import model_ref
 from orchestrator.store import eventlog
 from orchestrator.store.lean import (
     Row,
@@ -393,14 +394,7 @@ def usage(conn: Any, version_id: str, *, limit: int) -> Row:
             for r in runs
         ],
         "models": [
-            {
-                "id": m["id"],
-                "project": m["project"],
-                "name": m["name"],
-                "uri": m["uri"],
-                "task_id": m["task_id"],
-                "created_at": json_time(m["created_at"]),
-            }
+            model_ref(m)
             for m in models
         ],
     }

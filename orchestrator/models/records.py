@@ -28,6 +28,18 @@ TASK_NAMES_SQL = (
 )
 
 
+def model_ref(m: Row) -> Row:
+    """A registered model as `dataset show` and `task show` list it (`ModelRef`'s fields)."""
+    return {
+        "id": m["id"],
+        "project": m["project"],
+        "name": m["name"],
+        "uri": m["uri"],
+        "task_id": m["task_id"],
+        "created_at": json_time(m["created_at"]),
+    }
+
+
 def list_models(
     conn: Any,
     *,

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from orchestrator.errors import NotFound, UserError
+from orchestrator.models.records import model_ref
 from orchestrator.store.lean import Row, fetch, json_time, json_value, placeholders
 
 TEMPLATE = "template"
@@ -182,14 +183,7 @@ def lineage(conn: Any, info: Row) -> Row:
                 "time": json_time(e["created_at"]),
             }
     models = [
-        {
-            "id": m["id"],
-            "project": m["project"],
-            "name": m["name"],
-            "uri": m["uri"],
-            "task_id": m["task_id"],
-            "created_at": json_time(m["created_at"]),
-        }
+        model_ref(m)
         for m in fetch(conn, MODELS_SQL, [info["id"]])
     ]
     return {
