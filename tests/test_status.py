@@ -629,5 +629,20 @@ def test_the_plain_redis_client_reads_what_redis_py_reads(machine_redis: redis.R
     assert dead.error and "\n" not in dead.error
     wrong = read_redis(url.replace("redis://", "redis://nobody:wrong@", 1), now)
     assert wrong.error and ("WRONGPASS" in wrong.error or "AUTH" in wrong.error)
+    # New-user pass: credentials in the URL are judged as redis-py (the scheduler's and the
+    # workers' client) judges them, so status says what they will meet. This Redis has no
+    # password: its default user takes any (2-argument AUTH), an empty one means none, and
+    # a user of its own it does not know is refused.
+    import redis as redis_py
+
+    for credentials in (":anything@", ":@", "bob@", "default:x@"):
+        with_them = url.replace("redis://", f"redis://{credentials}", 1)
+        try:
+            redis_py.Redis.from_url(with_them).ping()
+            expected = True
+        except redis_py.RedisError:
+            expected = False
+        seen = read_redis(with_them, now)
+        assert (seen.error is None) is expected, (credentials, expected, seen.error)
     assert PlainRedis.of("rediss://localhost:6380/0") is None
     assert PlainRedis.of("redis://localhost:6379/0?health_check_interval=5") is None

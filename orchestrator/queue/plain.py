@@ -71,11 +71,13 @@ class PlainRedis:
             return None
         if not db.isdigit():
             return None
-        auth: list[str] = []
-        if parts.password is not None:
-            password = unquote(parts.password)
-            user = unquote(parts.username) if parts.username else ""
-            auth = ["AUTH", user, password] if user else ["AUTH", password]
+        # As redis-py does it (the scheduler and the workers use it, and status must judge
+        # the URL as they will): no AUTH without a user or a password; otherwise the
+        # two-argument AUTH (Redis 6 and later), the user `default` when none is named (a
+        # server without a password takes any password for it).
+        user = unquote(parts.username) if parts.username else ""
+        password = unquote(parts.password) if parts.password else ""
+        auth = ["AUTH", user or "default", password] if user or password else []
         return cls(address, int(db), auth, select=select)
 
     def _connect(self, timeout: float) -> socket.socket:
