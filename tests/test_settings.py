@@ -63,3 +63,16 @@ def test_redaction_changes_only_the_secret(url: str, shown: str) -> None:
     from orchestrator.redact import redact_url
 
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize("command", [["task", "show", "x"], ["task", "show", "x", "--json"],
+                                     ["dataset", "search"], ["model", "list"]])
+def test_fast_commands_check_settings_as_every_command_does(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """New-user pass: `task show` on its lean path read an existing store without checking
+    the settings (a bad number was ignored, a `postgres://` URL used)."""
+    cli("dataset", "create", "--project", "p", "--name", "d")  # a store the lean path can read
+    monkeypatch.setenv("RETRAIN_HEARTBEAT_TTL_S", "abc")
+    err = cli(*command, expect=2).err
+    assert err.startswith("retrain: error: ") and "RETRAIN_HEARTBEAT_TTL_S" in err, err

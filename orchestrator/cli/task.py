@@ -391,12 +391,13 @@ def _lean_list(options: dict[str, Any]) -> list[dict[str, Any]] | None:
 def _lean_show(ref: str) -> dict[str, Any] | None:
     """`task show --json` straight from the database driver (tasks/records.py, the SQL the
     full store's path runs too), or None when only the full store can answer."""
-    from orchestrator.defaults import database_url_from_env
     from orchestrator.store.lean import Unavailable, connect
     from orchestrator.tasks import records
 
     try:
-        with connect(database_url_from_env()) as conn:
+        # The settings as every command checks them (a `postgres://` URL or a bad number is a
+        # one-line error here too, as on the full path).
+        with connect(runtime().settings.database_url) as conn:
             return records.show(conn, ref)
     except Unavailable:
         return None
