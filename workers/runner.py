@@ -182,6 +182,14 @@ def _is_job_orphan(child: _Child, session: int, spared: set[_Child]) -> bool:
     return child not in spared and session != os.getsid(0)
 
 
+def _left(pid: int, group: int | None) -> bool:
+    """Whether `pid` was outside process group `group` (setsid, a new group) when asked."""
+    try:
+        return group is None or os.getpgid(pid) != group
+    except OSError:
+        return False
+
+
 def reap_exited(spared: set[_Child]) -> None:
     """Reap the job's orphans that have already exited (zombies reparented to this
     subreaper); running ones are left alone."""
@@ -192,25 +200,29 @@ def reap_exited(spared: set[_Child]) -> None:
 
 
 def reap_orphans(
-    spared: set[_Child], timeout_s: float = REAP_TIMEOUT_S, killed: list[int] | None = None
+    spared: set[_Child],
+    timeout_s: float = REAP_TIMEOUT_S,
+    killed: list[int] | None = None,
+    group: int | None = None,
 ) -> list[int]:
     """SIGKILL and reap every process the job left behind that was reparented to this
     process (a subreaper: `become_subreaper`), round after round, since each one killed
     hands its own children to us, until none is left or `timeout_s` passes. `spared`: this
     process's children from before the job (`children()`), which are never touched.
     Returns the pids that survived (stuck in the kernel), an empty list when all died;
-    `killed` gets the pids it signalled."""
+    `killed` gets the pids it signalled that had left process group `group` (those still in
+    it were dying of the group's SIGKILL already, only not yet reaped)."""
     deadline = time.monotonic() + timeout_s
     left: list[int] = []
     while True:
         victims = [c[0] for c, sid in children().items() if _is_job_orphan(c, sid, spared)]
         if not victims:
             return []
+        if killed is not None:  # asked before the kill: a reaped pid has no group
+            killed.extend(pid for pid in victims if _left(pid, group))
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        if killed is not None:
-            killed.extend(victims)
         left = []
         for pid in victims:
             while True:
@@ -366,7 +378,7 @@ def run_process(
     if reaper:
         # What left the group (setsid, a double fork) was reparented here when its parent
         # died: it dies too, before anyone reads the job's outputs, and the run's log says so.
-        reap_orphans(spared, killed=killed)
+        reap_orphans(spared, killed=killed, group=proc.pid)
     for reader in readers:
         reader.join(READER_JOIN_TIMEOUT_S)
         if reader.is_alive():
