@@ -42,7 +42,9 @@ from workers.sandbox_exec import (
     WRITE,
     WRITE_FILE,
     Confinement,
+    host_view,
     landlock_abi,
+    probe_host_view,
 )
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "Policy",
     "SandboxUnavailable",
     "confinement",
+    "host_readonly",
     "landlock_abi",
     "level",
     "make_undumpable",
@@ -166,6 +169,20 @@ class Policy:
     gid: int | None = None
     groups: list[int] = field(default_factory=list)
     landlock: bool = True
+    host_readonly: bool = False
+    """The job starts as root: the host is read-only to it but for `write`, in a mount
+    namespace of its own with a /dev/shm of its own (`sandbox_exec.HostView`)."""
+
+
+@functools.lru_cache(maxsize=1)
+def host_readonly() -> bool:
+    """Whether this worker's jobs that start as root see the host read-only: a root worker
+    (with or without --job-user, as the mount namespace is made before the uid changes)
+    where the kernel and the container allow it (`probe_host_view`, once per worker: a
+    root worker without CAP_SYS_ADMIN runs its jobs as before)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return False
+    return probe_host_view()
 
 
 def policy_for(
@@ -191,6 +208,7 @@ def policy_for(
         hidden=[str(Path(p).absolute()) for p in hidden],
         scope=True,
         landlock=lvl.startswith("landlock"),
+        host_readonly=lvl != "off" and host_readonly(),
     )
     if user is not None:
         policy.uid, policy.gid = user.pw_uid, user.pw_gid
@@ -252,7 +270,8 @@ def confinement(policy: Policy | None) -> Confinement | None:
             landlock_abi(),
             policy.scope,
         )
-    return Confinement(user=user, landlock=landlock)
+    host = host_view(policy.write) if policy.host_readonly else None
+    return Confinement(user=user, landlock=landlock, host=host)
 
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "kfd")
@@ -353,6 +372,10 @@ def hidden_for(home: Path, cache: Path, storage_url: str) -> list[Path]:
 
 
 def warm(hidden: Sequence[Path]) -> None:
-    """Compute the walk once in the slot, before it forks work horses (see `rules`)."""
-    if level().startswith("landlock"):
+    """Compute the walk once in the slot, before it forks work horses (see `rules`), and
+    probe whether its root jobs can see the host read-only (`host_readonly`)."""
+    lvl = level()
+    if lvl.startswith("landlock"):
         _everything_but(_closed([str(p) for p in hidden]))
+    if lvl != "off":
+        host_readonly()
