@@ -9,6 +9,7 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,23 @@ def test_the_worker_asks_for_a_read_only_host_only_where_it_can(
     assert (probed, asked, status) == (sys_admin, sys_admin, "completed"), done.stdout
     assert level.endswith(", as root, host read-only") == sys_admin, level
     assert ", as root" in level and (outputs / "made").exists()
+
+
+@ROOT
+def test_a_root_jobs_work_folder_is_closed_to_other_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a root job writes in its outputs (umask 022: world-readable) was readable by any
+    local user while it ran: its execution folder is 0700 when the job runs as root."""
+    from orchestrator.settings import Settings
+    from workers.job import Job
+
+    monkeypatch.delenv(sandbox.JOB_USER_ENV, raising=False)
+    settings = Settings.load(home=tmp_path / "home", storage_url=(tmp_path / "blobs").as_uri())
+    job = Job({"task_id": "0" * 32, "spec": {}}, settings, None, "w")  # type: ignore[arg-type]
+    job._make_workdir()
+    assert stat.S_IMODE(job.workdir.stat().st_mode) == 0o700
+    monkeypatch.setenv(sandbox.JOB_USER_ENV, "nobody")  # the job user must reach its folders
+    other = Job({"task_id": "1" * 32, "spec": {}}, settings, None, "w")  # type: ignore[arg-type]
+    other._make_workdir()
+    assert stat.S_IMODE(other.workdir.stat().st_mode) & 0o055 == 0o055
