@@ -2,7 +2,7 @@
 
 A job is code from any repository, run by a worker that holds credentials (cloud keys, the
 Redis URL, the worker secret) and shared caches (environments, git mirrors, blobs) that later
-jobs trust. Three layers keep the job away from them:
+jobs trust. These layers keep the job away from them:
 
 1. The worker is not dumpable (`prctl(PR_SET_DUMPABLE, 0)`, `make_undumpable`, called by
    `retrain worker` and inherited by its work horses): a process of the same uid cannot read
@@ -15,8 +15,22 @@ jobs trust. Three layers keep the job away from them:
    attempts' folders, the blob cache beyond its own inputs, or the worker user's credential
    files. Landlock also refuses ptrace and `/proc/<pid>/environ` of any process outside the
    job's domain, even to root, and from ABI 6 signals and abstract unix sockets.
-3. `--job-user USER` (a worker running as root): the job runs under that user's uid and
+3. A job started as root (a root worker without `--job-user`) loses every capability, so
+   it is root in name only; but it owns root's files, and Landlock does not govern chmod,
+   chown, utime or setxattr.
+4. The host read-only (`host_readonly`, `sandbox_exec.HostView`): a job whose process
+   starts as root (a root worker, with or without `--job-user`) gets a mount namespace of
+   its own, made before its uid changes, where every mount is read-only but its writable
+   folders (bound onto themselves, nosuid and nodev; never writable where the host's mount
+   was not), and /dev/shm is a fresh tmpfs of its own (nothing it leaves there survives
+   it). So it can chmod no host file, leave no setuid file behind, and on a host without
+   Landlock write only its own folders. Probed once per worker: a root worker without
+   CAP_SYS_ADMIN (a container) runs its jobs as before, and its level does not claim it.
+5. `--job-user USER` (a worker running as root): the job runs under that user's uid and
    groups; its outputs and tmp folders are made its own, everything else stays root's.
+
+Every confined job also has no_new_privs, with or without Landlock: no setuid binary or
+file capability raises it.
 
 The level a worker reaches is in its advertisement (`retrain status`) and its start log line;
 `--sandbox required` refuses to start without Landlock, `--sandbox off` runs jobs as before.
