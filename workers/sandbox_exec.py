@@ -251,6 +251,9 @@ class Confinement:
         self.host = host
         self._unshare = lib.unshare
         self._mount = lib.mount
+        text = ctypes.c_char_p
+        self._mount.argtypes = [text, text, text, ctypes.c_ulong, text]
+        self._shm = SHM.encode()
         self._setattr_args = (
             ctypes.c_long(SYS_MOUNT_SETATTR),
             ctypes.c_long(AT_FDCWD),
@@ -319,10 +322,10 @@ class Confinement:
         for path, readonly in host.binds:
             self._set_mount(path, self._alone, self._kept_readonly if readonly else self._writable)
         if host.shm is not None:
-            if self._mount(b"tmpfs", SHM.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, host.shm):
+            if self._mount(b"tmpfs", self._shm, b"tmpfs", MS_NOSUID | MS_NODEV, host.shm):
                 raise OSError(self._get_errno(), "mount of a tmpfs on /dev/shm failed")
             if self.ruleset >= 0:  # Landlock's rules are on inodes: the host's /dev/shm's
-                shm = os.open(SHM, os.O_PATH | os.O_CLOEXEC)
+                shm = os.open(self._shm, os.O_PATH | os.O_CLOEXEC)
                 self._shm_rule.parent_fd = shm
                 failed = self._syscall(
                     SYS_ADD_RULE, self.ruleset, RULE_PATH_BENEATH, ctypes.byref(self._shm_rule), 0
