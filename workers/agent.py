@@ -190,9 +190,9 @@ def sandbox_level() -> str:
     if user is None and os.geteuid() == 0 and level != "off":
         shown = f"{level}, as root"
         structlog.get_logger("retrain.worker").warning(
-            "jobs run as root: with no capabilities, but owning root's files, which Landlock "
-            "does not stop them from chmod-ing (a job could make a root-owned binary setuid); "
-            "run untrusted jobs with --job-user USER"
+            "jobs run as root (--allow-root): with no capabilities, but owning root's files, "
+            "which Landlock does not stop them from chmod-ing, and root's sockets; run "
+            "untrusted jobs with --job-user USER"
         )
     return f"{shown}, builds allowed" if sandbox.allow_builds() else shown
 
