@@ -126,6 +126,10 @@ def start_up(demo: Demo) -> subprocess.Popen[bytes]:
     """`retrain up` in the background (its log in up.log), once its daemons report healthy."""
     log = (demo.root / "up.log").open("wb")
     argv = [*demo.command, "up", "--triggers", str(demo.cwd / "triggers.yaml"), "--gpus", "all"]
+    if os.geteuid() == 0 and not os.environ.get("RETRAIN_JOB_USER"):
+        # Run as root (a container, a fresh VM): its jobs, this demo's own, run as root too,
+        # which `up` does only when told; a shared machine's workers name --job-user.
+        argv.append("--allow-root")
     print(f"$ {shlex.join(['retrain', *argv[len(demo.command) :]])} &   # log: {log.name}")
     proc = subprocess.Popen(argv, cwd=demo.cwd, env=demo.env, stdout=log, stderr=log)
     log.close()

@@ -253,6 +253,13 @@ def _check_database_url(url: str) -> None:
         )
     if match.group(1) not in DATABASE_DIALECTS:
         raise ValueError(f"unsupported database {match.group(1)!r}; use sqlite or postgresql")
+    if match.group(1) == "sqlite":
+        path = urlsplit(url).path.lstrip("/")
+        if not path or path == ":memory:" or "mode=memory" in url:
+            raise ValueError(
+                "an in-memory database: each retrain process (a command, the scheduler) would "
+                "have its own, empty one; name a file, e.g. sqlite:////var/lib/retrain/retrain.db"
+            )
 
 
 def _check_storage_url(url: str) -> None:

@@ -193,14 +193,15 @@ def sandbox_level() -> str:
     if user is None and os.geteuid() == 0 and level != "off":
         shown = f"{level}, as root"
         structlog.get_logger("retrain.worker").warning(
-            "jobs run as root: with no capabilities and the host read-only to them, but "
-            "reading what only root may read (Landlock hides the worker's credentials, not "
-            "every root-only file); run untrusted jobs with --job-user USER"
+            "jobs run as root (--allow-root): with no capabilities and the host read-only "
+            "to them, but reading what only root may read (Landlock hides the worker's "
+            "credentials, not every root-only file) and passing the owner checks of root's "
+            "sockets; run untrusted jobs with --job-user USER"
             if readonly
-            else "jobs run as root: with no capabilities, but owning root's files, which "
-            "Landlock does not stop them from chmod-ing (a job could make a root-owned "
-            "binary setuid): this host cannot be made read-only to them (no CAP_SYS_ADMIN "
-            "here); run untrusted jobs with --job-user USER"
+            else "jobs run as root (--allow-root): with no capabilities, but owning root's "
+            "files, which Landlock does not stop them from chmod-ing (this host cannot be "
+            "made read-only to them: no CAP_SYS_ADMIN here), and root's sockets; run "
+            "untrusted jobs with --job-user USER"
         )
     if readonly:
         shown = f"{shown}, host read-only"

@@ -80,6 +80,9 @@ SANDBOX_ENV = "RETRAIN_SANDBOX"
 WRITE_ENV = "RETRAIN_SANDBOX_WRITE"
 """Extra folders jobs may write (`--sandbox-write`, space-separated): a scratch disk."""
 JOB_USER_ENV = "RETRAIN_JOB_USER"
+ALLOW_ROOT_ENV = "RETRAIN_ALLOW_ROOT"
+"""`--allow-root`: a worker running as root without `--job-user` runs its jobs as root. Without
+it such a worker refuses to start (`refuse_root_jobs`)."""
 ALLOW_BUILDS_ENV = "RETRAIN_ALLOW_BUILDS"
 """`--allow-builds`: environments may build packages from source, which runs their build
 code (confined by `build_policy`); without it they are installed from wheels only."""
@@ -168,6 +171,69 @@ def job_user() -> pwd.struct_passwd | None:
     if entry.pw_uid == 0:
         raise SandboxUnavailable(f"--job-user {name}: is root; name an unprivileged user")
     return entry
+
+
+def refuse_root_jobs(option: str = "--allow-root") -> None:
+    """Raise `SandboxUnavailable` when this process is root, names no job user and was not
+    told `option`: its jobs would run as root. With no capabilities and under Landlock they
+    still own root's files, which Landlock does not stop them from chmod-ing (a setuid-root
+    binary for any local user, or `chmod 000` of libc), and they pass the owner checks of
+    root's own sockets and IPC (a container runtime's or D-Bus's, where uid 0 is trusted)."""
+    if os.geteuid() != 0 or os.environ.get(JOB_USER_ENV, ""):
+        return
+    if os.environ.get(ALLOW_ROOT_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return
+    raise SandboxUnavailable(
+        "running as root, jobs would run as root too (owning root's files and sockets, "
+        "which the sandbox does not cover): name an unprivileged account with --job-user "
+        f"USER, or pass {option} to run them as root anyway"
+    )
+
+
+def reach_as(user: pwd.struct_passwd, paths: Sequence[Path]) -> str | None:
+    """Whether `user` can reach each of `paths` (enter every folder above it and read it), as
+    its jobs must (their checkout and environment in the cache, the Python environments are
+    made from); a line naming the first it cannot, else None. Checked in a forked child that
+    becomes `user`, so the kernel's own permission checks answer (ACLs, groups)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: becomes the user, never returns
+        try:
+            os.close(read)
+            os.setgroups(sorted({user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)}))
+            os.setresgid(user.pw_gid, user.pw_gid, user.pw_gid)
+            os.setresuid(user.pw_uid, user.pw_uid, user.pw_uid)
+            answer = ""
+            for path in paths:
+                answer = _first_unreachable(path)
+                if answer:
+                    break
+            os.write(write, answer.encode()[:4000])
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read().decode(errors="replace")
+    os.waitpid(pid, 0)
+    return answer or None
+
+
+def _first_unreachable(path: Path) -> str:
+    """In `reach_as`'s child: the first folder on the way to `path` it cannot enter, or
+    `path` itself if it cannot read it, said in a line; "" when it can."""
+    target = Path(os.path.abspath(path))
+    for folder in (*reversed(target.parents), target):
+        if not folder.exists() and folder != target:
+            break  # made later, by the worker, as it needs it
+        if folder != target and not os.access(folder, os.X_OK):
+            try:
+                mode = f"mode {os.stat(folder).st_mode & 0o7777:o}"
+            except OSError:
+                mode = "no access"
+            return f"cannot enter {folder} ({mode}) to reach {path}"
+    if target.exists() and not os.access(target, os.R_OK):
+        return f"cannot read {path}"
+    return ""
 
 
 @dataclass

@@ -29,16 +29,36 @@ def up(
         int | None,
         typer.Option("--metrics-port", min=1, max=65535, help="Scheduler's Prometheus port."),
     ] = None,
+    allow_root: Annotated[
+        bool,
+        typer.Option(
+            "--allow-root",
+            envvar="RETRAIN_ALLOW_ROOT",
+            help="Run as root: the local workers then run jobs as root (see `retrain worker "
+            "--allow-root`), unless RETRAIN_JOB_USER names an account for them.",
+        ),
+    ] = False,
 ) -> None:
     """Run everything on this machine: Redis (embedded unless RETRAIN_REDIS_URL is set), the
     store, the scheduler and local workers. Ctrl-C stops it all; running jobs finish first
     (Ctrl-C twice hands them back to their queue)."""
+    import os
+
+    from orchestrator.errors import UserError
     from orchestrator.triggers.config import triggers_path
     from orchestrator.up import run_up
-    from workers.sandbox import make_undumpable
+    from workers import sandbox
 
+    # Before anything starts: its workers would refuse to, one by one.
+    os.environ[sandbox.ALLOW_ROOT_ENV] = "1" if allow_root else ""
+    try:
+        sandbox.refuse_root_jobs()
+    except sandbox.SandboxUnavailable as exc:
+        raise UserError(
+            str(exc).replace("--job-user USER", "RETRAIN_JOB_USER=USER in the environment")
+        ) from None
     # The workers' parent: the jobs must not read its environment from /proc either.
-    make_undumpable()
+    sandbox.make_undumpable()
     code = run_up(
         triggers_path(triggers),
         queues=queue,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -83,6 +83,16 @@ def worker(
             "tmp folders are theirs, caches stay read-only to them.",
         ),
     ] = None,
+    allow_root: Annotated[
+        bool,
+        typer.Option(
+            "--allow-root",
+            envvar="RETRAIN_ALLOW_ROOT",
+            help="A worker running as root without --job-user runs its jobs as root (with no "
+            "capabilities, confined, but owning root's files and sockets). Without this "
+            "option such a worker refuses to start.",
+        ),
+    ] = False,
     allow_builds: Annotated[
         bool,
         typer.Option(
@@ -143,11 +153,15 @@ def worker(
     os.environ[confine.HIDE_ENV] = " ".join(sandbox_hide)
     os.environ[confine.JOB_USER_ENV] = job_user or ""
     os.environ[confine.ALLOW_BUILDS_ENV] = "1" if allow_builds else ""
+    os.environ[confine.ALLOW_ROOT_ENV] = "1" if allow_root else ""
     try:
         confine.level()
-        confine.job_user()
+        user = confine.job_user()
+        confine.refuse_root_jobs()
     except confine.SandboxUnavailable as exc:
         raise UserError(str(exc)) from None
+    if user is not None:
+        _check_job_user_reaches(confine, user)
 
     if pass_env:
         # Inherited by every slot and work horse; read where the job's environment is made.
@@ -167,3 +181,31 @@ def worker(
             abort_on_stop=abort_on_stop,
         )
     )
+
+
+def _check_job_user_reaches(confine: Any, user: Any) -> None:
+    """`--job-user`'s jobs read their checkout and environment in the worker's cache and run
+    the Python environments are made from: refuse to start (one line) when that user cannot
+    reach them, rather than fail every job (a home under /root, a pyenv Python in it)."""
+    import os
+    import sys
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    from orchestrator.errors import UserError
+    from orchestrator.settings import Settings
+
+    settings = Settings.load()
+    needed = [
+        Path(settings.resolved_cache_dir),
+        Path(os.path.realpath(sys.executable)),
+        Path(os.path.realpath(os.path.dirname(os.__file__))),
+    ]
+    if settings.storage_url.startswith("file:"):
+        needed.append(Path(urlsplit(settings.storage_url).path))
+    problem = confine.reach_as(user, needed)
+    if problem:
+        raise UserError(
+            f"--job-user {user.pw_name}: {problem}; let that user enter it (or move "
+            "RETRAIN_HOME / the cache / Python where it can), or run the worker as that user"
+        )

@@ -118,10 +118,22 @@ class Store:
 
     def upgrade(self, revision: str = "head") -> None:
         """Run Alembic migrations up to `revision` (what `retrain db upgrade` does)."""
+        from sqlalchemy.exc import DBAPIError
+
         from orchestrator.store.migrate import upgrade
 
         with self._connect_errors():
-            upgrade(self.engine, revision)
+            try:
+                upgrade(self.engine, revision)
+            except DBAPIError as exc:
+                if isinstance(exc, OperationalError) and _is_connection_error(exc):
+                    raise
+                # The server refused the schema itself: a role without CREATE on its schema,
+                # a search_path naming none. Not retrain's fault, and not a traceback.
+                reason = str(exc.orig or exc).strip().splitlines()[0]
+                raise ServiceUnavailable(
+                    f"cannot create retrain's tables in the database {self.safe_url}: {reason}"
+                ) from None
 
     def dispose(self) -> None:
         self.engine.dispose()

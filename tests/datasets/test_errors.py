@@ -190,3 +190,32 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+STORE_COMMANDS = (["task", "list"], ["model", "list"], ["status", "--json"],
+                  ["dataset", "search"], ["task", "show", "x"], ["history"])
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://"])
+def test_an_in_memory_database_is_refused(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """New-user pass on issue 15: an in-memory SQLite URL gave a traceback (no such table) on
+    the lean paths; each process would have its own empty store anyway."""
+    monkeypatch.setenv("RETRAIN_DATABASE_URL", url)
+    for command in STORE_COMMANDS:
+        err = cli(*command, expect=2).err
+        assert "RETRAIN_DATABASE_URL" in err and "in-memory" in err, (command, err)
+
+
+def test_a_database_retrain_cannot_create_its_tables_in_is_one_line(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    """New-user pass on issue 15: a search_path naming no schema (as a role without CREATE
+    on the public schema gets) gave alembic's traceback."""
+    url = f"{postgres_url}?options=-csearch_path%3Dnosuchschema"
+    monkeypatch.setenv("RETRAIN_DATABASE_URL", url)
+    for command in STORE_COMMANDS:
+        err = cli(*command, expect=2).err
+        assert "cannot create retrain's tables in the database" in err, (command, err)
+        assert "no schema has been selected" in err and len(err.strip().splitlines()) == 1
