@@ -174,7 +174,9 @@ def run_slot(
 def sandbox_level() -> str:
     """What this worker's jobs run in (`workers.sandbox`), for its advertisement and start
     line: `landlock-abi-N`, `none` (said as a warning: the kernel has no Landlock) or `off`,
-    with `, as USER` for `--job-user` and `, builds allowed` for `--allow-builds`."""
+    with `, as USER` for `--job-user` (`, as root` for a root worker without it), `, host
+    read-only` where a root worker's jobs see the host read-only (`sandbox.host_readonly`)
+    and `, builds allowed` for `--allow-builds`."""
     import structlog
 
     from workers import sandbox
@@ -187,13 +189,22 @@ def sandbox_level() -> str:
         )
     user = sandbox.job_user()
     shown = f"{level}, as {user.pw_name}" if user is not None else level
+    readonly = level != "off" and sandbox.host_readonly()
     if user is None and os.geteuid() == 0 and level != "off":
         shown = f"{level}, as root"
         structlog.get_logger("retrain.worker").warning(
-            "jobs run as root (--allow-root): with no capabilities, but owning root's files, "
-            "which Landlock does not stop them from chmod-ing, and root's sockets; run "
+            "jobs run as root (--allow-root): with no capabilities and the host read-only "
+            "to them, but reading what only root may read (Landlock hides the worker's "
+            "credentials, not every root-only file) and passing the owner checks of root's "
+            "sockets; run untrusted jobs with --job-user USER"
+            if readonly
+            else "jobs run as root (--allow-root): with no capabilities, but owning root's "
+            "files, which Landlock does not stop them from chmod-ing (this host cannot be "
+            "made read-only to them: no CAP_SYS_ADMIN here), and root's sockets; run "
             "untrusted jobs with --job-user USER"
         )
+    if readonly:
+        shown = f"{shown}, host read-only"
     return f"{shown}, builds allowed" if sandbox.allow_builds() else shown
 
 

@@ -290,7 +290,7 @@ class Job:
         from orchestrator.git import Mirror
         from workers.checkout import checkout
 
-        self.workdir.mkdir(parents=True)  # new: its name is this execution's own
+        self._make_workdir()
         return checkout(
             Mirror(self.cache / "git"),
             self.spec["repo"],
@@ -298,6 +298,18 @@ class Job:
             self.spec.get("diff"),
             self.workdir / "src",
         )
+
+    def _make_workdir(self) -> None:
+        """The execution's folder, new (its name is this execution's own). 0700 unless a
+        `--job-user` must reach its outputs: what a job running as the worker's user (root
+        above all) makes there with its umask would be readable by any local user."""
+        from workers import sandbox
+
+        self.workdir.parent.mkdir(parents=True, exist_ok=True)
+        if os.environ.get(sandbox.JOB_USER_ENV):
+            self.workdir.mkdir()
+        else:
+            self.workdir.mkdir(mode=0o700)
 
     def _environment(self) -> str:
         from workers import sandbox

@@ -2,7 +2,7 @@
 
 A job is code from any repository, run by a worker that holds credentials (cloud keys, the
 Redis URL, the worker secret) and shared caches (environments, git mirrors, blobs) that later
-jobs trust. Three layers keep the job away from them:
+jobs trust. These layers keep the job away from them:
 
 1. The worker is not dumpable (`prctl(PR_SET_DUMPABLE, 0)`, `make_undumpable`, called by
    `retrain worker` and inherited by its work horses): a process of the same uid cannot read
@@ -15,8 +15,22 @@ jobs trust. Three layers keep the job away from them:
    attempts' folders, the blob cache beyond its own inputs, or the worker user's credential
    files. Landlock also refuses ptrace and `/proc/<pid>/environ` of any process outside the
    job's domain, even to root, and from ABI 6 signals and abstract unix sockets.
-3. `--job-user USER` (a worker running as root): the job runs under that user's uid and
+3. A job started as root (a root worker without `--job-user`) loses every capability, so
+   it is root in name only; but it owns root's files, and Landlock does not govern chmod,
+   chown, utime or setxattr.
+4. The host read-only (`host_readonly`, `sandbox_exec.HostView`): a job whose process
+   starts as root (a root worker, with or without `--job-user`) gets a mount namespace of
+   its own, made before its uid changes, where every mount is read-only but its writable
+   folders (bound onto themselves, nosuid and nodev; never writable where the host's mount
+   was not), and /dev/shm is a fresh tmpfs of its own (nothing it leaves there survives
+   it). So it can chmod no host file, leave no setuid file behind, and on a host without
+   Landlock write only its own folders. Probed once per worker: a root worker without
+   CAP_SYS_ADMIN (a container) runs its jobs as before, and its level does not claim it.
+5. `--job-user USER` (a worker running as root): the job runs under that user's uid and
    groups; its outputs and tmp folders are made its own, everything else stays root's.
+
+Every confined job also has no_new_privs, with or without Landlock: no setuid binary or
+file capability raises it.
 
 The level a worker reaches is in its advertisement (`retrain status`) and its start log line;
 `--sandbox required` refuses to start without Landlock, `--sandbox off` runs jobs as before.
@@ -42,7 +56,9 @@ from workers.sandbox_exec import (
     WRITE,
     WRITE_FILE,
     Confinement,
+    host_view,
     landlock_abi,
+    probe_host_view,
 )
 
 __all__ = [
@@ -50,6 +66,7 @@ __all__ = [
     "Policy",
     "SandboxUnavailable",
     "confinement",
+    "host_readonly",
     "landlock_abi",
     "level",
     "make_undumpable",
@@ -232,6 +249,20 @@ class Policy:
     gid: int | None = None
     groups: list[int] = field(default_factory=list)
     landlock: bool = True
+    host_readonly: bool = False
+    """The job starts as root: the host is read-only to it but for `write`, in a mount
+    namespace of its own with a /dev/shm of its own (`sandbox_exec.HostView`)."""
+
+
+@functools.lru_cache(maxsize=1)
+def host_readonly() -> bool:
+    """Whether this worker's jobs that start as root see the host read-only: a root worker
+    (with or without --job-user, as the mount namespace is made before the uid changes)
+    where the kernel and the container allow it (`probe_host_view`, once per worker: a
+    root worker without CAP_SYS_ADMIN runs its jobs as before)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return False
+    return probe_host_view()
 
 
 def policy_for(
@@ -257,6 +288,7 @@ def policy_for(
         hidden=[str(Path(p).absolute()) for p in hidden],
         scope=True,
         landlock=lvl.startswith("landlock"),
+        host_readonly=lvl != "off" and host_readonly(),
     )
     if user is not None:
         policy.uid, policy.gid = user.pw_uid, user.pw_gid
@@ -318,7 +350,8 @@ def confinement(policy: Policy | None) -> Confinement | None:
             landlock_abi(),
             policy.scope,
         )
-    return Confinement(user=user, landlock=landlock)
+    host = host_view(policy.write) if policy.host_readonly else None
+    return Confinement(user=user, landlock=landlock, host=host)
 
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty", "kfd")
@@ -419,6 +452,10 @@ def hidden_for(home: Path, cache: Path, storage_url: str) -> list[Path]:
 
 
 def warm(hidden: Sequence[Path]) -> None:
-    """Compute the walk once in the slot, before it forks work horses (see `rules`)."""
-    if level().startswith("landlock"):
+    """Compute the walk once in the slot, before it forks work horses (see `rules`), and
+    probe whether its root jobs can see the host read-only (`host_readonly`)."""
+    lvl = level()
+    if lvl.startswith("landlock"):
         _everything_but(_closed([str(p) for p in hidden]))
+    if lvl != "off":
+        host_readonly()

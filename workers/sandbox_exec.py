@@ -1,11 +1,13 @@
 """The job's side of the sandbox (`workers.sandbox`): a `Confinement`, prepared by the work
 horse and applied in the job's process between fork and exec (`subprocess`'s `preexec_fn`):
-ask for the parent-death signal, drop to the job user, drop a root job's dangerous
-capabilities, restrict the process with the Landlock ruleset the work horse built, then let
-`subprocess` exec the job. The work horse builds the ruleset (the paths are opened there), so
-the child makes a handful of system calls through functions resolved beforehand: no second
-interpreter start, no import. If a step fails the job is not started (exit 126, the reason on
-its output): it never runs less confined than its worker said.
+ask for the parent-death signal, make the host read-only to a job that starts as root (a
+mount namespace of its own, `HostView`), drop to the job user, drop a root job's dangerous
+capabilities, set no_new_privs, restrict the process with the Landlock ruleset the work horse
+built, then let `subprocess` exec the job. The work horse builds the ruleset (the paths are
+opened there) and resolves the job's writable folders, so the child makes a handful of
+system calls through functions resolved beforehand: no second interpreter start, no import.
+If a step fails the job is not started (exit 126, the reason on its output): it never runs
+less confined than its worker said.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import ctypes
 import os
 import stat
 import sys
+from dataclasses import dataclass, field
 
 SYS_CREATE_RULESET, SYS_ADD_RULE, SYS_RESTRICT_SELF = 444, 445, 446  # all architectures
 CREATE_RULESET_VERSION = 1
@@ -31,6 +34,13 @@ FILE_RIGHTS = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1
 READ = EXECUTE | READ_FILE | READ_DIR
 WRITE = READ | WRITE_FILE | MAKE | REFER | TRUNCATE
+
+SYS_MOUNT_SETATTR = 442  # all architectures
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 1 << 12, 1 << 14, 1 << 18
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 1, 2, 4
+AT_FDCWD, AT_RECURSIVE = -100, 0x8000
+SHM = "/dev/shm"  # noqa: S108 (the job's own tmpfs there)
 
 CAP_SETPCAP = 8
 """Needed to drop the others from the bounding set: dropped last."""
@@ -78,6 +88,81 @@ class RulesetAttr(ctypes.Structure):
     ]
 
 
+class MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+@dataclass
+class HostView:
+    """What a job that starts as root sees of the host's filesystem (`Confinement`): all of
+    it read-only, in a mount namespace of its own, but `binds` (its writable folders: real
+    path, and whether their mount already was read-only, which stays so), each bound onto
+    itself, nosuid and nodev; and a fresh tmpfs on /dev/shm (`shm`: its mount options) of its
+    own. Prepared in the work horse (`host_view`)."""
+
+    binds: list[tuple[bytes, bool]] = field(default_factory=list)
+    shm: bytes | None = None
+
+
+def host_view(writable: list[str]) -> HostView:
+    """The `HostView` of a job that may write `writable` (folders that are gone are left out,
+    as `build_ruleset` does): resolved here, so that the child only makes system calls."""
+    binds: dict[str, bool] = {}
+    for path in writable:
+        real = os.path.realpath(path)
+        try:
+            readonly = bool(os.statvfs(real).f_flag & os.ST_RDONLY)
+        except OSError:
+            continue
+        binds[real] = binds.get(real, False) or readonly
+    view = HostView(binds=[(os.fsencode(p), ro) for p, ro in sorted(binds.items())])
+    try:
+        # As large as the host's: an operator's limit (a container's --shm-size) still holds.
+        shm = os.statvfs(SHM)
+        view.shm = f"mode=1777,size={shm.f_blocks * shm.f_frsize}".encode()
+    except OSError:
+        pass  # no /dev/shm on this host: none for the job either
+    return view
+
+
+def probe_host_view() -> bool:
+    """Whether a `HostView` can be made here (root with CAP_SYS_ADMIN, Linux 5.12+ for
+    mount_setattr; not in a container that withholds them): tried in a forked child, which
+    makes a mount namespace, makes it private and all of it read-only, and exits."""
+    import warnings
+
+    lib = libc()
+    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    with warnings.catch_warnings():  # 3.12+ warns of fork in a threaded process: no lock here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        made = False
+        try:
+            made = (
+                lib.unshare(CLONE_NEWNS) == 0
+                and lib.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
+                and lib.syscall(
+                    ctypes.c_long(SYS_MOUNT_SETATTR),
+                    ctypes.c_long(AT_FDCWD),
+                    b"/",
+                    ctypes.c_uint(AT_RECURSIVE),
+                    ctypes.byref(attr),
+                    ctypes.c_size_t(ctypes.sizeof(attr)),
+                )
+                == 0
+            )
+        finally:
+            os._exit(0 if made else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 def libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
@@ -93,15 +178,21 @@ def landlock_abi() -> int:
     return max(abi, 0)
 
 
-def build_ruleset(rules: list[tuple[int, str]], abi: int, scope: bool) -> int:
-    """A Landlock ruleset holding `rules` (access, path), as a close-on-exec descriptor that
-    `Confinement` applies in the child. Raises OSError."""
-    lib = libc()
+def handled_access(abi: int) -> int:
+    """The filesystem rights a ruleset of this ABI handles (and so restricts)."""
     handled = READ | WRITE
     if abi < 2:
         handled &= ~REFER
     if abi < 3:
         handled &= ~TRUNCATE
+    return handled
+
+
+def build_ruleset(rules: list[tuple[int, str]], abi: int, scope: bool) -> int:
+    """A Landlock ruleset holding `rules` (access, path), as a close-on-exec descriptor that
+    `Confinement` applies in the child. Raises OSError."""
+    lib = libc()
+    handled = handled_access(abi)
     attr = RulesetAttr(handled, 0, 0)
     size = 8
     if abi >= 6 and scope:
@@ -141,6 +232,7 @@ class Confinement:
         *,
         user: tuple[int, int, list[int]] | None,
         landlock: tuple[list[tuple[int, str]], int, bool] | None,
+        host: HostView | None = None,
     ) -> None:
         lib = libc()
         self._prctl = lib.prctl
@@ -149,11 +241,30 @@ class Confinement:
         self.user = user
         self.ruleset = -1
         self.error = ""
+        self._handled = 0
         if landlock is not None:
             try:
                 self.ruleset = build_ruleset(*landlock)
             except OSError as exc:
                 self.error = str(exc)
+            self._handled = handled_access(landlock[1])
+        self.host = host
+        self._unshare = lib.unshare
+        self._mount = lib.mount
+        text = ctypes.c_char_p
+        self._mount.argtypes = [text, text, text, ctypes.c_ulong, text]
+        self._shm = SHM.encode()
+        self._setattr_args = (
+            ctypes.c_long(SYS_MOUNT_SETATTR),
+            ctypes.c_long(AT_FDCWD),
+            ctypes.c_size_t(ctypes.sizeof(MountAttr)),
+        )
+        self._recursive, self._alone = ctypes.c_uint(AT_RECURSIVE), ctypes.c_uint(0)
+        nosuid = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+        self._readonly = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+        self._writable = MountAttr(nosuid, MOUNT_ATTR_RDONLY, 0, 0)
+        self._kept_readonly = MountAttr(nosuid, 0, 0, 0)
+        self._shm_rule = PathBeneath(WRITE & self._handled, -1)
         self._drops = root_job_drops()
         self._capget = lib.capget
         self._capset = lib.capset
@@ -190,12 +301,49 @@ class Confinement:
             if self._capset(ctypes.byref(self._cap_header), data):
                 raise OSError(self._get_errno(), "capset failed")
 
+    def _set_mount(self, path: bytes, flags: ctypes.c_uint, attr: MountAttr) -> None:
+        number, here, size = self._setattr_args
+        if self._syscall(number, here, path, flags, ctypes.byref(attr), size):
+            raise OSError(self._get_errno(), f"mount_setattr({path!r}) failed")
+
+    def _make_host_readonly(self, host: HostView) -> None:
+        """In a mount namespace of the job's own (nothing propagates back to the host): the
+        whole tree read-only, its writable folders bound onto themselves and writable again
+        (unless the host's mount was read-only), nosuid and nodev, and a tmpfs of its own on
+        /dev/shm. Device nodes stay usable on a read-only mount (/dev/null, the GPUs)."""
+        if self._unshare(CLONE_NEWNS):
+            raise OSError(self._get_errno(), "unshare(CLONE_NEWNS) failed")
+        if self._mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
+            raise OSError(self._get_errno(), "mount(/, MS_REC|MS_PRIVATE) failed")
+        for path, _ in host.binds:
+            if self._mount(path, path, None, MS_BIND | MS_REC, None):
+                raise OSError(self._get_errno(), f"bind mount of {path!r} failed")
+        self._set_mount(b"/", self._recursive, self._readonly)
+        for path, readonly in host.binds:
+            self._set_mount(path, self._alone, self._kept_readonly if readonly else self._writable)
+        if host.shm is not None:
+            if self._mount(b"tmpfs", self._shm, b"tmpfs", MS_NOSUID | MS_NODEV, host.shm):
+                raise OSError(self._get_errno(), "mount of a tmpfs on /dev/shm failed")
+            if self.ruleset >= 0:  # Landlock's rules are on inodes: the host's /dev/shm's
+                shm = os.open(self._shm, os.O_PATH | os.O_CLOEXEC)
+                self._shm_rule.parent_fd = shm
+                failed = self._syscall(
+                    SYS_ADD_RULE, self.ruleset, RULE_PATH_BENEATH, ctypes.byref(self._shm_rule), 0
+                )
+                os.close(shm)
+                if failed:
+                    raise OSError(self._get_errno(), "landlock_add_rule failed for /dev/shm")
+        # The working folder subprocess entered is the one below a bind: enter it again.
+        os.chdir(os.getcwd())
+
     def _apply(self) -> None:
         if self.error:
             raise OSError(self.error)
         # The kernel SIGKILLs the job when the work horse dies (a kill -9 of the worker):
         # a lost run must not go on holding a GPU.
         self._prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+        if self.host is not None:  # before the uid changes (it needs CAP_SYS_ADMIN)
+            self._make_host_readonly(self.host)
         if self.user is not None:
             uid, gid, groups = self.user
             os.setgroups(groups)
@@ -206,8 +354,8 @@ class Confinement:
             os._exit(137)
         if os.geteuid() == 0:
             self._drop_capabilities()
-        if self.ruleset >= 0:
-            if self._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
-                raise OSError(self._get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-            if self._syscall(SYS_RESTRICT_SELF, self.ruleset, 0):
-                raise OSError(self._get_errno(), "landlock_restrict_self failed")
+        # With or without Landlock: no setuid binary (nor file capability) raises the job.
+        if self._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
+            raise OSError(self._get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if self.ruleset >= 0 and self._syscall(SYS_RESTRICT_SELF, self.ruleset, 0):
+            raise OSError(self._get_errno(), "landlock_restrict_self failed")

@@ -41,7 +41,8 @@ def attempt(name, action):
         value = action()
         result[name] = value if isinstance(value, str) else "done"
     except Exception as exc:
-        result[name] = type(exc).__name__
+        # A write the host's read-only view refuses (a root job's, issue 10) before Landlock.
+        result[name] = "EROFS" if getattr(exc, "errno", 0) == 30 else type(exc).__name__
 
 def ancestors():
     pid, found = os.getpid(), []
@@ -120,8 +121,9 @@ def test_a_job_cannot_reach_its_worker_or_poison_the_caches(
     ancestors = [f"{what} {pid}" for pid in ours for what in ("environ", "mem", "signal")]
     reached = {name: result[name] for name in ancestors if result[name] != "PermissionError"}
     assert not reached, result
-    for name in ("secret", "other attempt", "env cache", "env cache site", "git mirror",
-                 "checkout write"):
+    for name in ("secret", "other attempt"):
         assert result[name] == "PermissionError", (name, json.dumps(result))
+    for name in ("env cache", "env cache site", "git mirror", "checkout write"):
+        assert result[name] in ("PermissionError", "EROFS"), (name, json.dumps(result))
     assert result["checkout read"] == "read True", result
     assert result["output"] == "done" and result["tmp"] == "done", result

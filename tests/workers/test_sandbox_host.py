@@ -1,0 +1,266 @@
+"""Issue 10, a root job and its host: a job whose process starts as root (a root worker, with
+or without --job-user) runs in a mount namespace of its own where the host is read-only but
+for its writable folders, with a private /dev/shm; every confined job has no_new_privs.
+Through the real `run_process` and `sandbox.confinement`, as tests/workers/test_sandbox.py."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workers import sandbox
+from workers.runner import RunResult, run_process
+
+ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="only a root worker's job starts as root")
+
+
+def _run(argv: list[str], policy: sandbox.Policy | None, cwd: Path = Path("/")) -> tuple[
+    RunResult, list[str]
+]:
+    lines: list[str] = []
+    result = run_process(
+        argv, env={"PATH": "/usr/bin:/bin"}, cwd=cwd, timeout_s=60,
+        on_line=lambda _stream, line: lines.append(line), sandbox=sandbox.confinement(policy))
+    return result, lines
+
+
+def _root_policy(tmp_path: Path) -> tuple[sandbox.Policy, Path, Path]:
+    outputs, tmp = tmp_path / "outputs", tmp_path / "tmp"
+    outputs.mkdir()
+    tmp.mkdir()
+    policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs, tmp], readable=[],
+                                hidden=[], python="/usr/bin/python3")
+    assert policy is not None and policy.host_readonly, policy
+    return policy, outputs, tmp
+
+
+ATTEMPTS = """
+import os, sys
+for path in sys.argv[1:]:
+    for name, act in (("chmod", lambda: os.chmod(path, 0o4755)),
+                      ("utime", lambda: os.utime(path, (0, 0))),
+                      ("xattr", lambda: os.setxattr(path, "user.retrain", b"x")),
+                      ("write", lambda: open(path, "a").close())):
+        try:
+            act()
+            print(path, name, "done")
+        except OSError as exc:
+            print(path, name, "refused", exc.errno)
+"""
+
+
+@ROOT
+def test_a_root_job_cannot_chmod_the_hosts_files(tmp_path: Path) -> None:
+    """Landlock does not govern chmod, utime or setxattr, and a root job owns root's files:
+    it made a root-owned binary setuid (root for any local user). The host is read-only to
+    it now (EROFS), whatever Landlock allows."""
+    policy, _, _ = _root_policy(tmp_path)
+    beside = tmp_path / "beside"  # root's, outside the job's folders
+    beside.write_text("x")
+    beside.chmod(0o644)
+    system = Path("/var/tmp") / f"retrain-test-{secrets.token_hex(4)}"  # stands for /usr/bin/...
+    shutil.copy2("/bin/true", system)
+    try:
+        before = {path: path.stat() for path in (beside, system)}
+        result, lines = _run(["/usr/bin/python3", "-c", ATTEMPTS, str(beside), str(system)],
+                             policy)
+        assert result.status == "completed", (result, lines)
+        said = {tuple(line.split()[:2]): line.split()[2:] for line in lines}
+        for path in (beside, system):
+            for act in ("chmod", "utime", "xattr"):
+                assert said[(str(path), act)] == ["refused", str(errno.EROFS)], lines
+            assert said[(str(path), "write")][0] == "refused", lines
+            now = path.stat()
+            assert (now.st_mode, now.st_mtime_ns) == (
+                before[path].st_mode, before[path].st_mtime_ns)
+    finally:
+        system.unlink()
+
+
+WORK = """
+import os, sys
+out, tmp = sys.argv[1], sys.argv[2]
+with open(os.path.join(out, "script"), "w") as f:
+    f.write("#!/bin/sh\\necho ran\\n")
+os.chmod(os.path.join(out, "script"), 0o755)
+os.rename(os.path.join(out, "script"), os.path.join(out, "run.sh"))
+os.mkdir(os.path.join(out, "models"))
+with open(os.path.join(tmp, "scratch"), "w") as f:
+    f.write("x")
+os.utime(os.path.join(tmp, "scratch"), (0, 0))
+with open("/dev/null", "w") as null:
+    null.write("x")
+os.close(os.open("/dev/zero", os.O_RDWR))
+print("done")
+"""
+
+
+@ROOT
+def test_a_root_job_still_works_in_its_folders(tmp_path: Path) -> None:
+    policy, outputs, tmp = _root_policy(tmp_path)
+    result, lines = _run(["/usr/bin/python3", "-c", WORK, str(outputs), str(tmp)], policy)
+    assert result.status == "completed" and lines == ["done"], (result, lines)
+    made = outputs / "run.sh"
+    assert made.stat().st_mode & 0o777 == 0o755 and (outputs / "models").is_dir()
+    assert (tmp / "scratch").stat().st_mtime == 0
+
+
+MOUNTS = """
+import os, sys
+name = sys.argv[1]
+with open("/dev/shm/" + name, "w") as f:
+    f.write("x")
+print("host file seen", os.path.exists("/dev/shm/" + name + ".host"))
+print("shm mode", oct(os.stat("/dev/shm").st_mode & 0o7777))
+for line in open("/proc/self/mountinfo"):
+    fields = line.split()
+    if fields[4] in ("/", "/dev/shm", sys.argv[2]):
+        print("mount", fields[4], fields[5])
+"""
+
+
+@ROOT
+def test_a_root_jobs_shared_memory_and_mounts_are_its_own(tmp_path: Path) -> None:
+    """/dev/shm is a fresh tmpfs of the job's (its data loaders and ranks share it; nothing
+    it leaves there survives it, nothing of the host's is seen); its writable folders are
+    nosuid and nodev; nothing it mounts reaches the host's mount table."""
+    policy, outputs, _ = _root_policy(tmp_path)
+    name = f"retrain-test-{secrets.token_hex(4)}"
+    host_file = Path("/dev/shm") / f"{name}.host"
+    host_file.write_text("the host's")
+    before = Path("/proc/self/mountinfo").read_text()
+    try:
+        result, lines = _run(["/usr/bin/python3", "-c", MOUNTS, name, str(outputs)], policy)
+    finally:
+        host_file.unlink()
+    assert result.status == "completed", (result, lines)
+    assert Path("/proc/self/mountinfo").read_text() == before
+    assert not (Path("/dev/shm") / name).exists()
+    assert "host file seen False" in lines and "shm mode 0o1777" in lines, lines
+    mounts: dict[str, str] = {}
+    for line in lines:
+        if line.startswith("mount "):
+            mounts[line.split()[1]] = line.split()[2]  # the last one at a path is on top
+    assert mounts["/"].split(",")[0] == "ro", lines
+    for path in ("/dev/shm", str(outputs)):
+        options = mounts[path].split(",")
+        assert options[0] == "rw" and "nosuid" in options and "nodev" in options, lines
+
+
+@ROOT
+def test_a_writable_folder_on_a_read_only_mount_stays_read_only(tmp_path: Path) -> None:
+    """The job's mounts never grant more than the host's: a writable folder whose mount was
+    read-only (a `--sandbox-write` on a read-only disk) is not made writable."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    subprocess.run(["mount", "--bind", str(scratch), str(scratch)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(scratch)], check=True)
+        policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs, scratch], readable=[],
+                                    hidden=[], python="/usr/bin/python3")
+        assert policy is not None and policy.host_readonly
+        result, lines = _run(["/bin/sh", "-c", f"touch {scratch}/x || echo refused; "
+                              f"touch {outputs}/y && echo wrote"], policy)
+    finally:
+        subprocess.run(["umount", str(scratch)], check=True)
+    assert result.status == "completed", (result, lines)
+    assert "refused" in lines and lines[-1] == "wrote", lines
+    assert not (scratch / "x").exists() and (outputs / "y").exists()
+
+
+NNP = "grep NoNewPrivs /proc/self/status"
+
+
+def test_a_job_without_landlock_still_gets_no_new_privs(tmp_path: Path) -> None:
+    """On a host without Landlock a confined job gained privileges through a setuid binary
+    as before: no_new_privs was only set with the Landlock ruleset."""
+    policy = sandbox.Policy(write=[str(tmp_path)], landlock=False)
+    result, lines = _run(["/bin/sh", "-c", NNP], policy)
+    assert result.status == "completed", (result, lines)
+    assert lines == ["NoNewPrivs:\t1"], lines
+
+
+@ROOT
+def test_a_host_view_that_cannot_be_made_starts_nothing(tmp_path: Path) -> None:
+    """As every other step: if the job's mounts cannot be made, the job is not started."""
+    policy, outputs, _ = _root_policy(tmp_path)
+    confinement = sandbox.confinement(policy)
+    assert confinement is not None and confinement.host is not None
+    gone = tmp_path / "gone"
+    confinement.host.binds.append((bytes(gone), False))  # removed since it was listed
+    marker = outputs / "ran"
+    lines: list[str] = []
+    result = run_process(
+        ["/bin/touch", str(marker)], env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+        timeout_s=60, on_line=lambda _stream, line: lines.append(line), sandbox=confinement)
+    assert (result.status, result.exit_code) == ("failed", 126), lines
+    assert lines and lines[-1].endswith("the job was not started"), lines
+    assert not marker.exists()
+
+
+PROBE = """
+import json, os
+from workers import agent, sandbox
+outputs = os.environ["OUTPUTS"]
+policy = sandbox.policy_for(workdir=os.path.dirname(outputs), writable=[outputs], readable=[],
+                            hidden=[], python="/usr/bin/python3")
+from workers.runner import run_process
+result = run_process(["/bin/touch", outputs + "/made"], env={"PATH": "/usr/bin:/bin"},
+                     cwd="/", timeout_s=60, sandbox=sandbox.confinement(policy))
+print(json.dumps([sandbox.host_readonly(), policy.host_readonly, agent.sandbox_level(),
+                  result.status]))
+"""
+
+
+@ROOT
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
+@pytest.mark.parametrize("sys_admin", [True, False])
+def test_the_worker_asks_for_a_read_only_host_only_where_it_can(
+    tmp_path: Path, sys_admin: bool
+) -> None:
+    """A root worker in a container without CAP_SYS_ADMIN cannot make a mount namespace: its
+    probe says so, its level does not claim it, and its root jobs still run (as before)."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    drop = [] if sys_admin else ["setpriv", "--bounding-set", "-sys_admin", "--"]
+    env = {**os.environ, "OUTPUTS": str(outputs)}
+    env.pop(sandbox.JOB_USER_ENV, None)
+    done = subprocess.run([*drop, sys.executable, "-c", PROBE], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    probed, asked, level, status = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (probed, asked, status) == (sys_admin, sys_admin, "completed"), done.stdout
+    assert level.endswith(", as root, host read-only") == sys_admin, level
+    assert ", as root" in level and (outputs / "made").exists()
+
+
+@ROOT
+def test_a_root_jobs_work_folder_is_closed_to_other_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a root job writes in its outputs (umask 022: world-readable) was readable by any
+    local user while it ran: its execution folder is 0700 when the job runs as root."""
+    from orchestrator.settings import Settings
+    from workers.job import Job
+
+    monkeypatch.delenv(sandbox.JOB_USER_ENV, raising=False)
+    settings = Settings.load(home=tmp_path / "home", storage_url=(tmp_path / "blobs").as_uri())
+    job = Job({"task_id": "0" * 32, "spec": {}}, settings, None, "w")  # type: ignore[arg-type]
+    job._make_workdir()
+    assert stat.S_IMODE(job.workdir.stat().st_mode) == 0o700
+    monkeypatch.setenv(sandbox.JOB_USER_ENV, "nobody")  # the job user must reach its folders
+    other = Job({"task_id": "1" * 32, "spec": {}}, settings, None, "w")  # type: ignore[arg-type]
+    other._make_workdir()
+    assert stat.S_IMODE(other.workdir.stat().st_mode) & 0o055 == 0o055
