@@ -252,6 +252,11 @@ class Policy:
     host_readonly: bool = False
     """The job starts as root: the host is read-only to it but for `write`, in a mount
     namespace of its own with a /dev/shm of its own (`sandbox_exec.HostView`)."""
+    mounts: list[str] = field(default_factory=list)
+    """Where `host_readonly` binds writable mounts, when not `write` itself: the work folder
+    that holds all of the job's own folders, as one mount, so that a file made in `tmp/`
+    moves into `outputs/` with a rename (separate mounts: EXDEV). Only where Landlock keeps
+    the job to its folders within it."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -274,11 +279,11 @@ def policy_for(
     python: str,
 ) -> Policy | None:
     """The policy of a job, from the worker's options (`hidden`: `hidden_for`); None when
-    sandboxing is off, or when there is nothing to do here (no Landlock, no job user, and
-    not root, whose jobs at least lose the dangerous capabilities)."""
+    sandboxing is off. Without Landlock it still confines what it can: no_new_privs, the
+    parent-death signal, a root job's capabilities and read-only host."""
     lvl = level()
     user = job_user()
-    if user is None and (lvl == "off" or (lvl == "none" and os.geteuid() != 0)):
+    if user is None and lvl == "off":
         return None
     extra = os.environ.get(WRITE_ENV, "").split()
     read = [*readable, *_interpreter_prefixes(python)]
@@ -288,8 +293,10 @@ def policy_for(
         hidden=[str(Path(p).absolute()) for p in hidden],
         scope=True,
         landlock=lvl.startswith("landlock"),
-        host_readonly=lvl != "off" and host_readonly(),
+        host_readonly=lvl != "off" and os.geteuid() == 0 and host_readonly(),
     )
+    if policy.landlock and writable and all(Path(workdir) in Path(p).parents for p in writable):
+        policy.mounts = [str(workdir), *extra]
     if user is not None:
         policy.uid, policy.gid = user.pw_uid, user.pw_gid
         policy.groups = sorted({user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)})
@@ -350,7 +357,7 @@ def confinement(policy: Policy | None) -> Confinement | None:
             landlock_abi(),
             policy.scope,
         )
-    host = host_view(policy.write) if policy.host_readonly else None
+    host = host_view(policy.mounts or policy.write) if policy.host_readonly else None
     return Confinement(user=user, landlock=landlock, host=host)
 
 

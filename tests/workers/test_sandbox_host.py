@@ -33,11 +33,12 @@ def _run(argv: list[str], policy: sandbox.Policy | None, cwd: Path = Path("/")) 
 
 
 def _root_policy(tmp_path: Path) -> tuple[sandbox.Policy, Path, Path]:
-    outputs, tmp = tmp_path / "outputs", tmp_path / "tmp"
-    outputs.mkdir()
+    """A job's policy, its work folder `tmp_path/work` (the rest of `tmp_path` is the host's)."""
+    outputs, tmp = tmp_path / "work" / "outputs", tmp_path / "work" / "tmp"
+    outputs.mkdir(parents=True)
     tmp.mkdir()
-    policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs, tmp], readable=[],
-                                hidden=[], python="/usr/bin/python3")
+    policy = sandbox.policy_for(workdir=tmp_path / "work", writable=[outputs, tmp],
+                                readable=[], hidden=[], python="/usr/bin/python3")
     assert policy is not None and policy.host_readonly, policy
     return policy, outputs, tmp
 
@@ -96,6 +97,10 @@ os.mkdir(os.path.join(out, "models"))
 with open(os.path.join(tmp, "scratch"), "w") as f:
     f.write("x")
 os.utime(os.path.join(tmp, "scratch"), (0, 0))
+# Written in tmp, then moved into outputs in one step, as atomic savers do.
+with open(os.path.join(tmp, "checkpoint.partial"), "w") as f:
+    f.write("weights")
+os.rename(os.path.join(tmp, "checkpoint.partial"), os.path.join(out, "checkpoint"))
 with open("/dev/null", "w") as null:
     null.write("x")
 os.close(os.open("/dev/zero", os.O_RDWR))
@@ -111,6 +116,7 @@ def test_a_root_job_still_works_in_its_folders(tmp_path: Path) -> None:
     made = outputs / "run.sh"
     assert made.stat().st_mode & 0o777 == 0o755 and (outputs / "models").is_dir()
     assert (tmp / "scratch").stat().st_mtime == 0
+    assert (outputs / "checkpoint").read_text() == "weights"
 
 
 MOUNTS = """
@@ -138,7 +144,8 @@ def test_a_root_jobs_shared_memory_and_mounts_are_its_own(tmp_path: Path) -> Non
     host_file.write_text("the host's")
     before = Path("/proc/self/mountinfo").read_text()
     try:
-        result, lines = _run(["/usr/bin/python3", "-c", MOUNTS, name, str(outputs)], policy)
+        result, lines = _run(["/usr/bin/python3", "-c", MOUNTS, name, str(outputs.parent)],
+                             policy)
     finally:
         host_file.unlink()
     assert result.status == "completed", (result, lines)
@@ -150,7 +157,9 @@ def test_a_root_jobs_shared_memory_and_mounts_are_its_own(tmp_path: Path) -> Non
         if line.startswith("mount "):
             mounts[line.split()[1]] = line.split()[2]  # the last one at a path is on top
     assert mounts["/"].split(",")[0] == "ro", lines
-    for path in ("/dev/shm", str(outputs)):
+    # With Landlock, the job's folders are one mount, its work folder (a rename from tmp/
+    # into outputs/ must not cross mounts); Landlock keeps it to them within it.
+    for path in ("/dev/shm", str(outputs.parent)):
         options = mounts[path].split(",")
         assert options[0] == "rw" and "nosuid" in options and "nodev" in options, lines
 
@@ -264,3 +273,21 @@ def test_a_root_jobs_work_folder_is_closed_to_other_users(
     other = Job({"task_id": "1" * 32, "spec": {}}, settings, None, "w")  # type: ignore[arg-type]
     other._make_workdir()
     assert stat.S_IMODE(other.workdir.stat().st_mode) & 0o055 == 0o055
+
+
+def test_a_non_root_workers_job_without_landlock_gets_no_new_privs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the rootns pass: a worker of an ordinary user on a kernel without Landlock
+    made no confinement at all, so its jobs could still gain privileges through a setuid
+    binary. Its jobs now get no_new_privs (and the parent-death signal) all the same."""
+    monkeypatch.setattr(sandbox, "landlock_abi", lambda: 0)
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs], readable=[], hidden=[],
+                                python="/usr/bin/python3")
+    assert policy is not None and not policy.landlock and not policy.host_readonly, policy
+    monkeypatch.undo()
+    result, lines = _run(["/bin/sh", "-c", NNP], policy)
+    assert result.status == "completed" and lines == ["NoNewPrivs:\t1"], (result, lines)
