@@ -20,7 +20,7 @@ from orchestrator.store.lean import utcnow
 from orchestrator.tasks.inputs import check_input_refs, check_placeholders
 from orchestrator.tasks.names import check_queue
 from orchestrator.tasks.params import apply_overrides
-from orchestrator.tasks.records import TEMPLATE
+from orchestrator.tasks.records import TEMPLATE as TEMPLATE
 
 RUN = "run"
 
