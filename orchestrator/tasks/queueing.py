@@ -4,32 +4,20 @@ runs inside the caller's transaction; the job goes to Redis after commit (`dispa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from orchestrator.errors import NotFound, UserError
-from orchestrator.git import Mirror
 from orchestrator.store import events as ev
 from orchestrator.store.models import Task, TaskTag
 from orchestrator.tasks.cloning import CloneOptions, new_row
 from orchestrator.tasks.inputs import resolve_inputs
+from orchestrator.tasks.jobs import commit_for as commit_for
 from orchestrator.tasks.lifecycle import check_transition, record_event, set_status
 from orchestrator.tasks.overrides import cause_columns
 from orchestrator.tasks.spec import Priority, check_queue
 from orchestrator.tasks.views import TaskInfo, payload
-
-
-def commit_for(mirror: Mirror, spec: Mapping[str, Any]) -> str:
-    """The commit a task runs: its recorded one, or what its branch points at now."""
-    if spec.get("commit"):
-        return str(spec["commit"])
-    ref = spec.get("branch") or "HEAD"
-    commit = mirror.head_of(str(spec["repo"]), ref)
-    if commit is None:
-        raise UserError(f"branch {ref!r} no longer exists in {spec['repo']}")
-    return commit
 
 
 def queue_in(
