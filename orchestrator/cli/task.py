@@ -387,9 +387,7 @@ def list_tasks(
         "parent": runtime().tasks.template(template).id if template else None,
         "limit": limit,
     }
-    found = _lean_list(options)
-    if found is None:
-        found = runtime().tasks.list(**options)
+    found = _list(options)
     if as_json:
         output.print_json(found)
         return
@@ -434,36 +432,16 @@ def list_tasks(
         output.note(f"no {kind} matches")
 
 
-def _lean_list(options: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The listing straight from the database driver (no SQLAlchemy, no pydantic import), or
-    None when only the full store can answer (a fresh database, a bad URL, ...)."""
-    from orchestrator.defaults import database_url_from_env
-    from orchestrator.store.lean import Unavailable, connect
+def _list(options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The listing (tasks/listing.py), straight from the database driver when it can serve
+    the database (no SQLAlchemy, no pydantic import)."""
+    from orchestrator.cli.lean import lean_read
     from orchestrator.tasks.listing import list_tasks
     from orchestrator.tasks.states import STATUSES
 
     if options["status"] and options["status"] not in STATUSES:
-        return None  # the full path reports the bad value
-    try:
-        with connect(database_url_from_env()) as conn:
-            return list_tasks(conn, **options)
-    except Unavailable:
-        return None
-
-
-def _lean_show(ref: str) -> dict[str, Any] | None:
-    """`task show --json` straight from the database driver (tasks/records.py, the SQL the
-    full store's path runs too), or None when only the full store can answer."""
-    from orchestrator.store.lean import Unavailable, connect
-    from orchestrator.tasks import records
-
-    try:
-        # The settings as every command checks them (a `postgres://` URL or a bad number is a
-        # one-line error here too, as on the full path).
-        with connect(runtime().settings.database_url) as conn:
-            return records.show(conn, ref)
-    except Unavailable:
-        return None
+        return runtime().tasks.list(**options)  # which reports the bad value
+    return lean_read(lambda conn: list_tasks(conn, **options))
 
 
 @app.command()
@@ -473,9 +451,11 @@ def show(
 ) -> None:
     """A task's spec, resolved parameters, inputs and lineage (template, parent, trigger,
     event, models), metric series; for a template, also its revisions and latest runs."""
-    shown = _lean_show(ref)
-    if shown is None:  # only the full store can answer (a fresh database, say)
-        shown = _full_show(ref)
+    from orchestrator.cli.lean import lean_read
+    from orchestrator.tasks import records
+
+    # The SQL of tasks/records.py on the bare driver; the full store's views otherwise.
+    shown = lean_read(lambda conn: records.show(conn, ref), full=lambda: _full_show(ref))
     if as_json:
         output.print_json(shown)
         return
@@ -483,7 +463,7 @@ def show(
 
 
 def _full_show(ref: str) -> dict[str, Any]:
-    """What `_lean_show` returns, through the full store (which migrates or explains)."""
+    """What `records.show` returns, through the full store (which migrates or explains)."""
     from orchestrator.tasks.lineage import run_lineage
 
     rt = runtime()
