@@ -14,6 +14,7 @@ HEAVY = frozenset(
         "apscheduler",  # the scheduler's cron and interval triggers
         "boto3",  # S3 storage: only when RETRAIN_STORAGE_URL is s3://
         "click",  # typer's base
+        "filelock",  # only to start the embedded Redis, or to fetch a git mirror or the cache
         "botocore",
         "prometheus_client",  # the scheduler's /metrics
         "pydantic_settings",  # settings are a plain dataclass
@@ -53,11 +54,11 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     # Nothing of Redis but the wake-up after a write, which is one PUBLISH on a plain socket.
     # SQL on the bare driver (datasets/records.py, which the ORM path runs too).
     ("dataset", "create", "--json"): _LEAN | {"rich"},
-    ("dataset", "add", "--json"): _LEAN | {"rich"},
+    ("dataset", "add", "--json"): _LEAN | {"rich", "filelock"},  # nothing is stored yet
     ("dataset", "close", "--json"): _LEAN | {"rich"},
     # For people: the id on stdout and a one-line note (no table).
     ("dataset", "create"): _LEAN | {"rich"},
-    ("dataset", "add"): _LEAN | {"rich"},
+    ("dataset", "add"): _LEAN | {"rich", "filelock"},
     ("dataset", "close"): _LEAN | {"rich"},
     # The tag from the labelling tool or a script: no typer either (cli/lean.fast_command).
     ("dataset", "tag", "--json"): _LEAN | {"rich", "typer", "click"},
@@ -71,9 +72,11 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     ("task", "show", "--json"): _LEAN | {"rich"},
     ("task", "show"): _LEAN,
     # The run cloned and queued on the bare driver (tasks/runs.py, with the ORM path's clone
-    # and payload code), its RQ job written over a plain socket (queue/plainjob.py).
-    ("task", "run", "--json"): _LEAN | {"rich"},
-    ("task", "run"): _LEAN | {"rich"},
+    # and payload code), its RQ job written over a plain socket (queue/plainjob.py). Asking
+    # a repository where its branch points (`git ls-remote`) and finding the running embedded
+    # Redis take no lock.
+    ("task", "run", "--json"): _LEAN | {"rich", "filelock"},
+    ("task", "run"): _LEAN | {"rich", "filelock"},
     ("task", "list", "--json"): _LEAN | {"rich"},
     # SQL on the bare driver (models/records.py, which ModelService.list runs too).
     ("model", "list", "--json"): _LEAN | {"rich"},
