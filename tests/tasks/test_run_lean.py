@@ -95,3 +95,22 @@ def test_a_run_queued_on_the_lean_path_is_run_by_a_worker(
     finally:
         client.flushdb()
         client.close()
+
+
+def test_the_lean_insert_writes_every_column_as_the_orm_would() -> None:
+    """tasks/runs.py names the `tasks` columns, their kinds and the ORM's defaults for what a
+    clone leaves out: a column added to `Task` (or a changed default) must be added there."""
+    from orchestrator.store.models import JSONType, Task, UTCDateTime
+    from orchestrator.tasks import runs
+
+    columns = Task.__table__.columns
+    assert list(runs.TASK_COLUMNS) == [c.name for c in columns]
+    assert {c.name for c in columns if c.type is JSONType} == runs.JSON_COLUMNS
+    assert {c.name for c in columns if isinstance(c.type, UTCDateTime)} == runs.TIME_COLUMNS
+    for name, value in runs.DEFAULTS.items():
+        default = columns[name].default
+        if default is None:
+            assert value is None and columns[name].nullable, name
+        else:
+            expected = default.arg(None) if callable(default.arg) else default.arg
+            assert value == expected, name
