@@ -24,8 +24,3 @@ def home_from_env() -> Path:
 def default_database_url(home: Path) -> str:
     return f"sqlite:///{home / 'retrain.db'}"
 
-
-def database_url_from_env() -> str:
-    """RETRAIN_DATABASE_URL, or the default SQLite file under RETRAIN_HOME (unvalidated: the
-    caller falls back to `Settings` when the URL is not one it can use as it is)."""
-    return os.environ.get(f"{ENV_PREFIX}DATABASE_URL") or default_database_url(home_from_env())

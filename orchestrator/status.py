@@ -53,10 +53,8 @@ REDIS_STATE_FILE = STATE_FILE
 """Where the embedded Redis records its URL (`orchestrator.queue.embedded_auth`, which,
 unlike `orchestrator.queue.connection`, loads no pydantic)."""
 
-# RQ's own key names (`rq.Queue.redis_queue_namespace_prefix`, `redis_queues_keys`), not
-# imported for start-up time; a test checks they still match RQ.
-RQ_QUEUE_PREFIX = "rq:queue:"
-RQ_QUEUES = "rq:queues"
+RQ_QUEUE_PREFIX = keys.RQ_QUEUE_PREFIX
+RQ_QUEUES = keys.RQ_QUEUES
 
 TASKS = "tasks t JOIN projects p ON p.id = t.project_id"
 

@@ -66,7 +66,11 @@ def test_redaction_changes_only_the_secret(url: str, shown: str) -> None:
 
 
 @pytest.mark.parametrize("command", [["task", "show", "x"], ["task", "show", "x", "--json"],
-                                     ["dataset", "search"], ["model", "list"]])
+                                     ["dataset", "search"], ["model", "list"],
+                                     ["task", "list"], ["task", "list", "--json"],
+                                     ["task", "run", "p/t"], ["history", "--json"],
+                                     ["status", "--json"], ["dataset", "show", "x"],
+                                     ["dataset", "tag", "x", "y"]])
 def test_fast_commands_check_settings_as_every_command_does(
     cli: CLI, monkeypatch: pytest.MonkeyPatch, command: list[str]
 ) -> None:

@@ -16,7 +16,7 @@ import typer
 
 from orchestrator.cli import output
 from orchestrator.cli.context import drafts, runtime
-from orchestrator.cli.lean import lean_write, print_version
+from orchestrator.cli.lean import lean_read, lean_write, print_version
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
@@ -91,16 +91,16 @@ def add(
     from orchestrator.datasets import records
     from orchestrator.datasets.scan import collect
     from orchestrator.progress import reporter_for_terminal
-    from orchestrator.store.lean import Unavailable, connect
 
     target = drafts().resolve(version_id)
     if not files:
         raise UserError("--files: name at least one file, folder or glob")
     local = collect(files, dataset_path)
-    try:  # the same steps as DatasetService.add_files, on the bare driver
-        with connect(runtime().settings.database_url) as conn:
-            staged = records.staged(conn, records.draft(conn, target)["id"])
-    except Unavailable:  # a fresh or older database, an unusual URL: the full store does it
+    # The same steps as DatasetService.add_files, on the bare driver.
+    staged = lean_read(
+        lambda conn: records.staged(conn, records.draft(conn, target)["id"]), full=lambda: None
+    )
+    if staged is None:  # a fresh or older database, an unusual URL: the full store does it
         summary = runtime().datasets.add_files(target, files, dataset_path=dataset_path)
         _print_change(summary.model_dump(mode="json"), as_json)
         return
@@ -176,18 +176,23 @@ def show(
     """Show a version: status, tags, lineage, what it changed relative to its parents, the
     runs that used it and the models they registered."""
     from orchestrator.datasets import records
-    from orchestrator.store.lean import Unavailable, connect
 
     limit = records.RUN_LIMIT
-    try:
-        with connect(runtime().settings.database_url) as conn:
-            detail = records.detail(conn, version_id)
-            usage = records.usage(conn, version_id, limit=limit)
-    except Unavailable:  # a fresh or older database, an unusual URL: the full store answers
+
+    def full() -> tuple[dict[str, Any], dict[str, Any]]:
         from orchestrator.tasks.lineage import version_usage
 
         detail = runtime().datasets.show(version_id).model_dump(mode="json")
         usage = version_usage(runtime().store, version_id, limit=limit).model_dump(mode="json")
+        return detail, usage
+
+    detail, usage = lean_read(
+        lambda conn: (
+            records.detail(conn, version_id),
+            records.usage(conn, version_id, limit=limit),
+        ),
+        full=full,
+    )
     if as_json:
         output.print_json({**detail, **usage})
         return
@@ -349,7 +354,6 @@ def search(
 ) -> None:
     """Find versions, newest first, with their ids."""
     from orchestrator.datasets import records
-    from orchestrator.store.lean import Unavailable, connect
 
     if status not in (None, "draft", "final"):
         raise UserError(f"--status: {status!r} is not draft or final")
@@ -360,11 +364,10 @@ def search(
         "status": status,
         "limit": limit,
     }
-    try:
-        with connect(runtime().settings.database_url) as conn:
-            found = records.search(conn, **options)
-    except Unavailable:  # a fresh or older database, an unusual URL: the full store answers
-        found = [v.model_dump(mode="json") for v in runtime().datasets.search(**options)]
+    found = lean_read(
+        lambda conn: records.search(conn, **options),
+        full=lambda: [v.model_dump(mode="json") for v in runtime().datasets.search(**options)],
+    )
     if as_json:
         output.print_json(found)
         return

@@ -14,6 +14,7 @@ HEAVY = frozenset(
         "apscheduler",  # the scheduler's cron and interval triggers
         "boto3",  # S3 storage: only when RETRAIN_STORAGE_URL is s3://
         "click",  # typer's base
+        "filelock",  # only to start the embedded Redis, or to fetch a git mirror or the cache
         "botocore",
         "prometheus_client",  # the scheduler's /metrics
         "pydantic_settings",  # settings are a plain dataclass
@@ -44,32 +45,51 @@ _NEVER = frozenset(
 )
 """What no everyday command needs on a current store with local storage."""
 
+_LEAN = _NEVER | {"redis", "sqlalchemy", "pydantic"}
+"""What a command that reads and writes through store/lean.py never loads: SQL on the bare
+driver (the record modules the ORM path runs too), and Redis, when at all, over a socket of its
+own (queue/plain.py)."""
+
 NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     # Nothing of Redis but the wake-up after a write, which is one PUBLISH on a plain socket.
     # SQL on the bare driver (datasets/records.py, which the ORM path runs too).
-    ("dataset", "create", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
-    ("dataset", "add", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
-    ("dataset", "close", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
+    ("dataset", "create", "--json"): _LEAN | {"rich"},
+    ("dataset", "add", "--json"): _LEAN | {"rich", "filelock"},  # nothing is stored yet
+    ("dataset", "close", "--json"): _LEAN | {"rich"},
+    # For people: the id on stdout and a one-line note (no table).
+    ("dataset", "create"): _LEAN | {"rich"},
+    ("dataset", "add"): _LEAN | {"rich", "filelock"},
+    ("dataset", "close"): _LEAN | {"rich"},
     # The tag from the labelling tool or a script: no typer either (cli/lean.fast_command).
-    ("dataset", "tag", "--json"): _NEVER
-    | {"redis", "rich", "sqlalchemy", "pydantic", "typer", "click"},
-    ("dataset", "search", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
-    ("dataset", "show", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
+    ("dataset", "tag", "--json"): _LEAN | {"rich", "typer", "click"},
+    ("dataset", "tag"): _LEAN | {"rich", "typer", "click"},
+    ("dataset", "search", "--json"): _LEAN | {"rich"},
+    ("dataset", "show", "--json"): _LEAN | {"rich"},
+    # Tables for people: rich, and nothing else heavy.
+    ("dataset", "search"): _LEAN,
+    ("dataset", "show"): _LEAN,
     # SQL on the bare driver (tasks/records.py, which TaskService.lookup and run_lineage run).
-    ("task", "show", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
-    # Queues a job: RQ is the one place jobs are written (queue/adapter.py).
-    ("task", "run", "--json"): (_NEVER - {"rq"}) | {"rich"},
-    ("task", "list", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
+    ("task", "show", "--json"): _LEAN | {"rich"},
+    ("task", "show"): _LEAN,
+    # The run cloned and queued on the bare driver (tasks/runs.py, with the ORM path's clone
+    # and payload code), its RQ job written over a plain socket (queue/plainjob.py). Asking
+    # a repository where its branch points (`git ls-remote`) and finding the running embedded
+    # Redis take no lock.
+    ("task", "run", "--json"): _LEAN | {"rich", "filelock"},
+    ("task", "run"): _LEAN | {"rich", "filelock"},
+    ("task", "list", "--json"): _LEAN | {"rich"},
     # SQL on the bare driver (models/records.py, which ModelService.list runs too).
-    ("model", "list", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
+    ("model", "list", "--json"): _LEAN | {"rich"},
+    ("model", "list"): _LEAN,
     # Reads through store/lean.py (scheduler/history.py: one SQL for both paths).
-    ("history", "--json"): _NEVER | {"redis", "rich", "pydantic", "sqlalchemy"},
+    ("history", "--json"): _LEAN | {"rich"},
+    ("history",): _LEAN,
     # The status snapshot reads the store through store/lean.py, and Redis over a socket of
     # its own (queue/plain.py): redis-py only for a URL it cannot serve (TLS, options).
-    ("status", "--json"): _NEVER | {"redis", "rich", "sqlalchemy", "pydantic"},
+    ("status", "--json"): _LEAN | {"rich"},
 }
-"""Per command (its words, ending with the option that picks its output): the packages it
-must not load."""
+"""Per command (its words, with `--json` when it is the scripts' form): the packages it must
+not load."""
 
 NOT_ON_SQLITE = frozenset({"psycopg", "sqlalchemy.dialects.postgresql"})
 """What no command loads on the default SQLite store (a package, or a dotted module)."""

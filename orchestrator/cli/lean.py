@@ -48,6 +48,26 @@ def print_version(info: VersionInfo | dict[str, Any], as_json: bool, message: st
         output.note(message)
 
 
+def lean_read(work: Callable[[Any], T], full: Callable[[], T] | None = None) -> T:
+    """`work(conn)` on a bare driver connection to the configured database (the settings
+    checked as every command checks them: a bad value is one line naming it). When only the
+    full store can serve the database (a fresh or older one, an unusual URL), `full()`, or by
+    default `work` again on the driver connection under the full store's session, which
+    migrates the database or explains what is wrong first."""
+    from orchestrator.store.lean import Unavailable, connect
+
+    settings = runtime().settings
+    try:
+        with connect(settings.database_url) as conn:
+            return work(conn)
+    except Unavailable:
+        pass
+    if full is not None:
+        return full()
+    with runtime().store.reader() as session:
+        return work(session.connection().connection.driver_connection)
+
+
 def lean_write(work: Callable[[Any], tuple[T, bool]]) -> T | None:
     """`work(conn)` in one transaction on the bare database driver (no SQLAlchemy, no
     pydantic), then the scheduler's wake-up when it wrote events; None when only the full

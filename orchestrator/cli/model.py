@@ -153,8 +153,8 @@ def list_models(
     as_json: JsonFlag = False,
 ) -> None:
     """Models, newest first, with their ids and producing tasks."""
+    from orchestrator.cli.lean import lean_read
     from orchestrator.models import records
-    from orchestrator.store.lean import Unavailable, connect
 
     options: dict[str, Any] = {
         "project": project,
@@ -163,11 +163,10 @@ def list_models(
         "published": published,
         "limit": limit,
     }
-    try:
-        with connect(runtime().settings.database_url) as conn:
-            found = records.list_models(conn, **options)
-    except Unavailable:  # a fresh or older database, an unusual URL: the full store answers
-        found = [m.model_dump(mode="json") for m in runtime().models.list(**options)]
+    found = lean_read(
+        lambda conn: records.list_models(conn, **options),
+        full=lambda: [m.model_dump(mode="json") for m in runtime().models.list(**options)],
+    )
     if as_json:
         output.print_json(found)
         return

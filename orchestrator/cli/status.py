@@ -70,23 +70,14 @@ def status(
 def snapshot() -> dict[str, Any]:
     """Collect through the bare database driver when it can serve this database, else
     through the full store (which migrates a fresh database or reports the error)."""
-    from orchestrator.defaults import database_url_from_env
+    from orchestrator.cli.lean import lean_read
     from orchestrator.redact import redact_url
     from orchestrator.status import collect, read_redis, redis_url_from_env
-    from orchestrator.store.lean import Unavailable, connect
 
     now = dt.datetime.now(dt.timezone.utc)
     redis = read_redis(redis_url_from_env(), now)
-    url = database_url_from_env()
-    try:
-        with connect(url) as conn:
-            return collect(conn, redis, now=now, database=redact_url(url))
-    except Unavailable:
-        pass
-    rt = runtime()
-    with rt.store.reader() as session:
-        conn = session.connection().connection.driver_connection
-        return collect(conn, redis, now=now, database=redact_url(rt.settings.database_url))
+    database = redact_url(runtime().settings.database_url)
+    return lean_read(lambda conn: collect(conn, redis, now=now, database=database))
 
 
 def _watch(as_json: bool, interval: float) -> None:

@@ -247,7 +247,7 @@ def enqueue(
 ) -> None:
     """Queue a draft: resolve its branch and inputs, then send its job to Redis."""
     info, sent = runtime().tasks.enqueue(task_id, queue=queue, priority=_priority(priority))
-    _print_queued(info, sent, as_json)
+    _print_queued(info.model_dump(mode="json"), sent, as_json)
 
 
 @app.command()
@@ -267,13 +267,76 @@ def run(
 ) -> None:
     """Clone a template with overrides and queue the clone (a run's id: re-run it exactly);
     prints the new id."""
-    info, sent = runtime().tasks.run(
-        ref,
-        queue=queue,
-        priority=_priority(priority),
-        **_clone_options(name, params, inputs, tags, allow_new_params),
-    )
-    _print_queued(info, sent, as_json)
+    options = {**_clone_options(name, params, inputs, tags, allow_new_params), "queue": queue}
+    queued = _lean_run(ref, options, _priority(priority))
+    if queued is None:  # only the full store can do it (a fresh database, say)
+        info, sent = runtime().tasks.run(ref, priority=_priority(priority), **options)
+        queued = info.model_dump(mode="json"), sent
+    _print_queued(*queued, as_json)
+
+
+def _lean_run(
+    ref: str, options: dict[str, Any], priority: str | None
+) -> tuple[dict[str, Any], bool] | None:
+    """`task run` on the bare database driver (tasks/runs.py: the ORM path's clone, input and
+    payload code) and the job pushed with the plain Redis client (queue/plainjob.py); None
+    when only the full store can do it, nothing written then."""
+    from orchestrator.cli.lean import lean_write
+    from orchestrator.tasks import runs
+    from orchestrator.tasks.overrides import CloneOptions
+
+    clone = CloneOptions(**options)
+
+    def queue_run(commit: str | None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        return lean_write(
+            lambda conn: (runs.run(conn, ref, clone, priority=priority, commit=commit), True)
+        )
+
+    try:
+        done = queue_run(None)
+    except runs.NeedsCommit as needed:
+        # The branch is asked of the repository outside the transaction, as the ORM path does.
+        from orchestrator.git import Mirror
+        from orchestrator.tasks.jobs import commit_for
+
+        mirror = Mirror(runtime().settings.resolved_cache_dir / "git")
+        done = queue_run(commit_for(mirror, needed.spec))
+    if done is None:
+        return None
+    info, job = done
+    return info, _push(info, job)
+
+
+def _push(info: dict[str, Any], job: dict[str, Any]) -> bool:
+    """Send a committed run's job to Redis (`dispatch.push`, over the plain client when the
+    URL allows); False when Redis is unreachable (reconcile sends it later)."""
+    from orchestrator.errors import ServiceUnavailable
+    from orchestrator.queue import plainjob
+    from orchestrator.queue.connection import embedded_url
+    from orchestrator.queue.plain import PlainRedis, ReplyError
+
+    settings = runtime().settings
+    where = {
+        "queue": info["queue"],
+        "priority": info["priority"],
+        "timeout_s": int(info["spec"]["timeout_s"]),
+    }
+    try:
+        url = settings.redis_url or embedded_url(settings, start=True)
+        client = PlainRedis.of(url) if url else None
+        if client is None:  # TLS or options: redis-py and RQ serve it
+            runtime().queues.enqueue(info["id"], job, **where)
+            return True
+        rq_queue, fields = plainjob.job_hash(
+            info["id"], job, secret=settings.worker_secret, **where
+        )
+        try:
+            replies = client.execute(plainjob.enqueue_commands(info["id"], rq_queue, fields))
+        finally:
+            client.close()
+    except (ServiceUnavailable, OSError):
+        return False
+    return not any(isinstance(r, ReplyError) for r in replies)
 
 
 @app.command()
@@ -324,9 +387,7 @@ def list_tasks(
         "parent": runtime().tasks.template(template).id if template else None,
         "limit": limit,
     }
-    found = _lean_list(options)
-    if found is None:
-        found = runtime().tasks.list(**options)
+    found = _list(options)
     if as_json:
         output.print_json(found)
         return
@@ -371,36 +432,16 @@ def list_tasks(
         output.note(f"no {kind} matches")
 
 
-def _lean_list(options: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The listing straight from the database driver (no SQLAlchemy, no pydantic import), or
-    None when only the full store can answer (a fresh database, a bad URL, ...)."""
-    from orchestrator.defaults import database_url_from_env
-    from orchestrator.store.lean import Unavailable, connect
+def _list(options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The listing (tasks/listing.py), straight from the database driver when it can serve
+    the database (no SQLAlchemy, no pydantic import)."""
+    from orchestrator.cli.lean import lean_read
     from orchestrator.tasks.listing import list_tasks
     from orchestrator.tasks.states import STATUSES
 
     if options["status"] and options["status"] not in STATUSES:
-        return None  # the full path reports the bad value
-    try:
-        with connect(database_url_from_env()) as conn:
-            return list_tasks(conn, **options)
-    except Unavailable:
-        return None
-
-
-def _lean_show(ref: str) -> dict[str, Any] | None:
-    """`task show --json` straight from the database driver (tasks/records.py, the SQL the
-    full store's path runs too), or None when only the full store can answer."""
-    from orchestrator.store.lean import Unavailable, connect
-    from orchestrator.tasks import records
-
-    try:
-        # The settings as every command checks them (a `postgres://` URL or a bad number is a
-        # one-line error here too, as on the full path).
-        with connect(runtime().settings.database_url) as conn:
-            return records.show(conn, ref)
-    except Unavailable:
-        return None
+        return runtime().tasks.list(**options)  # which reports the bad value
+    return lean_read(lambda conn: list_tasks(conn, **options))
 
 
 @app.command()
@@ -410,9 +451,11 @@ def show(
 ) -> None:
     """A task's spec, resolved parameters, inputs and lineage (template, parent, trigger,
     event, models), metric series; for a template, also its revisions and latest runs."""
-    shown = _lean_show(ref)
-    if shown is None:  # only the full store can answer (a fresh database, say)
-        shown = _full_show(ref)
+    from orchestrator.cli.lean import lean_read
+    from orchestrator.tasks import records
+
+    # The SQL of tasks/records.py on the bare driver; the full store's views otherwise.
+    shown = lean_read(lambda conn: records.show(conn, ref), full=lambda: _full_show(ref))
     if as_json:
         output.print_json(shown)
         return
@@ -420,7 +463,7 @@ def show(
 
 
 def _full_show(ref: str) -> dict[str, Any]:
-    """What `_lean_show` returns, through the full store (which migrates or explains)."""
+    """What `records.show` returns, through the full store (which migrates or explains)."""
     from orchestrator.tasks.lineage import run_lineage
 
     rt = runtime()
@@ -611,19 +654,21 @@ def _print_task(info: Any, as_json: bool, message: str) -> None:
         output.note(message)
 
 
-def _print_queued(info: Any, sent: bool, as_json: bool) -> None:
+def _print_queued(info: dict[str, Any], sent: bool, as_json: bool) -> None:
+    """A queued run (its `TaskInfo` as JSON), and whether Redis has its job."""
     if as_json:
-        output.print_json({**info.model_dump(mode="json"), "in_redis": sent})
+        output.print_json({**info, "in_redis": sent})
         return
-    print(info.id)
+    print(info["id"])
+    label = f"{info['project']}/{info['name']}"
     if sent:
         output.note(
-            f"queued {info.label} {info.id} on {info.queue} ({info.priority}) at "
-            f"{info.spec['commit'][:12]}"
+            f"queued {label} {info['id']} on {info['queue']} ({info['priority']}) at "
+            f"{info['spec']['commit'][:12]}"
         )
     else:
         output.note(
-            f"warning: {info.label} {info.id} is queued in the store but Redis is "
+            f"warning: {label} {info['id']} is queued in the store but Redis is "
             "unreachable; it reaches Redis on the next `retrain queue reconcile` "
             "(the scheduler runs it every 30 s)"
         )

@@ -400,17 +400,10 @@ def history(
     as_json: JsonFlag = False,
 ) -> None:
     """Firings and skips, newest first."""
-    from orchestrator.defaults import database_url_from_env
+    from orchestrator.cli.lean import lean_read
     from orchestrator.scheduler.history import history as decisions
-    from orchestrator.store.lean import Unavailable, connect
 
-    try:
-        with connect(database_url_from_env()) as conn:
-            rows = decisions(conn, trigger=trigger, limit=limit)
-    except Unavailable:  # a fresh or older database, an unusual URL: the full store answers
-        with runtime().store.reader() as session:
-            conn = session.connection().connection.driver_connection
-            rows = decisions(conn, trigger=trigger, limit=limit)
+    rows = lean_read(lambda conn: decisions(conn, trigger=trigger, limit=limit))
     if as_json:
         output.print_json(rows)
         return

@@ -10,7 +10,7 @@ retry, a reconcile pass and a second scheduler cannot queue one task twice.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.queue import keys, rqjobs, signing
@@ -24,6 +24,40 @@ RESULT_TTL_S = 7 * 86400
 JOB_TIMEOUT_MARGIN_S = 300
 """RQ's timeout is the task's plus this, so the job's own graceful timeout always acts first."""
 FAILURE_TTL_S = 30 * 86400
+
+
+class JobArguments(NamedTuple):
+    """What a task's RQ job is made of, besides the constants above."""
+
+    rq_queue: str
+    payload: dict[str, Any]
+    """Signed with the worker secret (when one is set)."""
+    timeout: int
+    description: str
+
+
+def job_arguments(
+    secret: str | None,
+    task_id: str,
+    payload: dict[str, Any],
+    *,
+    queue: str,
+    priority: str,
+    timeout_s: int,
+) -> JobArguments:
+    """The job `QueueAdapter.enqueue` hands RQ, and `plainjob` writes without RQ."""
+    if timeout_s < 1:  # RQ would fall back to its 180 s default
+        raise ValueError("a job needs an explicit timeout")
+    # The job enforces the task's timeout itself (SIGTERM, grace, SIGKILL, a `failed`
+    # report); RQ's timeout, which SIGKILLs the work horse, is only the backstop.
+    # Routed by size: only a slot with at least this many GPUs listens to this RQ queue.
+    gpus = int((payload.get("spec") or {}).get("gpus") or 0)
+    return JobArguments(
+        rq_queue=keys.rq_queue(queue, priority, gpus),
+        payload=signing.sign_payload(secret, payload),
+        timeout=timeout_s + JOB_TIMEOUT_MARGIN_S,
+        description=f"{payload.get('project')}/{payload.get('name')} {task_id}",
+    )
 
 
 class QueueAdapter:
@@ -44,22 +78,18 @@ class QueueAdapter:
         from redis import RedisError
         from rq.exceptions import DuplicateJobError
 
-        if timeout_s < 1:  # RQ would fall back to its 180 s default
-            raise ValueError("a job needs an explicit timeout")
-        # The job enforces the task's timeout itself (SIGTERM, grace, SIGKILL, a `failed`
-        # report); RQ's timeout, which SIGKILLs the work horse, is only the backstop.
-        # Routed by size: only a slot with at least this many GPUs listens to this RQ queue.
-        gpus = int((payload.get("spec") or {}).get("gpus") or 0)
-        payload = signing.sign_payload(self.secret, payload)
+        job = job_arguments(
+            self.secret, task_id, payload, queue=queue, priority=priority, timeout_s=timeout_s
+        )
         try:
-            self.queue(queue, priority, gpus).enqueue_call(
+            rqjobs.queue_class()(job.rq_queue, connection=self.redis).enqueue_call(
                 keys.JOB_FUNCTION,
-                args=(payload,),
+                args=(job.payload,),
                 job_id=task_id,
-                timeout=timeout_s + JOB_TIMEOUT_MARGIN_S,
+                timeout=job.timeout,
                 result_ttl=RESULT_TTL_S,
                 failure_ttl=FAILURE_TTL_S,
-                description=f"{payload.get('project')}/{payload.get('name')} {task_id}",
+                description=job.description,
                 unique=True,
             )
         except DuplicateJobError:
@@ -196,8 +226,8 @@ class QueueAdapter:
     def counts(self, queue: str) -> dict[str, int]:
         """Jobs waiting per priority of `queue`, every job size included."""
         counts = dict.fromkeys(keys.PRIORITIES, 0)
-        prefix = "rq:queue:"  # RQ's `Queue.redis_queue_namespace_prefix`
-        for raw in self.redis.smembers("rq:queues"):  # RQ's `redis_queues_keys`
+        prefix = keys.RQ_QUEUE_PREFIX
+        for raw in self.redis.smembers(keys.RQ_QUEUES):
             rq_name = (raw.decode() if isinstance(raw, bytes) else str(raw)).removeprefix(prefix)
             base, priority, _gpus = keys.split_rq_queue(rq_name)
             if base == queue:

@@ -92,10 +92,11 @@ def embedded_url(settings: Settings, *, start: bool) -> str | None:
     its data kept by its append-only file)."""
     home = settings.home
     state = home / STATE_FILE
-    if not start:
-        # The state file is replaced whole (written aside, then renamed), so reading it needs
-        # no lock; only starting a server does.
-        return _usable(home, _running(state))
+    # The state file is replaced whole (written aside, then renamed), so reading it needs no
+    # lock; only starting (or restarting) a server does.
+    url = _usable(home, _running(state))
+    if url or not start:
+        return url
     from filelock import FileLock
 
     with FileLock(str(state) + ".lock"):

@@ -8,6 +8,13 @@ JOB_FUNCTION = "workers.job.run_task"
 """The job function, named by dotted path: Redis holds its name and JSON arguments, never
 pickled code. Workers import it."""
 
+# RQ's own key names (`rq.job.Job.redis_job_namespace_prefix`,
+# `rq.Queue.redis_queue_namespace_prefix`, `rq.Queue.redis_queues_keys`), not imported for
+# start-up time (`plainjob`, `status`); a test checks they still match RQ.
+RQ_JOB_PREFIX = "rq:job:"
+RQ_QUEUE_PREFIX = "rq:queue:"
+RQ_QUEUES = "rq:queues"
+
 PRIORITIES = ("high", "normal", "low")
 """Priorities are separate RQ queues that a worker drains in this order: `gpu:high` before
 `gpu` before `gpu:low`. Within one priority, jobs run in the order they were queued."""

@@ -1,6 +1,7 @@
 """Redis over a socket of our own, for the commands that must start fast: redis-py's import
 costs about 80 ms, more than the rest of `retrain status --json`. Only what those commands
-send: a few read commands, pipelined, and `PUBLISH` (`wakeup.publish_plain`). Replies are
+send: a few read commands, pipelined, `PUBLISH` (`wakeup.publish_plain`) and `task run`'s
+job (`plainjob`). Replies are
 parsed as RESP2 into bytes, ints, lists and None, exactly what redis-py returns without
 `decode_responses`; nothing in them is unpickled or executed.
 
@@ -26,11 +27,12 @@ class ReplyError(OSError):
     """Redis answered a command with an error (`-ERR ...`)."""
 
 
-def encode(words: list[str]) -> bytes:
-    """One command in Redis's wire protocol (RESP): an array of bulk strings."""
+def encode(words: list[str] | list[str | bytes]) -> bytes:
+    """One command in Redis's wire protocol (RESP): an array of bulk strings (text is sent
+    as UTF-8, bytes as they are)."""
     out = [b"*%d\r\n" % len(words)]
     for word in words:
-        data = word.encode()
+        data = word if isinstance(word, bytes) else word.encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
@@ -106,7 +108,7 @@ class PlainRedis:
                     raise reply
         return sock
 
-    def execute(self, commands: list[list[str]], *, timeout: float = TIMEOUT_S) -> list[Any]:
+    def execute(self, commands: list[list[Any]], *, timeout: float = TIMEOUT_S) -> list[Any]:
         """Send `commands` at once; their replies in order (an error reply as `ReplyError`)."""
         sock = self._sock or self._connect(timeout)
         sock.sendall(b"".join(encode(c) for c in commands))

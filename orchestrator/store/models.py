@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from orchestrator.tasks.jobs import input_versions
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -319,11 +321,7 @@ def _link_inputs(target: Task, value: Any, oldvalue: Any, initiator: Any) -> Non
     """Every path that freezes a run's inputs (queue, run, a coalesced re-point, code not
     written yet) assigns `resolved_inputs`; mirroring it here keeps the rows from ever
     disagreeing with the JSON, whoever assigns it."""
-    wanted = {
-        str(name): str(entry["version_id"])
-        for name, entry in (value or {}).items()
-        if isinstance(entry, dict) and entry.get("version_id")
-    }
+    wanted = input_versions(value)
     existing = {link.name: link for link in target.input_links}
     links = []
     for name, version_id in sorted(wanted.items()):

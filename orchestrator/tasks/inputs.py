@@ -1,37 +1,39 @@
 """A task's dataset inputs and placeholders: checked when a task is registered or cloned,
-resolved to final dataset versions when it is queued."""
+resolved to final dataset versions when it is queued.
+
+The dataset versions are read with `datasets.records` on a bare driver connection: the one
+under a SQLAlchemy session (`driver(session)`) or one from `store.lean` (`task run`'s lean
+path), so both paths run the same queries and give the same errors."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from orchestrator import templating
-from orchestrator.datasets import queries as dataset_queries
+from orchestrator.datasets import records as dataset_records
 from orchestrator.errors import Conflict, NotFound, UserError
 from orchestrator.tasks.records import ID as ID
-from orchestrator.tasks.spec import ExecutionSpec
 
 PARAM_REF = re.compile(r"^\$\{\s*params\.([^}]+?)\s*\}$")
 
 
 def check_placeholders(
-    spec: ExecutionSpec, params: Mapping[str, Any], inputs: Mapping[str, str]
+    args: Sequence[str],
+    env: Mapping[str, str],
+    params: Mapping[str, Any],
+    inputs: Mapping[str, str],
 ) -> None:
-    """`${params.X}` and `${inputs.N}` in args and env name things the task has."""
+    """`${params.X}` and `${inputs.N}` in a spec's args and env name things the task has."""
     known = {f"params.{k}" for k in params} | {f"inputs.{k}" for k in inputs}
-    for i, arg in enumerate(spec.args):
+    for i, arg in enumerate(args):
         templating.check(arg, known.__contains__, where=f"args[{i}]")
-    for key, value in spec.env.items():
+    for key, value in env.items():
         templating.check(value, known.__contains__, where=f"env {key}")
 
 
-def check_input_refs(
-    session: Session, inputs: Mapping[str, str], params: Mapping[str, Any]
-) -> None:
+def check_input_refs(conn: Any, inputs: Mapping[str, str], params: Mapping[str, Any]) -> None:
     """Each input names a dataset version that exists, or a parameter of the task."""
     for name, ref in inputs.items():
         match = PARAM_REF.match(ref)
@@ -44,11 +46,11 @@ def check_input_refs(
                 f"--input {name}: {ref!r} is neither a dataset version id nor "
                 "${params.SECTION/NAME}"
             )
-        dataset_queries.load_version(session, ref)
+        dataset_records.load(conn, ref)
 
 
 def resolve_inputs(
-    session: Session, inputs: Mapping[str, str], params: Mapping[str, Any]
+    conn: Any, inputs: Mapping[str, str], params: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Each input as the final dataset version it names now (frozen into the job)."""
     resolved: dict[str, Any] = {}
@@ -56,18 +58,18 @@ def resolve_inputs(
         match = PARAM_REF.match(ref)
         version_id = str(params.get(match.group(1), "")) if match else ref
         try:
-            row = dataset_queries.load_version(session, version_id)
+            version = dataset_records.load(conn, version_id)
         except NotFound:
             raise UserError(
                 f"input {name}: {ref} is {version_id!r}, which is no dataset version"
             ) from None
-        if row.status != "final":
+        if version["status"] != "final":
             raise Conflict(f"input {name}: dataset version {version_id} is a draft; finalize it")
         resolved[name] = {
-            "version_id": row.id,
-            "manifest_sha256": row.manifest_sha256,
-            "project": row.dataset.project.path,
-            "name": row.dataset.name,
-            "version": row.version,
+            "version_id": version["id"],
+            "manifest_sha256": version["manifest_sha256"],
+            "project": version["project"],
+            "name": version["name"],
+            "version": version["version"],
         }
     return resolved

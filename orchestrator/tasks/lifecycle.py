@@ -14,7 +14,7 @@ from orchestrator.store import Store, rows
 from orchestrator.store import events as ev
 from orchestrator.store.models import Task, utcnow
 from orchestrator.tasks.series import has_series, store_series, summaries
-from orchestrator.tasks.states import FINISHED, TRANSITIONS
+from orchestrator.tasks.states import EVENT_FIELDS, FINISHED, TRANSITIONS
 from orchestrator.tasks.views import TaskInfo
 
 EVENT_OF_STATUS = {
@@ -86,15 +86,7 @@ def record_event(
 ) -> None:
     """A task event in the caller's transaction, with the fields triggers filter on (and
     `extra`'s non-empty ones: a finished run's series summaries)."""
-    fields = {
-        "status": info.status,
-        "type": info.type,
-        "queue": info.queue,
-        "parent": info.parent,
-        "template": info.template,
-        "trigger": info.trigger,
-        "metrics": info.metrics,
-    }
+    fields = {name: getattr(info, name) for name in EVENT_FIELDS}
     fields.update({k: v for k, v in (extra or {}).items() if v})
     ev.record_for(session, kind, info, fields, flush=flush)
 

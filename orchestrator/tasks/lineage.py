@@ -23,6 +23,7 @@ from orchestrator.datasets.records import RUN_LIMIT as RUN_LIMIT
 from orchestrator.errors import NotFound
 from orchestrator.store import Store
 from orchestrator.store.models import Event, Model, Project, Task
+from orchestrator.tasks.overrides import cause_columns as cause_columns
 
 
 class TriggerCause(NamedTuple):
@@ -33,24 +34,6 @@ class TriggerCause(NamedTuple):
     entity_kind: str | None = None
     """dataset | task | model | schedule (the event's source)."""
     entity_id: str | None = None
-
-
-def cause_columns(cause: tuple[Any, ...] | None) -> dict[str, Any]:
-    """The task columns that record `cause` (all None for a run nobody's trigger made)."""
-    if cause is None:
-        return {
-            "trigger_name": None,
-            "trigger_event_seq": None,
-            "trigger_entity_kind": None,
-            "trigger_entity_id": None,
-        }
-    full = TriggerCause(*cause)
-    return {
-        "trigger_name": full.name,
-        "trigger_event_seq": full.event_seq,
-        "trigger_entity_kind": full.entity_kind,
-        "trigger_entity_id": full.entity_id,
-    }
 
 
 # -- what the queries return ---------------------------------------------------------------

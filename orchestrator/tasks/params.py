@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.tasks.spec import check_input_name, check_param_name
+from orchestrator.tasks.names import check_input_name, check_param_name
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}

@@ -4,32 +4,20 @@ runs inside the caller's transaction; the job goes to Redis after commit (`dispa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from orchestrator.errors import NotFound, UserError
-from orchestrator.git import Mirror
 from orchestrator.store import events as ev
 from orchestrator.store.models import Task, TaskTag
-from orchestrator.tasks import lineage
 from orchestrator.tasks.cloning import CloneOptions, new_row
 from orchestrator.tasks.inputs import resolve_inputs
+from orchestrator.tasks.jobs import commit_for as commit_for
 from orchestrator.tasks.lifecycle import check_transition, record_event, set_status
+from orchestrator.tasks.overrides import cause_columns
 from orchestrator.tasks.spec import Priority, check_queue
 from orchestrator.tasks.views import TaskInfo, payload
-
-
-def commit_for(mirror: Mirror, spec: Mapping[str, Any]) -> str:
-    """The commit a task runs: its recorded one, or what its branch points at now."""
-    if spec.get("commit"):
-        return str(spec["commit"])
-    ref = spec.get("branch") or "HEAD"
-    commit = mirror.head_of(str(spec["repo"]), ref)
-    if commit is None:
-        raise UserError(f"branch {ref!r} no longer exists in {spec['repo']}")
-    return commit
 
 
 def queue_in(
@@ -42,7 +30,7 @@ def queue_in(
 ) -> tuple[TaskInfo, dict[str, Any]]:
     """Queue `row` inside the caller's transaction; returns the job to push after commit."""
     check_transition(row, "queued")
-    row.resolved_inputs = resolve_inputs(session, row.inputs or {}, row.parameters or {})
+    row.resolved_inputs = resolve_inputs(_driver(session), row.inputs or {}, row.parameters or {})
     row.spec = {**row.spec, "commit": commit}
     if queue:
         try:
@@ -73,7 +61,7 @@ def run_in(
     with session.no_autoflush:
         row = new_row(session, template, options)
         try:
-            resolved = resolve_inputs(session, row.inputs or {}, row.parameters or {})
+            resolved = resolve_inputs(_driver(session), row.inputs or {}, row.parameters or {})
         except Exception:
             session.expunge(row)
             raise
@@ -99,7 +87,7 @@ def repoint_in(session: Session, row: Task, options: CloneOptions, *, event_seq:
         fresh = new_row(session, template, options)
         parameters, inputs, tags = fresh.parameters, fresh.inputs, set(fresh.tags)
         session.expunge(fresh)  # only its rendered fields are wanted
-        resolved = resolve_inputs(session, inputs or {}, parameters or {})
+        resolved = resolve_inputs(_driver(session), inputs or {}, parameters or {})
     row.parameters = parameters
     row.inputs = inputs
     row.resolved_inputs = resolved
@@ -111,6 +99,11 @@ def repoint_in(session: Session, row: Task, options: CloneOptions, *, event_seq:
     row.coalesced_events = [*(row.coalesced_events or []), *previous]
     row.trigger_event_seq = event_seq
     if options.trigger:
-        cause = lineage.cause_columns(options.trigger)
+        cause = cause_columns(options.trigger)
         row.trigger_entity_kind = cause["trigger_entity_kind"]
         row.trigger_entity_id = cause["trigger_entity_id"]
+
+
+def _driver(session: Session) -> Any:
+    """The session's bare driver connection (the dataset version queries are `records`')."""
+    return session.connection().connection.driver_connection

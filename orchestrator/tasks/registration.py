@@ -58,9 +58,10 @@ def register(
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise UserError(first_error(exc)) from None
     spec = check_code(mirror, spec)
-    check_placeholders(spec, definition.params, definition.inputs)
+    check_placeholders(spec.args, spec.env, definition.params, definition.inputs)
     with store.session() as session:
-        check_input_refs(session, definition.inputs, definition.params)
+        driver = session.connection().connection.driver_connection
+        check_input_refs(driver, definition.inputs, definition.params)
         owner = rows.project(session, project)
         if owner.id is not None:  # one registration of a project's templates at a time
             session.scalars(rows.for_update(session, select(Project).where(Project.id == owner.id)))

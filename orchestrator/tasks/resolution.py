@@ -16,10 +16,9 @@ from orchestrator.errors import NotFound, UserError
 from orchestrator.store.models import Task
 from orchestrator.tasks import records
 from orchestrator.tasks.inputs import ID
+from orchestrator.tasks.overrides import RUN as RUN
+from orchestrator.tasks.overrides import TEMPLATE as TEMPLATE
 from orchestrator.tasks.records import split_ref as split_ref
-
-TEMPLATE = "template"
-RUN = "run"
 
 
 class NotATemplate(UserError):

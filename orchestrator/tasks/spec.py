@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from orchestrator.redact import has_url_credentials, is_secret_name
+from orchestrator.tasks.names import check_input_name as check_input_name
+from orchestrator.tasks.names import check_param_name as check_param_name
+from orchestrator.tasks.names import check_queue as check_queue
 
 TASK_TYPES = ("training", "data_processing", "evaluation", "inference", "other")
 TaskType = Literal["training", "data_processing", "evaluation", "inference", "other"]
@@ -26,10 +29,7 @@ DEFAULT_ABORT_GRACE_S = 30
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_PARAM = re.compile(r"^[^/\s]+/[^/\s]+$")
-_INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_QUEUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Values that are credentials whatever their variable is called.
 _SECRET_VALUE = re.compile(
     r"(AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|xox[abprs]-[\w-]{10,}"
@@ -103,12 +103,6 @@ def check_env_names(env: Mapping[str, str]) -> None:
 RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "PYTHONPATH", "VIRTUAL_ENV"})
 """Variables the worker sets for each run: a task setting them would escape its GPU slot or
 its environment."""
-
-
-def check_queue(name: str) -> str:
-    if not _QUEUE.match(name):
-        raise ValueError(f"{name!r} is not a queue name (letters, digits, '_', '.', '-')")
-    return name
 
 
 class EntryPoint(BaseModel):
@@ -185,19 +179,6 @@ class ExecutionSpec(BaseModel):
         if value is not None and not re.match(r"^3\.\d{1,2}(\.\d{1,2})?$", value):
             raise ValueError(f"{value!r} is not a Python version such as 3.11")
         return value
-
-
-def check_param_name(name: str) -> str:
-    """`Section/name`, as ClearML users write parameters (`General/dataset_id`)."""
-    if not _PARAM.match(name):
-        raise ValueError(f"{name!r} is not a parameter name of the form Section/name")
-    return name
-
-
-def check_input_name(name: str) -> str:
-    if not _INPUT_NAME.match(name):
-        raise ValueError(f"input name {name!r} must be an identifier (letters, digits, '_')")
-    return name
 
 
 class TaskDefinition(BaseModel):

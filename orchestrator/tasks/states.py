@@ -15,3 +15,6 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 
 STATUSES = tuple(TRANSITIONS)
 FINISHED = ("completed", "failed", "aborted")
+
+EVENT_FIELDS = ("status", "type", "queue", "parent", "template", "trigger", "metrics")
+"""What a task event's payload holds (of the task's `TaskInfo` fields): what triggers filter on."""

@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from orchestrator.store.models import Task
-
-PAYLOAD_VERSION = 1
+from orchestrator.tasks import jobs
+from orchestrator.tasks.jobs import PAYLOAD_VERSION as PAYLOAD_VERSION
+from orchestrator.tasks.jobs import execution_id as execution_id
 
 
 class TaskInfo(BaseModel):
@@ -101,33 +102,21 @@ class TaskInfo(BaseModel):
         )
 
 
-def execution_id(queued_at: dt.datetime | None) -> str | None:
-    """Which execution of its attempt a job is: the time the task was (re-)queued, which every
-    enqueue and every requeue (a released run goes back with the same attempt) renews. It is
-    in the signed payload and the worker puts it in each report, so the reports of an earlier
-    execution (replayed by anyone with Redis access) are told from the current one's."""
-    if queued_at is None:
-        return None
-    return queued_at.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-
-
 def payload(row: Task) -> dict[str, Any]:
-    """The job's only argument: everything a worker needs, with no database access. Built from
-    the task's columns alone, so reconcile rebuilds exactly the same job after a Redis loss."""
-    return {
-        "version": PAYLOAD_VERSION,
-        "task_id": row.id,
-        "attempt": row.attempt or 0,
-        "execution": execution_id(row.queued_at),
-        "project": row.project.path,
-        "name": row.name,
-        "type": row.type,
-        "queue": row.queue,
-        "priority": row.priority,
-        "spec": dict(row.spec),
-        "parameters": dict(row.parameters or {}),
-        "inputs": dict(row.resolved_inputs or {}),
-    }
+    """The job's only argument (`jobs.payload`), from the row's columns."""
+    return jobs.payload(
+        task_id=row.id,
+        attempt=row.attempt,
+        queued_at=row.queued_at,
+        project=row.project.path,
+        name=row.name,
+        type=row.type,
+        queue=row.queue,
+        priority=row.priority,
+        spec=row.spec,
+        parameters=row.parameters,
+        resolved_inputs=row.resolved_inputs,
+    )
 
 
 class ReconcileReport(BaseModel):

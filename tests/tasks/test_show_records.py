@@ -144,12 +144,15 @@ def test_task_show_json_is_what_the_orm_views_printed(
     assert shown["cause"]["seq"] and len(shown["absorbed_events"]) == 1
     assert shown["tags"] == ["alpha", "zeta"]
     # The human form prints the same record, whichever path read it.
-    from orchestrator.cli import task as task_cli
+    from orchestrator.store import lean as lean_store
+
+    def unavailable(url: str) -> None:  # the bare driver cannot serve it: the full store does
+        raise lean_store.Unavailable("forced")
 
     for ref in (template, run_id):
         lean = cli("task", "show", ref).out
         with monkeypatch.context() as m:
-            m.setattr(task_cli, "_lean_show", lambda _ref: None)
+            m.setattr(lean_store, "connect", unavailable)
             assert cli("task", "show", ref).out == lean
     assert "event " in lean and "models registered:" in lean and "models/occ.txt" in lean
     assert "2026-12-02 09:30:00" in lean and "12.0 s" in lean
