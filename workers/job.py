@@ -544,6 +544,14 @@ class Job:
             # The slot's GPUs (set by the agent); a task's env cannot widen them.
             "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         }
+        from workers import sandbox
+
+        if sandbox.mode() != "off":
+            # The worker's home is neither the job's to write nor, where it holds credentials,
+            # to read: a home of its own, so libraries that keep caches and settings below ~
+            # (huggingface, torch, matplotlib) work. Removed with the work folder.
+            (self.workdir / "home").mkdir(exist_ok=True)
+            placed["HOME"] = str(self.workdir / "home")
         for name, value in params.items():
             placed[f"RETRAIN_PARAM_{_env_name(name)}"] = (
                 value if isinstance(value, str) else json.dumps(value)
@@ -581,10 +589,11 @@ class Job:
         # its own; retrain_run.py itself is read from the worker's package.
         channel = self.workdir / "run"
         channel.mkdir(exist_ok=True)
+        home = self.workdir / "home"  # its HOME (`_env`)
         hidden = sandbox.hidden_for(self.settings.home, self.cache, self.settings.storage_url)
         policy = sandbox.policy_for(
             workdir=self.workdir,
-            writable=[outputs, tmp, channel],
+            writable=[outputs, tmp, channel, *([home] if home.is_dir() else [])],
             readable=[
                 JOB_API_DIR,
                 *self._local_blobs(),

@@ -25,6 +25,15 @@ git_repo = task_fixtures.git_repo
 DUMP = """\
 import json, os
 print("ENV " + json.dumps(dict(os.environ)))
+# A library's cache or settings below the home folder (huggingface, torch, matplotlib).
+state = os.path.expanduser("~/.cache/somelib/state")
+try:
+    os.makedirs(os.path.dirname(state), exist_ok=True)
+    with open(state, "w") as f:
+        f.write("x")
+    print("HOME wrote", state)
+except OSError as exc:
+    print("HOME refused", state, exc)
 """
 
 
@@ -53,7 +62,9 @@ def job_environment(cli: CLI, repo: Repo, url: str, *worker_args: str,
     client.close()
     dumped = [line for line in lines if line.startswith("ENV ")]
     assert dumped, lines
-    return dict(json.loads(dumped[0][4:]))
+    env = dict(json.loads(dumped[0][4:]))
+    env["home said"] = next(line for line in lines if line.startswith("HOME "))
+    return env
 
 
 def test_a_job_gets_an_allow_list_not_the_workers_environment(
@@ -76,3 +87,15 @@ def test_the_operator_names_what_else_passes(
     env = job_environment(cli, git_repo, machine_redis, "--pass-env", "AWS_PROFILE")
     assert env["AWS_PROFILE"] == "ml"
     assert "AWS_SECRET_ACCESS_KEY" not in env
+
+
+def test_a_sandboxed_job_has_a_home_of_its_own_it_may_write(
+    cli: CLI, git_repo: Repo, machine_redis: str, retrain_home: Path
+) -> None:
+    """New-user pass on issue 10: a sandboxed job got its worker's HOME, which it may not
+    write (nor read, where it holds credentials), so a library that keeps a cache or its
+    settings below ~ failed the run. Its HOME is now a folder of its own execution's."""
+    env = job_environment(cli, git_repo, machine_redis)
+    home = env["HOME"]
+    assert home != os.environ.get("HOME") and home.startswith(str(retrain_home)), home
+    assert env["home said"] == f"HOME wrote {home}/.cache/somelib/state", env["home said"]
