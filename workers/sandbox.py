@@ -301,7 +301,8 @@ def policy_for(
         policy.uid, policy.gid = user.pw_uid, user.pw_gid
         policy.groups = sorted({user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)})
         for path in writable:
-            os.chown(path, user.pw_uid, user.pw_gid)
+            # Made fresh for this execution by the worker; even so, never through a link.
+            os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
         del workdir  # only its listed parts are the job's
     return policy
 

@@ -316,3 +316,20 @@ def test_the_deployed_credentials_file_and_named_paths_are_hidden(
         sandbox=sandbox.confinement(policy))
     assert result.status == "completed", (result, lines)
     assert [line.split()[1] for line in lines] == ["refused"] * len(targets), lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root worker can run jobs as another user")
+def test_handing_a_folder_to_the_job_user_never_follows_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attacker lead on issue 10: the worker chowns each writable folder to --job-user; had
+    one been a link a job left, its target (the worker secret) would have become the job's.
+    Each is a folder made fresh for the execution, and the chown does not follow links."""
+    secret = tmp_path / "worker.secret"
+    secret.write_text("hunter2")
+    link = tmp_path / "outputs"
+    link.symlink_to(secret)
+    monkeypatch.setenv(sandbox.JOB_USER_ENV, "nobody")
+    sandbox.policy_for(workdir=tmp_path, writable=[link], readable=[], hidden=[],
+                       python="/usr/bin/python3")
+    assert secret.stat().st_uid == 0
