@@ -301,8 +301,13 @@ def policy_for(
         policy.uid, policy.gid = user.pw_uid, user.pw_gid
         policy.groups = sorted({user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)})
         for path in writable:
-            # Made fresh for this execution by the worker; even so, never through a link.
+            # Made fresh for this execution by the worker, with what it made in them (such
+            # as `outputs/models`); even so, never through a link.
             os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+            for folder, dirs, files in os.walk(path):
+                for name in (*dirs, *files):
+                    os.chown(os.path.join(folder, name), user.pw_uid, user.pw_gid,
+                             follow_symlinks=False)
         del workdir  # only its listed parts are the job's
     return policy
 

@@ -79,7 +79,7 @@ def run_as_nobody(work: Path, nobody: pwd.struct_passwd, monkeypatch: pytest.Mon
     secret.write_text("hunter2")
     secret.chmod(0o600)
     outputs = work / "outputs"
-    outputs.mkdir()
+    (outputs / "models").mkdir(parents=True)  # as the worker makes it, before the job
     monkeypatch.setenv(sandbox.JOB_USER_ENV, "nobody")
     policy = sandbox.policy_for(workdir=work, writable=[outputs], readable=[],
                                 hidden=[], python="/usr/bin/python3")
@@ -87,12 +87,15 @@ def run_as_nobody(work: Path, nobody: pwd.struct_passwd, monkeypatch: pytest.Mon
     assert outputs.stat().st_uid == nobody.pw_uid  # its folder is its own
     lines: list[str] = []
     result = run_process(
-        ["/bin/sh", "-c", f"id -u; cat {secret} || echo refused; touch {outputs}/made"],
+        ["/bin/sh", "-c", f"id -u; cat {secret} || echo refused; touch {outputs}/made; "
+         f"touch {outputs}/models/model.pt"],
         env={"PATH": "/usr/bin:/bin"}, cwd=Path("/"), timeout_s=60,
         on_line=lambda _stream, line: lines.append(line), sandbox=sandbox.confinement(policy))
     assert result.status == "completed", (result, lines)
     assert lines[0] == str(nobody.pw_uid) and "hunter2" not in lines and "refused" in lines
     assert (outputs / "made").stat().st_uid == nobody.pw_uid
+    # New-user pass: outputs/models, made by the worker, stayed root's: no model was written.
+    assert (outputs / "models" / "model.pt").stat().st_uid == nobody.pw_uid
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root may make device nodes")
