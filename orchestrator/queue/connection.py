@@ -89,7 +89,20 @@ def connect(settings: Settings) -> Redis:
 def embedded_url(settings: Settings, *, start: bool) -> str | None:
     """The embedded server's URL, with its password; started first when `start` and it is
     not running (or is an older retrain's server without a password: that one is restarted,
-    its data kept by its append-only file)."""
+    its data kept by its append-only file).
+
+    A home's embedded Redis serves that home's processes only, so whatever uses it signs
+    and checks with the home's worker secret, made here if missing (as `retrain up` does):
+    a run queued before the first `up` is signed with the secret its workers will hold."""
+    url = _embedded_url(settings, start=start)
+    if url and settings.worker_secret is None:
+        from orchestrator.settings import ensure_worker_secret
+
+        settings.worker_secret = ensure_worker_secret(settings.home)
+    return url
+
+
+def _embedded_url(settings: Settings, *, start: bool) -> str | None:
     home = settings.home
     state = home / STATE_FILE
     # The state file is replaced whole (written aside, then renamed), so reading it needs no

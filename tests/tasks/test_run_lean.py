@@ -114,3 +114,51 @@ def test_the_lean_insert_writes_every_column_as_the_orm_would() -> None:
         else:
             expected = default.arg(None) if callable(default.arg) else default.arg
             assert value == expected, name
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_a_run_queued_before_up_made_the_secret_still_runs(
+    cli: CLI,
+    git_repo: Repo,  # noqa: F811
+    retrain_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lean: bool,
+) -> None:
+    """New-user pass on issue 15: on a fresh home with the embedded Redis, `task run` queued
+    unsigned payloads (no worker secret yet); `retrain up` then made one, and its worker
+    refused every such job, so the runs stayed queued for good. Whatever uses a home's
+    embedded Redis makes the home's secret first, as `up` would."""
+    from orchestrator.queue.connection import embedded_url
+    from orchestrator.settings import Settings
+
+    (git_repo.path / "train.py").write_text("print('trained')\n")
+    (git_repo.path / "requirements.txt").write_text("# nothing to install\n")
+    run_git(git_repo.path, "commit", "-qam", "a run that succeeds")
+    cli("task", "create", "--project", "p", "--name", "train", "--repo", str(git_repo.path),
+        "--script", "train.py", "--queue", "q")
+    assert not (retrain_home / "worker.secret").exists()
+    if lean:
+        run = cli("task", "run", "p/train").out.strip()
+    else:  # the full path: clone, then enqueue
+        cloned = cli.json("task", "clone", "p/train")
+        assert isinstance(cloned, dict)
+        run = str(cloned["id"])
+        cli("task", "enqueue", run)
+    assert (retrain_home / "worker.secret").exists()
+    worker = subprocess.run(
+        [sys.executable, "-c", "from orchestrator.cli import main; main()", "worker",
+         "--queue", "q", "--gpus", "none", "--burst"],
+        env=os.environ.copy(), capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert worker.returncode == 0 and "not signed" not in worker.stderr, worker.stderr
+    settings = Settings.load()
+    client = redis.Redis.from_url(str(embedded_url(settings, start=False)))
+    runtime = Runtime()
+    try:
+        Ingest(client, runtime.tasks, runtime.models, "test",
+               secret=runtime.settings.worker_secret).step()
+    finally:
+        runtime.close()
+        client.close()
+    shown = cli.json("task", "show", run)
+    assert isinstance(shown, dict) and shown["status"] == "completed", shown
