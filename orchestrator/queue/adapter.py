@@ -120,8 +120,9 @@ class QueueAdapter:
         return {tid for tid, found in zip(task_ids, pipe.execute(), strict=True) if found}
 
     def finished_before(self, task_ids: list[str], before: dt.datetime) -> set[str]:
-        """Which of these tasks have a job RQ says finished, ended before `before` (one round
-        trip; a field that does not parse counts as not finished)."""
+        """Which of these tasks have a job RQ says ended, finished or failed (a worker that
+        refused its payload fails it), before `before` (one round trip; a field that does not
+        parse counts as not ended)."""
         from rq.job import Job
 
         if not task_ids:
@@ -131,7 +132,7 @@ class QueueAdapter:
             pipe.hmget(Job.key_for(task_id), "status", "ended_at")
         found = set()
         for task_id, (status, ended_at) in zip(task_ids, pipe.execute(), strict=True):
-            if status != b"finished" or not ended_at:
+            if status not in (b"finished", b"failed") or not ended_at:
                 continue
             try:
                 when = dt.datetime.fromisoformat(ended_at.decode().replace("Z", "+00:00"))

@@ -92,7 +92,9 @@ def reconcile(
     A queued task's job that RQ says *finished* ran without its reports reaching the store
     (they were erased before the scheduler read them): once every report is read and the job
     ended `STALE_FINISHED_JOB_S` before `now`, it is replaced by a new one, else the task
-    would stay queued forever."""
+    would stay queued forever. So is a job RQ says *failed*: `run_task` never fails for the
+    task's own failure, so a worker refused it (a payload signed with another secret, or
+    unsigned) or died before it started, and nothing of it ran."""
     report = ReconcileReport()
     with store.reader() as session:
         queued = list(
