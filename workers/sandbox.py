@@ -218,6 +218,33 @@ def reach_as(user: pwd.struct_passwd, paths: Sequence[Path]) -> str | None:
     return answer or None
 
 
+def job_user_cannot_reach(user: pwd.struct_passwd) -> str | None:
+    """What of the worker's `user` (`--job-user`) cannot reach that its jobs need: the cache
+    (their checkout and environment), the Python environments are made from, local blob
+    storage; a line saying so and what to do, else None. Checked at the worker's start (and
+    `retrain up`'s), rather than failing every job (a home under /root, a pyenv Python)."""
+    from urllib.parse import urlsplit
+
+    from orchestrator.settings import Settings
+
+    settings = Settings.load()
+    needed = [
+        Path(settings.resolved_cache_dir),
+        Path(os.path.realpath(sys.executable)),
+        Path(os.path.realpath(os.path.dirname(os.__file__))),
+    ]
+    if settings.storage_url.startswith("file:"):
+        needed.append(Path(urlsplit(settings.storage_url).path))
+    problem = reach_as(user, needed)
+    if not problem:
+        return None
+    return (
+        f"{problem}; let that user enter it, or install retrain and keep RETRAIN_HOME where it "
+        "can (deploy/README.md: a venv under /opt/retrain from the system Python, "
+        "RETRAIN_HOME=/var/lib/retrain), or run the worker as that user"
+    )
+
+
 def _first_unreachable(path: Path) -> str:
     """In `reach_as`'s child: the first folder on the way to `path` it cannot enter, or
     `path` itself if it cannot read it, said in a line; "" when it can."""

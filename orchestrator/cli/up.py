@@ -53,10 +53,17 @@ def up(
     os.environ[sandbox.ALLOW_ROOT_ENV] = "1" if allow_root else ""
     try:
         sandbox.refuse_root_jobs()
+        user = sandbox.job_user()  # RETRAIN_JOB_USER, which its workers read
     except sandbox.SandboxUnavailable as exc:
         raise UserError(
-            str(exc).replace("--job-user USER", "RETRAIN_JOB_USER=USER in the environment")
+            str(exc)
+            .replace("--job-user USER", "RETRAIN_JOB_USER=USER in the environment")
+            .replace("--job-user ", "RETRAIN_JOB_USER=")
         ) from None
+    if user is not None:
+        problem = sandbox.job_user_cannot_reach(user)
+        if problem:
+            raise UserError(f"RETRAIN_JOB_USER={user.pw_name}: {problem}")
     # The workers' parent: the jobs must not read its environment from /proc either.
     sandbox.make_undumpable()
     code = run_up(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -161,7 +161,9 @@ def worker(
     except confine.SandboxUnavailable as exc:
         raise UserError(str(exc)) from None
     if user is not None:
-        _check_job_user_reaches(confine, user)
+        problem = confine.job_user_cannot_reach(user)
+        if problem:
+            raise UserError(f"--job-user {user.pw_name}: {problem}")
 
     if pass_env:
         # Inherited by every slot and work horse; read where the job's environment is made.
@@ -182,30 +184,3 @@ def worker(
         )
     )
 
-
-def _check_job_user_reaches(confine: Any, user: Any) -> None:
-    """`--job-user`'s jobs read their checkout and environment in the worker's cache and run
-    the Python environments are made from: refuse to start (one line) when that user cannot
-    reach them, rather than fail every job (a home under /root, a pyenv Python in it)."""
-    import os
-    import sys
-    from pathlib import Path
-    from urllib.parse import urlsplit
-
-    from orchestrator.errors import UserError
-    from orchestrator.settings import Settings
-
-    settings = Settings.load()
-    needed = [
-        Path(settings.resolved_cache_dir),
-        Path(os.path.realpath(sys.executable)),
-        Path(os.path.realpath(os.path.dirname(os.__file__))),
-    ]
-    if settings.storage_url.startswith("file:"):
-        needed.append(Path(urlsplit(settings.storage_url).path))
-    problem = confine.reach_as(user, needed)
-    if problem:
-        raise UserError(
-            f"--job-user {user.pw_name}: {problem}; let that user enter it (or move "
-            "RETRAIN_HOME / the cache / Python where it can), or run the worker as that user"
-        )

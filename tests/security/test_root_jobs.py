@@ -78,3 +78,18 @@ def test_reach_as_answers_with_the_kernels_checks() -> None:
         assert sandbox.reach_as(nobody, [secret]) == f"cannot read {secret}"
     finally:
         shutil.rmtree(open_)
+
+
+def test_up_checks_its_workers_job_user_before_it_starts_anything(
+    cli: CLI, retrain_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """New-user pass: `RETRAIN_JOB_USER=nobody retrain up` said "retrain is up", started the
+    scheduler, then its worker refused (naming --job-user, an option up does not have) and
+    up stopped everything with exit 1."""
+    monkeypatch.delenv("RETRAIN_ALLOW_ROOT")
+    monkeypatch.setenv("RETRAIN_JOB_USER", "nobody")
+    (tmp_path / "triggers.yaml").write_text("triggers: []\n")
+    result = cli("up", "--gpus", "none", expect=2)
+    assert result.err.startswith("retrain: error: RETRAIN_JOB_USER=nobody: cannot enter")
+    assert "(mode 700)" in result.err and len(result.err.strip().splitlines()) == 1
+    assert not (retrain_home / "redis.json").exists() and not (retrain_home / "up.json").exists()
