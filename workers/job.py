@@ -307,8 +307,13 @@ class Job:
 
         self.workdir.parent.mkdir(parents=True, exist_ok=True)
         if os.environ.get(sandbox.JOB_USER_ENV):
+            self.workdir.parent.chmod(0o711)  # the job user passes through, lists nothing
             self.workdir.mkdir()
         else:
+            # And the folder of every execution: a root job owns its own folder, a writable
+            # mount, so it can chmod it (Landlock does not govern chmod) and leave a setuid
+            # file there; this one is outside its mounts, read-only to it.
+            self.workdir.parent.chmod(0o700)
             self.workdir.mkdir(mode=0o700)
 
     def _environment(self) -> str:

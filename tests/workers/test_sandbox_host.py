@@ -291,3 +291,52 @@ def test_a_non_root_workers_job_without_landlock_gets_no_new_privs(
     monkeypatch.undo()
     result, lines = _run(["/bin/sh", "-c", NNP], policy)
     assert result.status == "completed" and lines == ["NoNewPrivs:\t1"], (result, lines)
+
+
+ESCAPE = """
+import os, sys
+work = sys.argv[1]
+os.chmod(work, 0o777)  # its own folder's mode: Landlock does not govern chmod
+path = os.path.join(work, "outputs", "su")
+with open(path, "w") as f:
+    f.write("#!/bin/sh\\nid\\n")
+os.chmod(path, 0o4755)  # a setuid-root file, on the host's filesystem
+print("made", path)
+"""
+
+
+@ROOT
+def test_a_root_jobs_setuid_file_is_out_of_other_users_reach(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attacker pass on issue 10: a root job chmod-ed its own execution folder (the one
+    writable mount, root's) to 0777 and left a setuid-root file in its outputs, which any
+    local user could run while the job slept (the mount's nosuid holds in the job's
+    namespace only). The folder holding every execution is 0700 when jobs run as root, and
+    the job cannot change that one."""
+    import pwd
+    import tempfile
+
+    from orchestrator.settings import Settings
+    from workers.job import Job
+
+    base = Path(tempfile.mkdtemp(prefix="retrain-escape-", dir="/var/tmp"))
+    try:
+        base.chmod(0o755)  # a home other users may enter, as /var/lib/retrain is
+        monkeypatch.delenv(sandbox.JOB_USER_ENV, raising=False)
+        settings = Settings.load(home=base / "home", storage_url=(base / "blobs").as_uri())
+        job = Job({"task_id": "2" * 32, "spec": {}}, settings, None, "w")  # type: ignore[arg-type]
+        job._make_workdir()
+        outputs = job.workdir / "outputs"
+        outputs.mkdir()
+        policy = sandbox.policy_for(workdir=job.workdir, writable=[outputs], readable=[],
+                                    hidden=[], python="/usr/bin/python3")
+        assert policy is not None and policy.host_readonly
+        result, lines = _run(["/usr/bin/python3", "-c", ESCAPE, str(job.workdir)], policy)
+        assert result.status == "completed", (result, lines)
+        setuid = outputs / "su"
+        assert setuid.stat().st_mode & stat.S_ISUID  # made: the job's folder is its own
+        said = sandbox.reach_as(pwd.getpwnam("nobody"), [setuid])
+        assert said is not None and "cannot enter" in said, said
+    finally:
+        shutil.rmtree(base)
