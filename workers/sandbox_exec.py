@@ -37,6 +37,9 @@ WRITE = READ | WRITE_FILE | MAKE | REFER | TRUNCATE
 
 SYS_MOUNT_SETATTR = 442  # all architectures
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+"""With the mount namespace: SysV IPC and POSIX message queues of the job's own (a root job
+listed and removed the host's shared memory segments, and what it made outlived it)."""
 MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 1 << 12, 1 << 14, 1 << 18
 MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 1, 2, 4
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
@@ -145,7 +148,7 @@ def probe_host_view() -> bool:
         made = False
         try:
             made = (
-                lib.unshare(CLONE_NEWNS) == 0
+                lib.unshare(CLONE_NEWNS | CLONE_NEWIPC) == 0
                 and lib.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0
                 and lib.syscall(
                     ctypes.c_long(SYS_MOUNT_SETATTR),
@@ -311,8 +314,8 @@ class Confinement:
         whole tree read-only, its writable folders bound onto themselves and writable again
         (unless the host's mount was read-only), nosuid and nodev, and a tmpfs of its own on
         /dev/shm. Device nodes stay usable on a read-only mount (/dev/null, the GPUs)."""
-        if self._unshare(CLONE_NEWNS):
-            raise OSError(self._get_errno(), "unshare(CLONE_NEWNS) failed")
+        if self._unshare(CLONE_NEWNS | CLONE_NEWIPC):
+            raise OSError(self._get_errno(), "unshare(CLONE_NEWNS|CLONE_NEWIPC) failed")
         if self._mount(None, b"/", None, MS_REC | MS_PRIVATE, None):
             raise OSError(self._get_errno(), "mount(/, MS_REC|MS_PRIVATE) failed")
         for path, _ in host.binds:

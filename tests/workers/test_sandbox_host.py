@@ -340,3 +340,22 @@ def test_a_root_jobs_setuid_file_is_out_of_other_users_reach(
         assert said is not None and "cannot enter" in said, said
     finally:
         shutil.rmtree(base)
+
+
+@ROOT
+def test_a_root_jobs_sysv_ipc_is_its_own(tmp_path: Path) -> None:
+    """Attacker pass on issue 10: a root job listed the host's SysV shared memory (the
+    database's segment among them) and removed a root segment with ipcrm; and what it made
+    there would outlive it. Its namespace has an IPC namespace of its own."""
+    made = subprocess.run(["ipcmk", "-M", "4096"], capture_output=True, text=True, check=True)
+    shmid = made.stdout.strip().split()[-1]
+    try:
+        policy, _, _ = _root_policy(tmp_path)
+        result, lines = _run(["/bin/sh", "-c", f"ipcrm -m {shmid} && echo removed; "
+                              "ipcmk -M 4096 >/dev/null && echo made"], policy)
+        assert result.status == "completed", (result, lines)
+        assert "removed" not in lines and "made" in lines, lines
+        listed = subprocess.run(["ipcs", "-m", "-i", shmid], capture_output=True, text=True)
+        assert listed.returncode == 0, listed.stderr  # the host's segment is still there
+    finally:
+        subprocess.run(["ipcrm", "-m", shmid], capture_output=True, check=False)
