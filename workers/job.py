@@ -554,8 +554,7 @@ class Job:
         if sandbox.mode() != "off":
             # The worker's home is neither the job's to write nor, where it holds credentials,
             # to read: a home of its own, so libraries that keep caches and settings below ~
-            # (huggingface, torch, matplotlib) work. Removed with the work folder.
-            (self.workdir / "home").mkdir(exist_ok=True)
+            # (huggingface, torch, matplotlib) work. Made by `_sandbox`; gone with the folder.
             placed["HOME"] = str(self.workdir / "home")
         for name, value in params.items():
             placed[f"RETRAIN_PARAM_{_env_name(name)}"] = (
@@ -595,10 +594,11 @@ class Job:
         channel = self.workdir / "run"
         channel.mkdir(exist_ok=True)
         home = self.workdir / "home"  # its HOME (`_env`)
+        home.mkdir(exist_ok=True)
         hidden = sandbox.hidden_for(self.settings.home, self.cache, self.settings.storage_url)
         policy = sandbox.policy_for(
             workdir=self.workdir,
-            writable=[outputs, tmp, channel, *([home] if home.is_dir() else [])],
+            writable=[outputs, tmp, channel, home],
             readable=[
                 JOB_API_DIR,
                 *self._local_blobs(),
