@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.bench_tasks import PG, REDIS, make_repo
+from benchmarks.bench_tasks import PG, REDIS, admin_sql, make_repo
 
 SAMPLES = 200
 TRIGGERS = 10_000
@@ -42,15 +42,13 @@ CLEARML_POLL_S = 180
 @contextmanager
 def environment(work: Path) -> Iterator[dict[str, str]]:
     """A fresh PostgreSQL database, a flushed Redis database, a home; env to use them."""
-    import psycopg
     import redis
     from sqlalchemy.engine import make_url
 
     server = make_url(PG)
     admin = server.set(drivername="postgresql").render_as_string(False)
     name = f"retrain_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    admin_sql(admin, f'CREATE DATABASE "{name}"')
     client = redis.Redis.from_url(REDIS)
     client.flushdb()
     env = {
@@ -70,8 +68,7 @@ def environment(work: Path) -> Iterator[dict[str, str]]:
                 os.environ[key] = value
         client.flushdb()
         client.close()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def template(runtime: object, work: Path) -> str:
@@ -177,33 +174,30 @@ def latency(work: Path, wakeup: bool) -> list[float]:
 def fill(database_url: str, template_id: str) -> None:
     """10,000 datasets with 100 final versions each, and a created event per version,
     generated inside PostgreSQL (a Python loop would dominate the run)."""
-    import psycopg
-
-    url = database_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO projects (path, created_at) VALUES ('scale', now()) ON CONFLICT DO NOTHING"
-        )
-        conn.execute(f"""
+    per = VERSIONS // TRIGGERS
+    admin_sql(
+        database_url,
+        "INSERT INTO projects (path, created_at) VALUES ('scale', now()) ON CONFLICT DO NOTHING",
+        f"""
             INSERT INTO datasets (id, project_id, name, created_at)
             SELECT md5('ds' || i), (SELECT id FROM projects WHERE path = 'scale'),
                    'ds-' || i, now()
-            FROM generate_series(0, {TRIGGERS - 1}) AS i""")
-        per = VERSIONS // TRIGGERS
-        conn.execute(f"""
+            FROM generate_series(0, {TRIGGERS - 1}) AS i""",
+        f"""
             INSERT INTO dataset_versions (id, dataset_id, version, major, minor, patch, status,
                 published, description, metadata, created_at, finalized_at, manifest_sha256,
                 file_count, total_size)
             SELECT md5('v' || i), md5('ds' || (i % {TRIGGERS})), '1.0.' || (i / {TRIGGERS}),
                    1, 0, i / {TRIGGERS}, 'final', false, '', '{{}}', now(), now(),
                    NULL, 0, 0
-            FROM generate_series(0, {per * TRIGGERS - 1}) AS i""")
-        conn.execute(f"""
+            FROM generate_series(0, {per * TRIGGERS - 1}) AS i""",
+        f"""
             INSERT INTO events (kind, entity_id, project, name, tags, payload, created_at)
             SELECT 'dataset.version.finalized', md5('v' || i), 'scale', 'ds-' || (i % {TRIGGERS}),
                    '[]', '{{"status": "final"}}', now()
-            FROM generate_series(0, {per * TRIGGERS - 1}) AS i""")
-        conn.execute("ANALYZE")
+            FROM generate_series(0, {per * TRIGGERS - 1}) AS i""",
+        "ANALYZE",
+    )
 
 
 def triggers_file(path: Path, template_id: str, *, task_triggers: int = 0) -> None:

@@ -90,9 +90,9 @@ class Loader:
 
             self.conn: Any = sqlite3.connect(rest[1:])
         else:
-            import psycopg
+            import psycopg2
 
-            self.conn = psycopg.connect(f"postgresql://{rest}")
+            self.conn = psycopg2.connect(f"postgresql://{rest}")
 
     def time(self, when: dt.datetime | None) -> Any:
         """SQLite holds UTC as SQLAlchemy writes it: `YYYY-MM-DD HH:MM:SS.ffffff` text."""
@@ -106,15 +106,13 @@ class Loader:
             marks = ", ".join("?" * len(columns))
             self.conn.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
             return
-        with (
-            self.conn.cursor() as cursor,
-            cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy,
-        ):
-            for row in rows:
-                copy.write_row(row)
+        from psycopg2.extras import execute_values
+
+        with self.conn.cursor() as cursor:
+            execute_values(cursor, f"INSERT INTO {table} ({names}) VALUES %s", rows, page_size=5000)
 
     def finish(self) -> None:
-        self.conn.execute("ANALYZE")  # planner statistics, as a live database would have
+        self.conn.cursor().execute("ANALYZE")  # planner statistics, as a live database has
         self.conn.commit()
         self.conn.close()
 

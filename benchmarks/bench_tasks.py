@@ -29,6 +29,20 @@ PG = os.environ.get("RETRAIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.
 REDIS = os.environ.get("RETRAIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
+def admin_sql(url: str, *statements: str) -> None:
+    """Run statements outside a transaction (CREATE/DROP DATABASE, bulk fills)."""
+    import psycopg2
+
+    conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://", 1))
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+    finally:
+        conn.close()
+
+
 def make_repo(path: Path) -> None:
     path.mkdir(parents=True)
     (path / "train.py").write_text("print('hi')\n")
@@ -39,7 +53,6 @@ def make_repo(path: Path) -> None:
 
 
 def throughput(work: Path) -> tuple[float, float, float]:
-    import psycopg
     import redis
     from sqlalchemy.engine import make_url
 
@@ -50,8 +63,7 @@ def throughput(work: Path) -> tuple[float, float, float]:
     server = make_url(PG)
     admin = server.set(drivername="postgresql").render_as_string(False)
     name = f"retrain_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    admin_sql(admin, f'CREATE DATABASE "{name}"')
     client = redis.Redis.from_url(REDIS)
     client.flushdb()
     settings = Settings.load(
@@ -101,8 +113,7 @@ def throughput(work: Path) -> tuple[float, float, float]:
         runtime.close()
         client.flushdb()
         client.close()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def median_ms(command: list[str], env: dict[str, str]) -> float:

@@ -23,6 +23,8 @@ STORAGE_SCHEMES = ("file", "s3")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 HTTP = ("http", "https")
 DATABASE_DIALECTS = ("sqlite", "postgresql")
+DATABASE_DRIVERS = {"sqlite": "pysqlite", "postgresql": "psycopg2"}
+"""The driver retrain ships per dialect (store/db.py names it where a URL names none)."""
 
 
 @dataclass
@@ -246,13 +248,19 @@ def _check_scheme(url: str, schemes: tuple[str, ...]) -> None:
 def _check_database_url(url: str) -> None:
     # SQLAlchemy's URL grammar (`dialect[+driver]://...`), read without importing SQLAlchemy:
     # workers load these settings and never the database layer.
-    match = re.match(r"^([A-Za-z0-9_.\-]+)(?:\+[A-Za-z0-9_.\-]+)?://", url)
+    match = re.match(r"^([A-Za-z0-9_.\-]+)(?:\+([A-Za-z0-9_.\-]+))?://", url)
     if match is None:
         raise ValueError(
             "not a database URL; expected sqlite:///PATH or postgresql://USER@HOST/DB"
         )
     if match.group(1) not in DATABASE_DIALECTS:
         raise ValueError(f"unsupported database {match.group(1)!r}; use sqlite or postgresql")
+    dialect, driver = match.group(1), match.group(2)
+    if driver is not None and driver != DATABASE_DRIVERS[dialect]:
+        raise ValueError(
+            f"driver {driver!r} is not the one retrain ships for {dialect} "
+            f"({DATABASE_DRIVERS[dialect]}); name none, e.g. {dialect}://..."
+        )
     if match.group(1) == "sqlite":
         path = urlsplit(url).path.lstrip("/")
         if not path or path == ":memory:" or "mode=memory" in url:

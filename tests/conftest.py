@@ -169,18 +169,16 @@ def postgres_server_url() -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test."""
-    import psycopg
+    from benchmarks.bench_tasks import admin_sql
 
     server = make_url(postgres_server_url())
     name = f"retrain_test_{uuid.uuid4().hex[:12]}"
     admin = server.set(drivername="postgresql").render_as_string(False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    admin_sql(admin, f'CREATE DATABASE "{name}"')
     try:
         yield server.set(database=name).render_as_string(False)
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -39,6 +39,9 @@ def test_config_show_redacts_passwords(cli: CLI, monkeypatch: pytest.MonkeyPatch
         ("RETRAIN_S3_ENDPOINT_URL", "minio:9000", "RETRAIN_S3_ENDPOINT_URL"),
         ("RETRAIN_STORAGE_URL", "s3://", "names no bucket"),
         ("RETRAIN_DATABASE_URL", "not a url", "RETRAIN_DATABASE_URL"),
+        # A driver retrain does not ship was a traceback from SQLAlchemy on first use.
+        ("RETRAIN_DATABASE_URL", "postgresql+asyncpg://u@db/r", "driver 'asyncpg'"),
+        ("RETRAIN_DATABASE_URL", "postgresql+psycopg://u@db/r", "driver 'psycopg'"),
     ],
 )
 def test_bad_values_are_config_errors(

@@ -91,5 +91,5 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
 """Per command (its words, with `--json` when it is the scripts' form): the packages it must
 not load."""
 
-NOT_ON_SQLITE = frozenset({"psycopg", "sqlalchemy.dialects.postgresql"})
+NOT_ON_SQLITE = frozenset({"psycopg2", "sqlalchemy.dialects.postgresql"})
 """What no command loads on the default SQLite store (a package, or a dotted module)."""

@@ -26,19 +26,29 @@ from orchestrator.store.lean import SQLITE_BUSY_TIMEOUT_MS, SQLITE_PRAGMAS
 from orchestrator.store.revision import SCHEMA_REVISION
 
 
+def driver_url(url: str) -> str:
+    """`url` naming the PostgreSQL driver retrain ships, psycopg2, where it names none.
+
+    SQLAlchemy 2.1 reads a plain postgresql:// as psycopg 3, whose import costs about 100 ms
+    more than psycopg2's (its adapters, asyncio, importlib.metadata), which every command on
+    PostgreSQL would pay before its first query."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(False)
+    return url
+
+
 class Store:
     """The database behind retrain. Create one per process and share it."""
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
         self.safe_url = redact_url(url)
+        url = driver_url(url)
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
             self._prepare_sqlite_path(parsed.database)
-        if self.dialect == "postgresql" and parsed.drivername == "postgresql":
-            # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
-            url = parsed.set(drivername="postgresql+psycopg").render_as_string(False)
         self.engine = self._make_engine(url, immediate=True)
         self.read_engine = (
             self._make_engine(url, immediate=False) if self.dialect == "sqlite" else self.engine

@@ -110,12 +110,12 @@ def _open(url: str, *, write: bool = False) -> Any:
             )
         except sqlite3.Error as exc:
             raise Unavailable(str(exc)) from exc
-    if scheme in ("postgresql", "postgresql+psycopg", "postgres"):
-        import psycopg
+    if scheme in ("postgresql", "postgresql+psycopg2", "postgres"):
+        import psycopg2
 
         try:
-            return psycopg.connect(f"postgresql://{rest}", connect_timeout=5)
-        except psycopg.Error as exc:
+            return psycopg2.connect(f"postgresql://{rest}", connect_timeout=5)
+        except psycopg2.Error as exc:
             raise Unavailable(str(exc)) from exc
     raise Unavailable(f"no lean driver for {scheme}")
 
@@ -124,8 +124,8 @@ def is_integrity_error(exc: BaseException) -> bool:
     """A driver's IntegrityError (a unique or foreign key violated), from either driver."""
     if isinstance(exc, sqlite3.IntegrityError):
         return True
-    psycopg = sys.modules.get("psycopg")
-    return psycopg is not None and isinstance(exc, psycopg.IntegrityError)
+    psycopg2 = sys.modules.get("psycopg2")
+    return psycopg2 is not None and isinstance(exc, psycopg2.IntegrityError)
 
 
 def is_sqlite(conn: Any) -> bool:

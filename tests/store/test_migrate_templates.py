@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from orchestrator.store.db import driver_url
 from orchestrator.store.migrate import upgrade
 from orchestrator.store.models import JSONType, UTCDateTime
 from tests.conftest import CLI
@@ -57,7 +58,7 @@ def test_a_store_of_drafts_and_clones_becomes_templates_and_runs(
     cli: CLI, database_url: str, retrain_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     retrain_home.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(database_url)
+    engine = sa.create_engine(driver_url(database_url))
     if engine.dialect.name == "sqlite":
         # As the store opens SQLite (orchestrator.store.db): foreign keys enforced. A batch
         # copy of `tasks` then fails on a store with clones (found by the new-user pass).
