@@ -252,6 +252,10 @@ def test_s3_no_credentials(
 def test_open_storage_picks_backend(tmp_path: Path) -> None:
     local = open_storage(Settings.load(home=tmp_path, storage_url=(tmp_path / "s").as_uri()))
     assert isinstance(local, LocalBlobStore) and local.root == tmp_path / "s"
+    # A folder whose name holds a % and a space: its file:// URL is unquoted once, not twice.
+    odd = tmp_path / "blobs %41 x"
+    local = open_storage(Settings.load(home=tmp_path, storage_url=odd.as_uri()))
+    assert isinstance(local, LocalBlobStore) and local.root == odd
     remote = open_storage(
         Settings.load(
             home=tmp_path,
