@@ -94,7 +94,7 @@ def test_everyday_commands_load_only_what_they_need(
             if client.pubsub_numsub(keys.events_channel(0))[0][1]:
                 break
             threading.Event().wait(0.05)
-        draft = ""
+        draft = run = ""
         for words, unwanted in NOT_NEEDED.items():
             assert unwanted <= HEAVY, f"{words}: not in HEAVY: {unwanted - HEAVY}"
             as_json = words[-1] == "--json"
@@ -111,6 +111,8 @@ def test_everyday_commands_load_only_what_they_need(
                 args += [template]
             elif words[:2] == ("task", "run"):
                 args += ["p/train"]
+            elif words[0] in ("logs", "metrics"):  # a queued run: its live stream is read
+                args += [run]
             woken.clear()
             done, seen = run_command([*args, "--json"] if as_json else args, tmp_path, report)
             if store == "sqlite":
@@ -123,6 +125,8 @@ def test_everyday_commands_load_only_what_they_need(
                 problems.append(f"retrain {' '.join(words)} left its heap to the final GC")
             if words[:2] == ("dataset", "create") and as_json:
                 draft = str(json.loads(done.stdout)["id"])
+            if words[:2] == ("task", "run") and as_json:
+                run = str(json.loads(done.stdout)["id"])
             # Its events were announced (one PUBLISH over a plain socket, no redis-py).
             announces = words[0] == "dataset" and words[1] in {"create", "close", "tag"}
             if announces and not woken.wait(30):

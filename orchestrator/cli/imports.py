@@ -78,6 +78,12 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     ("task", "run", "--json"): _LEAN | {"rich", "filelock"},
     ("task", "run"): _LEAN | {"rich", "filelock"},
     ("task", "list", "--json"): _LEAN | {"rich"},
+    # A run's output and metrics, queued or running: the task and its stored series on the
+    # bare driver (tasks/records.py), its live stream over a socket of its own
+    # (queue/plain.py). A metrics table is drawn with rich.
+    ("logs",): _LEAN | {"rich"},
+    ("metrics", "--json"): _LEAN | {"rich"},
+    ("metrics",): _LEAN,
     # SQL on the bare driver (models/records.py, which ModelService.list runs too).
     ("model", "list", "--json"): _LEAN | {"rich"},
     ("model", "list"): _LEAN,

@@ -4,7 +4,8 @@ through `orchestrator.store.lean`, printing a version, and `dataset tag` itself,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.cli import output
@@ -66,6 +67,42 @@ def lean_read(work: Callable[[Any], T], full: Callable[[], T] | None = None) -> 
         return full()
     with runtime().store.reader() as session:
         return work(session.connection().connection.driver_connection)
+
+
+def lean_task(task_id: str) -> dict[str, Any]:
+    """A task by id, as `TaskInfo`'s JSON (`tasks/records.task`, the SQL the full store's
+    `task show` runs too), or `NotFound`."""
+    from orchestrator.errors import NotFound
+    from orchestrator.tasks import records
+
+    def work(conn: Any) -> dict[str, Any]:
+        found = records.task(conn, task_id)
+        if found is None:
+            raise NotFound("task", task_id, "list tasks with: retrain task list")
+        del found["_coalesced"]
+        return found
+
+    return lean_read(work)
+
+
+@contextmanager
+def stream_reader() -> Iterator[Any]:
+    """A client to read a run's live stream (its log, its metrics): a socket of our own
+    (`queue/plain.py`: XRANGE, XREVRANGE and XREAD with redis-py's reply shapes, nothing in
+    them executed), or redis-py for a URL that needs it (TLS, options)."""
+    from orchestrator.queue.connection import embedded_url
+    from orchestrator.queue.plain import PlainRedis
+
+    settings = runtime().settings
+    url = settings.redis_url or embedded_url(settings, start=True)
+    plain = PlainRedis.of(url) if url else None
+    if plain is None:
+        yield runtime().redis
+        return
+    try:
+        yield plain
+    finally:
+        plain.close()
 
 
 def lean_write(work: Callable[[Any], tuple[T, bool]]) -> T | None:

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 import typer
 
 from orchestrator.cli.context import runtime
+from orchestrator.cli.lean import lean_task, stream_reader
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
     from redis import Redis
 
-    from orchestrator.tasks.views import TaskInfo
+    from orchestrator.queue.plain import PlainRedis
 
 STATUS_EVERY_S = 2.0
 """While following, how often the store is asked whether the task ended (a lost worker
@@ -38,48 +39,50 @@ def logs(
 ) -> None:
     """Print a task's output (stdout and stderr, in order). With -f, say how the run ended and
     exit 1 when it failed or was aborted."""
-    rt = runtime()
-    info = rt.tasks.get(task)
-    if info.status == "draft":
+    # The task from the bare driver (tasks/records.py), the live log over a socket of our
+    # own (queue/plain.py): no SQLAlchemy, no redis-py (most of this command's start-up).
+    info = lean_task(task)
+    task_id, status = info["id"], info["status"]
+    if status == "draft":
         raise UserError(f"task {task} is a draft: it has not run (queue it: retrain task enqueue)")
-    if not (follow and info.status in ("queued", "running")) and _print_stored(info, tail):
+    if not (follow and status in ("queued", "running")) and _print_stored(info, tail):
         if follow:
-            _ended(info.id, info.status)  # the end a live follow would have printed
+            _ended(task_id, status)  # the end a live follow would have printed
         return
-    redis = rt.redis
-    from orchestrator.queue import keys
+    with stream_reader() as redis:
+        from orchestrator.queue import keys
 
-    stream = keys.logs_stream(info.id)
-    if tail:
-        # The newest entries only (the end entry counts among them), not the whole stream.
-        entries = list(reversed(_read(redis, stream, "+", tail + 1, reverse=True)))
-        entries = _last_lines(entries, tail)
-    else:
-        entries = _read(redis, stream, "-", None)
-    _print_entries(entries)
-    ended = _end(entries)
-    if not follow:
-        if not entries and info.status in ("queued", "draft"):
-            sys.stderr.write(f"retrain: task {info.id} is {info.status}: no output yet\n")
-        return
-    if ended is None and info.status in FINISHED:
-        ended = info.status  # finished, and its live log has no end (its worker was lost)
-    cursor = entries[-1][0] if entries else "0-0"
-    checked = time.monotonic()
-    while ended is None:
-        batch = _read(redis, stream, cursor, 1000, block_ms=1000)
-        if batch:
-            cursor = batch[-1][0]
-            _print_entries(batch)
-            ended = _end(batch)
-        if ended is None and time.monotonic() - checked >= STATUS_EVERY_S:
-            checked = time.monotonic()
-            status = rt.tasks.get(info.id).status
-            if status in FINISHED:
-                # Its worker was lost (no end was written): drain what came, then stop.
-                _print_entries(_read(redis, stream, cursor, None))
-                ended = status
-    _ended(info.id, ended)
+        stream = keys.logs_stream(task_id)
+        if tail:
+            # The newest entries only (the end entry counts among them), not the whole stream.
+            entries = list(reversed(_read(redis, stream, "+", tail + 1, reverse=True)))
+            entries = _last_lines(entries, tail)
+        else:
+            entries = _read(redis, stream, "-", None)
+        _print_entries(entries)
+        ended = _end(entries)
+        if not follow:
+            if not entries and status in ("queued", "draft"):
+                sys.stderr.write(f"retrain: task {task_id} is {status}: no output yet\n")
+            return
+        if ended is None and status in FINISHED:
+            ended = status  # finished, and its live log has no end (its worker was lost)
+        cursor = entries[-1][0] if entries else "0-0"
+        checked = time.monotonic()
+        while ended is None:
+            batch = _read(redis, stream, cursor, 1000, block_ms=1000)
+            if batch:
+                cursor = batch[-1][0]
+                _print_entries(batch)
+                ended = _end(batch)
+            if ended is None and time.monotonic() - checked >= STATUS_EVERY_S:
+                checked = time.monotonic()
+                status = lean_task(task_id)["status"]
+                if status in FINISHED:
+                    # Its worker was lost (no end was written): drain what came, then stop.
+                    _print_entries(_read(redis, stream, cursor, None))
+                    ended = status
+        _ended(task_id, ended)
 
 
 def _ended(task_id: str, ended: str) -> None:
@@ -96,7 +99,7 @@ def _end(entries: list[tuple[str, dict[Any, Any]]]) -> str | None:
     return ends[-1] if ends else None
 
 
-def _print_stored(info: TaskInfo, tail: int | None) -> bool:
+def _print_stored(info: dict[str, Any], tail: int | None) -> bool:
     """Print the run's stored `output.log`, or its last `tail` lines; False when it has none.
     The log can be gigabytes: it is fetched to a temporary file (verified against its hash)
     and read from there a block at a time, never held in memory whole."""
@@ -105,7 +108,7 @@ def _print_stored(info: TaskInfo, tail: int | None) -> bool:
 
     from orchestrator.storage.base import is_sha256
 
-    for artifact in info.artifacts:
+    for artifact in info["artifacts"]:
         if artifact.get("path") != "output.log":
             continue
         name = str(artifact.get("uri", "")).rstrip("/").rsplit("/", 1)[-1]
@@ -142,7 +145,7 @@ def _tail(log: BinaryIO, count: int, block: int = 64 * 1024) -> list[bytes]:
 
 
 def _read(
-    redis: Redis,
+    redis: Redis | PlainRedis,
     stream: str,
     after: str,
     count: int | None,

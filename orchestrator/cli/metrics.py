@@ -20,6 +20,8 @@ from orchestrator.errors import ServiceUnavailable, UserError
 if TYPE_CHECKING:
     from redis import Redis
 
+    from orchestrator.queue.plain import PlainRedis
+
 BARS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 24
 STATUS_EVERY_S = 2.0
@@ -130,64 +132,69 @@ def metrics(
     running task (exit 1 when it fails or is aborted)."""
     if as_json and as_csv:
         raise UserError("--json and --csv: choose one")
-    rt = runtime()
-    info = rt.tasks.get(task)
-    if info.status == "draft":
+    from orchestrator.cli.lean import lean_read, lean_task, stream_reader
+    from orchestrator.tasks import records
+
+    # The task and its stored series from the bare driver (tasks/records.py), the live
+    # stream over a socket of our own (queue/plain.py): no SQLAlchemy, no redis-py.
+    info = lean_task(task)
+    task_id, status = info["id"], info["status"]
+    if status == "draft":
         raise UserError(f"task {task} is a draft: it has not run (queue it: retrain task enqueue)")
-    stored = rt.tasks.series(info.id)
-    if stored or (info.status in FINISHED and not follow):
-        _show(info.id, info.status, stored or _from_metrics(info.metrics), as_json, as_csv)
+    stored = lean_read(lambda conn: records.series(conn, task_id))
+    if stored or (status in FINISHED and not follow):
+        _show(task_id, status, stored or _from_metrics(info["metrics"]), as_json, as_csv)
         if follow:
-            _ended(info.id, info.status)
+            _ended(task_id, status)
         return
     from orchestrator.queue import keys
 
-    redis = rt.redis
-    stream = keys.metrics_stream(info.id)
-    live = Live()
-    cursor = "0-0"
-    batch = _read(redis, stream, cursor, None)
-    live.add(batch)
-    cursor = batch[-1][0] if batch else cursor
-    if not follow:
-        _show(info.id, info.status, live.series, as_json, as_csv, live=True)
-        return
-    # How the run ended comes from the store alone: an `end` entry in the stream (which
-    # anyone with the worker's Redis access can write) only makes the follower ask it now.
-    ended = info.status if info.status in FINISHED else None
-    drawn = time.monotonic()
-    checked = drawn - STATUS_EVERY_S if live.end_seen else drawn
-    updates = 0
-    with _Redraw(enabled=output.out.is_terminal and not as_json and not as_csv) as screen:
-        if as_json and live.series:  # points in the live stream: its worker runs it
-            _json_line(info.id, "running", live.series)
-            updates += 1
-        while ended is None:
-            batch = _read(redis, stream, cursor, 1000, block_ms=1000)
-            if batch:
-                cursor = batch[-1][0]
-                live.add(batch)
-                if live.end_seen:
-                    live.end_seen = False
-                    checked = time.monotonic() - STATUS_EVERY_S
-                if as_json:
-                    _json_line(info.id, "running", live.series)
-                    updates += 1
-            now = time.monotonic()
-            if screen.enabled and now - drawn >= REDRAW_EVERY_S:
-                drawn = now
-                screen.update(_table(live.series))
-            if ended is None and now - checked >= STATUS_EVERY_S:
-                checked = now
-                status = rt.tasks.get(info.id).status
-                if status in FINISHED:
-                    live.add(_read(redis, stream, cursor, None))
-                    ended = status
-    if as_json:
-        _json_line(info.id, ended, live.series)
-    else:
-        _show(info.id, ended, live.series, False, as_csv, live=True)
-    _ended(info.id, "failed" if ended == "timeout" else ended)
+    with stream_reader() as redis:
+        stream = keys.metrics_stream(task_id)
+        live = Live()
+        cursor = "0-0"
+        batch = _read(redis, stream, cursor, None)
+        live.add(batch)
+        cursor = batch[-1][0] if batch else cursor
+        if not follow:
+            _show(task_id, status, live.series, as_json, as_csv, live=True)
+            return
+        # How the run ended comes from the store alone: an `end` entry in the stream (which
+        # anyone with the worker's Redis access can write) only makes the follower ask it now.
+        ended = status if status in FINISHED else None
+        drawn = time.monotonic()
+        checked = drawn - STATUS_EVERY_S if live.end_seen else drawn
+        updates = 0
+        with _Redraw(enabled=output.out.is_terminal and not as_json and not as_csv) as screen:
+            if as_json and live.series:  # points in the live stream: its worker runs it
+                _json_line(task_id, "running", live.series)
+                updates += 1
+            while ended is None:
+                batch = _read(redis, stream, cursor, 1000, block_ms=1000)
+                if batch:
+                    cursor = batch[-1][0]
+                    live.add(batch)
+                    if live.end_seen:
+                        live.end_seen = False
+                        checked = time.monotonic() - STATUS_EVERY_S
+                    if as_json:
+                        _json_line(task_id, "running", live.series)
+                        updates += 1
+                now = time.monotonic()
+                if screen.enabled and now - drawn >= REDRAW_EVERY_S:
+                    drawn = now
+                    screen.update(_table(live.series))
+                if ended is None and now - checked >= STATUS_EVERY_S:
+                    checked = now
+                    status = lean_task(task_id)["status"]
+                    if status in FINISHED:
+                        live.add(_read(redis, stream, cursor, None))
+                        ended = status
+        if as_json:
+            _json_line(task_id, ended, live.series)
+        else:
+            _show(task_id, ended, live.series, False, as_csv, live=True)
+        _ended(task_id, "failed" if ended == "timeout" else ended)
 
 
 class _Redraw:
@@ -294,7 +301,11 @@ def _ended(task_id: str, ended: str) -> None:
 
 
 def _read(
-    redis: Redis, stream: str, after: str, count: int | None, block_ms: int | None = None
+    redis: Redis | PlainRedis,
+    stream: str,
+    after: str,
+    count: int | None,
+    block_ms: int | None = None,
 ) -> list[tuple[str, Mapping[Any, Any]]]:
     try:
         raw: Any

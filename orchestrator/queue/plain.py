@@ -111,11 +111,44 @@ class PlainRedis:
     def execute(self, commands: list[list[Any]], *, timeout: float = TIMEOUT_S) -> list[Any]:
         """Send `commands` at once; their replies in order (an error reply as `ReplyError`)."""
         sock = self._sock or self._connect(timeout)
+        sock.settimeout(timeout)
         sock.sendall(b"".join(encode(c) for c in commands))
         return [self._reply() for _ in commands]
 
     def pipeline(self, transaction: bool = False) -> Pipeline:
         return Pipeline(self)
+
+    # A stream read as redis-py's methods of these names do (`retrain logs`, `metrics`).
+    def xrange(self, name: str, min: str = "-", max: str = "+") -> list[Any]:
+        return self._one(["XRANGE", name, min, max])
+
+    def xrevrange(
+        self, name: str, max: str = "+", min: str = "-", count: int | None = None
+    ) -> list[Any]:
+        words = ["XREVRANGE", name, max, min]
+        return self._one([*words, "COUNT", str(count)] if count is not None else words)
+
+    def xread(
+        self, streams: dict[str, str], count: int | None = None, block: int | None = None
+    ) -> list[Any]:
+        """RESP2's [[stream, [(id, fields), ...]], ...]; [] when BLOCK ran out."""
+        words = ["XREAD"]
+        if count is not None:
+            words += ["COUNT", str(count)]
+        if block is not None:
+            words += ["BLOCK", str(block)]
+        words += ["STREAMS", *streams, *streams.values()]
+        timeout = TIMEOUT_S + (block or 0) / 1000
+        reply = self.execute([words], timeout=timeout)[0]
+        if isinstance(reply, ReplyError):
+            raise reply
+        return [[name, _shaped("stream", batch)] for name, batch in reply or ()]
+
+    def _one(self, words: list[str]) -> list[Any]:
+        reply = self.execute([words])[0]
+        if isinstance(reply, ReplyError):
+            raise reply
+        return list(_shaped("stream", reply))
 
     def close(self) -> None:
         if self._sock is not None:
