@@ -84,6 +84,10 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     ("logs",): _LEAN | {"rich"},
     ("metrics", "--json"): _LEAN | {"rich"},
     ("metrics",): _LEAN,
+    # The queues on the bare driver (tasks/listing.py), their depths in status's pipelined
+    # reads over a socket of its own (status.read_redis): no RQ, no redis-py.
+    ("queue", "list", "--json"): _LEAN | {"rich"},
+    ("queue", "list"): _LEAN,
     # SQL on the bare driver (models/records.py, which ModelService.list runs too).
     ("model", "list", "--json"): _LEAN | {"rich"},
     ("model", "list"): _LEAN,

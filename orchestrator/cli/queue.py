@@ -43,12 +43,30 @@ def reconcile(as_json: JsonFlag = False) -> None:
 @queue_app.command("list")
 def list_queues(as_json: JsonFlag = False) -> None:
     """Jobs waiting in Redis per queue and priority, for every queue tasks have used."""
+    # The queues from the bare driver, the depths in the pipelined reads `status` makes over
+    # a socket of its own: no SQLAlchemy, no redis-py, no RQ.
+    import datetime as dt
+
+    from orchestrator.cli.lean import lean_read
+    from orchestrator.errors import ServiceUnavailable
+    from orchestrator.queue import keys
+    from orchestrator.queue.connection import embedded_url
+    from orchestrator.redact import redact_url
+    from orchestrator.status import read_redis
     from orchestrator.tasks.listing import queue_names
 
-    rt = runtime()
-    with rt.store.reader() as session:
-        names = queue_names(session.connection().connection.driver_connection)
-    counts = {name: rt.queues.counts(name) for name in names}
+    names = lean_read(queue_names)
+    settings = runtime().settings
+    url = settings.redis_url or embedded_url(settings, start=True)
+    redis = read_redis(url, dt.datetime.now(dt.timezone.utc))
+    if redis.error is not None:
+        where = redact_url(url) if url else "the embedded Redis"
+        raise ServiceUnavailable(f"cannot reach Redis at {where}: {redis.error}")
+    counts = {name: dict.fromkeys(keys.PRIORITIES, 0) for name in names}
+    for rq_name, waiting in redis.waiting.items():
+        base, priority, _gpus = keys.split_rq_queue(rq_name)
+        if base in counts:
+            counts[base][priority] += waiting
     if as_json:
         output.print_json(counts)
         return
