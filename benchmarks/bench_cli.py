@@ -66,6 +66,9 @@ COMMANDS = (
     "dataset show",
     "task show",
     "task run",
+    "logs",
+    "metrics",
+    "queue list",
     "model list",
     "history",
     "status --json",
@@ -115,11 +118,15 @@ def commands(run: Runner, work: Path, template_id: str) -> dict[str, float]:
         samples["dataset add"].append(run("dataset", "add", "--files", str(data))[0])
         samples["dataset close"].append(run("dataset", "close")[0])
         samples["dataset tag"].append(run("dataset", "tag", version, f"t{i}")[0])
+    _ms, queued = run("task", "run", "bench/train")  # a run for logs and metrics (no output yet)
     reads = {
         "dataset search": ("dataset", "search", "--project", "bench"),
         "dataset show": ("dataset", "show", version),
         "task show": ("task", "show", template_id),
         "task run": ("task", "run", "bench/train"),
+        "logs": ("logs", queued),
+        "metrics": ("metrics", queued),
+        "queue list": ("queue", "list"),
         "model list": ("model", "list"),
         "history": ("history",),
         "status --json": ("status", "--json"),
