@@ -82,6 +82,7 @@ def test_everyday_commands_load_only_what_they_need(
     final = cli("dataset", "create", "--project", "p", "--name", "d").out.strip()
     cli("dataset", "add", "--files", "batch.csv")
     cli("dataset", "close")
+    model = cli("model", "register", "--project", "p", "--name", "m", "--uri", "/srv/m").out.strip()
 
     client = redis.Redis.from_url(url)
     woken = threading.Event()
@@ -111,6 +112,8 @@ def test_everyday_commands_load_only_what_they_need(
                 args += [template]
             elif words[:2] == ("task", "run"):
                 args += ["p/train"]
+            elif words[:2] == ("model", "show"):
+                args += [model]
             elif words[0] in ("logs", "metrics"):  # a queued run: its live stream is read
                 args += [run]
             woken.clear()

@@ -90,6 +90,9 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     ("queue", "list"): _LEAN,
     # SQL on the bare driver (models/records.py, which ModelService.list runs too).
     ("model", "list", "--json"): _LEAN | {"rich"},
+    # The model and its run and template (models/records.show, which model_lineage runs).
+    ("model", "show", "--json"): _LEAN | {"rich"},
+    ("model", "show"): _LEAN,
     ("model", "list"): _LEAN,
     # Reads through store/lean.py (scheduler/history.py: one SQL for both paths).
     ("history", "--json"): _LEAN | {"rich"},

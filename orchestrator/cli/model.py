@@ -96,44 +96,45 @@ def publish(model_id: ModelId, as_json: JsonFlag = False) -> None:
 def show(model_id: ModelId, as_json: JsonFlag = False) -> None:
     """A model: where it is, its tags, its run, that run's template and input dataset
     versions, its metadata."""
-    from orchestrator.tasks.lineage import model_lineage
+    from orchestrator.cli.lean import lean_read
+    from orchestrator.models import records
 
-    info = runtime().models.get(model_id)
-    traced = model_lineage(runtime().store, model_id)
+    # The SQL of models/records.py and tasks/records.py on the bare driver (the full store's
+    # session runs the same when the lean path cannot serve the database).
+    shown = lean_read(lambda conn: records.show(conn, model_id))
     if as_json:
-        output.print_json({**info.model_dump(mode="json"), **traced.model_dump(mode="json")})
+        output.print_json(shown)
         return
+    run, template = shown["run"], shown["template"]
+    entity = run["trigger_entity"] if run else None
     rows: list[tuple[str, Any]] = [
-        ("id", info.id),
-        ("model", info.label),
-        ("uri", info.uri),
-        ("tags", info.tags),
-        ("published", "yes" if info.published else "no"),
-        ("task", _task_cell(info)),
+        ("id", shown["id"]),
+        ("model", f"{shown['project']}/{shown['name']}"),
+        ("uri", shown["uri"]),
+        ("tags", shown["tags"]),
+        ("published", "yes" if shown["published"] else "no"),
+        ("task", _task_cell(shown)),
         (
             "template",
-            f"{traced.template.project}/{traced.template.name} ({traced.template.id})"
-            if traced.template
-            else None,
+            f"{template['project']}/{template['name']} ({template['id']})" if template else None,
         ),
         (
             "trigger",
-            f"{traced.run.trigger} on {traced.run.trigger_entity.kind} "
-            f"{traced.run.trigger_entity.id}"
-            if traced.run and traced.run.trigger and traced.run.trigger_entity
+            f"{run['trigger']} on {entity['kind']} {entity['id']}"
+            if run and run["trigger"] and entity
             else None,
         ),
-        ("created", info.created_at),
+        ("created", shown["created_at"]),
     ]
     output.table(None, ["field", "value"], rows)
-    if traced.inputs:
+    if shown["inputs"]:
         output.out.print("\ntrained on:")
-        for name, entry in sorted(traced.inputs.items()):
+        for name, entry in sorted(shown["inputs"].items()):
             label = f"{entry.get('project')}/{entry.get('name')} {entry.get('version')}"
             output.out.print(f"  {name} = {label}  {entry.get('version_id')}", markup=False)
-    if info.metadata:
+    if shown["metadata"]:
         output.out.print("\nmetadata:")
-        for key, value in sorted(info.metadata.items()):
+        for key, value in sorted(shown["metadata"].items()):
             output.out.print(f"  {key} = {json.dumps(value)}", markup=False)
 
 

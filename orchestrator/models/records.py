@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any
 
-from orchestrator.errors import UserError
+from orchestrator.errors import NotFound, UserError
 from orchestrator.store.lean import Row, fetch, json_time, json_value, placeholders
 
 MODELS_SQL = (
@@ -47,6 +47,7 @@ def list_models(
     name: str | None = None,
     tag: str | None = None,
     published: bool | None = None,
+    model_id: str | None = None,
     limit: int = 50,
 ) -> list[Row]:
     """Models newest first. `project` and `name` are globs (`*` crosses `/` in projects,
@@ -80,6 +81,9 @@ def list_models(
     if published is not None:
         where.append("m.published = %s")
         params.append(published)
+    if model_id is not None:
+        where.append("m.id = %s")
+        params.append(model_id)
     sql = MODELS_SQL + (f" WHERE {' AND '.join(where)}" if where else "")
     rows = fetch(conn, f"{sql} ORDER BY m.created_at DESC, m.id DESC LIMIT %s", [*params, limit])
     ids = [r["id"] for r in rows]
@@ -110,3 +114,39 @@ def list_models(
             }
         )
     return out
+
+
+def show(conn: Any, model_id: str) -> Row:
+    """`model show --json`: the model (`ModelInfo`'s fields), the run that registered it and
+    the task that run was cloned from (`RunRef`'s), and the inputs the run resolved
+    (`ModelLineage`), the record `tasks.lineage.model_lineage` builds through the ORM."""
+    from orchestrator.tasks import records as task_records
+
+    found = list_models(conn, model_id=model_id, limit=1)
+    if not found:
+        raise NotFound("model", model_id, "list models with: retrain model list")
+    info = found[0]
+    run = task_records.task(conn, info["task_id"]) if info["task_id"] else None
+    template = task_records.task(conn, run["parent"]) if run and run["parent"] else None
+    return {
+        **info,
+        "run": _run_ref(run),
+        "template": _run_ref(template),
+        "inputs": dict(run["resolved_inputs"]) if run else {},
+    }
+
+
+def _run_ref(task: Row | None) -> Row | None:
+    if task is None:
+        return None
+    return {
+        "id": task["id"],
+        "project": task["project"],
+        "name": task["name"],
+        "status": task["status"],
+        "template": task["parent"],
+        "trigger": task["trigger"],
+        "trigger_entity": task["trigger_entity"],
+        "inputs": [],
+        "created_at": task["created_at"],
+    }

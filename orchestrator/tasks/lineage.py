@@ -165,17 +165,13 @@ def version_usage(store: Store, version_id: str, *, limit: int = RUN_LIMIT) -> V
 
 
 def model_lineage(store: Store, model_id: str) -> ModelLineage:
+    """(`models/records.show`, the queries `model show` runs without SQLAlchemy too.)"""
+    from orchestrator.models import records as model_records
+
     with store.reader() as session:
-        model = session.get(Model, model_id)
-        if model is None:
-            raise NotFound("model", model_id, "list models with: retrain model list")
-        run = session.get(Task, model.task_id) if model.task_id else None
-        template = session.get(Task, run.parent_id) if run is not None and run.parent_id else None
-        return ModelLineage(
-            run=RunRef.of(run) if run is not None else None,
-            template=RunRef.of(template) if template is not None else None,
-            inputs=dict(run.resolved_inputs or {}) if run is not None else {},
-        )
+        driver = session.connection().connection.driver_connection
+        shown = model_records.show(driver, model_id)
+    return ModelLineage(run=shown["run"], template=shown["template"], inputs=shown["inputs"])
 
 
 def run_lineage(store: Store, task_id: str) -> RunLineage:
