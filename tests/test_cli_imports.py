@@ -114,6 +114,10 @@ def test_everyday_commands_load_only_what_they_need(
                 args += ["p/train"]
             elif words[:2] == ("model", "show"):
                 args += [model]
+            elif words[:2] == ("model", "tag"):  # a new tag: an event
+                args += [model, "Production" if as_json else "Staging"]
+            elif words[:2] == ("model", "publish"):
+                args += [model]
             elif words[0] in ("logs", "metrics"):  # a queued run: its live stream is read
                 args += [run]
             woken.clear()
@@ -131,7 +135,9 @@ def test_everyday_commands_load_only_what_they_need(
             if words[:2] == ("task", "run") and as_json:
                 run = str(json.loads(done.stdout)["id"])
             # Its events were announced (one PUBLISH over a plain socket, no redis-py).
-            announces = words[0] == "dataset" and words[1] in {"create", "close", "tag"}
+            announces = (words[0] == "dataset" and words[1] in {"create", "close", "tag"}) or (
+                words[0] == "model" and words[1] in {"tag", "publish"}
+            )
             if announces and not woken.wait(30):
                 problems.append(f"retrain {' '.join(words)} woke no scheduler")
     finally:

@@ -90,6 +90,11 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     ("queue", "list"): _LEAN,
     # SQL on the bare driver (models/records.py, which ModelService.list runs too).
     ("model", "list", "--json"): _LEAN | {"rich"},
+    # A model tagged or published from CI (an event triggers react to): one transaction on
+    # the bare driver (models/records.py, which ModelService runs too).
+    ("model", "tag", "--json"): _LEAN | {"rich"},
+    ("model", "tag"): _LEAN | {"rich"},
+    ("model", "publish"): _LEAN | {"rich"},
     # The model and its run and template (models/records.show, which model_lineage runs).
     ("model", "show", "--json"): _LEAN | {"rich"},
     ("model", "show"): _LEAN,

@@ -17,6 +17,9 @@ from orchestrator.cli.context import runtime
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from orchestrator.models.service import ModelService
     from orchestrator.models.views import ModelInfo
 
 app = typer.Typer(
@@ -70,8 +73,10 @@ def tag(
     as_json: JsonFlag = False,
 ) -> None:
     """Add tags to a model (adding a new tag is an event triggers can react to)."""
-    info = runtime().models.tag(model_id, tags)
-    _print_model(info, as_json, f"{info.label} tags: {', '.join(info.tags) or '-'}")
+    from orchestrator.models import records
+
+    info = _change(lambda conn: records.tag(conn, model_id, tags), lambda m: m.tag(model_id, tags))
+    _print_model(info, as_json, f"{_label(info)} tags: {', '.join(info['tags']) or '-'}")
 
 
 @app.command()
@@ -81,15 +86,21 @@ def untag(
     as_json: JsonFlag = False,
 ) -> None:
     """Remove tags from a model."""
-    info = runtime().models.untag(model_id, tags)
-    _print_model(info, as_json, f"{info.label} tags: {', '.join(info.tags) or '-'}")
+    from orchestrator.models import records
+
+    info = _change(
+        lambda conn: records.untag(conn, model_id, tags), lambda m: m.untag(model_id, tags)
+    )
+    _print_model(info, as_json, f"{_label(info)} tags: {', '.join(info['tags']) or '-'}")
 
 
 @app.command()
 def publish(model_id: ModelId, as_json: JsonFlag = False) -> None:
     """Mark a model as published (once; publishing again changes nothing)."""
-    info = runtime().models.publish(model_id)
-    _print_model(info, as_json, f"published {info.label}")
+    from orchestrator.models import records
+
+    info = _change(lambda conn: records.publish(conn, model_id), lambda m: m.publish(model_id))
+    _print_model(info, as_json, f"published {_label(info)}")
 
 
 @app.command()
@@ -200,11 +211,27 @@ def _task_cell(info: ModelInfo | dict[str, Any], *, short: bool = False) -> str 
     return f"{record['task_name']} ({task_id})"
 
 
-def _print_model(info: ModelInfo, as_json: bool, message: str) -> None:
+def _change(
+    work: Callable[[Any], tuple[dict[str, Any], bool]], full: Callable[[ModelService], ModelInfo]
+) -> dict[str, Any]:
+    """A model changed in one transaction on the bare driver (models/records.py, the SQL the
+    full store's `ModelService` runs too), or through the full store when only it can serve
+    the database (it migrates or explains first)."""
+    from orchestrator.cli.lean import lean_write
+
+    record = lean_write(work)
+    return record if record is not None else full(runtime().models).model_dump(mode="json")
+
+
+def _label(info: dict[str, Any]) -> str:
+    return f"{info['project']}/{info['name']}"
+
+
+def _print_model(info: ModelInfo | dict[str, Any], as_json: bool, message: str) -> None:
     if as_json:
         output.print_json(info)
     else:
-        print(info.id)
+        print(info["id"] if isinstance(info, dict) else info.id)
         output.note(message)
 
 

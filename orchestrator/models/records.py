@@ -9,10 +9,22 @@ A record has `ModelInfo`'s fields, in its order, with times as pydantic writes t
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 from typing import Any
 
+from orchestrator.datasets.validate import check_tag
 from orchestrator.errors import NotFound, UserError
-from orchestrator.store.lean import Row, fetch, json_time, json_value, placeholders
+from orchestrator.store import eventlog
+from orchestrator.store.lean import (
+    Row,
+    execute,
+    executemany,
+    fetch,
+    is_sqlite,
+    json_time,
+    json_value,
+    placeholders,
+)
 
 MODELS_SQL = (
     "SELECT m.id, p.path AS project, m.name, m.uri, m.published, m.task_id, m.metadata, "
@@ -22,6 +34,11 @@ PROJECTS_SQL = "SELECT id, path FROM projects"
 NAMES_SQL = "SELECT DISTINCT name FROM models"
 TAGGED_SQL = "SELECT model_id FROM model_tags WHERE tag = %s"
 TAGS_SQL = "SELECT model_id, tag FROM model_tags WHERE model_id IN ({})"
+LOCK_SQL = "SELECT id FROM models WHERE id = %s FOR UPDATE"
+INSERT_TAG_SQL = "INSERT INTO model_tags (model_id, tag) VALUES (%s, %s)"
+DELETE_TAG_SQL = "DELETE FROM model_tags WHERE model_id = %s AND tag = %s"
+PUBLISH_SQL = "UPDATE models SET published = %s WHERE id = %s"
+RESOLVED_INPUTS_SQL = "SELECT resolved_inputs FROM tasks WHERE id = %s"
 TASK_NAMES_SQL = (
     "SELECT t.id, p.path, t.name FROM tasks t JOIN projects p ON p.id = t.project_id "
     "WHERE t.id IN ({})"
@@ -116,16 +133,101 @@ def list_models(
     return out
 
 
+def load(conn: Any, model_id: str, *, for_update: bool = False) -> Row:
+    """The model's record (`ModelInfo`'s fields), or `NotFound`. `for_update` locks its row
+    on PostgreSQL (SQLite's writer holds the whole database from `BEGIN IMMEDIATE`)."""
+    if for_update and not is_sqlite(conn):
+        fetch(conn, LOCK_SQL, [model_id])
+    found = list_models(conn, model_id=model_id, limit=1)
+    if not found:
+        raise NotFound("model", model_id, "list models with: retrain model list")
+    return found[0]
+
+
+# -- changes, in the open write transaction of `conn`; each returns the record and whether it
+# wrote an event (its commit then wakes the scheduler) ------------------------------------
+
+
+def tag(conn: Any, model_id: str, tags: Iterable[str]) -> tuple[Row, bool]:
+    """Add tags; an event only when at least one is new (tags already there stay)."""
+    wanted = sorted({check_tag(t) for t in tags})
+    if not wanted:
+        raise UserError("name at least one tag")
+    record = load(conn, model_id, for_update=True)
+    added = [t for t in wanted if t not in record["tags"]]
+    if not added:
+        return record, False
+    executemany(conn, INSERT_TAG_SQL, [(record["id"], t) for t in added])
+    record["tags"] = sorted([*record["tags"], *added])
+    _event(conn, eventlog.MODEL_TAGGED, record, added=added)
+    return record, True
+
+
+def untag(conn: Any, model_id: str, tags: Iterable[str]) -> tuple[Row, bool]:
+    """Remove tags (no event); naming a tag the model lacks is an error (likely a typo)."""
+    unwanted = sorted(set(tags))
+    if not unwanted:
+        raise UserError("name at least one tag")
+    record = load(conn, model_id, for_update=True)
+    absent = [t for t in unwanted if t not in record["tags"]]
+    if absent:
+        have = ", ".join(record["tags"]) or "none"
+        raise UserError(f"model {model_id} has no tag {', '.join(absent)} (its tags: {have})")
+    executemany(conn, DELETE_TAG_SQL, [(record["id"], t) for t in unwanted])
+    record["tags"] = [t for t in record["tags"] if t not in unwanted]
+    return record, False
+
+
+def publish(conn: Any, model_id: str) -> tuple[Row, bool]:
+    """Mark a model published; publishing it again changes nothing and writes no event."""
+    record = load(conn, model_id, for_update=True)
+    if record["published"]:
+        return record, False
+    execute(conn, PUBLISH_SQL, [True, record["id"]])
+    record["published"] = True
+    _event(conn, eventlog.MODEL_PUBLISHED, record)
+    return record, True
+
+
+def event_payload(conn: Any, record: Row, **extra: Any) -> dict[str, Any]:
+    """A model event's payload: where the model is, and the dataset versions its task was
+    trained on (`inputs`: name -> version id), which triggers on models filter by."""
+    inputs: dict[str, str] = {}
+    if record["task_id"]:
+        rows = fetch(conn, RESOLVED_INPUTS_SQL, [record["task_id"]])
+        resolved = json_value(rows[0]["resolved_inputs"]) if rows else None
+        if isinstance(resolved, dict):
+            inputs = {k: str(v.get("version_id", "")) for k, v in resolved.items()}
+    return {
+        "project": record["project"],
+        "name": record["name"],
+        "uri": record["uri"],
+        "task_id": record["task_id"],
+        "published": record["published"],
+        "inputs": inputs,
+        **extra,
+    }
+
+
+def _event(conn: Any, kind: str, record: Row, **extra: Any) -> None:
+    eventlog.record_event(
+        conn,
+        kind,
+        entity_id=record["id"],
+        project=record["project"],
+        name=record["name"],
+        tags=record["tags"],
+        payload=event_payload(conn, record, **extra),
+    )
+
+
 def show(conn: Any, model_id: str) -> Row:
     """`model show --json`: the model (`ModelInfo`'s fields), the run that registered it and
     the task that run was cloned from (`RunRef`'s), and the inputs the run resolved
     (`ModelLineage`), the record `tasks.lineage.model_lineage` builds through the ORM."""
     from orchestrator.tasks import records as task_records
 
-    found = list_models(conn, model_id=model_id, limit=1)
-    if not found:
-        raise NotFound("model", model_id, "list models with: retrain model list")
-    info = found[0]
+    info = load(conn, model_id)
     run = task_records.task(conn, info["task_id"]) if info["task_id"] else None
     template = task_records.task(conn, run["parent"]) if run and run["parent"] else None
     return {

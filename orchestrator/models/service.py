@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.datasets.validate import check_name, check_project, check_tag
 from orchestrator.errors import NotFound, UserError
+from orchestrator.models import records
 from orchestrator.models.views import ModelInfo
 from orchestrator.redact import is_secret_name
 from orchestrator.store import Store, rows
@@ -153,50 +154,27 @@ class ModelService:
 
         return self._retrying(attempt)
 
+    # Tag, untag and publish run the SQL of models/records.py (what `retrain model tag`
+    # runs on the bare driver) on the session's connection: one implementation of each.
+
     def tag(self, model_id: str, tags: Iterable[str]) -> ModelInfo:
         """Add tags; an event only when at least one is new (tags already there stay)."""
-        wanted = sorted({check_tag(t) for t in tags})
-        if not wanted:
-            raise UserError("name at least one tag")
-        with self.store.session() as session:
-            row = _load(session, model_id, for_update=True)
-            added = [t for t in wanted if t not in row.tags]
-            if added:
-                row.tag_rows.extend(ModelTag(tag=t) for t in added)
-                session.flush()
-            info = _info(session, row)
-            if added:
-                _event(session, ev.MODEL_TAGGED, info, added=added)
-            return info
+        return self._change(lambda conn: records.tag(conn, model_id, tags))
 
     def untag(self, model_id: str, tags: Iterable[str]) -> ModelInfo:
         """Remove tags; naming a tag the model lacks is an error (likely a typo)."""
-        unwanted = sorted(set(tags))
-        if not unwanted:
-            raise UserError("name at least one tag")
-        with self.store.session() as session:
-            row = _load(session, model_id, for_update=True)
-            absent = [t for t in unwanted if t not in row.tags]
-            if absent:
-                have = ", ".join(row.tags) or "none"
-                raise UserError(
-                    f"model {model_id} has no tag {', '.join(absent)} (its tags: {have})"
-                )
-            row.tag_rows = [r for r in row.tag_rows if r.tag not in unwanted]
-            session.flush()
-            return _info(session, row)
+        return self._change(lambda conn: records.untag(conn, model_id, tags))
 
     def publish(self, model_id: str) -> ModelInfo:
         """Mark a model published; publishing it again changes nothing and writes no event."""
+        return self._change(lambda conn: records.publish(conn, model_id))
+
+    def _change(self, work: Callable[[Any], tuple[dict[str, Any], bool]]) -> ModelInfo:
         with self.store.session() as session:
-            row = _load(session, model_id, for_update=True)
-            if row.published:
-                return _info(session, row)
-            row.published = True
-            session.flush()
-            info = _info(session, row)
-            _event(session, ev.MODEL_PUBLISHED, info)
-            return info
+            record, wrote = work(session.connection().connection.driver_connection)
+            if wrote:
+                session.info[ev.WROTE_EVENTS] = True
+            return ModelInfo(**record)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -229,8 +207,6 @@ class ModelService:
         """Models newest first. `project` and `name` are globs (`*` crosses `/` in projects,
         so `team/*` reaches sub-projects); `tag` must be present; `published` filters on the
         flag when given."""
-        from orchestrator.models import records
-
         with self.store.reader() as session:
             conn = session.connection().connection.driver_connection
             found = records.list_models(
@@ -272,22 +248,6 @@ def _info(session: Session, row: Model) -> ModelInfo:
 
 
 def _event(session: Session, kind: str, info: ModelInfo, **payload: Any) -> None:
-    inputs: dict[str, str] = {}
-    if info.task_id:
-        task = session.get(Task, info.task_id)
-        resolved = (task.resolved_inputs or {}) if task is not None else {}
-        inputs = {k: str(v.get("version_id", "")) for k, v in resolved.items()}
-    ev.record_for(
-        session,
-        kind,
-        info,
-        {
-            "project": info.project,
-            "name": info.name,
-            "uri": info.uri,
-            "task_id": info.task_id,
-            "published": info.published,
-            "inputs": inputs,
-            **payload,
-        },
-    )
+    driver = session.connection().connection.driver_connection
+    record = info.model_dump(mode="json")
+    ev.record_for(session, kind, info, records.event_payload(driver, record, **payload))
