@@ -86,13 +86,18 @@ def lean_task(task_id: str) -> dict[str, Any]:
 
 
 @contextmanager
-def stream_reader() -> Iterator[Any]:
-    """A client to read a run's live stream (its log, its metrics): a socket of our own
-    (`queue/plain.py`: XRANGE, XREVRANGE and XREAD with redis-py's reply shapes, nothing in
-    them executed), or redis-py for a URL that needs it (TLS, options)."""
+def stream_reader(follow: bool) -> Iterator[Any]:
+    """A client to read a run's live stream (its log, its metrics). To follow it, redis-py:
+    a follow lasts as long as the run, and redis-py reconnects when Redis drops the
+    connection (a restart, a proxy's idle timeout). To read it once, a socket of our own
+    (`queue/plain.py`: XRANGE and XREVRANGE with redis-py's reply shapes, nothing in them
+    executed), unless the URL needs redis-py (TLS, options)."""
     from orchestrator.queue.connection import embedded_url
     from orchestrator.queue.plain import PlainRedis
 
+    if follow:
+        yield runtime().redis
+        return
     settings = runtime().settings
     url = settings.redis_url or embedded_url(settings, start=True)
     plain = PlainRedis.of(url) if url else None
@@ -103,6 +108,28 @@ def stream_reader() -> Iterator[Any]:
         yield plain
     finally:
         plain.close()
+
+
+RECONNECT_S = 60.0
+"""How long a follower (`logs -f`, `metrics -f`) waits for Redis to answer again."""
+
+
+def patiently(read: Callable[[], T]) -> T:
+    """`read()` for a follower: while Redis is unreachable or drops the connection (a
+    restart, a proxy's idle timeout), again each second for up to `RECONNECT_S`, then its
+    error. The caller's cursor is unchanged meanwhile, so nothing is skipped or repeated."""
+    import time
+
+    from orchestrator.errors import ServiceUnavailable
+
+    deadline = time.monotonic() + RECONNECT_S
+    while True:
+        try:
+            return read()
+        except ServiceUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1.0)
 
 
 def lean_write(work: Callable[[Any], tuple[T, bool]]) -> T | None:

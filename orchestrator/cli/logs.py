@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import typer
 
 from orchestrator.cli.context import runtime
-from orchestrator.cli.lean import lean_task, stream_reader
+from orchestrator.cli.lean import lean_task, patiently, stream_reader
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ def logs(
 ) -> None:
     """Print a task's output (stdout and stderr, in order). With -f, say how the run ended and
     exit 1 when it failed or was aborted."""
-    # The task from the bare driver (tasks/records.py), the live log over a socket of our
-    # own (queue/plain.py): no SQLAlchemy, no redis-py (most of this command's start-up).
+    # The task from the bare driver (tasks/records.py), and without -f the live log over a
+    # socket of our own (queue/plain.py): no SQLAlchemy, no redis-py (most of its start-up).
     info = lean_task(task)
     task_id, status = info["id"], info["status"]
     if status == "draft":
@@ -49,7 +50,7 @@ def logs(
         if follow:
             _ended(task_id, status)  # the end a live follow would have printed
         return
-    with stream_reader() as redis:
+    with stream_reader(follow) as redis:
         from orchestrator.queue import keys
 
         stream = keys.logs_stream(task_id)
@@ -70,7 +71,7 @@ def logs(
         cursor = entries[-1][0] if entries else "0-0"
         checked = time.monotonic()
         while ended is None:
-            batch = _read(redis, stream, cursor, 1000, block_ms=1000)
+            batch = patiently(partial(_read, redis, stream, cursor, 1000, block_ms=1000))
             if batch:
                 cursor = batch[-1][0]
                 _print_entries(batch)
@@ -162,8 +163,10 @@ def _read(
         elif after == "-":
             raw = redis.xrange(stream, "-", "+")
         else:
+            from orchestrator.queue.plain import PlainRedis
             from orchestrator.queue.streams import entries
 
+            assert not isinstance(redis, PlainRedis)  # a follow reads through redis-py
             raw = entries(redis.xread({stream: after}, count=count, block=block_ms))
     except Exception as exc:  # redis-py's errors; the CLI prints one line
         raise ServiceUnavailable(f"cannot read the log from Redis: {exc}") from None

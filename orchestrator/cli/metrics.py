@@ -9,6 +9,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -132,11 +133,11 @@ def metrics(
     running task (exit 1 when it fails or is aborted)."""
     if as_json and as_csv:
         raise UserError("--json and --csv: choose one")
-    from orchestrator.cli.lean import lean_read, lean_task, stream_reader
+    from orchestrator.cli.lean import lean_read, lean_task, patiently, stream_reader
     from orchestrator.tasks import records
 
-    # The task and its stored series from the bare driver (tasks/records.py), the live
-    # stream over a socket of our own (queue/plain.py): no SQLAlchemy, no redis-py.
+    # The task and its stored series from the bare driver (tasks/records.py), and without -f
+    # the live stream over a socket of our own (queue/plain.py): no SQLAlchemy, no redis-py.
     info = lean_task(task)
     task_id, status = info["id"], info["status"]
     if status == "draft":
@@ -149,7 +150,7 @@ def metrics(
         return
     from orchestrator.queue import keys
 
-    with stream_reader() as redis:
+    with stream_reader(follow) as redis:
         stream = keys.metrics_stream(task_id)
         live = Live()
         cursor = "0-0"
@@ -170,7 +171,7 @@ def metrics(
                 _json_line(task_id, "running", live.series)
                 updates += 1
             while ended is None:
-                batch = _read(redis, stream, cursor, 1000, block_ms=1000)
+                batch = patiently(partial(_read, redis, stream, cursor, 1000, block_ms=1000))
                 if batch:
                     cursor = batch[-1][0]
                     live.add(batch)
@@ -312,8 +313,10 @@ def _read(
         if after == "0-0" and count is None:
             raw = redis.xrange(stream, "-", "+")
         else:
+            from orchestrator.queue.plain import PlainRedis
             from orchestrator.queue.streams import entries
 
+            assert not isinstance(redis, PlainRedis)  # a follow reads through redis-py
             raw = entries(redis.xread({stream: after}, count=count, block=block_ms))
     except Exception as exc:  # redis-py's errors; the CLI prints one line
         raise ServiceUnavailable(f"cannot read live metrics from Redis: {exc}") from None

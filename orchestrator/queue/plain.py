@@ -128,22 +128,6 @@ class PlainRedis:
         words = ["XREVRANGE", name, max, min]
         return self._one([*words, "COUNT", str(count)] if count is not None else words)
 
-    def xread(
-        self, streams: dict[str, str], count: int | None = None, block: int | None = None
-    ) -> list[Any]:
-        """RESP2's [[stream, [(id, fields), ...]], ...]; [] when BLOCK ran out."""
-        words = ["XREAD"]
-        if count is not None:
-            words += ["COUNT", str(count)]
-        if block is not None:
-            words += ["BLOCK", str(block)]
-        words += ["STREAMS", *streams, *streams.values()]
-        timeout = TIMEOUT_S + (block or 0) / 1000
-        reply = self.execute([words], timeout=timeout)[0]
-        if isinstance(reply, ReplyError):
-            raise reply
-        return [[name, _shaped("stream", batch)] for name, batch in reply or ()]
-
     def _one(self, words: list[str]) -> list[Any]:
         reply = self.execute([words])[0]
         if isinstance(reply, ReplyError):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -24,6 +25,7 @@ git_repo = task_fixtures.git_repo
 LINES = 200
 TRAIN = f"""\
 import sys
+import threading
 for i in range({LINES}):
     print(f"out{{i}}", flush=True)
     print(f"err{{i}}", file=sys.stderr, flush=True)
@@ -100,3 +102,33 @@ def test_follow_on_a_finished_run_ends_like_a_live_follow(
     assert f"task {run} ended: {status}" in stored.err
     # Without -f, printing a log is all that is asked: it succeeds whatever the run did.
     assert cli("logs", run, "--tail", "2").out.splitlines() == EXPECTED[-2:]
+
+
+def test_a_follower_outlives_a_dropped_redis_connection(cli: CLI, project: redis.Redis) -> None:
+    """`logs -f` on a long run keeps following when Redis drops its connection (a restart, a
+    proxy's idle timeout): the client reconnects and reads on from where it was."""
+    run = cli("task", "run", "logs/train").out.strip()  # queued: nothing runs it
+    db = str(project.connection_pool.connection_kwargs.get("db") or 0)
+    follower = subprocess.Popen(
+        [sys.executable, "-c", "from orchestrator.cli import main; main()", "logs", run, "-f"],
+        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def blocked() -> list[str]:
+            return [c["id"] for c in project.client_list()
+                    if c.get("cmd") == "xread" and str(c.get("db")) == db]
+
+        for _ in range(1200):  # the follower is waiting in XREAD (two minutes at most)
+            if blocked() or follower.poll() is not None:
+                break
+            threading.Event().wait(0.1)
+        assert blocked(), follower.communicate(timeout=10)
+        for client_id in blocked():
+            project.client_kill_filter(_id=client_id)
+        project.xadd(keys.logs_stream(run), {"stream": "stdout", "line": "after the drop"})
+        project.xadd(keys.logs_stream(run), {"stream": "end", "line": "completed"})
+        out, err = follower.communicate(timeout=120)
+    finally:
+        follower.kill()
+        follower.wait()
+    assert out.splitlines() == ["after the drop"], err
+    assert follower.returncode == 0 and f"task {run} ended: completed" in err, err
