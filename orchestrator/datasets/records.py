@@ -21,6 +21,7 @@ from orchestrator.datasets.validate import (
     check_name,
     check_project,
     check_tag,
+    check_tags,
     format_version,
     next_version,
     parse_version,
@@ -30,6 +31,7 @@ from orchestrator.models.records import model_ref
 from orchestrator.store import eventlog
 from orchestrator.store.lean import (
     Row,
+    add_tags,
     execute,
     executemany,
     fetch,
@@ -146,15 +148,11 @@ def tag(conn: Any, version_id: str, tags: Iterable[str]) -> tuple[Row, bool]:
     """Add tags, in the open write transaction of `conn`, with their event when any is new
     (tags already there are left as they are). Returns the record and whether it wrote an
     event (its commit then wakes the scheduler)."""
-    wanted = sorted({check_tag(t) for t in tags})
-    if not wanted:
-        raise UserError("name at least one tag")
+    wanted = check_tags(tags)
     record = load(conn, version_id, for_update=True)
-    added = [t for t in wanted if t not in record["tags"]]
+    added = add_tags(conn, record, wanted, INSERT_TAG_SQL)
     if not added:
         return record, False
-    executemany(conn, INSERT_TAG_SQL, [(record["id"], t) for t in added])
-    record["tags"] = sorted([*record["tags"], *added])
     record_event(conn, eventlog.DATASET_VERSION_TAGGED, record, added=added)
     return record, True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from orchestrator.errors import UserError
 
@@ -64,3 +65,11 @@ def check_tag(tag: str) -> str:
     if not _TAG.match(tag) or _CONTROL.search(tag):
         raise UserError(f"tag {tag!r} is not valid (1-128 characters, no spaces or commas)")
     return tag
+
+
+def check_tags(tags: Iterable[str]) -> list[str]:
+    """The tags to add, checked, sorted, once each; at least one."""
+    wanted = sorted({check_tag(t) for t in tags})
+    if not wanted:
+        raise UserError("name at least one tag")
+    return wanted

@@ -12,11 +12,12 @@ import fnmatch
 from collections.abc import Iterable
 from typing import Any
 
-from orchestrator.datasets.validate import check_tag
+from orchestrator.datasets.validate import check_tags
 from orchestrator.errors import NotFound, UserError
 from orchestrator.store import eventlog
 from orchestrator.store.lean import (
     Row,
+    add_tags,
     execute,
     executemany,
     fetch,
@@ -150,15 +151,11 @@ def load(conn: Any, model_id: str, *, for_update: bool = False) -> Row:
 
 def tag(conn: Any, model_id: str, tags: Iterable[str]) -> tuple[Row, bool]:
     """Add tags; an event only when at least one is new (tags already there stay)."""
-    wanted = sorted({check_tag(t) for t in tags})
-    if not wanted:
-        raise UserError("name at least one tag")
+    wanted = check_tags(tags)
     record = load(conn, model_id, for_update=True)
-    added = [t for t in wanted if t not in record["tags"]]
+    added = add_tags(conn, record, wanted, INSERT_TAG_SQL)
     if not added:
         return record, False
-    executemany(conn, INSERT_TAG_SQL, [(record["id"], t) for t in added])
-    record["tags"] = sorted([*record["tags"], *added])
     _event(conn, eventlog.MODEL_TAGGED, record, added=added)
     return record, True
 

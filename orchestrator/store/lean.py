@@ -169,6 +169,16 @@ def fetch(conn: Any, sql: str, params: Sequence[Any]) -> list[Row]:
         cursor.close()
 
 
+def add_tags(conn: Any, record: Row, wanted: Sequence[str], insert_sql: str) -> list[str]:
+    """Insert the tags of `wanted` that `record` lacks (`insert_sql` takes the record's id and
+    a tag) and keep `record["tags"]` sorted; the ones added, in order."""
+    added = [t for t in wanted if t not in record["tags"]]
+    if added:
+        executemany(conn, insert_sql, [(record["id"], t) for t in added])
+        record["tags"] = sorted([*record["tags"], *added])
+    return added
+
+
 def placeholders(count: int) -> str:
     return ", ".join(["%s"] * count)
 
