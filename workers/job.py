@@ -114,7 +114,7 @@ class Job:
         # One folder per execution: a worker back from the dead never shares (or deletes) the
         # folder of the attempt that replaced it, nor does a replayed copy of this payload
         # (Redis access alone can push one) running beside it on the same host.
-        self.workdir = _work_folder(self.cache) / f"{self.task_id}.{self.attempt}.{token_hex(4)}"
+        self.workdir = self.cache / "work" / f"{self.task_id}.{self.attempt}.{token_hex(4)}"
         self.abort = threading.Event()
         self.released = threading.Event()
         """Set when the worker stops before the task ended: no final report; the worker
@@ -902,14 +902,3 @@ def _inside(root: Path, relative: str) -> bool:
 def _env_name(name: str) -> str:
     """`General/dataset_id` -> `GENERAL_DATASET_ID`."""
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").upper()
-
-
-def _work_folder(cache: Path) -> Path:
-    """Where this worker's executions live: `work` when jobs run as the worker's user (0700),
-    `work-as-USER` under `--job-user USER` (0711, so that user passes through). A root
-    worker and a job-user worker sharing a cache each keep their own, so neither's mode
-    change locks the other's running jobs out of their folders."""
-    from workers import sandbox
-
-    user = os.environ.get(sandbox.JOB_USER_ENV, "")
-    return cache / (f"work-as-{user.replace('/', '_')}" if user else "work")

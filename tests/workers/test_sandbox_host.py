@@ -343,37 +343,6 @@ def test_a_root_jobs_setuid_file_is_out_of_other_users_reach(
 
 
 @ROOT
-def test_root_jobs_and_job_user_jobs_share_a_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two workers on one machine and cache, one running jobs as root (--allow-root), one as
-    a `--job-user`: the root worker's next job made the folder of every execution 0700, and
-    the running job user's job could no longer reach its own folder by its path."""
-    import pwd
-    import tempfile
-
-    from orchestrator.settings import Settings
-    from workers.job import Job
-
-    base = Path(tempfile.mkdtemp(prefix="retrain-mixed-", dir="/var/tmp"))
-    try:
-        base.chmod(0o755)
-        settings = Settings.load(home=base / "home", storage_url=(base / "blobs").as_uri())
-        monkeypatch.setenv(sandbox.JOB_USER_ENV, "nobody")
-        as_user = Job({"task_id": "3" * 32, "spec": {}}, settings, None, "w1")  # type: ignore[arg-type]
-        as_user._make_workdir()
-        nobody = pwd.getpwnam("nobody")
-        os.chown(as_user.workdir, nobody.pw_uid, nobody.pw_gid)  # as the worker hands it over
-        assert sandbox.reach_as(nobody, [as_user.workdir]) is None
-        monkeypatch.delenv(sandbox.JOB_USER_ENV)
-        as_root = Job({"task_id": "4" * 32, "spec": {}}, settings, None, "w2")  # type: ignore[arg-type]
-        as_root._make_workdir()
-        assert sandbox.reach_as(nobody, [as_user.workdir]) is None  # still its own
-        said = sandbox.reach_as(nobody, [as_root.workdir])
-        assert said is not None and "cannot enter" in said, said  # and the root job's is not
-    finally:
-        shutil.rmtree(base)
-
-
-@ROOT
 def test_a_root_jobs_sysv_ipc_is_its_own(tmp_path: Path) -> None:
     """Attacker pass on issue 10: a root job listed the host's SysV shared memory (the
     database's segment among them) and removed a root segment with ipcrm; and what it made
