@@ -359,3 +359,44 @@ def test_a_root_jobs_sysv_ipc_is_its_own(tmp_path: Path) -> None:
         assert listed.returncode == 0, listed.stderr  # the host's segment is still there
     finally:
         subprocess.run(["ipcrm", "-m", shmid], capture_output=True, check=False)
+
+
+@ROOT
+def test_a_job_user_worker_on_the_same_cache_does_not_open_root_jobs_folders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attacker pass, worker.secret round: a root worker (--allow-root) and a `--job-user`
+    worker sharing one cache. The job user's worker made `cache/work`, which holds the
+    executions of both, 0711 at each of its jobs; a root job that had chmod-ed its own folder
+    0777 (Landlock does not govern chmod) and left a setuid-root copy of Python in its outputs
+    then gave any local user root. A root job's folder is now below a folder of its own
+    (0700) that no job-user worker changes, and the job cannot change either."""
+    import pwd
+    import tempfile
+
+    from orchestrator.settings import Settings
+    from workers.job import Job
+
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="retrain-mixed-", dir="/var/tmp"))
+    try:
+        base.chmod(0o755)
+        settings = Settings.load(home=base / "home", storage_url=(base / "blobs").as_uri())
+        settings.home.mkdir(mode=0o755)
+        monkeypatch.delenv(sandbox.JOB_USER_ENV, raising=False)
+        root_job = Job({"task_id": "3" * 32, "spec": {}}, settings, None, "w")  # type: ignore[arg-type]
+        root_job._make_workdir()
+        root_job.workdir.chmod(0o777)  # what the root job does to its own folder
+        (root_job.workdir / "outputs").mkdir(mode=0o777)
+        monkeypatch.setenv(sandbox.JOB_USER_ENV, "nobody")
+        user_job = Job({"task_id": "4" * 32, "spec": {}}, settings, None, "w")  # type: ignore[arg-type]
+        user_job._make_workdir()
+        said = sandbox.reach_as(nobody, [root_job.workdir / "outputs"])
+        assert said is not None and "cannot enter" in said, said
+        # And the other way round: a root job starting later leaves the job user's folder
+        # reachable (a job user's job must keep reaching its own outputs while it runs).
+        monkeypatch.delenv(sandbox.JOB_USER_ENV)
+        Job({"task_id": "5" * 32, "spec": {}}, settings, None, "w")._make_workdir()  # type: ignore[arg-type]
+        assert sandbox.reach_as(nobody, [user_job.workdir]) is None
+    finally:
+        shutil.rmtree(base)
