@@ -400,3 +400,48 @@ def test_a_job_user_worker_on_the_same_cache_does_not_open_root_jobs_folders(
         assert sandbox.reach_as(nobody, [user_job.workdir]) is None
     finally:
         shutil.rmtree(base)
+
+
+KEYRING = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+add_key, keyctl = {"x86_64": (248, 250), "aarch64": (217, 219)}[os.uname().machine]
+payload = sys.argv[1].encode()
+made = libc.syscall(add_key, b"user", b"retrain-test-key", payload, ctypes.c_size_t(len(payload)),
+                    ctypes.c_long(-4))  # KEY_SPEC_USER_KEYRING
+print("add_key", made, ctypes.get_errno())
+found = libc.syscall(keyctl, ctypes.c_long(10), ctypes.c_long(-4), b"user", b"retrain-host-key",
+                     ctypes.c_long(0))  # KEYCTL_SEARCH
+print("search", found, ctypes.get_errno())
+"""
+
+
+def test_a_job_cannot_use_the_kernel_keyrings(tmp_path: Path) -> None:
+    """Attacker pass, worker.secret round: the kernel keyrings are per uid, not per mount or
+    IPC namespace. A root job wrote a key into root's user keyring that outlived it on the
+    host and read the one root's processes keep there; a `--job-user` job read in the user's
+    keyring what an earlier job of that user left. Confined jobs get no keyring calls
+    (EPERM), as a container's default seccomp profile does."""
+    import ctypes
+    import errno
+
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        pytest.skip("syscall numbers known for x86_64 and aarch64 only")
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs], readable=[], hidden=[],
+                                python="/usr/bin/python3")
+    assert policy is not None
+    secret = "k" + secrets.token_hex(8)
+    libc = ctypes.CDLL(None, use_errno=True)
+    add_key = {"x86_64": 248, "aarch64": 217}[os.uname().machine]
+    host_key = b"kept-by-the-host"
+    made = libc.syscall(add_key, b"user", b"retrain-host-key", host_key,
+                        ctypes.c_size_t(len(host_key)), ctypes.c_long(-4))
+    assert made > 0, ctypes.get_errno()
+    try:
+        result, lines = _run(["/usr/bin/python3", "-c", KEYRING, secret], policy)
+    finally:
+        libc.syscall(add_key + 2, ctypes.c_long(9), ctypes.c_long(made), ctypes.c_long(-4))
+    assert result.status == "completed", (result, lines)
+    assert lines == [f"add_key -1 {errno.EPERM}", f"search -1 {errno.EPERM}"], lines
