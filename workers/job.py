@@ -237,15 +237,21 @@ class Job:
             lambda note: self._log_line("retrain", note),
         )
         self.channel.start()
-        run = run_process(
-            argv,
-            env=env,
-            cwd=cwd,
-            timeout_s=float(self.spec["timeout_s"]),
-            on_line=self._log_line,
-            abort=self.abort,
-            grace_s=float(self.spec.get("abort_grace_s", ABORT_GRACE_S)),
-            sandbox=confine,
+        # A process that cannot start (its working folder gone at the frozen commit, an
+        # interpreter it may not execute) fails the task like a step, never run_task itself:
+        # else no report would end the run and its folder would stay.
+        run = self._step(
+            "process",
+            lambda: run_process(
+                argv,
+                env=env,
+                cwd=cwd,
+                timeout_s=float(self.spec["timeout_s"]),
+                on_line=self._log_line,
+                abort=self.abort,
+                grace_s=float(self.spec.get("abort_grace_s", ABORT_GRACE_S)),
+                sandbox=confine,
+            ),
         )
         self.channel.finish("released" if self.released.is_set() else run.status)
         # output.log stays open while the outputs are read: what is skipped there (a link out
