@@ -55,6 +55,11 @@ KEYRING_CALLS = {
 not per mount or IPC namespace: a root job wrote keys into root's user keyring that outlived
 it on the host and read root's, and jobs of one job user left keys to the next. Confined jobs
 get EPERM for them (a container's default seccomp profile refuses them too)."""
+PRLIMIT_CALL = {0xC000003E: 302, 0x40000003: 340, 0xC00000B7: 261}
+"""prlimit64, by audit architecture: allowed on the job's own process only (pid 0, as
+setrlimit and getrlimit call it). The kernel lets a process set the limits of any process of
+its uid, and Landlock's signal scope does not cover it: a root job set RLIMIT_NOFILE of host
+root processes (the worker's) to 1, and could have set RLIMIT_CPU to kill them."""
 
 
 class SockFilter(ctypes.Structure):
@@ -70,9 +75,10 @@ class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
 
 
-def keyring_filter() -> list[tuple[int, int, int, int]]:
-    """A seccomp BPF program: the keyring calls of `KEYRING_CALLS` fail with EPERM, every
-    other call (and every other architecture) is allowed."""
+def job_filter() -> list[tuple[int, int, int, int]]:
+    """A seccomp BPF program: the keyring calls of `KEYRING_CALLS`, and `PRLIMIT_CALL` on a
+    pid other than 0, fail with EPERM; every other call (and every other architecture) is
+    allowed."""
     load_word, jump_eq, ret, and_k = 0x20, 0x15, 0x06, 0x54
     allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
     program = [(load_word, 0, 0, 4)]  # seccomp_data.arch
@@ -80,7 +86,14 @@ def keyring_filter() -> list[tuple[int, int, int, int]]:
         body = [(load_word, 0, 0, 0), (and_k, 0, 0, 0xBFFFFFFF)]  # seccomp_data.nr
         for number in numbers:
             body += [(jump_eq, 0, 1, number), (ret, 0, 0, deny)]
-        body.append((ret, 0, 0, allow))
+        # prlimit64: its pid (args[0]; the kernel reads an int, the low word) must be 0.
+        body += [
+            (jump_eq, 0, 3, PRLIMIT_CALL[arch]),  # not prlimit64: allowed
+            (load_word, 0, 0, 16),  # seccomp_data.args[0], its low word (little-endian)
+            (jump_eq, 1, 0, 0),  # pid 0: allowed
+            (ret, 0, 0, deny),
+            (ret, 0, 0, allow),
+        ]
         program += [(jump_eq, 0, len(body), arch), *body]
     program.append((ret, 0, 0, allow))
     return program
@@ -314,7 +327,7 @@ class Confinement:
         self._capset = lib.capset
         self._cap_header = CapHeader(CAPABILITY_VERSION_3, 0)
         self._cap_data = (CapData * 2)()
-        program = keyring_filter()
+        program = job_filter()
         self._filter = (SockFilter * len(program))(*(SockFilter(*op) for op in program))
         self._fprog = SockFprog(len(program), self._filter)
 

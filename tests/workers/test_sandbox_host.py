@@ -445,3 +445,43 @@ def test_a_job_cannot_use_the_kernel_keyrings(tmp_path: Path) -> None:
         libc.syscall(add_key + 2, ctypes.c_long(9), ctypes.c_long(made), ctypes.c_long(-4))
     assert result.status == "completed", (result, lines)
     assert lines == [f"add_key -1 {errno.EPERM}", f"search -1 {errno.EPERM}"], lines
+
+
+PRLIMIT = """
+import os, resource, sys
+pid = int(sys.argv[1])
+try:
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (1, 1))
+    print("other", "set")
+except OSError as exc:
+    print("other", exc.errno)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(64, hard), hard))
+print("own", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def test_a_job_cannot_set_the_limits_of_another_process(tmp_path: Path) -> None:
+    """Attacker pass, worker.secret round: prlimit is allowed on any process of one's uid and
+    Landlock's signal scope does not cover it. A root job set RLIMIT_NOFILE of a host root
+    process (the worker, the scheduler: a worker that opens no file) to 1, or could set its
+    RLIMIT_CPU to kill it; a job user's job, the limits of another job of that user. A job
+    sets its own limits only (prlimit with pid 0: setrlimit, getrlimit)."""
+    import errno
+
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs], readable=[], hidden=[],
+                                python="/usr/bin/python3")
+    assert policy is not None
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        result, lines = _run(["/usr/bin/python3", "-c", PRLIMIT, str(victim.pid)], policy)
+        limits = Path(f"/proc/{victim.pid}/limits").read_text()
+    finally:
+        victim.kill()
+        victim.wait()
+    assert result.status == "completed", (result, lines)
+    assert lines == [f"other {errno.EPERM}", "own 64"], lines
+    assert not [line for line in limits.splitlines()
+                if line.startswith("Max open files") and line.split()[3] == "1"], limits
