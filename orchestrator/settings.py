@@ -215,8 +215,14 @@ def read_secret_file(path: Path) -> str | None:
 
 
 def ensure_worker_secret(home: Path) -> str:
-    """The home's worker secret, made (random, readable by its owner only) when missing."""
+    """The home's worker secret, made (random, readable by its owner only) when missing.
+
+    Written to a file of this process's own (a fresh name, created O_EXCL, so nothing planted
+    beside the secret is followed or reused), then linked into place: two commands making it
+    at once agree on the one that was linked first."""
+    import contextlib
     import secrets
+    import tempfile
 
     path = home / WORKER_SECRET_FILE
     existing = read_secret_file(path)
@@ -224,16 +230,14 @@ def ensure_worker_secret(home: Path) -> str:
         return existing
     home.mkdir(parents=True, exist_ok=True)
     value = secrets.token_hex(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
+    fd, tmp = tempfile.mkstemp(prefix=".worker.secret.", dir=home)  # 0600, O_EXCL
     try:
-        os.link(tmp, path)  # never replaces a secret another process made meanwhile
-    except FileExistsError:
-        pass
+        with os.fdopen(fd, "w") as handle:
+            handle.write(value + "\n")
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # never replaces a secret another process made meanwhile
     finally:
-        tmp.unlink(missing_ok=True)
+        os.unlink(tmp)
     return read_secret_file(path) or value
 
 

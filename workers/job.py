@@ -96,6 +96,15 @@ def _redis(settings: Settings) -> Redis:
     return client(settings)
 
 
+def _executions(cache: Path) -> Path:
+    """The folder of this worker's executions (`Job._make_workdir`): `cache/work` for a
+    `--job-user` worker's, `cache/work/private` (0700) for jobs run as the worker's user."""
+    from workers import sandbox
+
+    work = cache / "work"
+    return work if os.environ.get(sandbox.JOB_USER_ENV) else work / "private"
+
+
 class Job:
     def __init__(
         self, payload: Mapping[str, Any], settings: Settings, redis: Redis, worker: str
@@ -114,7 +123,7 @@ class Job:
         # One folder per execution: a worker back from the dead never shares (or deletes) the
         # folder of the attempt that replaced it, nor does a replayed copy of this payload
         # (Redis access alone can push one) running beside it on the same host.
-        self.workdir = self.cache / "work" / f"{self.task_id}.{self.attempt}.{token_hex(4)}"
+        self.workdir = _executions(self.cache) / f"{self.task_id}.{self.attempt}.{token_hex(4)}"
         self.abort = threading.Event()
         self.released = threading.Event()
         """Set when the worker stops before the task ended: no final report; the worker
@@ -228,15 +237,21 @@ class Job:
             lambda note: self._log_line("retrain", note),
         )
         self.channel.start()
-        run = run_process(
-            argv,
-            env=env,
-            cwd=cwd,
-            timeout_s=float(self.spec["timeout_s"]),
-            on_line=self._log_line,
-            abort=self.abort,
-            grace_s=float(self.spec.get("abort_grace_s", ABORT_GRACE_S)),
-            sandbox=confine,
+        # A process that cannot start (its working folder gone at the frozen commit, an
+        # interpreter it may not execute) fails the task like a step, never run_task itself:
+        # else no report would end the run and its folder would stay.
+        run = self._step(
+            "process",
+            lambda: run_process(
+                argv,
+                env=env,
+                cwd=cwd,
+                timeout_s=float(self.spec["timeout_s"]),
+                on_line=self._log_line,
+                abort=self.abort,
+                grace_s=float(self.spec.get("abort_grace_s", ABORT_GRACE_S)),
+                sandbox=confine,
+            ),
         )
         self.channel.finish("released" if self.released.is_set() else run.status)
         # output.log stays open while the outputs are read: what is skipped there (a link out
@@ -302,17 +317,23 @@ class Job:
     def _make_workdir(self) -> None:
         """The execution's folder, new (its name is this execution's own). 0700 unless a
         `--job-user` must reach its outputs: what a job running as the worker's user (root
-        above all) makes there with its umask would be readable by any local user."""
+        above all) makes there with its umask would be readable by any local user.
+
+        `cache/work` is 0711 (a job user passes through it, lists nothing); the executions
+        of jobs that run as the worker's user are in `cache/work/private` (0700). A root job
+        owns its own folder, a writable mount, so it can chmod it (Landlock does not govern
+        chmod) and leave a setuid file there; `private` is outside its mounts, read-only to
+        it, and no other worker sharing this cache changes it (a `--job-user` worker makes
+        `cache/work` 0711 for its own jobs)."""
         from workers import sandbox
 
-        self.workdir.parent.mkdir(parents=True, exist_ok=True)
+        work = self.cache / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        work.chmod(0o711)
         if os.environ.get(sandbox.JOB_USER_ENV):
-            self.workdir.parent.chmod(0o711)  # the job user passes through, lists nothing
             self.workdir.mkdir()
         else:
-            # And the folder of every execution: a root job owns its own folder, a writable
-            # mount, so it can chmod it (Landlock does not govern chmod) and leave a setuid
-            # file there; this one is outside its mounts, read-only to it.
+            self.workdir.parent.mkdir(mode=0o700, exist_ok=True)
             self.workdir.parent.chmod(0o700)
             self.workdir.mkdir(mode=0o700)
 

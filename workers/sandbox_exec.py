@@ -45,6 +45,60 @@ MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 1, 2, 4
 AT_FDCWD, AT_RECURSIVE = -100, 0x8000
 SHM = "/dev/shm"  # noqa: S108 (the job's own tmpfs there)
 
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+KEYRING_CALLS = {
+    0xC000003E: (248, 249, 250),  # x86_64 (x32 too: bit 30 of the number is masked)
+    0x40000003: (286, 287, 288),  # i386, int 0x80 from an x86_64 process
+    0xC00000B7: (217, 218, 219),  # aarch64
+}
+"""add_key, request_key and keyctl, by audit architecture. The kernel keyrings are per uid,
+not per mount or IPC namespace: a root job wrote keys into root's user keyring that outlived
+it on the host and read root's, and jobs of one job user left keys to the next. Confined jobs
+get EPERM for them (a container's default seccomp profile refuses them too)."""
+PRLIMIT_CALL = {0xC000003E: 302, 0x40000003: 340, 0xC00000B7: 261}
+"""prlimit64, by audit architecture: allowed on the job's own process only (pid 0, as
+setrlimit and getrlimit call it). The kernel lets a process set the limits of any process of
+its uid, and Landlock's signal scope does not cover it: a root job set RLIMIT_NOFILE of host
+root processes (the worker's) to 1, and could have set RLIMIT_CPU to kill them."""
+
+
+class SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def job_filter() -> list[tuple[int, int, int, int]]:
+    """A seccomp BPF program: the keyring calls of `KEYRING_CALLS`, and `PRLIMIT_CALL` on a
+    pid other than 0, fail with EPERM; every other call (and every other architecture) is
+    allowed."""
+    load_word, jump_eq, ret, and_k = 0x20, 0x15, 0x06, 0x54
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    program = [(load_word, 0, 0, 4)]  # seccomp_data.arch
+    for arch, numbers in KEYRING_CALLS.items():
+        body = [(load_word, 0, 0, 0), (and_k, 0, 0, 0xBFFFFFFF)]  # seccomp_data.nr
+        for number in numbers:
+            body += [(jump_eq, 0, 1, number), (ret, 0, 0, deny)]
+        # prlimit64: its pid (args[0]; the kernel reads an int, the low word) must be 0.
+        body += [
+            (jump_eq, 0, 3, PRLIMIT_CALL[arch]),  # not prlimit64: allowed
+            (load_word, 0, 0, 16),  # seccomp_data.args[0], its low word (little-endian)
+            (jump_eq, 1, 0, 0),  # pid 0: allowed
+            (ret, 0, 0, deny),
+            (ret, 0, 0, allow),
+        ]
+        program += [(jump_eq, 0, len(body), arch), *body]
+    program.append((ret, 0, 0, allow))
+    return program
+
+
 CAP_SETPCAP = 8
 """Needed to drop the others from the bounding set: dropped last."""
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
@@ -273,6 +327,9 @@ class Confinement:
         self._capset = lib.capset
         self._cap_header = CapHeader(CAPABILITY_VERSION_3, 0)
         self._cap_data = (CapData * 2)()
+        program = job_filter()
+        self._filter = (SockFilter * len(program))(*(SockFilter(*op) for op in program))
+        self._fprog = SockFprog(len(program), self._filter)
 
     def close(self) -> None:
         if self.ruleset >= 0:
@@ -360,5 +417,7 @@ class Confinement:
         # With or without Landlock: no setuid binary (nor file capability) raises the job.
         if self._prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
             raise OSError(self._get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+        if self._prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self._fprog), 0, 0):
+            raise OSError(self._get_errno(), "prctl(PR_SET_SECCOMP) failed")
         if self.ruleset >= 0 and self._syscall(SYS_RESTRICT_SELF, self.ruleset, 0):
             raise OSError(self._get_errno(), "landlock_restrict_self failed")

@@ -170,6 +170,37 @@ def test_a_broken_step_fails_the_task_naming_the_step(cli: CLI, loop: tuple[str,
     runtime.close()
 
 
+
+def test_a_process_that_cannot_start_fails_the_task_and_leaves_no_folder(
+    cli: CLI, loop: tuple[str, str]
+) -> None:
+    """Attacker pass, worker.secret round: a run whose process could not be started (its
+    working folder gone at the commit it froze, its interpreter not executable) raised out of
+    run_task: no `finished` report (the run stayed running until its heartbeat lapsed) and its
+    execution folder stayed on disk. It fails, naming the step, and its folder goes."""
+    url, version = loop
+    run = cli("task", "run", "dataset_blogpost/training",
+              "--param", f"General/dataset_id={version}").out.strip()
+    client = redis.Redis.from_url(url)
+    job = client.hgetall(f"rq:job:{run}")
+    import zlib
+
+    data = json.loads(zlib.decompress(job[b"data"]))
+    data[2][0]["spec"] = {**data[2][0]["spec"], "working_dir": "gone"}
+    client.hset(f"rq:job:{run}", "data", zlib.compress(json.dumps(data).encode()))
+    client.close()
+
+    done = worker("--queue", "gpu", "--gpus", "none", "--burst")
+    assert done.returncode == 0, done.stderr
+    runtime = Runtime()
+    Ingest(redis.Redis.from_url(url), runtime.tasks, runtime.models, "test").step()
+    shown = cli.json("task", "show", run)
+    assert shown["status"] == "failed", shown["status"]
+    assert shown["error"].startswith("process failed: "), shown["error"]
+    work = runtime.settings.resolved_cache_dir / "work"
+    assert not [p for p in work.rglob(f"{run}.*")], list(work.rglob("*"))
+    runtime.close()
+
 @pytest.mark.parametrize("count", [2, 4])
 def test_one_job_per_gpu_each_pinned_to_its_own_device(
     cli: CLI, loop: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

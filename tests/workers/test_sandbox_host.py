@@ -359,3 +359,129 @@ def test_a_root_jobs_sysv_ipc_is_its_own(tmp_path: Path) -> None:
         assert listed.returncode == 0, listed.stderr  # the host's segment is still there
     finally:
         subprocess.run(["ipcrm", "-m", shmid], capture_output=True, check=False)
+
+
+@ROOT
+def test_a_job_user_worker_on_the_same_cache_does_not_open_root_jobs_folders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attacker pass, worker.secret round: a root worker (--allow-root) and a `--job-user`
+    worker sharing one cache. The job user's worker made `cache/work`, which holds the
+    executions of both, 0711 at each of its jobs; a root job that had chmod-ed its own folder
+    0777 (Landlock does not govern chmod) and left a setuid-root copy of Python in its outputs
+    then gave any local user root. A root job's folder is now below a folder of its own
+    (0700) that no job-user worker changes, and the job cannot change either."""
+    import pwd
+    import tempfile
+
+    from orchestrator.settings import Settings
+    from workers.job import Job
+
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="retrain-mixed-", dir="/var/tmp"))
+    try:
+        base.chmod(0o755)
+        settings = Settings.load(home=base / "home", storage_url=(base / "blobs").as_uri())
+        settings.home.mkdir(mode=0o755)
+        monkeypatch.delenv(sandbox.JOB_USER_ENV, raising=False)
+        root_job = Job({"task_id": "3" * 32, "spec": {}}, settings, None, "w")  # type: ignore[arg-type]
+        root_job._make_workdir()
+        root_job.workdir.chmod(0o777)  # what the root job does to its own folder
+        (root_job.workdir / "outputs").mkdir(mode=0o777)
+        monkeypatch.setenv(sandbox.JOB_USER_ENV, "nobody")
+        user_job = Job({"task_id": "4" * 32, "spec": {}}, settings, None, "w")  # type: ignore[arg-type]
+        user_job._make_workdir()
+        said = sandbox.reach_as(nobody, [root_job.workdir / "outputs"])
+        assert said is not None and "cannot enter" in said, said
+        # And the other way round: a root job starting later leaves the job user's folder
+        # reachable (a job user's job must keep reaching its own outputs while it runs).
+        monkeypatch.delenv(sandbox.JOB_USER_ENV)
+        Job({"task_id": "5" * 32, "spec": {}}, settings, None, "w")._make_workdir()  # type: ignore[arg-type]
+        assert sandbox.reach_as(nobody, [user_job.workdir]) is None
+    finally:
+        shutil.rmtree(base)
+
+
+KEYRING = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+add_key, keyctl = {"x86_64": (248, 250), "aarch64": (217, 219)}[os.uname().machine]
+payload = sys.argv[1].encode()
+made = libc.syscall(add_key, b"user", b"retrain-test-key", payload, ctypes.c_size_t(len(payload)),
+                    ctypes.c_long(-4))  # KEY_SPEC_USER_KEYRING
+print("add_key", made, ctypes.get_errno())
+found = libc.syscall(keyctl, ctypes.c_long(10), ctypes.c_long(-4), b"user", b"retrain-host-key",
+                     ctypes.c_long(0))  # KEYCTL_SEARCH
+print("search", found, ctypes.get_errno())
+"""
+
+
+def test_a_job_cannot_use_the_kernel_keyrings(tmp_path: Path) -> None:
+    """Attacker pass, worker.secret round: the kernel keyrings are per uid, not per mount or
+    IPC namespace. A root job wrote a key into root's user keyring that outlived it on the
+    host and read the one root's processes keep there; a `--job-user` job read in the user's
+    keyring what an earlier job of that user left. Confined jobs get no keyring calls
+    (EPERM), as a container's default seccomp profile does."""
+    import ctypes
+    import errno
+
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        pytest.skip("syscall numbers known for x86_64 and aarch64 only")
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs], readable=[], hidden=[],
+                                python="/usr/bin/python3")
+    assert policy is not None
+    secret = "k" + secrets.token_hex(8)
+    libc = ctypes.CDLL(None, use_errno=True)
+    add_key = {"x86_64": 248, "aarch64": 217}[os.uname().machine]
+    host_key = b"kept-by-the-host"
+    made = libc.syscall(add_key, b"user", b"retrain-host-key", host_key,
+                        ctypes.c_size_t(len(host_key)), ctypes.c_long(-4))
+    assert made > 0, ctypes.get_errno()
+    try:
+        result, lines = _run(["/usr/bin/python3", "-c", KEYRING, secret], policy)
+    finally:
+        libc.syscall(add_key + 2, ctypes.c_long(9), ctypes.c_long(made), ctypes.c_long(-4))
+    assert result.status == "completed", (result, lines)
+    assert lines == [f"add_key -1 {errno.EPERM}", f"search -1 {errno.EPERM}"], lines
+
+
+PRLIMIT = """
+import os, resource, sys
+pid = int(sys.argv[1])
+try:
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (1, 1))
+    print("other", "set")
+except OSError as exc:
+    print("other", exc.errno)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(64, hard), hard))
+print("own", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def test_a_job_cannot_set_the_limits_of_another_process(tmp_path: Path) -> None:
+    """Attacker pass, worker.secret round: prlimit is allowed on any process of one's uid and
+    Landlock's signal scope does not cover it. A root job set RLIMIT_NOFILE of a host root
+    process (the worker, the scheduler: a worker that opens no file) to 1, or could set its
+    RLIMIT_CPU to kill it; a job user's job, the limits of another job of that user. A job
+    sets its own limits only (prlimit with pid 0: setrlimit, getrlimit)."""
+    import errno
+
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    policy = sandbox.policy_for(workdir=tmp_path, writable=[outputs], readable=[], hidden=[],
+                                python="/usr/bin/python3")
+    assert policy is not None
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        result, lines = _run(["/usr/bin/python3", "-c", PRLIMIT, str(victim.pid)], policy)
+        limits = Path(f"/proc/{victim.pid}/limits").read_text()
+    finally:
+        victim.kill()
+        victim.wait()
+    assert result.status == "completed", (result, lines)
+    assert lines == [f"other {errno.EPERM}", "own 64"], lines
+    assert not [line for line in limits.splitlines()
+                if line.startswith("Max open files") and line.split()[3] == "1"], limits
