@@ -8,7 +8,7 @@ Layout under `root`:
     <key>.use.lock            shared lock held by every job running in the environment
     .tmp-<key>-<random>/      a build (or an eviction) in progress, removed when it ends
 
-The key (`env_key`) hashes the interpreter's version and platform and the normalized pinned
+The key (`env_key`) hashes the interpreter's version, platform and path and the normalized pinned
 requirement lines, so two jobs that need the same packages share one environment. A hit only
 reads the marker (no subprocess). A miss builds under the key's lock: with uv the venv is made
 `--relocatable` in a temporary directory and renamed into place, so it appears complete or not
@@ -70,7 +70,7 @@ MARKER = ".retrain-complete"
 """File name of the completion marker inside an environment."""
 
 KEY_LENGTH = 24
-_KEY_FORMAT = 1  # bump to invalidate every cached environment after a layout change
+_KEY_FORMAT = 2  # bump to invalidate every cached environment after a layout change
 
 Tool = Literal["uv", "pip"]
 LogCallback = Callable[[str], None]
@@ -182,6 +182,14 @@ class _Interpreter:
     platform: str  # implementation and platform, e.g. "cpython-linux-x86_64"
     executable: str  # what to hand to uv / run for `-m venv`
 
+    @property
+    def base(self) -> str:
+        """The real path of the interpreter, when one is named by path ("" for a version
+        that uv finds, the same on every worker that has it)."""
+        if os.sep not in self.executable:
+            return ""
+        return os.path.realpath(self.executable)
+
 
 def normalize_requirements(requirements: Sequence[str]) -> list[str]:
     """Requirement lines in canonical form: stripped, comments and blanks dropped, the
@@ -210,9 +218,14 @@ def _current_version() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}{threaded}"
 
 
-def env_key(python: str, platform_tag: str, requirements: Sequence[str]) -> str:
+def env_key(
+    python: str, platform_tag: str, requirements: Sequence[str], base: str = ""
+) -> str:
     """The cache key of an environment: a hash of the Python version (major.minor), the
-    platform and the normalized requirements. The order of the requirements does not matter."""
+    platform, the normalized requirements and `base`, the real path of the interpreter it is
+    made from (a virtual environment runs that one: two workers on one cache whose Pythons
+    differ, a root worker's under /root and a job user's system Python, must not share). The
+    order of the requirements does not matter."""
     match = _VERSION.fullmatch(python.strip())
     version = python.strip()
     if match:
@@ -223,6 +236,7 @@ def env_key(python: str, platform_tag: str, requirements: Sequence[str]) -> str:
             "python": version,
             "platform": platform_tag,
             "requirements": normalize_requirements(requirements),
+            "base": base,
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -287,7 +301,7 @@ class EnvCache:
     def key_for(self, requirements: Sequence[str], python: str | None = None) -> str:
         """The key `ensure` would use for these requirements and interpreter."""
         interpreter = self._interpreter(python)
-        return env_key(interpreter.version, interpreter.platform, requirements)
+        return env_key(interpreter.version, interpreter.platform, requirements, interpreter.base)
 
     def path_for(self, key: str) -> Path:
         return self.root / key
@@ -321,7 +335,7 @@ class EnvCache:
         say = log or _ignore
         reqs = normalize_requirements(requirements)
         interpreter = self._interpreter(python)
-        key = env_key(interpreter.version, interpreter.platform, reqs)
+        key = env_key(interpreter.version, interpreter.platform, reqs, interpreter.base)
         self.root.mkdir(parents=True, exist_ok=True)
         # Held before the hit is checked: once found, the environment cannot be evicted.
         lock = _UseLock(self.root / f"{key}.use.lock")

@@ -118,6 +118,26 @@ def forbid_builds(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- keys ------------------------------------------------------------------------------------
 
 
+def test_workers_on_different_base_interpreters_do_not_share_environments(
+    tmp_path: Path,
+) -> None:
+    """Attacker pass: a root worker (its Python under /root) and a `--job-user` worker (a
+    system Python of the same version) on one cache had the same keys, so the job user was
+    given the root worker's environments, whose interpreter it cannot execute: every run
+    failed. The base interpreter an environment is made from is part of its key."""
+    cache = EnvCache(tmp_path / "envs")
+    link = tmp_path / "python-link"
+    link.symlink_to(os.path.realpath(sys.executable))
+    assert cache.key_for([], str(link)) == cache.key_for([], None)  # the same interpreter
+    system = Path("/usr/bin/python3")
+    if not system.exists() or Path(os.path.realpath(system)) == Path(
+        os.path.realpath(sys.executable)
+    ):
+        pytest.skip("no second interpreter here (the CI machine has one)")
+    # Same version here (3.11 both), another interpreter: another environment.
+    assert cache.key_for([], str(system)) != cache.key_for([], None)
+
+
 def test_key_is_stable_and_ignores_order_case_comments_and_patch_version() -> None:
     key = env_key("3.11", PLATFORM, ["torch==2.3.0", "numpy==1.26.4"])
     assert len(key) == 24 and all(c in "0123456789abcdef" for c in key)
