@@ -375,7 +375,7 @@ def list_tasks(
         str | None,
         typer.Option("--template", metavar="REF", help="Runs cloned from this template."),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=output.MAX_LIMIT)] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """Runs (or, with --templates, template revisions), newest first (--json: with

@@ -199,6 +199,7 @@ def task_state(url: str | None = None) -> tuple[object, ...]:
         (["task", "clone", "p/t", "--queue", ""], "--queue: '' is not a queue name"),
         (["task", "run", "p/t", "--name", ""], "--name: '' is not a valid name"),
         (["task", "clone", "p/t", "--name", " "], "--name: ' ' is not a valid name"),
+        (["task", "list", "--limit", "9" * 20], "Invalid value for '--limit'"),
         (["task", "capture", "REPO", "--project", "p", "--name", "c", "--script", "absent.py"],
          "script absent.py is not in"),
     ],
