@@ -45,12 +45,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     except RetrainError as exc:
         sys.stderr.write(f"retrain: error: {exc}\n")
         sys.exit(exc.exit_code)
+    except UnicodeEncodeError:
+        # An argument with bytes that are not UTF-8 (Python passes them on as lone
+        # surrogates) reaches the database driver or Redis, which cannot encode it; the
+        # transaction it was in is rolled back. Name the argument instead of a traceback.
+        bad = next((i for i, a in enumerate(args) if not _encodes(a)), None)
+        if bad is None:
+            raise
+        option = args[bad - 1] if bad and args[bad - 1].startswith("--") else "argument"
+        sys.stderr.write(f"retrain: error: {option} {args[bad]!r} is not valid UTF-8\n")
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.stderr.write("retrain: interrupted\n")
         sys.exit(130)
     finally:
         if argv is None:
             leave_quickly()
+
+
+def _encodes(arg: str) -> bool:
+    try:
+        arg.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _run_fast(args: list[str]) -> bool:

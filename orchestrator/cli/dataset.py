@@ -349,7 +349,7 @@ def search(
         str | None,
         typer.Option("--status", help="draft or final."),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1)] = 200,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=output.MAX_LIMIT)] = 200,
     as_json: JsonFlag = False,
 ) -> None:
     """Find versions, newest first, with their ids."""

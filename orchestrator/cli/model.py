@@ -161,7 +161,7 @@ def list_models(
         bool | None,
         typer.Option("--published/--unpublished", help="Only published (or unpublished) ones."),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=output.MAX_LIMIT)] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """Models, newest first, with their ids and producing tasks."""

@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
+MAX_LIMIT = 2**63 - 1
+"""The largest `--limit`: what SQLite's and PostgreSQL's integers hold (beyond it the driver
+raised OverflowError / NumericValueOutOfRange, a traceback)."""
+
 # Terminal control: C0 but newline and tab, DEL, C1, and the bidirectional overrides and
 # isolates that make text read differently from what it is (U+202E turns `gpj.exe` around).
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")

@@ -233,7 +233,7 @@ def clone(
 ) -> None:
     """Copy a template (or a run, by id) into a new draft run with overrides; prints its id."""
     info = runtime().tasks.clone(
-        ref, **_clone_options(name, params, inputs, tags, allow_new_params), queue=queue
+        ref, **_clone_options(name, params, inputs, tags, allow_new_params), queue=_queue(queue)
     )
     _print_task(info, as_json, f"cloned {ref} into draft {info.id}")
 
@@ -246,7 +246,9 @@ def enqueue(
     as_json: JsonFlag = False,
 ) -> None:
     """Queue a draft: resolve its branch and inputs, then send its job to Redis."""
-    info, sent = runtime().tasks.enqueue(task_id, queue=queue, priority=_priority(priority))
+    info, sent = runtime().tasks.enqueue(
+        task_id, queue=_queue(queue), priority=_priority(priority)
+    )
     _print_queued(info.model_dump(mode="json"), sent, as_json)
 
 
@@ -267,7 +269,10 @@ def run(
 ) -> None:
     """Clone a template with overrides and queue the clone (a run's id: re-run it exactly);
     prints the new id."""
-    options = {**_clone_options(name, params, inputs, tags, allow_new_params), "queue": queue}
+    options = {
+        **_clone_options(name, params, inputs, tags, allow_new_params),
+        "queue": _queue(queue),
+    }
     queued = _lean_run(ref, options, _priority(priority))
     if queued is None:  # only the full store can do it (a fresh database, say)
         info, sent = runtime().tasks.run(ref, priority=_priority(priority), **options)
@@ -370,7 +375,7 @@ def list_tasks(
         str | None,
         typer.Option("--template", metavar="REF", help="Runs cloned from this template."),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=output.MAX_LIMIT)] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """Runs (or, with --templates, template revisions), newest first (--json: with
@@ -629,8 +634,11 @@ def _environment_line(environment: dict[str, Any]) -> str | None:
 def _clone_options(
     name: str | None, params: list[str], inputs: list[str], tags: list[str], allow_new_params: bool
 ) -> dict[str, Any]:
+    from orchestrator.datasets.validate import check_name
     from orchestrator.tasks.params import parse_inputs, split_assignment
 
+    if name is not None:
+        check_name(name)  # `--name ''` too: the clone would silently keep the source's name
     return {
         "name": name,
         "params": dict(split_assignment(p, "--param") for p in params),
@@ -638,6 +646,18 @@ def _clone_options(
         "tags": tags,
         "allow_new_params": allow_new_params,
     }
+
+
+def _queue(value: str | None) -> str | None:
+    """`--queue` as given: `--queue ''` is a mistake (refused, exit 2), not "no --queue"."""
+    from orchestrator.tasks.names import check_queue
+
+    if value is None:
+        return None
+    try:
+        return check_queue(value)
+    except ValueError as exc:
+        raise UserError(f"--queue: {exc}") from None
 
 
 def _priority(value: str | None) -> Any:

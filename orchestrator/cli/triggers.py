@@ -396,7 +396,7 @@ def replay(
 
 def history(
     trigger: Annotated[str | None, typer.Option("--trigger")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=output.MAX_LIMIT)] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """Firings and skips, newest first."""

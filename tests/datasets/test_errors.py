@@ -102,6 +102,14 @@ def test_a_final_version_refuses_every_change(
         ),
         (["dataset", "search", "--status", "open"], "--status"),
         (["dataset", "tag", "FINAL", "has space"], "tag 'has space' is not valid"),
+        # A byte that is not UTF-8 (a shell's $'\\xff', arrives as a lone surrogate) was a
+        # UnicodeEncodeError traceback from the database driver (new-user pass "nu").
+        (["dataset", "tag", "FINAL", "a\udcff"], "'a\\udcff' is not valid UTF-8"),
+        (["dataset", "tag", "a\udcff", "X"], "'a\\udcff' is not valid UTF-8"),
+        (["dataset", "show", "a\udcff"], "'a\\udcff' is not valid UTF-8"),
+        (["dataset", "search", "--tags", "\udcff"], "'\\udcff' is not valid UTF-8"),
+        # Past what the database's integers hold: OverflowError / NumericValueOutOfRange.
+        (["dataset", "search", "--limit", "9" * 20], "Invalid value for '--limit'"),
     ],
 )
 def test_mistakes_name_the_problem_and_change_nothing(

@@ -193,6 +193,13 @@ def task_state(url: str | None = None) -> tuple[object, ...]:
         (["task", "run", "p/t", "--queue", "bad queue"], "--queue: 'bad queue' is not a queue"),
         (["task", "clone", "p/t", "--queue", "bad queue"], "--queue: 'bad queue' is not a"),
         (["task", "run", "p/t@"], "an empty tag"),
+        # An empty --queue or --name was taken as "not given": the run went to the template's
+        # queue under its name, exit 0 (new-user pass "nu").
+        (["task", "run", "p/t", "--queue", ""], "--queue: '' is not a queue name"),
+        (["task", "clone", "p/t", "--queue", ""], "--queue: '' is not a queue name"),
+        (["task", "run", "p/t", "--name", ""], "--name: '' is not a valid name"),
+        (["task", "clone", "p/t", "--name", " "], "--name: ' ' is not a valid name"),
+        (["task", "list", "--limit", "9" * 20], "Invalid value for '--limit'"),
         (["task", "capture", "REPO", "--project", "p", "--name", "c", "--script", "absent.py"],
          "script absent.py is not in"),
     ],
