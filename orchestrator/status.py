@@ -646,8 +646,9 @@ def _utc(value: Any) -> dt.datetime | None:
 
 
 def _iso(value: Any) -> str | None:
+    """A time as every command's JSON writes one (`...T12:00:00.5Z`, as pydantic does)."""
     when = _utc(value)
-    return when.isoformat() if when is not None else None
+    return when.isoformat().replace("+00:00", "Z") if when is not None else None
 
 
 def _age(when: dt.datetime | None, now: dt.datetime) -> float | None:

@@ -3,12 +3,11 @@ driver-only path and the full store."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 
 from orchestrator.errors import NotFound
-from orchestrator.store.lean import Row, fetch, placeholders
+from orchestrator.store.lean import Row, fetch, json_time, placeholders
 
 FROM = "tasks t JOIN projects p ON p.id = t.project_id"
 SUMMARY_COLUMNS = (
@@ -123,19 +122,8 @@ def _summary(row: Row, tags: list[str]) -> Row:
         out[key] = json.loads(value) if isinstance(value, str) else (value or {})
     out["tags"] = tags
     for key in ("created_at", "queued_at", "started_at", "finished_at"):
-        out[key] = _iso(out[key])
+        out[key] = json_time(out[key])  # as every command's JSON writes a time
     return out
-
-
-def _iso(value: Any) -> str | None:
-    """Timestamps as ISO 8601 UTC strings, from PostgreSQL datetimes or SQLite's text."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return str(value.astimezone(dt.timezone.utc).isoformat())
 
 
 def _like(pattern: str) -> str:

@@ -125,7 +125,13 @@ def test_template_references(cli: CLI, git_repo: Repo, monkeypatch: pytest.Monke
     assert (shown["parent"], shown["template"], shown["tags"]) == (old, old, [])
     listed = cli.json("task", "list", "--templates", "--project", "team/*", "--tag", "stable")
     assert [t["id"] for t in listed] == [old]
-    assert [t["id"] for t in cli.json("task", "list", "--project", "team/*")] == [clone]
+    runs = cli.json("task", "list", "--project", "team/*")
+    assert [t["id"] for t in runs] == [clone]
+    # One way of writing a time in every command's JSON (the new-user pass saw task list
+    # write +00:00 where task show wrote Z for the same run).
+    assert runs[0]["created_at"] == shown["created_at"] and shown["created_at"].endswith("Z")
+    template = cli.json("task", "show", "team/vision/train@stable")
+    assert template["runs"][0]["created_at"] == shown["created_at"], template["runs"]
 
 
 def test_branch_resolves_to_a_commit_when_queued(
