@@ -414,7 +414,9 @@ def collect(
 
     heartbeat = _utc(state["heartbeat_at"]) if state else None
     heartbeat_age = _age(heartbeat, now)
-    alive = heartbeat_age is not None and heartbeat_age < ALIVE_WITHIN_S
+    # A leader that stopped cleared `leader` (scheduler/daemon.py `_sign_off`).
+    signed_off = state is not None and state["leader"] is None
+    alive = heartbeat_age is not None and heartbeat_age < ALIVE_WITHIN_S and not signed_off
     steps = _steps(state["steps"] if state else None, now)
     reason = _not_firing(state, alive, heartbeat_age, steps)
     scheduler = {
@@ -509,6 +511,8 @@ def _not_firing(
     if state is None or heartbeat_age is None:
         return "no scheduler has run yet"
     if not alive:
+        if state["leader"] is None:
+            return f"the scheduler stopped (last heartbeat {heartbeat_age:.0f} s ago)"
         return f"the scheduler is down (last heartbeat {heartbeat_age:.0f} s ago)"
     if state["config_loaded_at"] is None:
         error = state["config_error"]

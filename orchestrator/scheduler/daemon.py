@@ -489,6 +489,7 @@ class Scheduler:
             # Reports that arrived while stopping (workers stop first under `retrain up`, and
             # send their last `finished` or `released`) are applied now, not at the next start.
             self._safely(self._last_ingest)
+            self._safely(self._sign_off)
             health.forget(home, "scheduler", beat_name)
             if self.wakeup:
                 listener.stop()
@@ -499,6 +500,14 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _sign_off(self) -> None:
+        """A leader that stops says so in the store (`leader` cleared, its heartbeat kept):
+        `status` then shows the scheduler down at once, not until its heartbeat ages out."""
+        with self.runtime.store.session() as session:
+            state = session.get(SchedulerState, STATE)
+            if state is not None and state.leader == self.lease.holder:
+                state.leader = None
 
     def _last_ingest(self) -> None:
         if self.lease.leader() == self.lease.holder:

@@ -21,7 +21,7 @@ from orchestrator.scheduler.daemon import Scheduler
 from orchestrator.scheduler.engine import Engine
 from orchestrator.store.models import SchedulerState, Task, TriggerFiring
 from orchestrator.triggers.config import load_config
-from tests.triggers.conftest import Loop, daemon, wait_for
+from tests.triggers.conftest import Loop, daemon, retrain, wait_for
 
 
 def tasks_of(runtime: Runtime, trigger: str = "retrain-on-production-data") -> list[Task]:
@@ -303,3 +303,23 @@ def test_the_wakeup_fires_without_waiting_for_the_timed_poll(loop: Loop) -> None
         scheduler.stop()
         thread.join(10)
         runtime.close()
+
+
+def test_a_scheduler_that_stops_is_down_in_status_at_once(loop: Loop) -> None:
+    """New-user pass: after a clean stop (`retrain up`, then Ctrl-C), `status` said the
+    scheduler was alive for up to 30 s more (its last heartbeat was young). A scheduler that
+    stops signs off in the store; one that is killed still ages out."""
+    import json
+
+    def scheduler() -> dict[str, object]:
+        done = subprocess.run(retrain("status", "--json"), capture_output=True, text=True,
+                              check=False)
+        return dict(json.loads(done.stdout)["scheduler"])
+
+    with daemon() as proc:
+        wait_for(lambda: scheduler()["alive"], "the scheduler to lead", describe=scheduler)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    after = scheduler()
+    assert after["alive"] is False and after["recorded_leader"] is None, after
+    assert "stopped" in str(after["not_firing_reason"]), after
