@@ -61,28 +61,36 @@ def logs(
         else:
             entries = _read(redis, stream, "-", None)
         _print_entries(entries)
-        ended = _end(entries)
+        # How the run ended comes from the store: an `end` entry (anyone with the worker's
+        # Redis access can write one) only makes the follower ask the store now.
+        claimed = _end(entries)
         if not follow:
             if not entries and status in ("queued", "draft"):
                 sys.stderr.write(f"retrain: task {task_id} is {status}: no output yet\n")
             return
-        if ended is None and status in FINISHED:
-            ended = status  # finished, and its live log has no end (its worker was lost)
+        ended = status if status in FINISHED else None  # a lost worker wrote no end
+        ran = status == "running"
         cursor = entries[-1][0] if entries else "0-0"
-        checked = time.monotonic()
+        checked = time.monotonic() - (STATUS_EVERY_S if claimed else 0.0)
         while ended is None:
             batch = patiently(partial(_read, redis, stream, cursor, 1000, block_ms=1000))
             if batch:
                 cursor = batch[-1][0]
                 _print_entries(batch)
-                ended = _end(batch)
-            if ended is None and time.monotonic() - checked >= STATUS_EVERY_S:
+                claim = _end(batch)
+                if claim is not None:
+                    claimed = claim
+                    checked = time.monotonic() - STATUS_EVERY_S
+            if time.monotonic() - checked >= STATUS_EVERY_S:
                 checked = time.monotonic()
                 status = lean_task(task_id)["status"]
+                ran = ran or status == "running"
                 if status in FINISHED:
-                    # Its worker was lost (no end was written): drain what came, then stop.
+                    # Drain what came after the cursor (the worker's last lines), then stop.
                     _print_entries(_read(redis, stream, cursor, None))
                     ended = status
+                elif status == "queued" and ran and claimed == "released":
+                    ended = "released"  # it ran, and went back to its queue
         _ended(task_id, ended)
 
 
