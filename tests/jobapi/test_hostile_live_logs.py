@@ -63,3 +63,43 @@ def test_a_forged_end_does_not_end_a_follow(cli: CLI, git_repo: Repo, machine_re
     finally:
         r.close()
 
+
+
+PEAK = (
+    "import resource, sys\n"
+    "from orchestrator.cli import main\n"
+    "try:\n"
+    "    main()\n"
+    "finally:\n"
+    "    sys.stderr.write(f'peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')\n"
+)
+
+
+def test_a_stream_of_many_entries_is_read_a_page_at_a_time(
+    cli: CLI, git_repo: Repo, machine_redis: str
+) -> None:
+    run_id = _run(cli, git_repo)
+    r = redis.Redis.from_url(machine_redis)
+    count = 300_000
+    try:
+        for stream, fields in (
+            (keys.logs_stream(run_id), {"stream": "stdout", "line": "x"}),
+            (keys.metrics_stream(run_id), {"p": "{}"}),
+        ):
+            for _ in range(count // 10_000):
+                with r.pipeline(transaction=False) as pipe:
+                    for _ in range(10_000):
+                        pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                    pipe.execute()
+        for command in ("logs", "metrics"):
+            shown = subprocess.run(
+                [sys.executable, "-c", PEAK, command, run_id],
+                env=os.environ.copy(), capture_output=True, text=True, timeout=120,
+            )
+            assert shown.returncode == 0, shown.stderr
+            if command == "logs":
+                assert shown.stdout == "x\n" * count
+            peak_kib = int(shown.stderr.rsplit("peak ", 1)[1])
+            assert peak_kib < 150_000, (command, peak_kib)  # all at once: 250 MB and more
+    finally:
+        r.close()
