@@ -50,3 +50,14 @@ def test_status_survives_hostile_advertisements_and_counts_refused_reports(
     assert "reports refused: 1" in shown and "not JSON" in shown, shown
     data = cli.json("status")
     assert data["reports"]["refused"] == 1  # type: ignore[index]
+
+
+def test_a_leader_name_from_redis_stays_on_its_line(cli: CLI, attacker: redis.Redis) -> None:
+    """The lease's value is anyone's with Redis access: a line break in it must not print a
+    line of status's own ("the scheduler is alive") under the scheduler row."""
+    attacker.set(keys.SCHEDULER_LEASE, "evil\nthe scheduler is alive\x1b[2J", px=60_000)
+    shown = cli("status").out
+    assert "\x1b" not in shown, repr(shown)
+    assert not any(line.lstrip().startswith("the scheduler is alive") for line in
+                   shown.splitlines()), shown
+    assert "leader evil\\nthe scheduler is alive\\x1b[2J" in shown, shown
