@@ -12,6 +12,7 @@ knows, says why Redis is missing, and leaves the Redis-only figures `null`.
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import json
 import os
 import sqlite3
@@ -45,6 +46,10 @@ FAILED_WINDOW_S = 24 * 3600
 
 LOST_SHOWN_S = 24 * 3600
 """A lost worker (its hash expired) stays on the display this long after its last beat."""
+
+REDIS_ONLY_QUEUES = 50
+"""Queues that neither the store nor a live worker knows, only Redis, shown at most (those
+with the most jobs waiting)."""
 
 FIRINGS = 10
 """How many trigger decisions `recent firings` shows, newest first."""
@@ -378,7 +383,8 @@ def collect(
       loop step of the leader {`name`, `ok` (not failing), `last_ok_at`, `last_error`,
       `last_error_at`, `failing_since`, `failing_for_s`, `failures` (in a row), `budget_s`,
       `over_budget` (failing for longer than its budget)}, as of its last heartbeat.
-    - `queues`: one per queue that has active tasks, recent failures, jobs in RQ or a worker:
+    - `queues`: one per queue that has active tasks, recent failures, a live worker, or jobs
+      waiting in RQ (of queues only Redis names, the `REDIS_ONLY_QUEUES` with the most):
       `name`, `queued` (held included), `held`, `running`, `failed_24h`, `oldest_queued_at`,
       `oldest_queued_age_s`, `redis` ({`high`, `normal`, `low`} jobs waiting in RQ) and
       `redis_waiting` (their sum), `workers` (live workers listening), `no_slot` (jobs no
@@ -564,8 +570,6 @@ def _queues(
     for name, count in failed.items():
         row(name)["failed_24h"] = count
     if redis.reachable:
-        for rq_name in redis.waiting:
-            row(_base_queue(rq_name))
         listening: dict[str, int] = {}
         for w in redis.workers:
             if w["state"] != "lost":
@@ -578,6 +582,15 @@ def _queues(
             base, priority, _gpus = keys.split_rq_queue(rq_name)
             per = per_queue.setdefault(base, dict.fromkeys(keys.PRIORITIES, 0))
             per[priority] += count
+        # Queues only Redis names (anyone with the workers' `rq:*` access can register a
+        # million): those with jobs waiting, the most first, `REDIS_ONLY_QUEUES` at most.
+        only_redis = [
+            (sum(per.values()), name)
+            for name, per in per_queue.items()
+            if name not in rows and sum(per.values()) > 0
+        ]
+        for _count, name in heapq.nlargest(REDIS_ONLY_QUEUES, only_redis):
+            row(name)
         no_slot = jobs_without_a_slot(redis)
         for name, target in rows.items():
             per = per_queue.get(name, dict.fromkeys(keys.PRIORITIES, 0))

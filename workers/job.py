@@ -677,8 +677,8 @@ class Job:
         pipe.execute()
 
     def _end_log(self, result: Mapping[str, Any]) -> None:
-        """Close the live log: an `end` entry (so `retrain logs -f` stops without asking the
-        store) and an expiry; the complete log is the uploaded `output.log` artifact."""
+        """Close the live log: an `end` entry (so `retrain logs -f` asks the store now how the
+        run ended) and an expiry; the complete log is the uploaded `output.log` artifact."""
         status = "released" if self.released.is_set() else str(result.get("status"))
         stream = keys.logs_stream(self.task_id)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
@@ -57,32 +58,43 @@ def logs(
         if tail:
             # The newest entries only (the end entry counts among them), not the whole stream.
             entries = list(reversed(_read(redis, stream, "+", tail + 1, reverse=True)))
-            entries = _last_lines(entries, tail)
+            pages: Iterable[list[tuple[str, dict[Any, Any]]]] = [_last_lines(entries, tail)]
         else:
-            entries = _read(redis, stream, "-", None)
-        _print_entries(entries)
-        ended = _end(entries)
+            pages = _pages(redis, stream)
+        # How the run ended comes from the store: an `end` entry (anyone with the worker's
+        # Redis access can write one) only makes the follower ask the store now.
+        claimed, cursor = None, "0-0"
+        for page in pages:
+            if page:
+                _print_entries(page)
+                claimed, cursor = _end(page) or claimed, page[-1][0]
         if not follow:
-            if not entries and status in ("queued", "draft"):
+            if cursor == "0-0" and status in ("queued", "draft"):
                 sys.stderr.write(f"retrain: task {task_id} is {status}: no output yet\n")
             return
-        if ended is None and status in FINISHED:
-            ended = status  # finished, and its live log has no end (its worker was lost)
-        cursor = entries[-1][0] if entries else "0-0"
-        checked = time.monotonic()
+        ended = status if status in FINISHED else None  # a lost worker wrote no end
+        ran = status == "running"
+        checked = time.monotonic() - (STATUS_EVERY_S if claimed else 0.0)
         while ended is None:
             batch = patiently(partial(_read, redis, stream, cursor, 1000, block_ms=1000))
             if batch:
                 cursor = batch[-1][0]
                 _print_entries(batch)
-                ended = _end(batch)
-            if ended is None and time.monotonic() - checked >= STATUS_EVERY_S:
+                claim = _end(batch)
+                if claim is not None:
+                    claimed = claim
+                    checked = time.monotonic() - STATUS_EVERY_S
+            if time.monotonic() - checked >= STATUS_EVERY_S:
                 checked = time.monotonic()
                 status = lean_task(task_id)["status"]
+                ran = ran or status == "running"
                 if status in FINISHED:
-                    # Its worker was lost (no end was written): drain what came, then stop.
-                    _print_entries(_read(redis, stream, cursor, None))
+                    # Drain what came after the cursor (the worker's last lines), then stop.
+                    for page in _pages(redis, stream, cursor):
+                        _print_entries(page)
                     ended = status
+                elif status == "queued" and ran and claimed == "released":
+                    ended = "released"  # it ran, and went back to its queue
         _ended(task_id, ended)
 
 
@@ -160,8 +172,6 @@ def _read(
         raw: Any
         if reverse:
             raw = redis.xrevrange(stream, "+", "-", count=count)
-        elif after == "-":
-            raw = redis.xrange(stream, "-", "+")
         else:
             from orchestrator.queue.plain import PlainRedis
             from orchestrator.queue.streams import entries
@@ -171,6 +181,25 @@ def _read(
     except Exception as exc:  # redis-py's errors; the CLI prints one line
         raise ServiceUnavailable(f"cannot read the log from Redis: {exc}") from None
     return [(_text(entry_id), fields) for entry_id, fields in raw]
+
+
+def _pages(
+    redis: Redis | PlainRedis, stream: str, after: str | None = None
+) -> Iterator[list[tuple[str, dict[Any, Any]]]]:
+    """The stream's entries after `after` (all by default), a page at a time
+    (`lean.stream_pages`): never the whole of a stream anyone can append to at once."""
+    from orchestrator.cli.lean import stream_pages
+    from orchestrator.errors import ServiceUnavailable
+
+    pages = stream_pages(redis, stream, after)
+    while True:
+        try:
+            raw = next(pages, None)
+        except Exception as exc:  # redis-py's errors; the CLI prints one line
+            raise ServiceUnavailable(f"cannot read the log from Redis: {exc}") from None
+        if raw is None:
+            return
+        yield [(_text(entry_id), fields) for entry_id, fields in raw]
 
 
 def _last_lines(

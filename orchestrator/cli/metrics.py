@@ -8,7 +8,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -154,9 +154,9 @@ def metrics(
         stream = keys.metrics_stream(task_id)
         live = Live()
         cursor = "0-0"
-        batch = _read(redis, stream, cursor, None)
-        live.add(batch)
-        cursor = batch[-1][0] if batch else cursor
+        for batch in _pages(redis, stream):
+            live.add(batch)
+            cursor = batch[-1][0]
         if not follow:
             _show(task_id, status, live.series, as_json, as_csv, live=True)
             return
@@ -189,7 +189,8 @@ def metrics(
                     checked = now
                     status = lean_task(task_id)["status"]
                     if status in FINISHED:
-                        live.add(_read(redis, stream, cursor, None))
+                        for batch in _pages(redis, stream, cursor):
+                            live.add(batch)
                         ended = status
         if as_json:
             _json_line(task_id, ended, live.series)
@@ -310,17 +311,32 @@ def _read(
 ) -> list[tuple[str, Mapping[Any, Any]]]:
     try:
         raw: Any
-        if after == "0-0" and count is None:
-            raw = redis.xrange(stream, "-", "+")
-        else:
-            from orchestrator.queue.plain import PlainRedis
-            from orchestrator.queue.streams import entries
+        from orchestrator.queue.plain import PlainRedis
+        from orchestrator.queue.streams import entries
 
-            assert not isinstance(redis, PlainRedis)  # a follow reads through redis-py
-            raw = entries(redis.xread({stream: after}, count=count, block=block_ms))
+        assert not isinstance(redis, PlainRedis)  # a follow reads through redis-py
+        raw = entries(redis.xread({stream: after}, count=count, block=block_ms))
     except Exception as exc:  # redis-py's errors; the CLI prints one line
         raise ServiceUnavailable(f"cannot read live metrics from Redis: {exc}") from None
     return [(_text(entry_id), fields) for entry_id, fields in raw]
+
+
+def _pages(
+    redis: Redis | PlainRedis, stream: str, after: str | None = None
+) -> Iterator[list[tuple[str, Mapping[Any, Any]]]]:
+    """The stream's entries after `after` (all by default), a page at a time
+    (`lean.stream_pages`): never the whole of a stream anyone can append to at once."""
+    from orchestrator.cli.lean import stream_pages
+
+    pages = stream_pages(redis, stream, after)
+    while True:
+        try:
+            raw = next(pages, None)
+        except Exception as exc:  # redis-py's errors; the CLI prints one line
+            raise ServiceUnavailable(f"cannot read live metrics from Redis: {exc}") from None
+        if raw is None:
+            return
+        yield [(_text(entry_id), fields) for entry_id, fields in raw]
 
 
 def _field(fields: Mapping[Any, Any], name: str) -> str:

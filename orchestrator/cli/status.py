@@ -207,13 +207,13 @@ def _overview(data: dict[str, Any], now: dt.datetime) -> RenderableType:
     else:
         state = _text(("down", "red"), f": last heartbeat {_ago(s['heartbeat_age_s'])}")
     if s["leader"]:
-        state.append(f"; leader {s['leader']}")
+        state.append(f"; leader {output.one_line(s['leader'])}")  # Redis's: anyone's
         if s["lease_ttl_s"] is not None:
             state.append(f" (lease {s['lease_ttl_s']:.1f} s left)")
     elif data["redis"]["reachable"]:
         state.append("; no leader holds the lease", style="yellow")
     elif s["recorded_leader"]:
-        state.append(f"; last leader {s['recorded_leader']}")
+        state.append(f"; last leader {output.one_line(s['recorded_leader'])}")
     if s["alive"] and not s["firing"]:
         state.append("; ")
         state.append("not firing", style="red")

@@ -119,8 +119,11 @@ class PlainRedis:
         return Pipeline(self)
 
     # A stream read as redis-py's methods of these names do (`retrain logs`, `metrics`).
-    def xrange(self, name: str, min: str = "-", max: str = "+") -> list[Any]:
-        return self._one(["XRANGE", name, min, max])
+    def xrange(
+        self, name: str, min: str = "-", max: str = "+", count: int | None = None
+    ) -> list[Any]:
+        words = ["XRANGE", name, min, max]
+        return self._one([*words, "COUNT", str(count)] if count is not None else words)
 
     def xrevrange(
         self, name: str, max: str = "+", min: str = "-", count: int | None = None

@@ -50,3 +50,31 @@ def test_status_survives_hostile_advertisements_and_counts_refused_reports(
     assert "reports refused: 1" in shown and "not JSON" in shown, shown
     data = cli.json("status")
     assert data["reports"]["refused"] == 1  # type: ignore[index]
+
+
+def test_a_leader_name_from_redis_stays_on_its_line(cli: CLI, attacker: redis.Redis) -> None:
+    """The lease's value is anyone's with Redis access: a line break in it must not print a
+    line of status's own ("the scheduler is alive") under the scheduler row."""
+    attacker.set(keys.SCHEDULER_LEASE, "evil\nthe scheduler is alive\x1b[2J", px=60_000)
+    shown = cli("status").out
+    assert "\x1b" not in shown, repr(shown)
+    assert not any(line.lstrip().startswith("the scheduler is alive") for line in
+                   shown.splitlines()), shown
+    assert "leader evil\\nthe scheduler is alive\\x1b[2J" in shown, shown
+
+
+def test_queues_only_redis_names_are_few_rows(cli: CLI, attacker: redis.Redis) -> None:
+    """Anyone with the workers' Redis access (`rq:*`) can register a million queue names:
+    status shows the queues the store knows, and of those only Redis names, the few with the
+    most jobs waiting (a row each for 50,000 empty names took 66 s; a million, over 3 GB)."""
+    with attacker.pipeline(transaction=False) as pipe:
+        for i in range(0, 20_000, 1000):
+            pipe.sadd("rq:queues", *[f"rq:queue:fake{j}" for j in range(i, i + 1000)])
+        for j in range(200):
+            pipe.rpush(f"rq:queue:fake{j}", *(["x"] * (j + 1)))
+        pipe.execute()
+    data = cli.json("status")
+    names = [q["name"] for q in data["queues"]]  # type: ignore[index]
+    assert len(names) == 50, len(names)
+    assert set(names) == {f"fake{j}" for j in range(150, 200)}
+    assert len(cli("status").out.splitlines()) < 120

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -89,13 +90,26 @@ def test_follow_on_a_finished_run_ends_like_a_live_follow(
     cli: CLI, project: redis.Redis, code: int, status: str, exit_code: int
 ) -> None:
     run = cli("task", "run", "logs/train", "--param", f"General/code={code}").out.strip()
-    # Live: the worker's end entry stops the follow.
+    # Live: the worker's end entry makes the follow ask the store, which says how it ended
+    # once the scheduler took the worker's report (an end entry alone is anyone's to forge).
     run_worker()
-    live = cli("logs", run, "-f", expect=exit_code)
-    assert live.out.splitlines() == EXPECTED
-    assert f"task {run} ended: {status}" in live.err
+    follower = subprocess.Popen(
+        [sys.executable, "-c", "from orchestrator.cli import main; main()", "logs", run, "-f"],
+        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(3)
+        assert follower.poll() is None, follower.communicate()  # the store says queued
+        ingest(project)
+        out, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+    assert follower.returncode == exit_code, err
+    assert out.splitlines() == EXPECTED
+    assert f"task {run} ended: {status}" in err
     # Finished and stored: the same ending, the same exit code.
-    ingest(project)
     assert cli.json("task", "show", run)["status"] == status
     stored = cli("logs", run, "-f", expect=exit_code)
     assert stored.out.splitlines() == EXPECTED
@@ -125,10 +139,10 @@ def test_a_follower_outlives_a_dropped_redis_connection(cli: CLI, project: redis
         for client_id in blocked():
             project.client_kill_filter(_id=client_id)
         project.xadd(keys.logs_stream(run), {"stream": "stdout", "line": "after the drop"})
-        project.xadd(keys.logs_stream(run), {"stream": "end", "line": "completed"})
+        cli("task", "abort", run)  # how it ends is the store's to say
         out, err = follower.communicate(timeout=120)
     finally:
         follower.kill()
         follower.wait()
     assert out.splitlines() == ["after the drop"], err
-    assert follower.returncode == 0 and f"task {run} ended: completed" in err, err
+    assert follower.returncode == 1 and f"task {run} ended: aborted" in err, err
