@@ -144,7 +144,11 @@ def metrics(
         raise UserError(f"task {task} is a draft: it has not run (queue it: retrain task enqueue)")
     stored = lean_read(lambda conn: records.series(conn, task_id))
     if stored or (status in FINISHED and not follow):
-        _show(task_id, status, stored or _from_metrics(info["metrics"]), as_json, as_csv)
+        series = stored or _from_metrics(info["metrics"])
+        if follow and as_json:  # one object a line, as a live follow ends
+            _json_line(task_id, status, series, live=False)
+        else:
+            _show(task_id, status, series, as_json, as_csv)
         if follow:
             _ended(task_id, status)
         return
@@ -288,9 +292,11 @@ def _number(value: Any) -> str:
     return f"{value:.6g}"
 
 
-def _json_line(task_id: str, status: str | None, series: Mapping[str, Any]) -> None:
+def _json_line(
+    task_id: str, status: str | None, series: Mapping[str, Any], *, live: bool = True
+) -> None:
     sys.stdout.write(
-        json.dumps({"task": task_id, "status": status, "live": True, "series": series}) + "\n"
+        json.dumps({"task": task_id, "status": status, "live": live, "series": series}) + "\n"
     )
     sys.stdout.flush()
 
