@@ -133,7 +133,7 @@ def metrics(
     running task (exit 1 when it fails or is aborted)."""
     if as_json and as_csv:
         raise UserError("--json and --csv: choose one")
-    from orchestrator.cli.lean import lean_read, lean_task, patiently, stream_reader
+    from orchestrator.cli.lean import lean_read, lean_task, never_ran, patiently, stream_reader
     from orchestrator.tasks import records
 
     # The task and its stored series from the bare driver (tasks/records.py), and without -f
@@ -141,7 +141,7 @@ def metrics(
     info = lean_task(task)
     task_id, status = info["id"], info["status"]
     if status == "draft":
-        raise UserError(f"task {task} is a draft: it has not run (queue it: retrain task enqueue)")
+        raise never_ran(info)
     stored = lean_read(lambda conn: records.series(conn, task_id))
     if stored or (status in FINISHED and not follow):
         series = stored or _from_metrics(info["metrics"])
