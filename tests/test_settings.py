@@ -95,3 +95,11 @@ def test_a_previous_release_driver_url_is_refused_with_the_url_to_use(
     assert "RETRAIN_DATABASE_URL=postgresql://u:***@db:5432/r" in err
     assert "s3cret" not in err
     assert "psycopg2" in err
+
+
+@pytest.mark.parametrize("command", [["strat"], ["redis", "strat"], ["model", "shwo"]])
+def test_a_mistyped_command_is_suggested_once(cli: CLI, command: list[str]) -> None:
+    """New-user pass, round 2: click (8.2 and later) and typer both added their suggestion:
+    `Did you mean 'status'? Did you mean 'status'?`."""
+    err = cli(*command, expect=2).err
+    assert err.count("Did you mean") == 1, err

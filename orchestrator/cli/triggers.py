@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from orchestrator.triggers.config import Config
     from orchestrator.triggers.match import EventView
 
-app = typer.Typer(help="Check, list, test and explain triggers.", no_args_is_help=True)
+app = typer.Typer(
+    help="Check, list, test and explain triggers.", no_args_is_help=True, suggest_commands=False
+)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 TriggersOpt = Annotated[
