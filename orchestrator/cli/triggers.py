@@ -169,6 +169,7 @@ def list_triggers(triggers: TriggersOpt = None, as_json: JsonFlag = False) -> No
     the scheduler first saw it. A trigger no scheduler has loaded yet shows `-`."""
     from sqlalchemy import func, select
 
+    from orchestrator.store.lean import json_time
     from orchestrator.store.models import TriggerFiring, TriggerState
 
     config = _load(triggers)
@@ -194,9 +195,9 @@ def list_triggers(triggers: TriggersOpt = None, as_json: JsonFlag = False) -> No
                 "template": t.run.template,
                 "enabled": t.enabled,
                 "fired": count,
-                "last_fired": last.isoformat() if last else None,
+                "last_fired": json_time(last),
                 "start_seq": start.start_seq if start else None,
-                "started_at": start.created_at.isoformat() if start else None,
+                "started_at": json_time(start.created_at) if start else None,
             }
         )
     if as_json:
