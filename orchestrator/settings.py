@@ -261,9 +261,13 @@ def _check_database_url(url: str) -> None:
         raise ValueError(f"unsupported database {match.group(1)!r}; use sqlite or postgresql")
     dialect, driver = match.group(1), match.group(2)
     if driver is not None and driver != DATABASE_DRIVERS[dialect]:
+        # `postgresql+psycopg://` was right for releases that shipped psycopg 3: say what to
+        # set instead, the same URL without a driver (retrain names its own), password hidden.
+        plain = dialect + url[match.end(2) :]
         raise ValueError(
             f"driver {driver!r} is not the one retrain ships for {dialect} "
-            f"({DATABASE_DRIVERS[dialect]}); name none, e.g. {dialect}://..."
+            f"({DATABASE_DRIVERS[dialect]}); "
+            f"name no driver: RETRAIN_DATABASE_URL={redact_url(plain)}"
         )
     if match.group(1) == "sqlite":
         path = urlsplit(url).path.lstrip("/")

@@ -83,3 +83,23 @@ def test_fast_commands_check_settings_as_every_command_does(
     monkeypatch.setenv("RETRAIN_HEARTBEAT_TTL_S", "abc")
     err = cli(*command, expect=2).err
     assert err.startswith("retrain: error: ") and "RETRAIN_HEARTBEAT_TTL_S" in err, err
+
+
+def test_a_previous_release_driver_url_is_refused_with_the_url_to_use(
+    cli: CLI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New-user pass, round 2: `postgresql+psycopg://` was the driver the previous release
+    shipped. The refusal names the URL to set instead (password hidden), not `...`."""
+    monkeypatch.setenv("RETRAIN_DATABASE_URL", "postgresql+psycopg://u:pw-s3cret@db:5432/r")
+    err = cli("config", "show", expect=2).err
+    assert "RETRAIN_DATABASE_URL=postgresql://u:***@db:5432/r" in err
+    assert "s3cret" not in err
+    assert "psycopg2" in err
+
+
+@pytest.mark.parametrize("command", [["strat"], ["redis", "strat"], ["model", "shwo"]])
+def test_a_mistyped_command_is_suggested_once(cli: CLI, command: list[str]) -> None:
+    """New-user pass, round 2: click (8.2 and later) and typer both added their suggestion:
+    `Did you mean 'status'? Did you mean 'status'?`."""
+    err = cli(*command, expect=2).err
+    assert err.count("Did you mean") == 1, err

@@ -9,9 +9,15 @@ import typer
 from orchestrator.cli import output
 from orchestrator.cli.context import runtime
 
-config_app = typer.Typer(help="Show the resolved settings.", no_args_is_help=True)
-db_app = typer.Typer(help="Manage the store's schema.", no_args_is_help=True)
-storage_app = typer.Typer(help="Maintain blob storage.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Show the resolved settings.", no_args_is_help=True, suggest_commands=False
+)
+db_app = typer.Typer(
+    help="Manage the store's schema.", no_args_is_help=True, suggest_commands=False
+)
+storage_app = typer.Typer(
+    help="Maintain blob storage.", no_args_is_help=True, suggest_commands=False
+)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 

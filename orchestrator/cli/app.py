@@ -41,6 +41,7 @@ ENTRIES: dict[str, tuple[str, str, bool]] = {
 def build(names: Iterable[str] | None = None) -> typer.Typer:
     """The root command holding `names` (default: every command, in the order of ENTRIES)."""
     root = typer.Typer(
+        suggest_commands=False,
         name="retrain",
         help="Event-driven retraining: version datasets, declare triggers, run training on GPUs.",
         no_args_is_help=True,

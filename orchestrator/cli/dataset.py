@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(
+    suggest_commands=False,
     help="Create, change, finalize, tag and fetch dataset versions.", no_args_is_help=True
 )
 

@@ -85,6 +85,24 @@ def lean_task(task_id: str) -> dict[str, Any]:
     return lean_read(work)
 
 
+def never_ran(info: dict[str, Any]) -> Exception:
+    """The error `logs` and `metrics` give a draft: a template is run with `task run` (it is
+    never queued itself), a draft run is queued with `task enqueue`."""
+    from orchestrator.errors import UserError
+
+    task_id = info["id"]
+    if info.get("kind") == "template":
+        return UserError(
+            f"task {task_id} is a template ({info['project']}/{info['name']} revision "
+            f"{info['revision']}): it never runs itself, its runs do (start one with: "
+            f"retrain task run {task_id}; list them with: retrain task list --template "
+            f"{task_id})"
+        )
+    return UserError(
+        f"task {task_id} is a draft: it has not run (queue it: retrain task enqueue {task_id})"
+    )
+
+
 @contextmanager
 def stream_reader(follow: bool) -> Iterator[Any]:
     """A client to read a run's live stream (its log, its metrics). To follow it, redis-py:

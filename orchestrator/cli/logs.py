@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 import typer
 
 from orchestrator.cli.context import runtime
-from orchestrator.cli.lean import lean_task, patiently, stream_reader
-from orchestrator.errors import UserError
+from orchestrator.cli.lean import lean_task, never_ran, patiently, stream_reader
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -46,7 +45,7 @@ def logs(
     info = lean_task(task)
     task_id, status = info["id"], info["status"]
     if status == "draft":
-        raise UserError(f"task {task} is a draft: it has not run (queue it: retrain task enqueue)")
+        raise never_ran(info)
     if not (follow and status in ("queued", "running")) and _print_stored(info, tail):
         if follow:
             _ended(task_id, status)  # the end a live follow would have printed

@@ -133,7 +133,7 @@ def metrics(
     running task (exit 1 when it fails or is aborted)."""
     if as_json and as_csv:
         raise UserError("--json and --csv: choose one")
-    from orchestrator.cli.lean import lean_read, lean_task, patiently, stream_reader
+    from orchestrator.cli.lean import lean_read, lean_task, never_ran, patiently, stream_reader
     from orchestrator.tasks import records
 
     # The task and its stored series from the bare driver (tasks/records.py), and without -f
@@ -141,10 +141,14 @@ def metrics(
     info = lean_task(task)
     task_id, status = info["id"], info["status"]
     if status == "draft":
-        raise UserError(f"task {task} is a draft: it has not run (queue it: retrain task enqueue)")
+        raise never_ran(info)
     stored = lean_read(lambda conn: records.series(conn, task_id))
     if stored or (status in FINISHED and not follow):
-        _show(task_id, status, stored or _from_metrics(info["metrics"]), as_json, as_csv)
+        series = stored or _from_metrics(info["metrics"])
+        if follow and as_json:  # one object a line, as a live follow ends
+            _json_line(task_id, status, series, live=False)
+        else:
+            _show(task_id, status, series, as_json, as_csv)
         if follow:
             _ended(task_id, status)
         return
@@ -289,9 +293,11 @@ def _number(value: Any) -> str:
     return f"{value:.6g}"
 
 
-def _json_line(task_id: str, status: str | None, series: Mapping[str, Any]) -> None:
+def _json_line(
+    task_id: str, status: str | None, series: Mapping[str, Any], *, live: bool = True
+) -> None:
     sys.stdout.write(
-        json.dumps({"task": task_id, "status": status, "live": True, "series": series}) + "\n"
+        json.dumps({"task": task_id, "status": status, "live": live, "series": series}) + "\n"
     )
     sys.stdout.flush()
 

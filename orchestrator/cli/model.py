@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from orchestrator.models.views import ModelInfo
 
 app = typer.Typer(
+    suggest_commands=False,
     help="Register trained models, tag and publish them, find them.", no_args_is_help=True
 )
 

@@ -10,9 +10,11 @@ from orchestrator.cli import output
 from orchestrator.cli.context import runtime
 
 queue_app = typer.Typer(
+    suggest_commands=False,
     help="Inspect queues and make Redis agree with the store.", no_args_is_help=True
 )
 redis_app = typer.Typer(
+    suggest_commands=False,
     help="The embedded Redis used when RETRAIN_REDIS_URL is unset.", no_args_is_help=True
 )
 

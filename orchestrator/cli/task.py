@@ -14,6 +14,7 @@ from orchestrator.cli.context import runtime
 from orchestrator.errors import UserError
 
 app = typer.Typer(
+    suggest_commands=False,
     help="Register template tasks, clone them with overrides, queue runs.", no_args_is_help=True
 )
 

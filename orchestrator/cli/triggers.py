@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from orchestrator.triggers.config import Config
     from orchestrator.triggers.match import EventView
 
-app = typer.Typer(help="Check, list, test and explain triggers.", no_args_is_help=True)
+app = typer.Typer(
+    help="Check, list, test and explain triggers.", no_args_is_help=True, suggest_commands=False
+)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 TriggersOpt = Annotated[
@@ -167,6 +169,7 @@ def list_triggers(triggers: TriggersOpt = None, as_json: JsonFlag = False) -> No
     the scheduler first saw it. A trigger no scheduler has loaded yet shows `-`."""
     from sqlalchemy import func, select
 
+    from orchestrator.store.lean import json_time
     from orchestrator.store.models import TriggerFiring, TriggerState
 
     config = _load(triggers)
@@ -192,9 +195,9 @@ def list_triggers(triggers: TriggersOpt = None, as_json: JsonFlag = False) -> No
                 "template": t.run.template,
                 "enabled": t.enabled,
                 "fired": count,
-                "last_fired": last.isoformat() if last else None,
+                "last_fired": json_time(last),
                 "start_seq": start.start_seq if start else None,
-                "started_at": start.created_at.isoformat() if start else None,
+                "started_at": json_time(start.created_at) if start else None,
             }
         )
     if as_json:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.store.lean import Row, fetch, iso, json_value
+from orchestrator.store.lean import Row, fetch, json_time, json_value
 
 SQL = (
     "SELECT f.created_at, f.trigger_name, f.event_seq, f.decision, f.reason, f.task_id, "
@@ -28,7 +28,7 @@ def history(conn: Any, *, trigger: str | None = None, limit: int = 50) -> list[R
         payload = json_value(r["payload"])
         out.append(
             {
-                "time": iso(r["created_at"]),
+                "time": json_time(r["created_at"]),
                 "trigger": r["trigger_name"],
                 "event": int(r["event_seq"]),
                 "kind": r["kind"],

@@ -393,6 +393,12 @@ def test_series_are_stored_with_the_run_and_compared(
     assert "two or more" in cli("task", "compare", first, expect=2).err
     assert "no task" in cli("metrics", "0" * 32, expect=2).err.lower()
     assert "choose one" in cli("metrics", first, "--json", "--csv", expect=2).err
+    # New-user pass, round 2: `-f --json` is one object a line, also when the run had ended
+    # before the follow began (it was the pretty-printed object, over many lines).
+    followed = cli("metrics", first, "-f", "--json")
+    [line] = followed.out.splitlines()
+    assert json.loads(line)["series"]["loss"]["last"] == 0.1
+    assert json.loads(line)["status"] == "completed"
 
 
 def test_series_past_the_limits_are_refused_and_the_builder_cuts(

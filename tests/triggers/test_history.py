@@ -54,7 +54,7 @@ def test_history_from_the_driver_matches_the_store(
             )
             expected = [
                 {
-                    "time": f.created_at.isoformat(),
+                    "time": f.created_at.isoformat().replace("+00:00", "Z"),  # as task show
                     "trigger": f.trigger_name,
                     "event": f.event_seq,
                     "kind": e.kind,

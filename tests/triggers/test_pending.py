@@ -143,6 +143,8 @@ def test_a_trigger_new_to_the_file_sees_every_event_its_scheduler_has_not_proces
     assert sorted(fired_for(runtime)) == sorted(versions)
     [row] = [r for r in loop.cli.json("triggers", "list") if r["name"] == NAME]
     assert row["start_seq"] == start and row["started_at"]
+    # New-user pass, round 2: times in JSON end in Z, as in task show and history.
+    assert row["started_at"].endswith("Z") and row["last_fired"].endswith("Z")
     assert "since event" in loop.cli("triggers", "list").out
     runtime.close()
 

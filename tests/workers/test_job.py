@@ -525,5 +525,5 @@ def test_logs_follow_a_running_task_then_come_from_storage(
     redis.Redis.from_url(url).delete(keys.logs_stream(run))  # the stored log remains
     assert cli("logs", run).out == "started\n"
     assert cli("logs", run, "--tail", "1").out == "started\n"
-    assert "is a draft" in cli("logs", template, expect=2).err
+    assert "is a template" in cli("logs", template, expect=2).err
     runtime.close()
