@@ -211,6 +211,12 @@ def sandbox_level() -> str:
 _AGENT_CLASS: type[Any] | None = None
 
 
+def _redis_down(what: str, exc: BaseException) -> None:
+    import structlog
+
+    structlog.get_logger("retrain.worker").warning(f"Redis unreachable: {what}", error=str(exc))
+
+
 def agent_class() -> type[Any]:
     """RQ's forking `Worker`, plus what retrain needs of it (made on first use, so importing
     this module does not import RQ):
@@ -224,9 +230,12 @@ def agent_class() -> type[Any]:
     global _AGENT_CLASS
     if _AGENT_CLASS is not None:
         return _AGENT_CLASS
+    import redis
     from rq import Worker
 
     from orchestrator import health
+
+    redis_down = (redis.ConnectionError, redis.TimeoutError)
 
     class Agent(Worker):
         advertised: dict[str, str]
@@ -324,12 +333,24 @@ def agent_class() -> type[Any]:
             )
 
         def register_death(self) -> None:
-            super().register_death()  # type: ignore[no-untyped-call]
             health.forget(self.home, "worker", self.name)
-            with self.connection.pipeline() as pipe:
-                pipe.delete(keys.worker_key(self.name))
-                pipe.zrem(keys.WORKERS, self.name)
-                pipe.execute()
+            try:
+                super().register_death()  # type: ignore[no-untyped-call]
+                with self.connection.pipeline() as pipe:
+                    pipe.delete(keys.worker_key(self.name))
+                    pipe.zrem(keys.WORKERS, self.name)
+                    pipe.execute()
+            except redis_down as exc:  # its advertisement expires on its own
+                _redis_down("could not remove this worker's advertisement", exc)
+
+        def maintain_heartbeats(self, job: Any, execution: Any) -> None:
+            """RQ's beat while a job runs. Redis unreachable for a while (a restart, a
+            failover) is survived: the job goes on, the beat comes again at the next
+            monitoring interval; RQ would let the error end the worker and its job."""
+            try:
+                super().maintain_heartbeats(job, execution)
+            except redis_down as exc:
+                _redis_down("the worker's heartbeat failed; the job goes on", exc)
 
         def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
             super().heartbeat(timeout, pipeline)

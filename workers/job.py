@@ -8,6 +8,7 @@ the worker's parent: this module is imported by the forked work horse.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -49,6 +50,8 @@ MLFLOW_STORE = "mlruns"
 """The MLflow file store a job gets under its output folder when its task sets no tracking
 URI; read (not uploaded as it is) after the run."""
 JOB_API_DIR = Path(__file__).resolve().parent / "jobapi"
+REPORT_RETRY_MIN_S = 60.0
+"""The least time a finished run's report is retried while Redis is unreachable."""
 """A folder holding only `retrain_run.py` (stdlib only): prepended to every job's PYTHONPATH,
 so `import retrain_run` works in any job without installing anything into its environment."""
 
@@ -183,7 +186,7 @@ class Job:
         if self.superseded.is_set():
             shutil.rmtree(self.workdir, ignore_errors=True)
             return {**result, "status": "superseded"}
-        self._send(
+        self._send_patiently(
             reports.finished(
                 self.task_id,
                 self.worker,
@@ -722,6 +725,23 @@ class Job:
             secret=self.settings.worker_secret,
             heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
         )
+
+    def _send_patiently(self, report: Mapping[str, Any]) -> None:
+        """The run's end, sent again each few seconds while Redis is unreachable (a restart, a
+        failover), for up to the heartbeat lifetime, with heartbeats meanwhile: a run that
+        finished during an outage is recorded as it ended, not as lost. Past that, the
+        error: the scheduler has marked the run lost by then."""
+        deadline = time.monotonic() + max(REPORT_RETRY_MIN_S, self.settings.heartbeat_ttl_s)
+        while True:
+            try:
+                self._send(report)
+                return
+            except Exception:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(2.0)
+                with contextlib.suppress(Exception):
+                    self._send(reports.heartbeat(self.task_id, self.worker, self.attempt))
 
     def _fenced(self) -> bool:
         """Whether the scheduler has given this task to another attempt (or ended it)."""
