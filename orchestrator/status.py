@@ -47,6 +47,10 @@ FAILED_WINDOW_S = 24 * 3600
 LOST_SHOWN_S = 24 * 3600
 """A lost worker (its hash expired) stays on the display this long after its last beat."""
 
+WORKERS_READ = 1000
+"""The most worker entries status reads, the most recently seen first: anyone with the
+workers' Redis access can add entries, and each costs a read and a row."""
+
 REDIS_ONLY_QUEUES = 50
 """Queues that neither the store nor a live worker knows, only Redis, shown at most (those
 with the most jobs waiting)."""
@@ -91,6 +95,8 @@ class RedisView:
     """Jobs waiting per RQ queue name (`gpu`, `gpu:high`, ...)."""
     workers: list[Row] = field(default_factory=list)
     lost_hidden: int = 0
+    not_read: int = 0
+    """Worker entries past `WORKERS_READ`, the least recently seen, left unread."""
     """Whether the last scheduler to start checks report signatures; None: no word yet."""
 
     @property
@@ -135,8 +141,9 @@ def _read_redis(client: Redis | PlainRedis, url: str, now: dt.datetime) -> Redis
     pipe.get(keys.SCHEDULER_LEASE)
     pipe.pttl(keys.SCHEDULER_LEASE)
     pipe.smembers(RQ_QUEUES)
-    pipe.zrange(keys.WORKERS, 0, -1, withscores=True)
-    leader, pttl, queue_keys, members = pipe.execute()
+    pipe.zcard(keys.WORKERS)
+    pipe.zrange(keys.WORKERS, -WORKERS_READ, -1, withscores=True)
+    leader, pttl, queue_keys, total, members = pipe.execute()
 
     rq_keys = sorted(k for k in (_text(q) for q in queue_keys) if k.startswith(RQ_QUEUE_PREFIX))
     names = [(_text(m), float(score)) for m, score in members]
@@ -149,6 +156,7 @@ def _read_redis(client: Redis | PlainRedis, url: str, now: dt.datetime) -> Redis
 
     view = RedisView(url, leader=_text(leader) if leader is not None else None)
     view.lease_ttl_s = pttl / 1000 if isinstance(pttl, int) and pttl >= 0 else None
+    view.not_read = max(0, int(total) - len(names))
     view.waiting = {
         key.removeprefix(RQ_QUEUE_PREFIX): int(n)
         for key, n in zip(rq_keys, replies[: len(rq_keys)], strict=True)
@@ -396,7 +404,8 @@ def collect(
       `task_age_s`, `started`, `heartbeat` (for a lost worker: when it was last seen),
       `heartbeat_age_s`, `sandbox` (what its jobs run in: `landlock-abi-N`, `none`, `off`,
       with `, as USER`), `reports` (`signed` or `unsigned`). `workers_lost_hidden`: lost
-      workers silent for over 24 h, left out.
+      workers silent for over 24 h, left out. `workers_not_read`: worker entries past the
+      `WORKERS_READ` most recently seen, not read.
     - `firings`: the newest trigger decisions: `time`, `trigger`, `decision` (fired, skipped,
       coalesced, superseded), `reason`, `event` ({`seq`, `kind`, `project`, `name`,
       `version`, `tags`}), `task`, `task_status`.
@@ -461,6 +470,7 @@ def collect(
         "queues": _queues(_active(conn), _failed_since(conn, since), redis, now),
         "workers": [_worker_out(w, names, now) for w in workers] if workers is not None else None,
         "workers_lost_hidden": redis.lost_hidden,
+        "workers_not_read": redis.not_read,
         "firings": _firings(conn, firings),
         "waiting": waiting_firings(conn),
         "reports": {

@@ -299,6 +299,7 @@ SCHEMA: dict[str, Any] = {
     "time": str,
     "database": str,
     "workers_lost_hidden": int,
+    "workers_not_read": int,
     "redis": {"url": (str, None), "reachable": bool, "error": (str, None)},
     "scheduler": {
         "alive": bool,

@@ -375,6 +375,9 @@ def _workers(data: dict[str, Any]) -> list[RenderableType]:
         return [_title("workers"), Text("unknown: Redis is unreachable", style="yellow")]
     hidden = data["workers_lost_hidden"]
     note = [Text(f"{hidden} lost worker(s) silent for over 24 h not shown")] if hidden else []
+    if data.get("workers_not_read"):
+        unread = data["workers_not_read"]
+        note.append(Text(f"{unread} more worker entries (the least recently seen) not read"))
     if not workers:
         return [_title("workers"), Text("no worker has announced itself"), *note]
     styles = {"idle": "green", "busy": "cyan", "stopping": "yellow", "lost": "red"}

@@ -220,6 +220,9 @@ class Pipeline:
     def hgetall(self, key: str) -> Pipeline:
         return self._add("dict", "HGETALL", key)
 
+    def zcard(self, key: str) -> Pipeline:
+        return self._add("", "ZCARD", key)
+
     def zrange(self, key: str, start: int, end: int, withscores: bool = False) -> Pipeline:
         if withscores:
             return self._add("scores", "ZRANGE", key, start, end, "WITHSCORES")

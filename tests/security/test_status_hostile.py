@@ -78,3 +78,24 @@ def test_queues_only_redis_names_are_few_rows(cli: CLI, attacker: redis.Redis) -
     assert len(names) == 50, len(names)
     assert set(names) == {f"fake{j}" for j in range(150, 200)}
     assert len(cli("status").out.splitlines()) < 120
+
+
+def test_a_flood_of_worker_entries_is_read_in_part(cli: CLI, attacker: redis.Redis) -> None:
+    """Anyone with the workers' Redis access can add worker entries: 20,000 made status take
+    11 s, and a million minutes (attacker pass, round 2). Status reads the most recently seen
+    ones, up to a bound, and says how many more there are."""
+    import time
+
+    from orchestrator.status import WORKERS_READ
+
+    now = time.time()
+    with attacker.pipeline(transaction=False) as pipe:
+        for i in range(0, 20_000, 1000):
+            pipe.zadd(keys.WORKERS, {f"fake{j}": now - j for j in range(i, i + 1000)})
+        pipe.execute()
+    data = cli.json("status")
+    workers = data["workers"]  # type: ignore[index]
+    assert len(workers) == WORKERS_READ, len(workers)
+    assert data["workers_not_read"] == 20_000 - WORKERS_READ  # type: ignore[index]
+    assert {w["name"] for w in workers} == {f"fake{j}" for j in range(WORKERS_READ)}
+    assert f"{20_000 - WORKERS_READ} more worker" in cli("status").out
