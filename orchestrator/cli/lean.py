@@ -4,8 +4,7 @@ through `orchestrator.store.lean`, printing a version, and `dataset tag` itself,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.cli import output
@@ -103,53 +102,6 @@ def never_ran(info: dict[str, Any]) -> Exception:
     )
 
 
-@contextmanager
-def stream_reader(follow: bool) -> Iterator[Any]:
-    """A client to read a run's live stream (its log, its metrics). To follow it, redis-py:
-    a follow lasts as long as the run, and redis-py reconnects when Redis drops the
-    connection (a restart, a proxy's idle timeout). To read it once, a socket of our own
-    (`queue/plain.py`: XRANGE and XREVRANGE with redis-py's reply shapes, nothing in them
-    executed), unless the URL needs redis-py (TLS, options)."""
-    from orchestrator.queue.connection import embedded_url
-    from orchestrator.queue.plain import PlainRedis
-
-    if follow:
-        yield runtime().redis
-        return
-    settings = runtime().settings
-    url = settings.redis_url or embedded_url(settings, start=True)
-    plain = PlainRedis.of(url) if url else None
-    if plain is None:
-        yield runtime().redis
-        return
-    try:
-        yield plain
-    finally:
-        plain.close()
-
-
-RECONNECT_S = 60.0
-"""How long a follower (`logs -f`, `metrics -f`) waits for Redis to answer again."""
-
-
-def patiently(read: Callable[[], T]) -> T:
-    """`read()` for a follower: while Redis is unreachable or drops the connection (a
-    restart, a proxy's idle timeout), again each second for up to `RECONNECT_S`, then its
-    error. The caller's cursor is unchanged meanwhile, so nothing is skipped or repeated."""
-    import time
-
-    from orchestrator.errors import ServiceUnavailable
-
-    deadline = time.monotonic() + RECONNECT_S
-    while True:
-        try:
-            return read()
-        except ServiceUnavailable:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(1.0)
-
-
 def lean_write(work: Callable[[Any], tuple[T, bool]]) -> T | None:
     """`work(conn)` in one transaction on the bare database driver (no SQLAlchemy, no
     pydantic), then the scheduler's wake-up when it wrote events; None when only the full
@@ -171,34 +123,3 @@ def lean_write(work: Callable[[Any], tuple[T, bool]]) -> T | None:
     if wrote_events:
         publisher(settings)()  # after the commit, as the full store's hook does
     return result
-
-
-PAGE = 1000
-"""Entries a reader asks for at once (`stream_pages`)."""
-
-
-def stream_pages(
-    redis: Any, stream: str, after: Any = None, page: int = PAGE
-) -> Iterator[list[Any]]:
-    """The entries of `stream` after the id `after` (all of them by default), `page` at a time
-    (XRANGE with COUNT, on redis-py or `queue/plain.py` alike): a live stream is anyone's to
-    append to (the workers' Redis ACL), and one of a million tiny entries read whole cost
-    30 times its size in Redis. Redis's errors are raised as they are."""
-    start = "-" if after is None else _next_id(after)
-    while True:
-        entries = redis.xrange(stream, start, "+", count=page)
-        if not entries:
-            return
-        yield entries
-        if len(entries) < page:
-            return
-        start = _next_id(entries[-1][0])
-
-
-def _next_id(entry_id: Any) -> str:
-    """The smallest stream id after `entry_id` (Redis before 6.2 has no exclusive `(` bound)."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-    ms, _, seq = text.partition("-")
-    if int(seq or 0) + 1 < 1 << 64:
-        return f"{ms}-{int(seq or 0) + 1}"
-    return f"{int(ms) + 1}-0"

@@ -6,26 +6,27 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 import typer
 
+from orchestrator.cli import live
 from orchestrator.cli.context import runtime
-from orchestrator.cli.lean import lean_task, never_ran, patiently, stream_reader
+from orchestrator.cli.lean import lean_task, never_ran
 
 if TYPE_CHECKING:
-    from redis import Redis
 
-    from orchestrator.queue.plain import PlainRedis
+    pass
 
 STATUS_EVERY_S = 2.0
 """While following, how often the store is asked whether the task ended (a lost worker
 never writes the end of its log)."""
 FINISHED = ("completed", "failed", "aborted")
 UNSUCCESSFUL = ("failed", "aborted")
+WHAT = "the log"
 """Endings after which `-f` exits 1, so `retrain logs ID -f && next-step` stops there."""
 
 
@@ -50,16 +51,16 @@ def logs(
         if follow:
             _ended(task_id, status)  # the end a live follow would have printed
         return
-    with stream_reader(follow) as redis:
+    with live.stream_reader(follow) as redis:
         from orchestrator.queue import keys
 
         stream = keys.logs_stream(task_id)
         if tail:
             # The newest entries only (the end entry counts among them), not the whole stream.
-            entries = list(reversed(_read(redis, stream, "+", tail + 1, reverse=True)))
+            entries = live.newest(redis, stream, tail + 1, WHAT)
             pages: Iterable[list[tuple[str, dict[Any, Any]]]] = [_last_lines(entries, tail)]
         else:
-            pages = _pages(redis, stream)
+            pages = live.pages(redis, stream, WHAT)
         # How the run ended comes from the store: an `end` entry (anyone with the worker's
         # Redis access can write one) only makes the follower ask the store now.
         claimed, cursor = None, "0-0"
@@ -75,7 +76,7 @@ def logs(
         ran = status == "running"
         checked = time.monotonic() - (STATUS_EVERY_S if claimed else 0.0)
         while ended is None:
-            batch = patiently(partial(_read, redis, stream, cursor, 1000, block_ms=1000))
+            batch = live.patiently(partial(live.follow_read, redis, stream, cursor, WHAT))
             if batch:
                 cursor = batch[-1][0]
                 _print_entries(batch)
@@ -89,7 +90,7 @@ def logs(
                 ran = ran or status == "running"
                 if status in FINISHED:
                     # Drain what came after the cursor (the worker's last lines), then stop.
-                    for page in _pages(redis, stream, cursor):
+                    for page in live.pages(redis, stream, WHAT, cursor):
                         _print_entries(page)
                     ended = status
                 elif status == "queued" and ran and claimed == "released":
@@ -107,7 +108,7 @@ def _ended(task_id: str, ended: str) -> None:
 def _end(entries: list[tuple[str, dict[Any, Any]]]) -> str | None:
     """How the run ended, from the log's `end` entry (`released`: it went back to its
     queue), or None while it goes on."""
-    ends = [_field(e, "line") for _id, e in entries if _field(e, "stream") == "end"]
+    ends = [live.field(e, "line") for _id, e in entries if live.field(e, "stream") == "end"]
     return ends[-1] if ends else None
 
 
@@ -156,61 +157,16 @@ def _tail(log: BinaryIO, count: int, block: int = 64 * 1024) -> list[bytes]:
     return lines[-count:]
 
 
-def _read(
-    redis: Redis | PlainRedis,
-    stream: str,
-    after: str,
-    count: int | None,
-    block_ms: int | None = None,
-    *,
-    reverse: bool = False,
-) -> list[tuple[str, dict[Any, Any]]]:
-    from orchestrator.errors import ServiceUnavailable
-
-    try:
-        raw: Any
-        if reverse:
-            raw = redis.xrevrange(stream, "+", "-", count=count)
-        else:
-            from orchestrator.queue.plain import PlainRedis
-            from orchestrator.queue.streams import entries
-
-            assert not isinstance(redis, PlainRedis)  # a follow reads through redis-py
-            raw = entries(redis.xread({stream: after}, count=count, block=block_ms))
-    except Exception as exc:  # redis-py's errors; the CLI prints one line
-        raise ServiceUnavailable(f"cannot read the log from Redis: {exc}") from None
-    return [(_text(entry_id), fields) for entry_id, fields in raw]
-
-
-def _pages(
-    redis: Redis | PlainRedis, stream: str, after: str | None = None
-) -> Iterator[list[tuple[str, dict[Any, Any]]]]:
-    """The stream's entries after `after` (all by default), a page at a time
-    (`lean.stream_pages`): never the whole of a stream anyone can append to at once."""
-    from orchestrator.cli.lean import stream_pages
-    from orchestrator.errors import ServiceUnavailable
-
-    pages = stream_pages(redis, stream, after)
-    while True:
-        try:
-            raw = next(pages, None)
-        except Exception as exc:  # redis-py's errors; the CLI prints one line
-            raise ServiceUnavailable(f"cannot read the log from Redis: {exc}") from None
-        if raw is None:
-            return
-        yield [(_text(entry_id), fields) for entry_id, fields in raw]
-
-
 def _last_lines(
     entries: list[tuple[str, dict[Any, Any]]], count: int
 ) -> list[tuple[str, dict[Any, Any]]]:
-    lines = [i for i, (_id, e) in enumerate(entries) if _field(e, "stream") != "end"]
+    lines = [i for i, (_id, e) in enumerate(entries) if live.field(e, "stream") != "end"]
     keep = set(lines[-count:])
     return [entry for i, entry in enumerate(entries) if i in keep or i not in lines]
 
 
 def _print_entries(entries: list[tuple[str, dict[Any, Any]]]) -> None:
-    _write([_field(e, "line") for _id, e in entries if _field(e, "stream") != "end"])
+    _write([live.field(e, "line") for _id, e in entries if live.field(e, "stream") != "end"])
 
 
 def _write(lines: list[str]) -> None:
@@ -219,10 +175,3 @@ def _write(lines: list[str]) -> None:
         sys.stdout.flush()
 
 
-def _field(fields: dict[Any, Any], name: str) -> str:
-    value = fields.get(name, fields.get(name.encode(), b""))
-    return _text(value)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -8,20 +8,20 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from orchestrator.cli import live as streams
 from orchestrator.cli import output
 from orchestrator.cli.context import runtime
-from orchestrator.errors import ServiceUnavailable, UserError
+from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
-    from redis import Redis
 
-    from orchestrator.queue.plain import PlainRedis
+    pass
 
 BARS = "▁▂▃▄▅▆▇█"
 SPARK_WIDTH = 24
@@ -37,6 +37,7 @@ MAX_LIVE_POINTS = 250_000
 """Series and points kept from a live stream; past them, entries are skipped."""
 FINISHED = ("completed", "failed", "aborted")
 UNSUCCESSFUL = ("failed", "aborted")
+WHAT = "live metrics"
 
 
 def sparkline(values: Sequence[float], width: int = SPARK_WIDTH) -> str:
@@ -74,7 +75,7 @@ class Live:
 
     def add(self, entries: list[tuple[str, Mapping[Any, Any]]]) -> None:
         for _id, fields in entries:
-            if _field(fields, "end"):
+            if streams.field(fields, "end"):
                 self.end_seen = True
                 continue
             raw = fields.get("p", fields.get(b"p"))
@@ -133,7 +134,7 @@ def metrics(
     running task (exit 1 when it fails or is aborted)."""
     if as_json and as_csv:
         raise UserError("--json and --csv: choose one")
-    from orchestrator.cli.lean import lean_read, lean_task, never_ran, patiently, stream_reader
+    from orchestrator.cli.lean import lean_read, lean_task, never_ran
     from orchestrator.tasks import records
 
     # The task and its stored series from the bare driver (tasks/records.py), and without -f
@@ -154,11 +155,11 @@ def metrics(
         return
     from orchestrator.queue import keys
 
-    with stream_reader(follow) as redis:
+    with streams.stream_reader(follow) as redis:
         stream = keys.metrics_stream(task_id)
         live = Live()
         cursor = "0-0"
-        for batch in _pages(redis, stream):
+        for batch in streams.pages(redis, stream, WHAT):
             live.add(batch)
             cursor = batch[-1][0]
         if not follow:
@@ -175,7 +176,7 @@ def metrics(
                 _json_line(task_id, "running", live.series)
                 updates += 1
             while ended is None:
-                batch = patiently(partial(_read, redis, stream, cursor, 1000, block_ms=1000))
+                batch = streams.patiently(partial(streams.follow_read, redis, stream, cursor, WHAT))
                 if batch:
                     cursor = batch[-1][0]
                     live.add(batch)
@@ -193,7 +194,7 @@ def metrics(
                     checked = now
                     status = lean_task(task_id)["status"]
                     if status in FINISHED:
-                        for batch in _pages(redis, stream, cursor):
+                        for batch in streams.pages(redis, stream, WHAT, cursor):
                             live.add(batch)
                         ended = status
         if as_json:
@@ -306,54 +307,6 @@ def _ended(task_id: str, ended: str) -> None:
     sys.stderr.write(output.safe(f"retrain: task {task_id} ended: {ended}") + "\n")
     if ended in UNSUCCESSFUL:
         raise typer.Exit(1)
-
-
-def _read(
-    redis: Redis | PlainRedis,
-    stream: str,
-    after: str,
-    count: int | None,
-    block_ms: int | None = None,
-) -> list[tuple[str, Mapping[Any, Any]]]:
-    try:
-        raw: Any
-        from orchestrator.queue.plain import PlainRedis
-        from orchestrator.queue.streams import entries
-
-        assert not isinstance(redis, PlainRedis)  # a follow reads through redis-py
-        raw = entries(redis.xread({stream: after}, count=count, block=block_ms))
-    except Exception as exc:  # redis-py's errors; the CLI prints one line
-        raise ServiceUnavailable(f"cannot read live metrics from Redis: {exc}") from None
-    return [(_text(entry_id), fields) for entry_id, fields in raw]
-
-
-def _pages(
-    redis: Redis | PlainRedis, stream: str, after: str | None = None
-) -> Iterator[list[tuple[str, Mapping[Any, Any]]]]:
-    """The stream's entries after `after` (all by default), a page at a time
-    (`lean.stream_pages`): never the whole of a stream anyone can append to at once."""
-    from orchestrator.cli.lean import stream_pages
-
-    pages = stream_pages(redis, stream, after)
-    while True:
-        try:
-            raw = next(pages, None)
-        except Exception as exc:  # redis-py's errors; the CLI prints one line
-            raise ServiceUnavailable(f"cannot read live metrics from Redis: {exc}") from None
-        if raw is None:
-            return
-        yield [(_text(entry_id), fields) for entry_id, fields in raw]
-
-
-def _field(fields: Mapping[Any, Any], name: str) -> str:
-    return _text(fields.get(name, fields.get(name.encode(), b"")))
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-# -- task compare ----------------------------------------------------------------------------
 
 
 def compare(

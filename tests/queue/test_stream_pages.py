@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from orchestrator.cli.lean import stream_pages
+from orchestrator.cli.live import stream_pages
 from orchestrator.queue.plain import PlainRedis
 from tests.tasks.conftest import machine_redis_url
 
