@@ -95,7 +95,7 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     ("model", "tag", "--json"): _LEAN | {"rich"},
     ("model", "tag"): _LEAN | {"rich"},
     ("model", "publish"): _LEAN | {"rich"},
-    # The model and its run and template (models/records.show, which model_lineage runs).
+    # The model and its run and template (tasks/records.model_show, which model_lineage runs).
     ("model", "show", "--json"): _LEAN | {"rich"},
     ("model", "show"): _LEAN,
     ("model", "list"): _LEAN,

@@ -109,11 +109,11 @@ def show(model_id: ModelId, as_json: JsonFlag = False) -> None:
     """A model: where it is, its tags, its run, that run's template and input dataset
     versions, its metadata."""
     from orchestrator.cli.lean import lean_read
-    from orchestrator.models import records
+    from orchestrator.tasks import records
 
     # The SQL of models/records.py and tasks/records.py on the bare driver (the full store's
     # session runs the same when the lean path cannot serve the database).
-    shown = lean_read(lambda conn: records.show(conn, model_id))
+    shown = lean_read(lambda conn: records.model_show(conn, model_id))
     if as_json:
         output.print_json(shown)
         return

@@ -216,36 +216,3 @@ def _event(conn: Any, kind: str, record: Row, **extra: Any) -> None:
         tags=record["tags"],
         payload=event_payload(conn, record, **extra),
     )
-
-
-def show(conn: Any, model_id: str) -> Row:
-    """`model show --json`: the model (`ModelInfo`'s fields), the run that registered it and
-    the task that run was cloned from (`RunRef`'s), and the inputs the run resolved
-    (`ModelLineage`), the record `tasks.lineage.model_lineage` builds through the ORM."""
-    from orchestrator.tasks import records as task_records
-
-    info = load(conn, model_id)
-    run = task_records.task(conn, info["task_id"]) if info["task_id"] else None
-    template = task_records.task(conn, run["parent"]) if run and run["parent"] else None
-    return {
-        **info,
-        "run": _run_ref(run),
-        "template": _run_ref(template),
-        "inputs": dict(run["resolved_inputs"]) if run else {},
-    }
-
-
-def _run_ref(task: Row | None) -> Row | None:
-    if task is None:
-        return None
-    return {
-        "id": task["id"],
-        "project": task["project"],
-        "name": task["name"],
-        "status": task["status"],
-        "template": task["parent"],
-        "trigger": task["trigger"],
-        "trigger_entity": task["trigger_entity"],
-        "inputs": [],
-        "created_at": task["created_at"],
-    }

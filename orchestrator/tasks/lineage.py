@@ -165,12 +165,12 @@ def version_usage(store: Store, version_id: str, *, limit: int = RUN_LIMIT) -> V
 
 
 def model_lineage(store: Store, model_id: str) -> ModelLineage:
-    """(`models/records.show`, the queries `model show` runs without SQLAlchemy too.)"""
-    from orchestrator.models import records as model_records
+    """(`tasks/records.model_show`, the queries `model show` runs without SQLAlchemy too.)"""
+    from orchestrator.tasks import records as task_records
 
     with store.reader() as session:
         driver = session.connection().connection.driver_connection
-        shown = model_records.show(driver, model_id)
+        shown = task_records.model_show(driver, model_id)
     return ModelLineage(run=shown["run"], template=shown["template"], inputs=shown["inputs"])
 
 

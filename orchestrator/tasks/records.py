@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from orchestrator.errors import NotFound, UserError
+from orchestrator.models import records as model_records
 from orchestrator.models.records import model_ref
 from orchestrator.store.lean import Row, fetch, json_time, json_value, placeholders
 
@@ -215,3 +216,34 @@ def show(conn: Any, ref: str) -> Row:
     if info["kind"] == TEMPLATE:
         shown.update(template_overview(conn, info["project"], info["name"]))
     return shown
+
+
+def model_show(conn: Any, model_id: str) -> Row:
+    """`model show --json`: the model (`ModelInfo`'s fields), the run that registered it and
+    the task that run was cloned from (`RunRef`'s), and the inputs the run resolved
+    (`ModelLineage`; `tasks.lineage.model_lineage` runs this under the store's session)."""
+    info = model_records.load(conn, model_id)
+    run = task(conn, info["task_id"]) if info["task_id"] else None
+    template = task(conn, run["parent"]) if run and run["parent"] else None
+    return {
+        **info,
+        "run": _run_ref(run),
+        "template": _run_ref(template),
+        "inputs": dict(run["resolved_inputs"]) if run else {},
+    }
+
+
+def _run_ref(task: Row | None) -> Row | None:
+    if task is None:
+        return None
+    return {
+        "id": task["id"],
+        "project": task["project"],
+        "name": task["name"],
+        "status": task["status"],
+        "template": task["parent"],
+        "trigger": task["trigger"],
+        "trigger_entity": task["trigger_entity"],
+        "inputs": [],
+        "created_at": task["created_at"],
+    }
