@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -511,12 +512,29 @@ def test_logs_follow_a_running_task_then_come_from_storage(
     run = cli("task", "run", "dataset_blogpost/slow").out.strip()
     assert "no output yet" in cli("logs", run).err
     proc = _start_worker("--queue", "slow", "--gpus", "none", "--burst")
+    # The scheduler's part, applying the worker's reports: how the run ended is the store's
+    # to say (a live log's `end` entry only makes the follower ask it).
+    stop = threading.Event()
+
+    def ingest_until_stopped() -> None:
+        rt, client = Runtime(), redis.Redis.from_url(url)
+        try:
+            while not stop.wait(0.5):
+                Ingest(client, rt.tasks, rt.models, "test").step()
+        finally:
+            rt.close()
+            client.close()
+
+    ingester = threading.Thread(target=ingest_until_stopped)
+    ingester.start()
     try:
-        followed = cli("logs", run, "-f")  # returns when the job's log ends
+        followed = cli("logs", run, "-f")  # returns when the store says the run ended
         assert followed.out == "started\n"
         assert followed.err == f"retrain: task {run} ended: completed\n"
         assert proc.wait(60) == 0
     finally:
+        stop.set()
+        ingester.join(60)
         if proc.poll() is None:
             _kill_tree(proc.pid)
             proc.wait()
