@@ -104,10 +104,14 @@ def test_everyday_commands_load_only_what_they_need(
                 args += ["--project", "p", "--name", "d"]
             elif words[:2] == ("dataset", "add"):
                 args += ["--files", "batch.csv"]
-            elif words[:2] == ("dataset", "tag"):  # a tag it has not got yet: an event
-                args += [final, "Production" if as_json else "Staging"]
-            elif words[:2] == ("dataset", "show"):
+            elif words[:2] == ("dataset", "tag"):  # tags it has not got yet: an event
+                args += [final, *(["Production"] if as_json else ["Staging", "Canary"])]
+            elif words[:2] == ("dataset", "untag"):  # the tags the plain `dataset tag` added
+                args += [final, "Staging" if as_json else "Canary"]
+            elif words[:2] in {("dataset", "show"), ("dataset", "publish")}:
                 args += [final]
+            elif words[:2] == ("dataset", "list"):
+                args += ["--id", final]
             elif words[:2] == ("task", "show"):
                 args += [template]
             elif words[:2] == ("task", "run"):
@@ -135,7 +139,9 @@ def test_everyday_commands_load_only_what_they_need(
             if words[:2] == ("task", "run") and as_json:
                 run = str(json.loads(done.stdout)["id"])
             # Its events were announced (one PUBLISH over a plain socket, no redis-py).
-            announces = (words[0] == "dataset" and words[1] in {"create", "close", "tag"}) or (
+            announces = (
+                words[0] == "dataset" and words[1] in {"create", "close", "tag", "untag", "publish"}
+            ) or (
                 words[0] == "model" and words[1] in {"tag", "publish"}
             )
             if announces and not woken.wait(30):

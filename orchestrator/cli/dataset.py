@@ -20,7 +20,9 @@ from orchestrator.cli.lean import lean_read, lean_write, print_version
 from orchestrator.errors import UserError
 
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Callable
+
+    from orchestrator.datasets.views import VersionInfo
 
 T = TypeVar("T")
 
@@ -150,8 +152,10 @@ def list_files(
     as_json: JsonFlag = False,
 ) -> None:
     """List a version's files with size and hash, and the totals."""
+    from orchestrator.datasets import records
+
     target = drafts().resolve(version_id)
-    files = runtime().datasets.list_files(target, pattern)
+    files = lean_read(lambda conn: records.files(conn, target, pattern))
     total = sum(f.size for f in files)
     if as_json:
         output.print_json(
@@ -324,8 +328,13 @@ def untag(
     as_json: JsonFlag = False,
 ) -> None:
     """Remove tags from a version."""
-    info = runtime().datasets.untag(version_id, tags)
-    print_version(info, as_json, f"{info.label} tags: {', '.join(info.tags) or '-'}")
+    from orchestrator.datasets import records
+
+    info = _change(
+        lambda conn: records.untag(conn, version_id, tags),
+        lambda: runtime().datasets.untag(version_id, tags),
+    )
+    print_version(info, as_json, f"{records.label(info)} tags: {', '.join(info['tags']) or '-'}")
 
 
 @app.command()
@@ -334,8 +343,23 @@ def publish(
     as_json: JsonFlag = False,
 ) -> None:
     """Mark a final version as published."""
-    info = runtime().datasets.publish(version_id)
-    print_version(info, as_json, f"published {info.label}")
+    from orchestrator.datasets import records
+
+    info = _change(
+        lambda conn: records.publish(conn, version_id),
+        lambda: runtime().datasets.publish(version_id),
+    )
+    print_version(info, as_json, f"published {records.label(info)}")
+
+
+def _change(
+    work: Callable[[Any], tuple[dict[str, Any], bool]], full: Callable[[], VersionInfo]
+) -> dict[str, Any]:
+    """A version changed in one transaction on the bare driver (`records`, which the full
+    store's service runs too), or by `full()` where only the full store can serve the
+    database; its record."""
+    info = lean_write(work)
+    return full().model_dump(mode="json") if info is None else info
 
 
 @app.command()

@@ -63,6 +63,12 @@ NOT_NEEDED: dict[tuple[str, ...], frozenset[str]] = {
     # The tag from the labelling tool or a script: no typer either (cli/lean.fast_command).
     ("dataset", "tag", "--json"): _LEAN | {"rich", "typer", "click"},
     ("dataset", "tag"): _LEAN | {"rich", "typer", "click"},
+    # A version's tags removed or published (events triggers react to), its files listed.
+    ("dataset", "untag", "--json"): _LEAN | {"rich"},
+    ("dataset", "untag"): _LEAN | {"rich"},
+    ("dataset", "publish"): _LEAN | {"rich"},
+    ("dataset", "list", "--json"): _LEAN | {"rich"},
+    ("dataset", "list"): _LEAN,
     ("dataset", "search", "--json"): _LEAN | {"rich"},
     ("dataset", "show", "--json"): _LEAN | {"rich"},
     # Tables for people: rich, and nothing else heavy.

@@ -39,11 +39,13 @@ from orchestrator.store.lean import (
     json_time,
     json_value,
     placeholders,
+    remove_tags,
     stamp,
     utcnow,
 )
 
 if TYPE_CHECKING:
+    from orchestrator.datasets.manifest import FileEntry
     from orchestrator.datasets.scan import LocalFile
     from orchestrator.progress import Reporter
     from orchestrator.storage.base import BlobStore
@@ -61,6 +63,8 @@ PARENTS_SQL = (
     "ORDER BY position"
 )
 INSERT_TAG_SQL = "INSERT INTO dataset_version_tags (version_id, tag) VALUES (%s, %s)"
+DELETE_TAG_SQL = "DELETE FROM dataset_version_tags WHERE version_id = %s AND tag = %s"
+PUBLISH_SQL = "UPDATE dataset_versions SET published = %s WHERE id = %s"
 DATASETS_SQL = (
     "SELECT d.id, p.path AS project, d.name FROM datasets d JOIN projects p ON p.id = d.project_id"
 )
@@ -154,6 +158,29 @@ def tag(conn: Any, version_id: str, tags: Iterable[str]) -> tuple[Row, bool]:
     if not added:
         return record, False
     record_event(conn, eventlog.DATASET_VERSION_TAGGED, record, added=added)
+    return record, True
+
+
+def untag(conn: Any, version_id: str, tags: Iterable[str]) -> tuple[Row, bool]:
+    """Remove tags, with their event (`removed`); naming a tag the version lacks is an error
+    (likely a typo)."""
+    record = load(conn, version_id, for_update=True)
+    removed = remove_tags(conn, record, tags, DELETE_TAG_SQL, f"version {version_id}")
+    record_event(conn, eventlog.DATASET_VERSION_UNTAGGED, record, removed=removed)
+    return record, True
+
+
+def publish(conn: Any, version_id: str) -> tuple[Row, bool]:
+    """Mark a final version published, with its event; publishing it again changes nothing
+    and writes no event."""
+    record = load(conn, version_id, for_update=True)
+    if record["status"] != "final":
+        raise Conflict(f"version {version_id} is a draft; finalize it before publishing")
+    if record["published"]:
+        return record, False
+    execute(conn, PUBLISH_SQL, [True, version_id])
+    record["published"] = True
+    record_event(conn, eventlog.DATASET_VERSION_PUBLISHED, record)
     return record, True
 
 
@@ -323,6 +350,19 @@ def manifest(conn: Any, version_id: str) -> dict[str, tuple[str, int, str]]:
         r["path"]: (r["path"], int(r["size"]), r["sha256"])
         for r in fetch(conn, MANIFEST_SQL, [version_id])
     }
+
+
+def files(conn: Any, version_id: str, pattern: str | None = None) -> list[FileEntry]:
+    """A version's files by path, those matching the glob `pattern` when given; `NotFound`
+    when there is no such version."""
+    from orchestrator.datasets.manifest import FileEntry
+
+    load(conn, version_id)
+    return [
+        FileEntry(*entry)
+        for path, entry in sorted(manifest(conn, version_id).items())
+        if pattern is None or fnmatch.fnmatchcase(path, pattern)
+    ]
 
 
 def detail(conn: Any, version_id: str) -> Row:

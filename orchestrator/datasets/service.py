@@ -168,41 +168,25 @@ class DatasetService:
 
     def tag(self, version_id: str, tags: Iterable[str]) -> VersionInfo:
         """Add tags (an event when any is new; tags already there are left as they are)."""
+        return self._change(lambda conn: records.tag(conn, version_id, tags))
+
+    def _change(self, work: Callable[[Any], tuple[dict[str, Any], bool]]) -> VersionInfo:
+        """`work` (a change of `records`) on the driver connection of a session of its own;
+        its commit wakes the scheduler when it wrote events."""
         with self.store.session() as session:
-            record, wrote = records.tag(_driver(session), version_id, tags)
+            record, wrote = work(_driver(session))
             if wrote:
                 session.info[ev.WROTE_EVENTS] = True
             return VersionInfo(**record)
 
     def untag(self, version_id: str, tags: Iterable[str]) -> VersionInfo:
-        """Remove tags; naming a tag the version does not have is an error (likely a typo)."""
-        unwanted = sorted(set(tags))
-        if not unwanted:
-            raise UserError("name at least one tag")
-        with self.store.session() as session:
-            row = queries.load_version(session, version_id, for_update=True)
-            absent = [t for t in unwanted if t not in row.tags]
-            if absent:
-                have = ", ".join(row.tags) or "none"
-                raise UserError(
-                    f"version {version_id} has no tag {', '.join(absent)} (its tags: {have})"
-                )
-            row.tag_rows = [r for r in row.tag_rows if r.tag not in unwanted]
-            session.flush()
-            info = VersionInfo.of(row)
-            self._event(session, ev.DATASET_VERSION_UNTAGGED, info, removed=unwanted)
-            return info
+        """Remove tags (an event); naming a tag the version does not have is an error (likely a
+        typo)."""
+        return self._change(lambda conn: records.untag(conn, version_id, tags))
 
     def publish(self, version_id: str) -> VersionInfo:
-        with self.store.session() as session:
-            row = queries.load_version(session, version_id, for_update=True)
-            if row.status != "final":
-                raise Conflict(f"version {version_id} is a draft; finalize it before publishing")
-            if not row.published:
-                row.published = True
-                session.flush()
-                self._event(session, ev.DATASET_VERSION_PUBLISHED, VersionInfo.of(row))
-            return VersionInfo.of(row)
+        """Mark a final version published (an event, the first time only)."""
+        return self._change(lambda conn: records.publish(conn, version_id))
 
     def delete_draft(self, version_id: str) -> VersionInfo:
         """Discard a draft (final versions are kept: runs and children refer to them). Its
@@ -242,15 +226,9 @@ class DatasetService:
             return [VersionInfo(**r) for r in found]
 
     def list_files(self, version_id: str, pattern: str | None = None) -> list[FileEntry]:
+        """The version's files by path, those matching the glob `pattern` when given."""
         with self.store.reader() as session:
-            queries.load_version(session, version_id)
-            files = queries.load_manifest(session, version_id)
-        selected = [
-            f
-            for p, f in sorted(files.items())
-            if pattern is None or fnmatch.fnmatchcase(p, pattern)
-        ]
-        return selected
+            return records.files(_driver(session), version_id, pattern)
 
     def show(self, version_id: str) -> VersionDetail:
         with self.store.reader() as session:

@@ -19,12 +19,12 @@ from orchestrator.store.lean import (
     Row,
     add_tags,
     execute,
-    executemany,
     fetch,
     is_sqlite,
     json_time,
     json_value,
     placeholders,
+    remove_tags,
 )
 
 MODELS_SQL = (
@@ -162,16 +162,8 @@ def tag(conn: Any, model_id: str, tags: Iterable[str]) -> tuple[Row, bool]:
 
 def untag(conn: Any, model_id: str, tags: Iterable[str]) -> tuple[Row, bool]:
     """Remove tags (no event); naming a tag the model lacks is an error (likely a typo)."""
-    unwanted = sorted(set(tags))
-    if not unwanted:
-        raise UserError("name at least one tag")
     record = load(conn, model_id, for_update=True)
-    absent = [t for t in unwanted if t not in record["tags"]]
-    if absent:
-        have = ", ".join(record["tags"]) or "none"
-        raise UserError(f"model {model_id} has no tag {', '.join(absent)} (its tags: {have})")
-    executemany(conn, DELETE_TAG_SQL, [(record["id"], t) for t in unwanted])
-    record["tags"] = [t for t in record["tags"] if t not in unwanted]
+    remove_tags(conn, record, tags, DELETE_TAG_SQL, f"model {model_id}")
     return record, False
 
 

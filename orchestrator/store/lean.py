@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
@@ -177,6 +177,26 @@ def add_tags(conn: Any, record: Row, wanted: Sequence[str], insert_sql: str) -> 
         executemany(conn, insert_sql, [(record["id"], t) for t in added])
         record["tags"] = sorted([*record["tags"], *added])
     return added
+
+
+def remove_tags(
+    conn: Any, record: Row, tags: Iterable[str], delete_sql: str, owner: str
+) -> list[str]:
+    """Delete `tags` from `record` (`delete_sql` takes the record's id and a tag) and keep
+    `record["tags"]` in order; the ones removed, sorted. Naming none, or one the record lacks
+    (likely a typo), is an error naming `owner` and its tags, nothing deleted."""
+    from orchestrator.errors import UserError
+
+    unwanted = sorted(set(tags))
+    if not unwanted:
+        raise UserError("name at least one tag")
+    absent = [t for t in unwanted if t not in record["tags"]]
+    if absent:
+        have = ", ".join(record["tags"]) or "none"
+        raise UserError(f"{owner} has no tag {', '.join(absent)} (its tags: {have})")
+    executemany(conn, delete_sql, [(record["id"], t) for t in unwanted])
+    record["tags"] = [t for t in record["tags"] if t not in unwanted]
+    return unwanted
 
 
 def placeholders(count: int) -> str:

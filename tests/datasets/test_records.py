@@ -313,3 +313,73 @@ def test_the_plain_tag_runs_without_typer_and_answers_as_typer_does(cli: CLI) ->
     hint = "list versions with: retrain dataset search"
     assert err == f"retrain: error: no dataset version 'nope' ({hint})\n"
     assert "Missing argument" in cli("dataset", "tag", version, expect=2).err
+
+
+def test_untag_publish_and_list_are_the_same_on_both_paths(
+    runtime: Any, tmp_path: Path, cli: CLI
+) -> None:
+    """`dataset untag`, `publish` and `list` on the bare driver answer, refuse and record what
+    the full store does: two like versions, one changed through each path."""
+    from orchestrator.store.events import read_events
+
+    (tmp_path / "in").mkdir()
+    for name in ("a.csv", "b.txt", "c.csv"):
+        (tmp_path / "in" / name).write_text(name)
+    ds = runtime.datasets
+    pair = []
+    for _ in range(2):
+        v = ds.create("p", "d", tags=["x", "y", "z"])
+        ds.add_files(v.id, [str(tmp_path / "in")])
+        pair.append(ds.finalize(v.id).version.id)
+    lean_id, full_id = pair
+    draft = ds.create("p", "d").id
+
+    def same(out: Any, full: Any) -> None:
+        own = {k: out[k] for k in ("id", "version", "created_at", "finalized_at")}
+        own["manifest_sha256"] = out["manifest_sha256"]  # the manifest names its version
+        assert out == {**full.model_dump(mode="json"), **own} and out["id"] == lean_id
+
+    with runtime.store.reader() as session:
+        before = len(read_events(session, 0))
+    same(cli.json("dataset", "untag", lean_id, "z", "x"), ds.untag(full_id, ["x", "z"]))
+    assert cli("dataset", "untag", lean_id, "y").out.strip() == lean_id
+    ds.untag(full_id, ["y"])
+    same(cli.json("dataset", "publish", lean_id), ds.publish(full_id))
+    same(cli.json("dataset", "publish", lean_id), ds.publish(full_id))  # again: no event
+    with runtime.store.reader() as session:
+        events = read_events(session, before)
+    own = {"version": "-", "manifest_sha256": "-"}
+    kinds = {
+        vid: [(e.kind, e.tags, {**e.payload, **own}) for e in events if e.entity_id == vid]
+        for vid in pair
+    }
+    assert [k for k, _, _ in kinds[lean_id]] == [
+        "dataset.version.untagged",
+        "dataset.version.untagged",
+        "dataset.version.published",
+    ]
+    assert kinds[lean_id] == kinds[full_id]
+    assert kinds[lean_id][0][2]["removed"] == ["x", "z"]
+
+    listed = cli.json("dataset", "list", "--id", lean_id, "--filter", "*.csv")
+    assert listed == {
+        "version_id": lean_id,
+        "files": [f.__dict__ for f in ds.list_files(full_id, "*.csv")],
+        "file_count": 2,
+        "total_size": len("a.csv") + len("c.csv"),
+    }
+    assert [f["path"] for f in listed["files"]] == ["a.csv", "c.csv"]  # type: ignore[index]
+    assert "2 file(s)" in cli("dataset", "list", "--id", lean_id, "--filter", "*.csv").err
+
+    for args, message in [
+        (["untag", lean_id, "gone"], f"version {lean_id} has no tag gone (its tags: none)"),
+        (["untag", "nope", "x"], "no dataset version 'nope'"),
+        (["publish", draft], f"version {draft} is a draft; finalize it before publishing"),
+        (["publish", "nope"], "no dataset version 'nope'"),
+        (["list", "--id", "nope"], "no dataset version 'nope'"),
+    ]:
+        err = cli("dataset", *args, expect=2).err
+        assert err.startswith("retrain: error: ") and message in err, err
+        assert err.count("\n") == 1, err
+    with runtime.store.reader() as session:
+        assert len(read_events(session, before)) == len(events)  # refusals wrote nothing
