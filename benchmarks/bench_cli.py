@@ -62,6 +62,9 @@ COMMANDS = (
     "dataset add",
     "dataset close",
     "dataset tag",
+    "dataset untag",
+    "dataset publish",
+    "dataset list",
     "dataset search",
     "dataset show",
     "task show",
@@ -118,9 +121,12 @@ def commands(run: Runner, work: Path, template_id: str) -> dict[str, float]:
         samples["dataset add"].append(run("dataset", "add", "--files", str(data))[0])
         samples["dataset close"].append(run("dataset", "close")[0])
         samples["dataset tag"].append(run("dataset", "tag", version, f"t{i}")[0])
+        samples["dataset untag"].append(run("dataset", "untag", version, f"t{i}")[0])
+        samples["dataset publish"].append(run("dataset", "publish", version)[0])
     _ms, queued = run("task", "run", "bench/train")  # a run for logs and metrics (no output yet)
     reads = {
         "dataset search": ("dataset", "search", "--project", "bench"),
+        "dataset list": ("dataset", "list", "--id", version),
         "dataset show": ("dataset", "show", version),
         "task show": ("task", "show", template_id),
         "task run": ("task", "run", "bench/train"),
