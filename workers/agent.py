@@ -153,6 +153,10 @@ def run_slot(
         worker.advertised["sandbox"] = sandbox_level()
         worker.advertised["reports"] = "signed" if settings.worker_secret else "unsigned"
         worker.abort_on_stop = abort_on_stop
+        # Under `retrain up`, a stop its lifeline sends is sent again while no job runs.
+        from orchestrator import lifeline
+
+        lifeline.when_idle(lambda: not worker.horse_pid)
         worker.home = settings.home
         worker.worker_secret = settings.worker_secret
         announce(
