@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -208,13 +209,20 @@ def _point(fields: Any) -> Row | None:
         value, step = values[-1], steps[-1]
     except (ValueError, TypeError, AttributeError, StopIteration, IndexError):
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not _finite(value):
         return None
-    return {
-        "name": str(name)[:200],
-        "step": step if isinstance(step, int | float) and not isinstance(step, bool) else None,
-        "value": value,
-    }
+    return {"name": str(name)[:200], "step": step if _finite(step) else None, "value": value}
+
+
+def _finite(number: Any) -> bool:
+    """A number JSON can hold and `:g` can show: JSON parsing gives `Infinity` and `NaN`
+    (which `--json` would print, and no JSON reader takes) and integers of any size."""
+    if not isinstance(number, int | float) or isinstance(number, bool):
+        return False
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 MAX_POINT_ENTRY = 1 << 20

@@ -99,3 +99,34 @@ def test_a_flood_of_worker_entries_is_read_in_part(cli: CLI, attacker: redis.Red
     assert data["workers_not_read"] == 20_000 - WORKERS_READ  # type: ignore[index]
     assert {w["name"] for w in workers} == {f"fake{j}" for j in range(WORKERS_READ)}
     assert f"{20_000 - WORKERS_READ} more worker" in cli("status").out
+
+
+def test_a_live_point_that_is_no_finite_number_is_not_shown(
+    cli: CLI, attacker: redis.Redis
+) -> None:
+    """A busy worker's newest live point comes from its task's metrics stream, which anyone
+    with the workers' Redis access can append to: `Infinity` made `status --json` print
+    `Infinity` (no JSON; jq refuses it), and an integer of 400 digits made the table die with
+    OverflowError (attacker pass 3). A value that is no finite number is not shown (the
+    newest good point is), nor such a step."""
+    import time
+
+    task = "a" * 32
+    attacker.zadd(keys.WORKERS, {"w1": time.time()})
+    attacker.hset(keys.worker_key("w1"), mapping={"name": "w1", "state": "busy", "task": task})
+    stream = keys.metrics_stream(task)
+    attacker.xadd(stream, {"p": json.dumps({"loss": [[1], [0.5]]})})
+    huge = "1" + "0" * 400
+    for entry in (f'{{"loss": [[{huge}], [0.25]]}}', '{"loss": [[2], [Infinity]]}',
+                  '{"loss": [[3], [NaN]]}', f'{{"loss": [[4], [{huge}]]}}'):
+        attacker.xadd(stream, {"p": entry})
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"{constant} is no JSON")
+
+    raw = cli("status", "--json").out
+    data = json.loads(raw, parse_constant=strict)
+    [worker] = data["workers"]
+    assert worker["metric"] == {"name": "loss", "step": None, "value": 0.25}, worker
+    shown = cli("status").out
+    assert "loss 0.25 " in shown, shown
