@@ -51,6 +51,10 @@ LOST_SHOWN_S = 24 * 3600
 WORKERS_READ = 1000
 """The most worker entries status reads, the most recently seen first: anyone with the
 workers' Redis access can add entries, and each costs a read and a row."""
+CLOCK_SKEW_S = 300
+"""Worker entries whose last beat (their score) is further ahead of this clock are counted,
+not read: a thousand entries scored far in the future would otherwise outrank every real
+worker for good."""
 
 REDIS_ONLY_QUEUES = 50
 """Queues that neither the store nor a live worker knows, only Redis, shown at most (those
@@ -97,7 +101,9 @@ class RedisView:
     workers: list[Row] = field(default_factory=list)
     lost_hidden: int = 0
     not_read: int = 0
-    """Worker entries past `WORKERS_READ`, the least recently seen, left unread."""
+    """Worker entries left unread: past `WORKERS_READ`, the least recently seen, or `ahead`."""
+    ahead: int = 0
+    """Worker entries whose last beat is over `CLOCK_SKEW_S` ahead of this clock."""
     """Whether the last scheduler to start checks report signatures; None: no word yet."""
 
     @property
@@ -143,8 +149,10 @@ def _read_redis(client: Redis | PlainRedis, url: str, now: dt.datetime) -> Redis
     pipe.pttl(keys.SCHEDULER_LEASE)
     pipe.smembers(RQ_QUEUES)
     pipe.zcard(keys.WORKERS)
-    pipe.zrange(keys.WORKERS, -WORKERS_READ, -1, withscores=True)
-    leader, pttl, queue_keys, total, members = pipe.execute()
+    horizon = now.timestamp() + CLOCK_SKEW_S
+    pipe.zcount(keys.WORKERS, f"({horizon}", "+inf")
+    pipe.zrevrangebyscore(keys.WORKERS, horizon, "-inf", 0, WORKERS_READ, withscores=True)
+    leader, pttl, queue_keys, total, ahead, members = pipe.execute()
 
     rq_keys = sorted(k for k in (_text(q) for q in queue_keys) if k.startswith(RQ_QUEUE_PREFIX))
     names = [(_text(m), float(score)) for m, score in members]
@@ -158,6 +166,7 @@ def _read_redis(client: Redis | PlainRedis, url: str, now: dt.datetime) -> Redis
     view = RedisView(url, leader=_text(leader) if leader is not None else None)
     view.lease_ttl_s = pttl / 1000 if isinstance(pttl, int) and pttl >= 0 else None
     view.not_read = max(0, int(total) - len(names))
+    view.ahead = int(ahead)
     view.waiting = {
         key.removeprefix(RQ_QUEUE_PREFIX): int(n)
         for key, n in zip(rq_keys, replies[: len(rq_keys)], strict=True)
@@ -413,7 +422,8 @@ def collect(
       `heartbeat_age_s`, `sandbox` (what its jobs run in: `landlock-abi-N`, `none`, `off`,
       with `, as USER`), `reports` (`signed` or `unsigned`). `workers_lost_hidden`: lost
       workers silent for over 24 h, left out. `workers_not_read`: worker entries past the
-      `WORKERS_READ` most recently seen, not read.
+      `WORKERS_READ` most recently seen, not read, and those of `workers_ahead`, whose last
+      beat is over `CLOCK_SKEW_S` ahead of this clock.
     - `firings`: the newest trigger decisions: `time`, `trigger`, `decision` (fired, skipped,
       coalesced, superseded), `reason`, `event` ({`seq`, `kind`, `project`, `name`,
       `version`, `tags`}), `task`, `task_status`.
@@ -479,6 +489,7 @@ def collect(
         "workers": [_worker_out(w, names, now) for w in workers] if workers is not None else None,
         "workers_lost_hidden": redis.lost_hidden,
         "workers_not_read": redis.not_read,
+        "workers_ahead": redis.ahead,
         "firings": _firings(conn, firings),
         "waiting": waiting_firings(conn),
         "reports": {

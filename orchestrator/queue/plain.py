@@ -228,6 +228,18 @@ class Pipeline:
             return self._add("scores", "ZRANGE", key, start, end, "WITHSCORES")
         return self._add("", "ZRANGE", key, start, end)
 
+    def zcount(self, key: str, low: float | str, high: float | str) -> Pipeline:
+        return self._add("", "ZCOUNT", key, low, high)
+
+    def zrevrangebyscore(
+        self, key: str, high: float | str, low: float | str, start: int, num: int,
+        withscores: bool = False,
+    ) -> Pipeline:
+        words = ["ZREVRANGEBYSCORE", key, high, low]
+        if withscores:
+            return self._add("scores", *words, "WITHSCORES", "LIMIT", start, num)
+        return self._add("", *words, "LIMIT", start, num)
+
     def xrevrange(self, key: str, count: int) -> Pipeline:
         return self._add("stream", "XREVRANGE", key, "+", "-", "COUNT", count)
 

@@ -130,3 +130,28 @@ def test_a_live_point_that_is_no_finite_number_is_not_shown(
     assert worker["metric"] == {"name": "loss", "step": None, "value": 0.25}, worker
     shown = cli("status").out
     assert "loss 0.25 " in shown, shown
+
+
+def test_entries_beating_from_the_future_do_not_hide_the_real_workers(
+    cli: CLI, attacker: redis.Redis
+) -> None:
+    """Status reads the most recently seen worker entries, up to a bound: a thousand entries
+    with a score far in the future (1e18, inf), added once, outranked every real worker for
+    good, hid them all (a busy one, an unsigned one), and showed as lost workers "last seen
+    0s ago" (attacker pass 3). Entries beating more than a few minutes ahead of this clock
+    are counted, not read."""
+    import time
+
+    with attacker.pipeline(transaction=False) as pipe:
+        pipe.zadd(keys.WORKERS, {f"future{j}": 1e18 for j in range(1000)})
+        pipe.zadd(keys.WORKERS, {"inf": float("inf")})
+        pipe.zadd(keys.WORKERS, {"real": time.time()})
+        pipe.hset(keys.worker_key("real"), mapping={"name": "real", "state": "busy"})
+        pipe.execute()
+    data = cli.json("status")
+    workers = data["workers"]  # type: ignore[index]
+    assert [w["name"] for w in workers] == ["real"], [w["name"] for w in workers][:5]
+    assert data["workers_not_read"] == 1001  # type: ignore[index]
+    assert data["workers_ahead"] == 1001  # type: ignore[index]
+    shown = cli("status").out
+    assert "1001 more worker entries" in shown and "in the future" in shown, shown
