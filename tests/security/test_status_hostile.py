@@ -155,3 +155,30 @@ def test_entries_beating_from_the_future_do_not_hide_the_real_workers(
     assert data["workers_ahead"] == 1001  # type: ignore[index]
     shown = cli("status").out
     assert "1001 more worker entries" in shown and "in the future" in shown, shown
+
+
+def test_one_huge_advertisement_field_does_not_blank_the_redis_half(
+    cli: CLI, attacker: redis.Redis
+) -> None:
+    """Anyone with the workers' Redis access can write any worker's advertisement: one field
+    over 64 MiB made status's reader call Redis broken, so status showed Redis as
+    unreachable: no worker, no job counts, no leader (attacker pass 3). That value is skipped
+    unread and said; the rest of status stays."""
+    import time
+
+    from orchestrator.queue.plain import MAX_REPLY_BYTES
+
+    now = time.time()
+    attacker.zadd(keys.WORKERS, {"big": now, "real": now})
+    attacker.hset(keys.worker_key("big"), mapping={
+        "name": "big", "state": "idle", "host": b"x" * (MAX_REPLY_BYTES + 1)})
+    attacker.hset(keys.worker_key("real"), mapping={"name": "real", "state": "busy"})
+    attacker.set(keys.SCHEDULER_LEASE, "leader-1", px=60_000)
+    data = cli.json("status")
+    assert data["redis"]["reachable"], data["redis"]  # type: ignore[index]
+    workers = {w["name"]: w for w in data["workers"]}  # type: ignore[index]
+    assert set(workers) == {"big", "real"}, workers.keys()
+    assert workers["big"]["host"] == f"({MAX_REPLY_BYTES + 1} bytes, not read)"
+    assert workers["real"]["state"] == "busy"
+    shown = cli("status").out
+    assert "unreachable" not in shown and "bytes, not read" in shown, shown
