@@ -717,7 +717,7 @@ def _text(value: Any) -> str:
 def _int(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         return None
 
 
@@ -737,8 +737,27 @@ def _json_list_of(value: Any) -> list[Any]:
 
 
 def _json_list(value: str | None) -> list[Any]:
-    parsed = _json(value) if value else None
+    """A list a worker advertises as JSON text (anyone with the workers' Redis access writes
+    it): one holding `Infinity`, `NaN` or a number too large for a float (which Python's
+    reader takes, and `--json` would print as no JSON reader takes it) is no list."""
+    if not value:
+        return []
+    try:
+        parsed = json.loads(value, parse_constant=_no_json, parse_float=_finite_float)
+    except (TypeError, ValueError, RecursionError):
+        return []
     return parsed if isinstance(parsed, list) else []
+
+
+def _no_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large")
+    return number
 
 
 def _redact(url: str | None) -> str | None:

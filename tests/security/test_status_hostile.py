@@ -182,3 +182,31 @@ def test_one_huge_advertisement_field_does_not_blank_the_redis_half(
     assert workers["real"]["state"] == "busy"
     shown = cli("status").out
     assert "unreachable" not in shown and "bytes, not read" in shown, shown
+
+
+def test_advertised_json_that_is_no_json_is_dropped(cli: CLI, attacker: redis.Redis) -> None:
+    """A worker advertises its GPUs and queues as JSON text, and anyone with the workers'
+    Redis access can write it. Python's JSON reader takes `Infinity`, `NaN` and `1e999`
+    (infinite): a GPU index of Infinity made status die with OverflowError, and the others
+    went out through `status --json` as `Infinity`/`NaN`, which no JSON reader takes
+    (attacker pass 3). Such a list is read as no list."""
+    import time
+
+    now = time.time()
+    attacker.zadd(keys.WORKERS, {"inf": now, "nan": now, "big": now})
+    attacker.hset(keys.worker_key("inf"), mapping={
+        "name": "inf", "gpus": '[{"index": Infinity, "name": "g"}]', "queues": '["gpu"]'})
+    attacker.hset(keys.worker_key("nan"), mapping={
+        "name": "nan", "gpus": '[{"index": 0, "name": NaN}]', "queues": '[NaN, "gpu"]'})
+    attacker.hset(keys.worker_key("big"), mapping={
+        "name": "big", "gpus": '[{"index": 0, "name": 1e999}]', "queues": '[1e999]'})
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"{constant} is no JSON")
+
+    data = json.loads(cli("status", "--json").out, parse_constant=strict)
+    workers = {w["name"]: w for w in data["workers"]}
+    assert set(workers) == {"inf", "nan", "big"}, workers
+    assert workers["inf"]["gpus"] == [] and workers["inf"]["queues"] == ["gpu"]
+    assert all(workers[n]["gpus"] == [] and workers[n]["queues"] == [] for n in ("nan", "big"))
+    assert "Traceback" not in cli("status").out
