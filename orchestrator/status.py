@@ -104,7 +104,6 @@ class RedisView:
     """Worker entries left unread: past `WORKERS_READ`, the least recently seen, or `ahead`."""
     ahead: int = 0
     """Worker entries whose last beat is over `CLOCK_SKEW_S` ahead of this clock."""
-    """Whether the last scheduler to start checks report signatures; None: no word yet."""
 
     @property
     def reachable(self) -> bool:
