@@ -188,23 +188,28 @@ def _read_redis(client: Redis | PlainRedis, url: str, now: dt.datetime) -> Redis
 def _latest_points(client: Redis | PlainRedis, workers: list[Row]) -> None:
     """Each busy worker's task's newest live metric point (`metric`: name, step, value),
     from the tail of its live metrics stream (one round trip for all of them). The stream is
-    written by workers: an entry that does not parse is skipped, never a traceback."""
-    busy = [w for w in workers if w.get("task")]
+    written by workers: an entry that does not parse is skipped, never a traceback. Each
+    task's stream is read once, however many workers (anyone can advertise one) name it."""
+    tasks = sorted({str(w["task"]) for w in workers if w.get("task")})
     for w in workers:
         w["metric"] = None
-    if not busy:
+    if not tasks:
         return
     pipe = client.pipeline(transaction=False)
-    for w in busy:
-        pipe.xrevrange(keys.metrics_stream(str(w["task"])), count=5)
-    for w, entries in zip(busy, pipe.execute(raise_on_error=False), strict=True):
+    for task in tasks:
+        pipe.xrevrange(keys.metrics_stream(task), count=5)
+    points: dict[str, Row] = {}
+    for task, entries in zip(tasks, pipe.execute(raise_on_error=False), strict=True):
         if isinstance(entries, Exception):
             continue
         for _entry_id, fields in entries or ():
             point = _point(fields)
             if point is not None:
-                w["metric"] = point
+                points[task] = point
                 break
+    for w in workers:
+        point = points.get(str(w["task"])) if w.get("task") else None
+        w["metric"] = dict(point) if point is not None else None
 
 
 def _point(fields: Any) -> Row | None:

@@ -210,3 +210,38 @@ def test_advertised_json_that_is_no_json_is_dropped(cli: CLI, attacker: redis.Re
     assert workers["inf"]["gpus"] == [] and workers["inf"]["queues"] == ["gpu"]
     assert all(workers[n]["gpus"] == [] and workers[n]["queues"] == [] for n in ("nan", "big"))
     assert "Traceback" not in cli("status").out
+
+
+def test_a_task_stream_many_workers_name_is_read_once(
+    cli: CLI, attacker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status reads each busy worker's task's newest live entries (5, each up to 64 MiB),
+    and anyone with the workers' Redis access can make a thousand workers name the same
+    task: 300 MB in one stream would be read a thousand times over, 300 GB held at once
+    (attacker pass 3: 300 workers made 300 reads of it). Each task's stream is read once,
+    however many workers name it."""
+    import time
+
+    from orchestrator.queue import plain
+
+    task = "d" * 32
+    now = time.time()
+    with attacker.pipeline(transaction=False) as pipe:
+        for i in range(300):
+            pipe.zadd(keys.WORKERS, {f"w{i}": now})
+            pipe.hset(keys.worker_key(f"w{i}"), mapping={"state": "busy", "task": task})
+        pipe.xadd(keys.metrics_stream(task), {"p": json.dumps({"loss": [[7], [0.125]]})})
+        pipe.execute()
+    reads: list[str] = []
+    real = plain.Pipeline.xrevrange
+
+    def counted(self: plain.Pipeline, key: str, count: int) -> plain.Pipeline:
+        reads.append(key)
+        return real(self, key, count)
+
+    monkeypatch.setattr(plain.Pipeline, "xrevrange", counted)
+    data = cli.json("status")
+    assert reads == [keys.metrics_stream(task)], len(reads)
+    metrics = [w["metric"] for w in data["workers"]]  # type: ignore[index]
+    assert len(metrics) == 300
+    assert all(m == {"name": "loss", "step": 7, "value": 0.125} for m in metrics), metrics[:3]
