@@ -51,6 +51,10 @@ LOST_SHOWN_S = 24 * 3600
 WORKERS_READ = 1000
 """The most worker entries status reads, the most recently seen first: anyone with the
 workers' Redis access can add entries, and each costs a read and a row."""
+ADVERTISED = ("name", "host", "pid", "queues", "gpus", "state", "task", "task_started",
+              "started", "heartbeat", "sandbox", "reports")
+"""The fields of a worker's advertisement status reads (HMGET): anyone with the workers'
+Redis access can add millions of others to one (two million took status 8.6 s)."""
 CLOCK_SKEW_S = 300
 """Worker entries whose last beat (their score) is further ahead of this clock are counted,
 not read: a thousand entries scored far in the future would otherwise outrank every real
@@ -159,7 +163,7 @@ def _read_redis(client: Redis | PlainRedis, url: str, now: dt.datetime) -> Redis
     for key in rq_keys:
         pipe.llen(key)
     for name, _ in names:
-        pipe.hgetall(keys.worker_key(name))
+        pipe.hmget(keys.worker_key(name), list(ADVERTISED))
     replies = pipe.execute()
 
     view = RedisView(url, leader=_text(leader) if leader is not None else None)
@@ -170,12 +174,13 @@ def _read_redis(client: Redis | PlainRedis, url: str, now: dt.datetime) -> Redis
         key.removeprefix(RQ_QUEUE_PREFIX): int(n)
         for key, n in zip(rq_keys, replies[: len(rq_keys)], strict=True)
     }
-    for (name, score), fields in zip(names, replies[len(rq_keys) :], strict=True):
+    for (name, score), values in zip(names, replies[len(rq_keys) :], strict=True):
         # Anyone with Redis access writes these: a score or field that makes no sense is
         # shown as it is, never a traceback.
         seen = _epoch(score) or now
+        fields = {k: _text(v) for k, v in zip(ADVERTISED, values or (), strict=False) if v}
         if fields:
-            view.workers.append(_worker(name, {_text(k): _text(v) for k, v in fields.items()}))
+            view.workers.append(_worker(name, fields))
         elif (now - seen).total_seconds() <= LOST_SHOWN_S:
             view.workers.append(_lost_worker(name, seen))
         else:

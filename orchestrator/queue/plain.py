@@ -245,6 +245,9 @@ class Pipeline:
     def hgetall(self, key: str) -> Pipeline:
         return self._add("dict", "HGETALL", key)
 
+    def hmget(self, key: str, fields: list[str]) -> Pipeline:
+        return self._add("", "HMGET", key, *fields)
+
     def zcard(self, key: str) -> Pipeline:
         return self._add("", "ZCARD", key)
 

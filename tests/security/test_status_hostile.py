@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -245,3 +246,36 @@ def test_a_task_stream_many_workers_name_is_read_once(
     metrics = [w["metric"] for w in data["workers"]]  # type: ignore[index]
     assert len(metrics) == 300
     assert all(m == {"name": "loss", "step": 7, "value": 0.125} for m in metrics), metrics[:3]
+
+
+def test_an_advertisement_of_many_fields_is_read_for_its_own_fields(
+    cli: CLI, attacker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Status read each worker's whole advertisement, and anyone with the workers' Redis
+    access can add fields to one: two million (112 MB in Redis) made status take 8.6 s and
+    540 MB (attacker pass 3), and a thousand such hashes would take hours. It reads the
+    fields an advertisement has, whatever else is there."""
+    import time
+
+    from orchestrator.queue import plain
+
+    with attacker.pipeline(transaction=False) as pipe:
+        pipe.hset(keys.worker_key("many"), mapping={f"junk{j}": "v" for j in range(20_000)})
+        pipe.hset(keys.worker_key("many"), mapping={"name": "many", "state": "busy",
+                                                    "host": "h1", "queues": '["gpu"]'})
+        pipe.zadd(keys.WORKERS, {"many": time.time()})
+        pipe.execute()
+    fields: list[int] = []
+    real = plain.PlainRedis.execute
+
+    def counted(self: plain.PlainRedis, commands: Any) -> Any:
+        replies = real(self, commands)
+        fields.extend(len(r) for r in replies if isinstance(r, list))
+        return replies
+
+    monkeypatch.setattr(plain.PlainRedis, "execute", counted)
+    data = cli.json("status")
+    [worker] = data["workers"]  # type: ignore[index]
+    assert (worker["name"], worker["state"], worker["host"], worker["queues"]) == (
+        "many", "busy", "h1", ["gpu"])
+    assert max(fields) < 100, max(fields)
