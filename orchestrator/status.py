@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -50,6 +51,14 @@ LOST_SHOWN_S = 24 * 3600
 WORKERS_READ = 1000
 """The most worker entries status reads, the most recently seen first: anyone with the
 workers' Redis access can add entries, and each costs a read and a row."""
+ADVERTISED = ("name", "host", "pid", "queues", "gpus", "state", "task", "task_started",
+              "started", "heartbeat", "sandbox", "reports")
+"""The fields of a worker's advertisement status reads (HMGET): anyone with the workers'
+Redis access can add millions of others to one (two million took status 8.6 s)."""
+CLOCK_SKEW_S = 300
+"""Worker entries whose last beat (their score) is further ahead of this clock are counted,
+not read: a thousand entries scored far in the future would otherwise outrank every real
+worker for good."""
 
 REDIS_ONLY_QUEUES = 50
 """Queues that neither the store nor a live worker knows, only Redis, shown at most (those
@@ -96,8 +105,9 @@ class RedisView:
     workers: list[Row] = field(default_factory=list)
     lost_hidden: int = 0
     not_read: int = 0
-    """Worker entries past `WORKERS_READ`, the least recently seen, left unread."""
-    """Whether the last scheduler to start checks report signatures; None: no word yet."""
+    """Worker entries left unread: past `WORKERS_READ`, the least recently seen, or `ahead`."""
+    ahead: int = 0
+    """Worker entries whose last beat is over `CLOCK_SKEW_S` ahead of this clock."""
 
     @property
     def reachable(self) -> bool:
@@ -142,8 +152,10 @@ def _read_redis(client: Redis | PlainRedis, url: str, now: dt.datetime) -> Redis
     pipe.pttl(keys.SCHEDULER_LEASE)
     pipe.smembers(RQ_QUEUES)
     pipe.zcard(keys.WORKERS)
-    pipe.zrange(keys.WORKERS, -WORKERS_READ, -1, withscores=True)
-    leader, pttl, queue_keys, total, members = pipe.execute()
+    horizon = now.timestamp() + CLOCK_SKEW_S
+    pipe.zcount(keys.WORKERS, f"({horizon}", "+inf")
+    pipe.zrevrangebyscore(keys.WORKERS, horizon, "-inf", 0, WORKERS_READ, withscores=True)
+    leader, pttl, queue_keys, total, ahead, members = pipe.execute()
 
     rq_keys = sorted(k for k in (_text(q) for q in queue_keys) if k.startswith(RQ_QUEUE_PREFIX))
     names = [(_text(m), float(score)) for m, score in members]
@@ -151,22 +163,24 @@ def _read_redis(client: Redis | PlainRedis, url: str, now: dt.datetime) -> Redis
     for key in rq_keys:
         pipe.llen(key)
     for name, _ in names:
-        pipe.hgetall(keys.worker_key(name))
+        pipe.hmget(keys.worker_key(name), list(ADVERTISED))
     replies = pipe.execute()
 
     view = RedisView(url, leader=_text(leader) if leader is not None else None)
     view.lease_ttl_s = pttl / 1000 if isinstance(pttl, int) and pttl >= 0 else None
     view.not_read = max(0, int(total) - len(names))
+    view.ahead = int(ahead)
     view.waiting = {
         key.removeprefix(RQ_QUEUE_PREFIX): int(n)
         for key, n in zip(rq_keys, replies[: len(rq_keys)], strict=True)
     }
-    for (name, score), fields in zip(names, replies[len(rq_keys) :], strict=True):
+    for (name, score), values in zip(names, replies[len(rq_keys) :], strict=True):
         # Anyone with Redis access writes these: a score or field that makes no sense is
         # shown as it is, never a traceback.
         seen = _epoch(score) or now
+        fields = {k: _text(v) for k, v in zip(ADVERTISED, values or (), strict=False) if v}
         if fields:
-            view.workers.append(_worker(name, {_text(k): _text(v) for k, v in fields.items()}))
+            view.workers.append(_worker(name, fields))
         elif (now - seen).total_seconds() <= LOST_SHOWN_S:
             view.workers.append(_lost_worker(name, seen))
         else:
@@ -179,23 +193,28 @@ def _read_redis(client: Redis | PlainRedis, url: str, now: dt.datetime) -> Redis
 def _latest_points(client: Redis | PlainRedis, workers: list[Row]) -> None:
     """Each busy worker's task's newest live metric point (`metric`: name, step, value),
     from the tail of its live metrics stream (one round trip for all of them). The stream is
-    written by workers: an entry that does not parse is skipped, never a traceback."""
-    busy = [w for w in workers if w.get("task")]
+    written by workers: an entry that does not parse is skipped, never a traceback. Each
+    task's stream is read once, however many workers (anyone can advertise one) name it."""
+    tasks = sorted({str(w["task"]) for w in workers if w.get("task")})
     for w in workers:
         w["metric"] = None
-    if not busy:
+    if not tasks:
         return
     pipe = client.pipeline(transaction=False)
-    for w in busy:
-        pipe.xrevrange(keys.metrics_stream(str(w["task"])), count=5)
-    for w, entries in zip(busy, pipe.execute(raise_on_error=False), strict=True):
+    for task in tasks:
+        pipe.xrevrange(keys.metrics_stream(task), count=5)
+    points: dict[str, Row] = {}
+    for task, entries in zip(tasks, pipe.execute(raise_on_error=False), strict=True):
         if isinstance(entries, Exception):
             continue
         for _entry_id, fields in entries or ():
             point = _point(fields)
             if point is not None:
-                w["metric"] = point
+                points[task] = point
                 break
+    for w in workers:
+        point = points.get(str(w["task"])) if w.get("task") else None
+        w["metric"] = dict(point) if point is not None else None
 
 
 def _point(fields: Any) -> Row | None:
@@ -208,13 +227,20 @@ def _point(fields: Any) -> Row | None:
         value, step = values[-1], steps[-1]
     except (ValueError, TypeError, AttributeError, StopIteration, IndexError):
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if not _finite(value):
         return None
-    return {
-        "name": str(name)[:200],
-        "step": step if isinstance(step, int | float) and not isinstance(step, bool) else None,
-        "value": value,
-    }
+    return {"name": str(name)[:200], "step": step if _finite(step) else None, "value": value}
+
+
+def _finite(number: Any) -> bool:
+    """A number JSON can hold and `:g` can show: JSON parsing gives `Infinity` and `NaN`
+    (which `--json` would print, and no JSON reader takes) and integers of any size."""
+    if not isinstance(number, int | float) or isinstance(number, bool):
+        return False
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 MAX_POINT_ENTRY = 1 << 20
@@ -405,7 +431,8 @@ def collect(
       `heartbeat_age_s`, `sandbox` (what its jobs run in: `landlock-abi-N`, `none`, `off`,
       with `, as USER`), `reports` (`signed` or `unsigned`). `workers_lost_hidden`: lost
       workers silent for over 24 h, left out. `workers_not_read`: worker entries past the
-      `WORKERS_READ` most recently seen, not read.
+      `WORKERS_READ` most recently seen, not read, and those of `workers_ahead`, whose last
+      beat is over `CLOCK_SKEW_S` ahead of this clock.
     - `firings`: the newest trigger decisions: `time`, `trigger`, `decision` (fired, skipped,
       coalesced, superseded), `reason`, `event` ({`seq`, `kind`, `project`, `name`,
       `version`, `tags`}), `task`, `task_status`.
@@ -471,6 +498,7 @@ def collect(
         "workers": [_worker_out(w, names, now) for w in workers] if workers is not None else None,
         "workers_lost_hidden": redis.lost_hidden,
         "workers_not_read": redis.not_read,
+        "workers_ahead": redis.ahead,
         "firings": _firings(conn, firings),
         "waiting": waiting_firings(conn),
         "reports": {
@@ -698,7 +726,7 @@ def _text(value: Any) -> str:
 def _int(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
         return None
 
 
@@ -718,8 +746,27 @@ def _json_list_of(value: Any) -> list[Any]:
 
 
 def _json_list(value: str | None) -> list[Any]:
-    parsed = _json(value) if value else None
+    """A list a worker advertises as JSON text (anyone with the workers' Redis access writes
+    it): one holding `Infinity`, `NaN` or a number too large for a float (which Python's
+    reader takes, and `--json` would print as no JSON reader takes it) is no list."""
+    if not value:
+        return []
+    try:
+        parsed = json.loads(value, parse_constant=_no_json, parse_float=_finite_float)
+    except (TypeError, ValueError, RecursionError):
+        return []
     return parsed if isinstance(parsed, list) else []
+
+
+def _no_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is too large")
+    return number
 
 
 def _redact(url: str | None) -> str | None:

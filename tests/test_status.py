@@ -300,6 +300,7 @@ SCHEMA: dict[str, Any] = {
     "database": str,
     "workers_lost_hidden": int,
     "workers_not_read": int,
+    "workers_ahead": int,
     "redis": {"url": (str, None), "reachable": bool, "error": (str, None)},
     "scheduler": {
         "alive": bool,

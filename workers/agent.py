@@ -271,8 +271,33 @@ def agent_class() -> type[Any]:
             self._slot_pid = os.getpid()  # the work horse's parent, checked in the horse
             try:
                 return super().execute_job(job, queue)
+            except redis_down as exc:
+                if self.horse_pid:  # raised while the horse runs: not an ended job's
+                    raise
+                # The horse is gone, its end unreported: the job gave up its retries (an
+                # outage past them), and RQ could not record the job either. RQ's work loop
+                # would quit on the error; this worker waits for Redis and goes on (the run
+                # is the scheduler's to settle as lost, RQ's record its registry clean-up's).
+                _redis_down("the job ended unreported; waiting for Redis", exc)
+                self._wait_for_redis()
+                return None
             finally:
                 runner.reap_orphans(spared)
+
+        def _wait_for_redis(self) -> None:
+            """Until Redis answers (again each few seconds, at most 30 s apart), or a stop is
+            asked for; then the worker's state is idle again."""
+            import time
+
+            pause = 1.0
+            while not self._stop_requested:
+                try:
+                    self.connection.ping()
+                    self.set_state("idle")
+                    return
+                except redis_down:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 30.0)
 
         def main_work_horse(self, job: Any, queue: Any) -> None:
             """The work horse: first made the subreaper of whatever its job starts, so that

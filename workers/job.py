@@ -50,10 +50,10 @@ MLFLOW_STORE = "mlruns"
 """The MLflow file store a job gets under its output folder when its task sets no tracking
 URI; read (not uploaded as it is) after the run."""
 JOB_API_DIR = Path(__file__).resolve().parent / "jobapi"
-REPORT_RETRY_MIN_S = 60.0
-"""The least time a finished run's report is retried while Redis is unreachable."""
 """A folder holding only `retrain_run.py` (stdlib only): prepended to every job's PYTHONPATH,
 so `import retrain_run` works in any job without installing anything into its environment."""
+REPORT_RETRY_MIN_S = 60.0
+"""The least time a finished run's report is retried while Redis is unreachable."""
 
 
 _TASK_ID = re.compile(r"[0-9a-f]{32}")

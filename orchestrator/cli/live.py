@@ -127,7 +127,7 @@ def stream_pages(
     append to (the workers' Redis ACL), and one of a million tiny entries read whole cost
     30 times its size in Redis. Redis's errors are raised as they are."""
     start = "-" if after is None else _next_id(after)
-    while True:
+    while start is not None:
         entries = redis.xrange(stream, start, "+", count=page)
         if not entries:
             return
@@ -137,10 +137,14 @@ def stream_pages(
         start = _next_id(entries[-1][0])
 
 
-def _next_id(entry_id: Any) -> str:
-    """The smallest stream id after `entry_id` (Redis before 6.2 has no exclusive `(` bound)."""
+def _next_id(entry_id: Any) -> str | None:
+    """The smallest stream id after `entry_id` (Redis before 6.2 has no exclusive `(` bound);
+    None after the largest id there is, which anyone with the workers' Redis access can give
+    an entry (Redis refuses an id past it)."""
     text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     ms, _, seq = text.partition("-")
     if int(seq or 0) + 1 < 1 << 64:
         return f"{ms}-{int(seq or 0) + 1}"
-    return f"{int(ms) + 1}-0"
+    if int(ms) + 1 < 1 << 64:
+        return f"{int(ms) + 1}-0"
+    return None

@@ -117,7 +117,11 @@ class Live:
 def _number_or_none(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)  # JSON integers have any size: 10**400 is no float
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def metrics(

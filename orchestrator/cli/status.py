@@ -376,8 +376,13 @@ def _workers(data: dict[str, Any]) -> list[RenderableType]:
     hidden = data["workers_lost_hidden"]
     note = [Text(f"{hidden} lost worker(s) silent for over 24 h not shown")] if hidden else []
     if data.get("workers_not_read"):
-        unread = data["workers_not_read"]
-        note.append(Text(f"{unread} more worker entries (the least recently seen) not read"))
+        unread, ahead = data["workers_not_read"], data.get("workers_ahead") or 0
+        why = "the least recently seen"
+        if ahead:
+            why = f"{ahead} with a last beat in the future" + (
+                ", the rest the least recently seen" if ahead < unread else ""
+            )
+        note.append(Text(f"{unread} more worker entries not read ({why})"))
     if not workers:
         return [_title("workers"), Text("no worker has announced itself"), *note]
     styles = {"idle": "green", "busy": "cyan", "stopping": "yellow", "lost": "red"}

@@ -18,9 +18,22 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 TIMEOUT_S = 5.0
 
 MAX_REPLY_BYTES = 64 << 20
+"""The most of one bulk string kept: a longer one (a Redis value anyone with write access to
+its key may make up to 512 MiB) is read past and replaced by `TooLarge`, so the rest of the
+reply, and of the pipeline, is still read."""
 MAX_LINE_BYTES = 64 << 10
 """A reply's header line (`+OK`, `$123`, `*4`, an error) is never longer."""
-"""The most one bulk reply may announce (a Redis that claims more is treated as broken)."""
+
+
+class TooLarge(bytes):
+    """A bulk string over `MAX_REPLY_BYTES`, not read: it reads as `(N bytes, not read)`."""
+
+    size: int
+
+    def __new__(cls, size: int) -> TooLarge:
+        made = super().__new__(cls, f"({size} bytes, not read)".encode())
+        made.size = size
+        return made
 
 
 class ReplyError(OSError):
@@ -166,6 +179,17 @@ class PlainRedis:
             raise OSError("Redis closed the connection")
         self._buf += chunk
 
+    def _skip(self, count: int) -> None:
+        """Read past `count` bytes without keeping them (at most one read's worth at once)."""
+        while True:
+            available = len(self._buf) - self._pos
+            if available >= count:
+                self._pos += count
+                return
+            count -= available
+            self._pos = len(self._buf)
+            self._fill()
+
     def _reply(self) -> Any:
         line = self._line()
         kind, rest = line[:1], line[1:]
@@ -180,7 +204,8 @@ class PlainRedis:
             if size < 0:
                 return None
             if size > MAX_REPLY_BYTES:
-                raise OSError(f"Redis announced a {size}-byte reply")
+                self._skip(size + 2)
+                return TooLarge(size)
             while len(self._buf) - self._pos < size + 2:
                 self._fill()
             data = bytes(self._buf[self._pos : self._pos + size])
@@ -220,6 +245,9 @@ class Pipeline:
     def hgetall(self, key: str) -> Pipeline:
         return self._add("dict", "HGETALL", key)
 
+    def hmget(self, key: str, fields: list[str]) -> Pipeline:
+        return self._add("", "HMGET", key, *fields)
+
     def zcard(self, key: str) -> Pipeline:
         return self._add("", "ZCARD", key)
 
@@ -227,6 +255,18 @@ class Pipeline:
         if withscores:
             return self._add("scores", "ZRANGE", key, start, end, "WITHSCORES")
         return self._add("", "ZRANGE", key, start, end)
+
+    def zcount(self, key: str, low: float | str, high: float | str) -> Pipeline:
+        return self._add("", "ZCOUNT", key, low, high)
+
+    def zrevrangebyscore(
+        self, key: str, high: float | str, low: float | str, start: int, num: int,
+        withscores: bool = False,
+    ) -> Pipeline:
+        words = ["ZREVRANGEBYSCORE", key, high, low]
+        if withscores:
+            return self._add("scores", *words, "WITHSCORES", "LIMIT", start, num)
+        return self._add("", *words, "LIMIT", start, num)
 
     def xrevrange(self, key: str, count: int) -> Pipeline:
         return self._add("stream", "XREVRANGE", key, "+", "-", "COUNT", count)

@@ -307,6 +307,18 @@ class Scheduler:
     def _check_lost(self) -> list[str]:
         from orchestrator.scheduler.ingest import fail_lost
 
+        # The waiting reports first, whatever the ingest step's back-off: after an outage
+        # that outlived a run's heartbeat key, its end (sent once Redis is back) is in the
+        # stream, and must win over the verdict. If they cannot be applied (the ingest step
+        # says why), no verdict this time; this step itself goes on.
+        try:
+            applied = self.ingest.step()
+        except Exception as exc:
+            log.warning("lost runs not judged: the waiting reports cannot be applied first",
+                        error=f"{type(exc).__name__}: {exc}")
+            return []
+        if self.metrics is not None and applied:
+            self.metrics.reports.inc(applied)
         lost = self._fail_lost(fail_lost)
         if lost:
             log.warning("worker lost: runs re-queued or failed", tasks=lost)

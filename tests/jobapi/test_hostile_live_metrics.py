@@ -67,3 +67,26 @@ def test_forged_live_entries_are_skipped_and_a_forged_end_does_not_end_the_run(
         assert "ended: aborted" in err and "completed" not in err, err
     finally:
         r.close()
+
+
+def test_a_number_too_large_for_a_float_is_skipped(
+    cli: CLI, git_repo: Repo, machine_redis: str
+) -> None:
+    """JSON has integers of any size: a step or value of 10**400 in a live entry made
+    `retrain metrics` (and a follower) die with OverflowError from math.isfinite (attacker
+    pass 3). It is skipped like any other point that is not a finite number."""
+    cli("task", "create", "--project", "hostile", "--name", "train", "--repo",
+        str(git_repo.path), "--script", "train.py", "--queue", "gpu")
+    run_id = cli("task", "run", "hostile/train").out.strip()
+    stream = keys.metrics_stream(run_id)
+    huge = "1" + "0" * 400
+    r = redis.Redis.from_url(machine_redis)
+    try:
+        r.xadd(stream, {"p": f'{{"loss": [[{huge}, 1], [0.5, 0.25]]}}'})
+        r.xadd(stream, {"p": f'{{"acc": [[0], [{huge}]]}}'})
+    finally:
+        r.close()
+    shown = cli.json("metrics", run_id)
+    assert isinstance(shown, dict)
+    assert shown["series"]["loss"]["count"] == 1 and "acc" not in shown["series"], shown
+    assert "loss" in cli("metrics", run_id).out

@@ -237,6 +237,36 @@ def test_lost_workers(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # no
     assert state(rt, lost) == before
 
 
+def test_a_run_whose_end_waits_in_the_stream_is_not_lost(
+    runtime: Runtime, cli: CLI, git_repo: Repo, tmp_path: Any  # noqa: F811
+) -> None:
+    """A job whose run ends while Redis is away sends its end once Redis is back (a4b1a4b);
+    if the outage outlived its heartbeat key, the run's fate depends on which comes first:
+    the report, or the lost-worker check. `fail_lost` must follow the pending reports, but
+    the ingest step backs off on its own after failing through the outage (up to 30 s), so
+    the check could come first and record the completed run as failed, "worker lost"
+    (attacker pass 3). The check applies the waiting reports itself first."""
+    from orchestrator.scheduler.daemon import Scheduler
+
+    rt = runtime
+    run = queued_run(cli, git_repo)
+    reports.send(rt.redis, reports.started(run, WORKER))
+    triggers = tmp_path / "triggers.yaml"
+    triggers.write_text("version: 1\ntriggers: []\n")
+    scheduler = Scheduler(rt, triggers, wakeup=False)
+    scheduler.ingest.step()
+    assert rt.tasks.get(run).status == "running"
+    set_started_at(rt, run, utcnow() - dt.timedelta(seconds=10 * HEARTBEAT_TTL_S))
+    # Redis comes back: the heartbeat key expired meanwhile, the ingest step is backing off
+    # after its failures, and the run's end is in the stream.
+    rt.redis.delete(heartbeat_key(run))
+    scheduler.steps.failed("ingest", "Error 111 connecting to Redis")
+    reports.send(rt.redis, reports.finished(run, WORKER, "completed", exit_code=0))
+    scheduler.reconcile(force=True)
+    info = rt.tasks.get(run)
+    assert (info.status, info.error) == ("completed", None), (info.status, info.error)
+
+
 def test_heartbeat_ttl(runtime: Runtime, cli: CLI, git_repo: Repo) -> None:  # noqa: F811
     rt = runtime
     run = queued_run(cli, git_repo)

@@ -49,3 +49,26 @@ def test_every_entry_once_in_pages(client: redis.Redis) -> None:
 
 def test_a_missing_stream_is_no_page(client: redis.Redis) -> None:
     assert list(stream_pages(client, "nothing")) == []
+
+
+def test_nothing_comes_after_the_largest_id(client: redis.Redis) -> None:
+    """Anyone with the workers' Redis access can add an entry with the largest id there is:
+    the reader asked for the entries after it with an id Redis refuses, so `retrain logs`
+    of a full page, and every `logs -f` and `metrics -f` at the run's end, stopped with
+    "cannot read the log from Redis: ERR Invalid stream ID" (attacker pass 3)."""
+    top = "18446744073709551615-18446744073709551615"
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(999):
+            pipe.xadd("s", {"line": str(i)}, id=f"{i + 1}-0")
+        pipe.execute()
+    client.xadd("s", {"line": "top"}, id=top)
+    plain = PlainRedis.of(machine_redis_url())
+    assert plain is not None
+    try:
+        for reader in (plain, client):
+            pages = list(stream_pages(reader, "s", page=1000))
+            assert [len(p) for p in pages] == [1000]
+            assert list(stream_pages(reader, "s", top.encode(), page=1000)) == []
+            assert list(stream_pages(reader, "s", top, page=1000)) == []
+    finally:
+        plain.close()

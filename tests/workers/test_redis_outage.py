@@ -121,3 +121,51 @@ def test_a_redis_outage_while_a_job_runs_spares_the_worker_and_the_run(
             if json.loads(fields[b"data"])["kind"] == "finished"]
     client.close()
     assert [(e["task_id"], e["status"]) for e in ends] == [(run, "completed")], ends
+
+
+def test_an_outage_longer_than_the_report_retries_spares_the_worker(
+    cli: CLI, git_repo: Repo, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past its retries (a minute at least) the job gives its end up and its work horse
+    exits with an error; RQ then asked Redis, still away, about the job, and the worker
+    quit on the error ("found an unhandled exception, quitting"), with exit code 0 at that
+    (attacker pass 3). The worker now waits for Redis and takes the next job; the run that
+    ended unreported is the scheduler's to settle as lost."""
+    monkeypatch.setenv("RETRAIN_HEARTBEAT_TTL_S", "6")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (git_repo.path / "train.py").write_text(WAITER)
+    (git_repo.path / "requirements.txt").write_text("")
+    run_git(git_repo.path, "commit", "-qam", "waiter")
+    cli("task", "create", "--project", "p", "--name", "wait", "--repo", str(git_repo.path),
+        "--script", "train.py", "--queue", "gpu", "--args", str(marks))
+    first = cli("task", "run", "p/wait").out.strip()
+    second = cli("task", "run", "p/wait").out.strip()
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "from orchestrator.cli import main; main()", "worker",
+         "--queue", "gpu", "--gpus", "none", "--burst", "--sandbox-write", str(marks)],
+        env=os.environ.copy(), stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 120
+        while not (marks / "started").exists():
+            assert worker.poll() is None and time.monotonic() < deadline, "no job started"
+            time.sleep(0.1)
+        server.stop()
+        (marks / "go").write_text("now")  # the first run ends while Redis is away
+        time.sleep(75)  # past the job's retries (60 s with this TTL)
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+        server.start()
+        assert worker.wait(timeout=180) == 0, (tmp_path / "worker.log").read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        log.close()
+    shown = (tmp_path / "worker.log").read_text()
+    assert "quitting..." not in shown, shown
+    client = redis.Redis.from_url(server.url)
+    ends = [json.loads(fields[b"data"]) for _id, fields in client.xrange(keys.REPORTS_STREAM)
+            if json.loads(fields[b"data"])["kind"] == "finished"]
+    client.close()
+    assert [(e["task_id"], e["status"]) for e in ends] == [(second, "completed")], (first, ends)
